@@ -1,0 +1,51 @@
+# SAM2VideoX: `make demo` and `make test` work from a clean clone (they install into .venv first).
+# Variables: CONFIG (a YAML under configs/), STORE (feature store folder or URL), OUT (run folder),
+# ARGS (extra dotted overrides, e.g. ARGS="teacher.feature=backbone ray.num_workers=4").
+
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+CLI         := $(VENV)/bin/sam2videox
+STAMP       := $(VENV)/.installed
+TORCH_PIN   := torch==2.13.0
+SAMPLE      := datasets/sample/clips
+
+CONFIG ?= configs/extract/sample.yaml
+STORE  ?= out/sample-store
+OUT    ?= out/run
+ARGS   ?=
+
+export TQDM_DISABLE ?=
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install sample extract distill ablate demo test clean help
+
+help:
+	@echo "make demo | test | install | sample | extract | distill | ablate   (CONFIG=... STORE=... OUT=... ARGS=...)"
+
+# Install order matters (see README "Install"): torch pinned first so nothing pulls a CUDA build;
+# sam2 built against it without build isolation (isolation downloads a second torch); then the rest,
+# constrained to the same torch. Re-runs are a no-op until pyproject.toml or this file changes.
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	echo "$(TORCH_PIN)" > $(VENV)/constraints.txt
+	$(PIP) install -q --upgrade pip setuptools wheel -c $(VENV)/constraints.txt
+	$(PIP) install -q "$(TORCH_PIN)"
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation --no-deps "sam2==1.1.0"
+	$(PIP) install -q --no-build-isolation -c $(VENV)/constraints.txt -e ".[test,s3]"
+	touch $(STAMP)
+
+sample: install
+	$(PY) datasets/sample/generate.py --out $(SAMPLE)
+
+extract: sample
+	$(CLI) extract --config $(CONFIG) --store $(STORE) $(ARGS)
+
+test: install
+	TQDM_DISABLE=1 $(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+clean:
+	rm -rf out $(SAMPLE)

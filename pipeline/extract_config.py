@@ -1,0 +1,127 @@
+"""Schema of an extraction run (`sam2videox extract`): corpus, decoding, teacher, encoders, Ray.
+
+Every [chosen] default of docs/method.md is a field here, so an ablation is a config change.
+Each sub-config is also the producer config of the column it feeds: its hash is the cache key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class CorpusConfig:
+    url: str = "datasets/sample/clips"  # local folder or fsspec URL (file://, s3://) of video files
+    manifest: str | None = None  # manifest.jsonl (key, path, caption, prompt); default: <url>/manifest.jsonl if present
+    clips_per_shard: int = 8  # fixed clips per shard: the unit of work, commit and streaming
+    extensions: list[str] = field(default_factory=lambda: ["mp4", "webm", "mov", "mkv"])
+    limit: int | None = None  # take only the first N clips of the listing (smoke runs)
+    storage_options: dict = field(default_factory=dict)  # passed to fsspec (e.g. endpoint_url for s3)
+
+    def __post_init__(self) -> None:
+        if self.clips_per_shard < 1:
+            raise ValueError("clips_per_shard must be >= 1")
+
+
+@dataclass
+class VideoConfig:
+    num_frames: int = 49  # pixel frames per clip; CogVideoX wants 4k+1
+    fps: float = 8.0  # sampling rate; source frames are picked by timestamp
+    start_sec: float = 0.0  # offset of the first sampled frame
+    height: int = 480  # student resolution: resize (short side) then centre-crop
+    width: int = 720
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 2:
+            raise ValueError("num_frames must be >= 2")
+        if self.fps <= 0:
+            raise ValueError("fps must be > 0")
+
+
+@dataclass
+class StudentGridConfig:
+    """Geometry of the student, from which the token grid is derived (never hard-coded)."""
+
+    vae_spatial: int = 8  # VAE spatial compression
+    vae_temporal: int = 4  # VAE temporal compression (latent frames = 1 + (F - 1) / 4)
+    patch_size: int = 2  # transformer spatial patch size
+    patch_size_t: int | None = None  # temporal patch size (CogVideoX 1.5); None = 1
+
+
+@dataclass
+class LGFConfig:
+    kernel: int = 7  # k: the k x k spatial window of neighbours in the next frame
+    tau: float = 0.1  # softmax temperature
+    offsets: list[int] = field(default_factory=lambda: [1])  # frame offsets: [1] = (t, t+1); [1, 2] adds (t, t+2)
+    fusion: Literal["gram", "probs", "feature", "forward", "backward"] = "gram"
+
+    def __post_init__(self) -> None:
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError("kernel must be a positive odd number")
+        if self.tau <= 0:
+            raise ValueError("tau must be > 0")
+        if not self.offsets or any(o < 1 for o in self.offsets):
+            raise ValueError("offsets must be positive frame offsets")
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "sam2.1_hiera_l"  # SAM2 config name (sam2.1_hiera_{t,s,b+,l}, sam2_hiera_*) or "tiny"
+    checkpoint: str | None = None  # path/URL of a SAM2 checkpoint ({"model": state_dict}); None = random weights
+    image_size: int | None = None  # override the model's input size (1024 for released configs)
+    feature: Literal["maskmem", "memory_attention", "backbone"] = "maskmem"
+    prompt: Literal["manifest", "auto", "center"] = "auto"  # manifest falls back to auto when a clip has none
+    temporal: Literal["stride", "mean"] = "stride"  # latent frame i <- pixel frame 4i, or mean of its group
+    image_batch: int = 8  # frames per image-encoder batch
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # autocast dtype on GPU (CPU runs fp32)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    mask_threshold: float = 0.0  # logit threshold of the predicted subject mask
+
+
+@dataclass
+class EncodersConfig:
+    model: str = "THUDM/CogVideoX-5b-I2V"  # diffusers-format folder or hub id (vae/, text_encoder/, tokenizer/), or "tiny"
+    max_text_len: int = 226  # T5 tokens
+    image_noise_sigma_mean: float = -3.0  # log-normal sigma of the noise on the conditioning image (CogVideoX I2V)
+    image_noise_sigma_std: float = 0.5
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # on GPU; CPU runs fp32
+    device: str = "auto"
+    vae_slicing: bool = True
+    vae_tiling: bool = True
+    seed: int = 0  # per-clip noise seeds derive from this and the clip key
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start a local Ray in-process; "auto" or ray://host:port joins a cluster
+    num_workers: int = 1  # extract actors (each loads the models once and takes whole shards)
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 0.5  # fractional on small CPU nodes: whole CPUs starve Ray's own work
+    max_shard_attempts: int = 3  # a shard whose worker died is redone elsewhere up to this many times
+    object_store_memory: int | None = 200_000_000  # bytes, local Ray only
+
+
+@dataclass
+class DebugConfig:
+    """Test-only switches. Never set these in a real run."""
+
+    crash_after_clips: int | None = None  # the first worker to reach N clips in a shard exits hard (once per store)
+
+
+@dataclass
+class ExtractConfig:
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    student: StudentGridConfig = field(default_factory=StudentGridConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    lgf: LGFConfig = field(default_factory=LGFConfig)
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    columns: list[Literal["teacher", "encodings"]] = field(default_factory=lambda: ["teacher", "encodings"])
+    ray: RayConfig = field(default_factory=RayConfig)
+    allow_failures: bool = False  # exit 0 even when clips failed (they are in the ledger either way)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def __post_init__(self) -> None:
+        if not self.columns:
+            raise ValueError("columns must name at least one of: teacher, encodings")

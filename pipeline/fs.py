@@ -1,0 +1,53 @@
+"""fsspec helpers: one way to address local folders and object stores (file://, s3://, ...)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path within it) for a local path or an fsspec URL."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, path.rstrip("/") or "/"
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL/path segments with '/', whatever the backend."""
+    out = url.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never a part.
+
+    Local: write a temp file beside it, fsync, rename. Object stores: a single PUT is atomic.
+    """
+    blob = json.dumps(obj, indent=1, sort_keys=True, default=str)
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    if is_local(fs):
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "w") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, blob.encode())

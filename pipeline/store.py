@@ -1,0 +1,391 @@
+"""The feature store: a corpus snapshot plus columns of per-clip arrays, sharded, in Zarr.
+
+Layout (any fsspec URL: a local folder, s3://bucket/prefix, ...):
+
+    store.json                                 format version
+    corpus/snapshot.json                       frozen listing: clips in shard order
+    columns/<name>-<hash>/column.json          producer config, its hash, schema, attrs
+    columns/<name>-<hash>/column.zarr/         column-level arrays (written once, e.g. empty-prompt embedding)
+    columns/<name>-<hash>/shards/<sid>.<attempt>.zarr/   one attempt at a shard: arrays [n, ...]
+    columns/<name>-<hash>/commits/<sid>.json   commit record: names the attempt, its clips and its failures
+
+A shard is written whole by one worker into a directory of its own attempt, then committed by one
+atomic JSON write (rename locally, a single PUT on object stores). Readers only follow commit
+records, so a crash mid-shard leaves an invisible attempt that the next run redoes, and two
+attempts at the same shard never touch the same files. The error ledger is the union of the
+commit records' failures. A column is keyed by the hash of its producer config: a different
+config is a different column, never a silent reuse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import zarr
+
+from pipeline.config import config_hash
+from pipeline.fs import filesystem, is_local, join, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SNAPSHOT_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """The store is missing, inconsistent, or does not match what was asked of it."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Per-clip shape and dtype of one column array (the leading clip axis is implied)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+    @staticmethod
+    def from_json(d: dict) -> "ArraySpec":
+        return ArraySpec(tuple(d["shape"]), d["dtype"])
+
+
+@dataclass
+class Snapshot:
+    """The corpus listing frozen at the first run: clip i of shard s is the same clip in every column."""
+
+    source: str
+    clips_per_shard: int
+    clips: list[dict]  # ClipEntry.to_json() rows, in shard order
+    created: float = field(default_factory=time.time)
+
+    @property
+    def num_shards(self) -> int:
+        return (len(self.clips) + self.clips_per_shard - 1) // self.clips_per_shard
+
+    @property
+    def id(self) -> str:
+        return config_hash({"clips": self.clips, "clips_per_shard": self.clips_per_shard})
+
+    def shard_range(self, shard: int) -> range:
+        start = shard * self.clips_per_shard
+        return range(start, min(start + self.clips_per_shard, len(self.clips)))
+
+    def shard_clips(self, shard: int) -> list[dict]:
+        return [self.clips[i] for i in self.shard_range(shard)]
+
+    def to_json(self) -> dict:
+        return {"version": SNAPSHOT_VERSION, "id": self.id, **dataclasses.asdict(self)}
+
+    @staticmethod
+    def from_json(d: dict) -> "Snapshot":
+        return Snapshot(d["source"], d["clips_per_shard"], d["clips"], d.get("created", 0.0))
+
+
+@dataclass
+class ShardData:
+    """One committed shard of a column: lazy Zarr arrays plus the per-clip records."""
+
+    shard: int
+    arrays: dict[str, zarr.Array]
+    records: list[dict]  # one per stored clip, in array order; each has "key" and "index" (snapshot position)
+    failed: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class Column:
+    """One column of the store: the output of one producer config over the whole snapshot."""
+
+    def __init__(self, store: "FeatureStore", meta: dict):
+        self.store = store
+        self.meta = meta
+        self.name: str = meta["name"]
+        self.hash: str = meta["hash"]
+        self.dirname = f"{self.name}-{self.hash}"
+        self.url = join(store.url, "columns", self.dirname)
+        self.schema = {k: ArraySpec.from_json(v) for k, v in meta["schema"].items()}
+
+    @property
+    def attrs(self) -> dict:
+        return self.meta.get("attrs", {})
+
+    @property
+    def producer_config(self) -> dict:
+        return self.meta["config"]
+
+    def _path(self, *parts: str) -> str:
+        return join(self.store.path, "columns", self.dirname, *parts)
+
+    def commit_record(self, shard: int) -> dict | None:
+        path = self._path("commits", f"{shard:05d}.json")
+        fs = self.store.fs
+        return read_json(fs, path) if fs.exists(path) else None
+
+    def committed_shards(self) -> set[int]:
+        fs, base = self.store.fs, self._path("commits")
+        if not fs.exists(base):
+            return set()
+        names = [p.rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)]
+        return {int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()}
+
+    def write_shard(self, shard: int, arrays: dict[str, np.ndarray], records: list[dict], failed: list[dict]) -> dict:
+        """Write one whole shard and commit it. Arrays have a leading clip axis matching `records`."""
+        self._check_arrays(shard, arrays, len(records))
+        attempt = uuid.uuid4().hex[:12]
+        name = f"{shard:05d}.{attempt}.zarr"
+        group = zarr.open_group(self._zarr_target(join("shards", name)), mode="w", **self._zarr_kwargs())
+        for key, spec in self.schema.items():
+            data = arrays[key]
+            # one chunk per clip: streaming reads clip by clip
+            arr = group.create_array(key, shape=data.shape, dtype=spec.dtype, chunks=(1, *spec.shape), compressors=_compressors())
+            if data.shape[0]:
+                arr[...] = data
+        group.attrs["records"] = records
+        record = {
+            "shard": shard,
+            "attempt": name,
+            "clips": [r["key"] for r in records],
+            "indices": [r["index"] for r in records],
+            "failed": failed,
+            "committed": time.time(),
+            "column": self.dirname,
+        }
+        write_json_atomic(self.store.fs, self._path("commits", f"{shard:05d}.json"), record)
+        return record
+
+    def read_shard(self, shard: int) -> ShardData:
+        record = self.commit_record(shard)
+        if record is None:
+            raise StoreError(f"shard {shard} of column {self.dirname} in {self.store.url} is not committed")
+        group = zarr.open_group(self._zarr_target(join("shards", record["attempt"])), mode="r", **self._zarr_kwargs())
+        arrays = {k: group[k] for k in self.schema}
+        return ShardData(shard, arrays, list(group.attrs["records"]), record["failed"])
+
+    def write_column_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Column-level arrays computed once (e.g. the empty-prompt embedding), committed like a shard.
+
+        Workers that start at the same time may each write them (they are deterministic): each
+        writes its own attempt and the last commit wins, so no reader ever sees a partial group.
+        """
+        name = f"column.{uuid.uuid4().hex[:12]}.zarr"
+        group = zarr.open_group(self._zarr_target(name), mode="w", **self._zarr_kwargs())
+        for key, value in arrays.items():
+            group.create_array(key, data=np.asarray(value), compressors=_compressors())
+        write_json_atomic(self.store.fs, self._path("commits", "column.json"), {"attempt": name, "keys": sorted(arrays)})
+
+    def has_column_arrays(self) -> bool:
+        return self.store.fs.exists(self._path("commits", "column.json"))
+
+    def column_arrays(self) -> dict[str, np.ndarray]:
+        if not self.has_column_arrays():
+            return {}
+        record = read_json(self.store.fs, self._path("commits", "column.json"))
+        group = zarr.open_group(self._zarr_target(record["attempt"]), mode="r", **self._zarr_kwargs())
+        return {k: np.asarray(group[k][...]) for k in group.array_keys()}
+
+    def ledger(self) -> list[dict]:
+        """Every failed clip of every committed shard: key, index, reason."""
+        out = []
+        for shard in sorted(self.committed_shards()):
+            out.extend(self.commit_record(shard)["failed"])
+        return out
+
+    def collect_garbage(self) -> int:
+        """Remove attempt directories no commit names (left by crashed workers). Returns how many."""
+        fs = self.store.fs
+        live = {self.commit_record(s)["attempt"] for s in self.committed_shards()}
+        if self.has_column_arrays():
+            live.add(read_json(fs, self._path("commits", "column.json"))["attempt"])
+        candidates = fs.ls(self._path("shards"), detail=False) if fs.exists(self._path("shards")) else []
+        candidates += [p for p in fs.ls(self._path(), detail=False) if p.rsplit("/", 1)[-1].startswith("column.") and p.endswith(".zarr")]
+        removed = 0
+        for path in candidates:
+            if path.rsplit("/", 1)[-1] not in live:
+                fs.rm(path, recursive=True)
+                removed += 1
+        return removed
+
+    def _check_arrays(self, shard: int, arrays: dict[str, np.ndarray], n: int) -> None:
+        missing = set(self.schema) - set(arrays)
+        extra = set(arrays) - set(self.schema)
+        if missing or extra:
+            raise StoreError(f"shard {shard} of {self.dirname}: arrays {sorted(arrays)} do not match schema {sorted(self.schema)}")
+        for key, spec in self.schema.items():
+            if tuple(arrays[key].shape) != (n, *spec.shape):
+                raise StoreError(
+                    f"shard {shard} of {self.dirname}: array '{key}' has shape {tuple(arrays[key].shape)}, "
+                    f"schema says {(n, *spec.shape)}"
+                )
+
+    def _zarr_target(self, rel: str) -> Any:
+        full = join(self.url, rel)
+        return full if not is_local(self.store.fs) else self.store.fs._strip_protocol(full)
+
+    def _zarr_kwargs(self) -> dict:
+        return {} if is_local(self.store.fs) else {"storage_options": self.store.storage_options}
+
+    def summary(self) -> dict:
+        committed = self.committed_shards()
+        clips = sum(len(self.commit_record(s)["clips"]) for s in committed)
+        return {
+            "name": self.name,
+            "hash": self.hash,
+            "dir": self.dirname,
+            "committed_shards": len(committed),
+            "clips": clips,
+            "failed": len(self.ledger()),
+            "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype} for k, v in self.schema.items()},
+            "bytes_per_clip": self.bytes_per_clip(clips),
+            "config": self.producer_config,
+        }
+
+    def bytes_per_clip(self, clips: int | None = None) -> float:
+        fs, base = self.store.fs, self._path("shards")
+        clips = clips if clips is not None else sum(len(self.commit_record(s)["clips"]) for s in self.committed_shards())
+        if not clips or not fs.exists(base):
+            return 0.0
+        live = [join(base, self.commit_record(s)["attempt"]) for s in self.committed_shards()]
+        return sum(fs.du(p) for p in live) / clips
+
+
+class FeatureStore:
+    """A store at `url`: `FeatureStore(url).create_column(...)`, `.column(name)`, `.snapshot()`."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.path = filesystem(self.url, self.storage_options)
+
+    # -- corpus snapshot ------------------------------------------------------------------
+    def snapshot(self) -> Snapshot | None:
+        path = join(self.path, "corpus", "snapshot.json")
+        return Snapshot.from_json(read_json(self.fs, path)) if self.fs.exists(path) else None
+
+    def freeze_snapshot(self, snapshot: Snapshot) -> Snapshot:
+        """Write the snapshot on first use; later runs must list the same corpus or be told why not."""
+        existing = self.snapshot()
+        if existing is not None:
+            if existing.id != snapshot.id:
+                raise StoreError(
+                    f"{self.url} holds a snapshot of another corpus listing ({len(existing.clips)} clips from "
+                    f"{existing.source}, {existing.clips_per_shard} per shard); this run lists {len(snapshot.clips)} "
+                    f"clips from {snapshot.source}, {snapshot.clips_per_shard} per shard. Use a new store."
+                )
+            return existing
+        write_json_atomic(self.fs, join(self.path, "store.json"), {"format_version": FORMAT_VERSION})
+        write_json_atomic(self.fs, join(self.path, "corpus", "snapshot.json"), snapshot.to_json())
+        return snapshot
+
+    def require_snapshot(self) -> Snapshot:
+        snap = self.snapshot()
+        if snap is None:
+            raise StoreError(f"{self.url} is not a feature store (no corpus/snapshot.json); run `sam2videox extract` first")
+        return snap
+
+    # -- columns --------------------------------------------------------------------------
+    def create_column(self, name: str, config: dict, schema: dict[str, ArraySpec], attrs: dict | None = None) -> Column:
+        """Open the column keyed by (name, hash(config)), creating its metadata on first use."""
+        digest = config_hash({"name": name, "config": config, "format_version": FORMAT_VERSION})
+        meta = {
+            "name": name,
+            "hash": digest,
+            "format_version": FORMAT_VERSION,
+            "config": config,
+            "schema": {k: v.to_json() for k, v in schema.items()},
+            "attrs": attrs or {},
+            "snapshot": self.require_snapshot().id,
+        }
+        path = join(self.path, "columns", f"{name}-{digest}", "column.json")
+        if self.fs.exists(path):
+            existing = read_json(self.fs, path)
+            if existing["schema"] != meta["schema"]:
+                raise StoreError(f"column {name}-{digest} in {self.url} has another schema: {existing['schema']}")
+            return Column(self, existing)
+        write_json_atomic(self.fs, path, meta)
+        return Column(self, meta)
+
+    def columns(self) -> list[Column]:
+        base = join(self.path, "columns")
+        if not self.fs.exists(base):
+            return []
+        out = []
+        for d in sorted(self.fs.ls(base, detail=False)):
+            meta_path = join(d, "column.json")
+            if self.fs.exists(meta_path):
+                out.append(Column(self, read_json(self.fs, meta_path)))
+        return out
+
+    def column(self, name: str, hash: str | None = None) -> Column:
+        """The column called `name` (or `name-hash` / a hash prefix); refuses to guess between several."""
+        if hash is None and "-" in name:
+            name, hash = name.split("-", 1)
+        found = [c for c in self.columns() if c.name == name and (hash is None or c.hash.startswith(hash))]
+        if not found:
+            have = ", ".join(c.dirname for c in self.columns()) or "none"
+            raise StoreError(f"no column '{name}{'-' + hash if hash else ''}' in {self.url}; columns: {have}")
+        if len(found) > 1:
+            raise StoreError(
+                f"{len(found)} columns named '{name}' in {self.url} ({', '.join(c.dirname for c in found)}); "
+                f"name one as {name}-<hash>"
+            )
+        return found[0]
+
+    def summary(self) -> dict:
+        snap = self.require_snapshot()
+        cols = [c.summary() for c in self.columns()]
+        failed_keys = {f["key"] for c in self.columns() for f in c.ledger()}
+        return {
+            "store": self.url,
+            "snapshot": snap.id,
+            "clips": len(snap.clips),
+            "shards": snap.num_shards,
+            "clips_per_shard": snap.clips_per_shard,
+            "failed": len(failed_keys),
+            "columns": cols,
+            "bytes_per_clip": sum(c["bytes_per_clip"] for c in cols),
+        }
+
+
+def join_shard(columns: Iterable[Column], shard: int) -> tuple[list[dict], dict[str, dict[str, zarr.Array]], list[list[int]]]:
+    """Align one shard across columns by snapshot index.
+
+    Returns (records of the clips present in every column, arrays per column, and for each column
+    the row of each joined clip). Clips that failed in any column are left out. A clip whose key
+    differs between columns at the same snapshot index means the columns were built from different
+    snapshots: that is an error, never a silent misalignment.
+    """
+    columns = list(columns)
+    shards = [c.read_shard(shard) for c in columns]
+    rows_by_index = []
+    for col, data in zip(columns, shards):
+        rows = {}
+        for row, rec in enumerate(data.records):
+            rows[rec["index"]] = (row, rec["key"])
+        rows_by_index.append(rows)
+    common = sorted(set.intersection(*(set(r) for r in rows_by_index))) if rows_by_index else []
+    records, picks = [], [[] for _ in columns]
+    for index in common:
+        keys = {rows[index][1] for rows in rows_by_index}
+        if len(keys) != 1:
+            names = ", ".join(c.dirname for c in columns)
+            raise StoreError(f"shard {shard}: snapshot index {index} is {sorted(keys)} across columns {names}")
+        merged: dict = {}
+        for j, rows in enumerate(rows_by_index):
+            picks[j].append(rows[index][0])
+            merged.update(shards[j].records[rows[index][0]])
+        records.append(merged)
+    return records, {c.name: s.arrays for c, s in zip(columns, shards)}, picks
+
+
+def _compressors() -> list:
+    # fp16 activations compress ~1.05-1.2x losslessly (platform.md): a light, fast codec is enough.
+    return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]

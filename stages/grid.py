@@ -1,0 +1,73 @@
+"""The student's token grid, and the map of teacher features onto it (docs/method.md).
+
+The grid comes from the clip size and the student's VAE compression and patch size: for
+49x480x720 with 4x temporal / 8x spatial compression and patch 2, 13 latent frames of 30x45.
+Teacher maps are indexed by pixel frame; latent frame i covers pixel frames 4i-3..4i (frame 0
+alone, as CogVideoX's causal VAE groups them), and takes frame 4i (`stride`) or the group mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    frames: int  # latent frames T
+    height: int  # token rows h
+    width: int  # token columns w
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.frames, self.height, self.width)
+
+
+def token_grid(num_frames: int, height: int, width: int, vae_temporal: int, vae_spatial: int, patch_size: int, patch_size_t: int | None = None) -> TokenGrid:
+    """The student's (T, h, w) token grid for clips of num_frames x height x width."""
+    if (num_frames - 1) % vae_temporal:
+        raise ValueError(f"num_frames={num_frames} must be {vae_temporal}k+1 for a VAE with {vae_temporal}x temporal compression")
+    step = vae_spatial * patch_size
+    if height % step or width % step:
+        raise ValueError(f"{height}x{width} is not a multiple of {step} (VAE {vae_spatial}x times patch {patch_size})")
+    frames = (num_frames - 1) // vae_temporal + 1
+    if patch_size_t:
+        frames = -(-frames // patch_size_t)  # CogVideoX 1.5 pads latent frames up to a multiple of p_t
+    return TokenGrid(frames, height // step, width // step)
+
+
+def latent_frame_groups(num_frames: int, vae_temporal: int) -> list[list[int]]:
+    """Pixel frames covered by each latent frame: [[0], [1..4], [5..8], ...]."""
+    groups = [[0]]
+    for start in range(1, num_frames, vae_temporal):
+        groups.append(list(range(start, min(start + vae_temporal, num_frames))))
+    return groups
+
+
+def to_latent_frames(x: torch.Tensor, vae_temporal: int, mode: Literal["stride", "mean"] = "stride") -> torch.Tensor:
+    """[F, ...] per pixel frame -> [T, ...] per latent frame (frame 4i, or the mean of its group)."""
+    groups = latent_frame_groups(x.shape[0], vae_temporal)
+    if mode == "stride":
+        return x[[g[-1] for g in groups]]
+    if mode == "mean":
+        return torch.stack([x[g].float().mean(0) for g in groups]).to(x.dtype)
+    raise ValueError(f"unknown temporal mode '{mode}'; valid: stride, mean")
+
+
+def to_token_grid(features: torch.Tensor, grid: TokenGrid, vae_temporal: int, mode: Literal["stride", "mean"] = "stride") -> torch.Tensor:
+    """Teacher maps [F, C, H', W'] per pixel frame -> [T, h, w, C] on the student's token grid (bilinear)."""
+    x = to_latent_frames(features, vae_temporal, mode)
+    if x.shape[0] != grid.frames:
+        raise ValueError(f"{features.shape[0]} pixel frames give {x.shape[0]} latent frames, the grid has {grid.frames}")
+    x = F.interpolate(x.float(), size=(grid.height, grid.width), mode="bilinear", align_corners=False)
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def mask_to_token_grid(masks: torch.Tensor, grid: TokenGrid, vae_temporal: int) -> torch.Tensor:
+    """Bool masks [F, H, W] -> uint8 coverage [T, h, w] (0..255 = share of the token's area inside the mask)."""
+    x = to_latent_frames(masks.float(), vae_temporal, "stride").unsqueeze(1)
+    cover = F.adaptive_avg_pool2d(x, (grid.height, grid.width)).squeeze(1)
+    return (cover * 255).round().to(torch.uint8)

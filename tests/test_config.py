@@ -1,0 +1,59 @@
+"""Typed YAML configs: overrides, validation, and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, config_hash, load_config
+from pipeline.extract_config import ExtractConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs" / "extract").glob("*.yaml")))
+def test_shipped_extract_configs_load(name):
+    cfg = load_config(ExtractConfig, ROOT / "configs" / "extract" / name)
+    assert cfg.video.num_frames == 49
+
+
+def test_default_is_the_real_run():
+    cfg = load_config(ExtractConfig, ROOT / "configs/extract/default.yaml")
+    assert (cfg.teacher.model, cfg.video.height, cfg.video.width, cfg.video.fps) == ("sam2.1_hiera_l", 480, 720, 8.0)
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", ["teacher.feature=backbone", "lgf.offsets=[1,2]", "ray.gpus_per_worker=1", "lgf.tau=0.05"])
+    assert cfg.teacher.feature == "backbone" and cfg.lgf.offsets == [1, 2]
+    assert cfg.ray.gpus_per_worker == 1.0 and isinstance(cfg.ray.gpus_per_worker, float)
+
+
+def test_typo_in_file_lists_valid_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher:\n  fetaure: maskmem\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(ExtractConfig, bad)
+    msg = str(err.value)
+    assert "teacher.fetaure" in msg and str(bad) in msg and "feature" in msg and "checkpoint" in msg
+
+
+def test_typo_in_override_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'lgf.kernal'.*valid keys: fusion, kernel, offsets, tau"):
+        load_config(ExtractConfig, None, ["lgf.kernal=5"])
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(ConfigError, match=r"'teacher.feature' = 'bogus' is not one of"):
+        load_config(ExtractConfig, None, ["teacher.feature=bogus"])
+    with pytest.raises(ConfigError, match=r"'video.num_frames' must be an integer"):
+        load_config(ExtractConfig, None, ["video.num_frames=many"])
+    with pytest.raises(ConfigError, match=r"kernel must be a positive odd number"):
+        load_config(ExtractConfig, None, ["lgf.kernel=4"])
+    with pytest.raises(ConfigError, match=r"must look like key.sub=value"):
+        load_config(ExtractConfig, None, ["lgf.kernel"])
+
+
+def test_hash_is_stable_and_sensitive():
+    a = load_config(ExtractConfig, None, [])
+    b = load_config(ExtractConfig, None, [])
+    c = load_config(ExtractConfig, None, ["teacher.feature=backbone"])
+    assert config_hash(a) == config_hash(b) != config_hash(c)
