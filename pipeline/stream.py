@@ -1,0 +1,147 @@
+"""Stream committed store shards to the trainer with WebDataset, joined across columns by clip.
+
+    shard list (seeded shuffle per epoch) -> split by node (rank) -> split by worker
+      -> read one Zarr shard, clip by clip -> shuffle buffer -> batches (partial dropped)
+
+in a DataLoader with workers. Nothing loads the whole store: each worker holds one shard's
+records and reads arrays one clip (one Zarr chunk) at a time. Every rank gets exactly
+`batches_per_epoch()` batches, computed from the commit records alone, so uneven shards never
+leave one DDP rank waiting at the epoch's end. A position (epoch, batch) fully determines what
+comes next, which is how a resumed run continues the same trajectory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader
+
+from pipeline.store import Column, FeatureStore, StoreError, join_shard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamPosition:
+    """Where the loader is: the next batch is batch `batch` of epoch `epoch`."""
+
+    epoch: int = 0
+    batch: int = 0
+
+    def to_json(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+
+
+def _split(items: list, index: int, count: int) -> list:
+    return list(itertools.islice(items, index, None, count)) if count > 1 else list(items)
+
+
+class ClipStream:
+    """Batches of joined clips from `columns` of one store, for one rank of `world_size`."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        columns: list[Column],
+        arrays: dict[str, list[str]],  # column name -> arrays to read (others are never touched)
+        batch_size: int,
+        seed: int = 0,
+        shuffle_buffer: int = 64,  # clips held per worker for shuffling
+        num_workers: int = 0,
+    ):
+        self.store, self.columns, self.arrays = store, columns, arrays
+        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
+        self.num_workers = num_workers
+        # the rank wds.split_by_node will see (torch.distributed, or RANK/WORLD_SIZE): counts must agree with it
+        self.rank, self.world_size = wds.utils.pytorch_worker_info()[:2]
+        snapshots = {c.meta.get("snapshot") for c in columns}
+        if len(snapshots) > 1:
+            raise StoreError(f"columns {', '.join(c.dirname for c in columns)} were built from different corpus snapshots")
+        self.clip_counts = self._joined_counts()
+        if not self.clip_counts:
+            raise StoreError(f"no shard of {store.url} is committed in every column ({', '.join(c.dirname for c in columns)})")
+
+    def _joined_counts(self) -> dict[int, int]:
+        """Clips per shard present in every column, from the commit records (no array reads)."""
+        shards = set.intersection(*(c.committed_shards() for c in self.columns))
+        counts = {}
+        for s in sorted(shards):
+            sets = [set(c.commit_record(s)["indices"]) for c in self.columns]
+            counts[s] = len(set.intersection(*sets))
+        return counts
+
+    def shard_order(self, epoch: int) -> list[int]:
+        """All shards in this epoch's order: the same on every rank, so the node split is disjoint."""
+        order = sorted(self.clip_counts)
+        np.random.default_rng(_seed(self.seed, epoch, "shards")).shuffle(order)
+        return order
+
+    def _rank_worker_shards(self, epoch: int, rank: int, worker: int) -> list[int]:
+        return _split(_split(self.shard_order(epoch), rank, self.world_size), worker, max(self.num_workers, 1))
+
+    def batches_per_epoch(self, epoch: int = 0) -> int:
+        """Batches every rank yields this epoch: the minimum over ranks, so all ranks stop together."""
+        per_rank = []
+        for rank in range(self.world_size):
+            per_rank.append(
+                sum(
+                    sum(self.clip_counts[s] for s in self._rank_worker_shards(epoch, rank, w)) // self.batch_size
+                    for w in range(max(self.num_workers, 1))
+                )
+            )
+        n = min(per_rank)
+        if n == 0:
+            raise StoreError(
+                f"{self.store.url}: {sum(self.clip_counts.values())} clips in {len(self.clip_counts)} shards give rank(s) "
+                f"no full batch of {self.batch_size} with {self.world_size} ranks x {max(self.num_workers, 1)} workers; "
+                f"lower batch size or workers, or extract more clips"
+            )
+        return n
+
+    def dataset(self, epoch: int) -> wds.DataPipeline:
+        urls = [str(s) for s in self.shard_order(epoch)]  # shuffled here, once, identically on every rank
+        return wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            wds.split_by_node,
+            wds.split_by_worker,
+            self._read_shards,
+            wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 8), seed=_seed(self.seed, epoch, self.rank)),
+            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+        )
+
+    def _read_shards(self, src: Iterator[dict]) -> Iterator[dict]:
+        for item in src:
+            shard = int(item["url"])
+            records, arrays, rows = join_shard(self.columns, shard)
+            for i, record in enumerate(records):
+                sample = {"__key__": record["key"], "index": record["index"]}
+                for j, col in enumerate(self.columns):
+                    for name in self.arrays.get(col.name, []):
+                        sample[name] = np.asarray(arrays[col.name][name][rows[j][i]])
+                yield sample
+
+    def epoch(self, position: StreamPosition) -> Iterator[dict]:
+        """The batches of `position.epoch`, starting at batch `position.batch`."""
+        total = self.batches_per_epoch(position.epoch)
+        loader = DataLoader(self.dataset(position.epoch), batch_size=None, num_workers=self.num_workers, persistent_workers=False)
+        return itertools.islice(loader, position.batch, total)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack arrays into tensors; keep keys and indices as lists."""
+    out: dict = {"keys": [s["__key__"] for s in samples], "index": [s["index"] for s in samples]}
+    for name in samples[0]:
+        if name not in ("__key__", "index"):
+            out[name] = torch.from_numpy(np.stack([s[name] for s in samples]))
+    return out
