@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import yaml
 
 T = TypeVar("T")
+BASE_KEY = "base"  # reserved top-level YAML key: inherit from another config file
 
 
 class ConfigError(ValueError):
@@ -28,21 +29,37 @@ class ConfigError(ValueError):
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
     """Build `schema` from a YAML file (or its defaults when `path` is None) plus dotted overrides."""
     source = str(path) if path is not None else f"<defaults of {schema.__name__}>"
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {source}: {exc}") from exc
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
+    raw = read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         _apply_override(raw, item, schema, source)
     return from_dict(schema, raw, source=source)
+
+
+def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping; a top-level `base: other.yaml` (relative to this file) is loaded first and
+    deep-merged under it, so an ablation config states only what it changes."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in _seen:
+        raise ConfigError(f"{path}: '{BASE_KEY}: {base}' makes a cycle")
+    return deep_merge(read_yaml(base_path, (*_seen, path.resolve())), raw)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def from_dict(schema: type[T], data: dict[str, Any], *, source: str = "<dict>", prefix: str = "") -> T:

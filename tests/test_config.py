@@ -57,3 +57,13 @@ def test_hash_is_stable_and_sensitive():
     b = load_config(ExtractConfig, None, [])
     c = load_config(ExtractConfig, None, ["teacher.feature=backbone"])
     assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_base_inheritance_deep_merges(tmp_path):
+    (tmp_path / "parent.yaml").write_text("teacher:\n  model: tiny\n  feature: backbone\nlgf:\n  kernel: 5\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nteacher:\n  feature: maskmem\n")
+    cfg = load_config(ExtractConfig, tmp_path / "child.yaml")
+    assert (cfg.teacher.model, cfg.teacher.feature, cfg.lgf.kernel) == ("tiny", "maskmem", 5)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(ExtractConfig, tmp_path / "loop.yaml")
