@@ -13,8 +13,11 @@ SAMPLE      := datasets/sample/clips
 
 CONFIG ?= configs/extract/sample.yaml
 STORE  ?= out/sample-store
-OUT    ?= out/run
+OUT    ?= out/sample-run
 ARGS   ?=
+NPROC  ?= 1
+DEMO   ?= out/demo
+DISTILL_CONFIG ?= configs/distill/sample.yaml
 
 export TQDM_DISABLE ?=
 export RAY_AUTH_MODE ?= disabled
@@ -43,6 +46,24 @@ sample: install
 
 extract: sample
 	$(CLI) extract --config $(CONFIG) --store $(STORE) $(ARGS)
+
+# Stage two alone. CONFIG defaults to the sample distill config here; NPROC>1 runs DDP under torchrun.
+distill: install
+	$(if $(filter 1,$(NPROC)),$(CLI),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m pipeline.cli) \
+	  distill --config $(if $(filter configs/extract/%,$(CONFIG)),$(DISTILL_CONFIG),$(CONFIG)) --store $(STORE) --out $(OUT) $(ARGS)
+
+# Every configs/ablations/*.yaml, a few steps each, on the same store (nothing is re-extracted).
+ablate: install
+	$(CLI) ablate --config $(DISTILL_CONFIG) --store $(STORE) --out $(OUT)/ablations $(ARGS)
+
+# The whole method on the sample corpus with tiny models: extract, distil, export, sample a video.
+demo: sample
+	$(CLI) extract --config configs/extract/sample.yaml --store $(DEMO)/store
+	$(CLI) inspect $(DEMO)/store
+	$(CLI) inspect $(DEMO)/store --pca $$($(PY) -c "import json;print(json.load(open('$(DEMO)/store/corpus/snapshot.json'))['clips'][0]['key'])") --out $(DEMO)/teacher_pca.mp4
+	$(CLI) distill --config $(DISTILL_CONFIG) --store $(DEMO)/store --out $(DEMO)/run
+	$(CLI) generate --run $(DEMO)/run --store $(DEMO)/store --out $(DEMO)/sample.mp4
+	$(CLI) report --store $(DEMO)/store --run $(DEMO)/run --out $(DEMO)/summary.md $(DEMO)/sample.mp4 $(DEMO)/teacher_pca.mp4 $(DEMO)/run/loss_curve.png
 
 test: install
 	TQDM_DISABLE=1 $(PY) -m pytest -q -p no:cacheprovider $(ARGS)

@@ -26,10 +26,21 @@ class ConfigError(ValueError):
     """A config file or override that does not fit its schema."""
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Build `schema` from a YAML file (or its defaults when `path` is None) plus dotted overrides."""
-    source = str(path) if path is not None else f"<defaults of {schema.__name__}>"
-    raw = read_yaml(Path(path)) if path is not None else {}
+def load_config(
+    schema: type[T],
+    path: str | Path | list[str | Path] | tuple | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> T:
+    """Build `schema` from YAML file(s) plus dotted overrides.
+
+    `path` may be one file, None (the schema's defaults), or several files deep-merged in order,
+    e.g. a base run config followed by an ablation that states only what it changes.
+    """
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    source = " + ".join(str(p) for p in paths) or f"<defaults of {schema.__name__}>"
+    raw: dict[str, Any] = {}
+    for p in paths:
+        raw = deep_merge(raw, read_yaml(Path(p)))
     for item in overrides:
         _apply_override(raw, item, schema, source)
     return from_dict(schema, raw, source=source)

@@ -67,3 +67,10 @@ def test_base_inheritance_deep_merges(tmp_path):
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(ExtractConfig, tmp_path / "loop.yaml")
+
+
+def test_several_files_merge_in_order(tmp_path):
+    (tmp_path / "a.yaml").write_text("teacher:\n  model: tiny\n  feature: backbone\n")
+    (tmp_path / "b.yaml").write_text("teacher:\n  feature: memory_attention\n")
+    cfg = load_config(ExtractConfig, [tmp_path / "a.yaml", tmp_path / "b.yaml"], ["lgf.tau=0.2"])
+    assert (cfg.teacher.model, cfg.teacher.feature, cfg.lgf.tau) == ("tiny", "memory_attention", 0.2)
