@@ -66,7 +66,7 @@ demo: sample
 	$(CLI) report --store $(DEMO)/store --run $(DEMO)/run --out $(DEMO)/summary.md $(DEMO)/sample.mp4 $(DEMO)/teacher_pca.mp4 $(DEMO)/run/loss_curve.png
 
 test: install
-	TQDM_DISABLE=1 $(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
 clean:
 	rm -rf out $(SAMPLE)

@@ -4,7 +4,7 @@ For features X [B, T, h, w, C], each vector L2-normalised,
     G_t(p, d) = < x_t(p), x_{t+o}(p + d) >   for d in a k x k window, o in `offsets`,
 neighbours outside the image masked out, and P_t(p, .) = softmax_d(G_t(p, .) / tau).
 Frame pairs of all offsets are concatenated on the time axis: offsets [1] give T-1 pairs,
-[1, 2] give (T-1) + (T-2). Everything here runs in fp32 whatever the input dtype.
+[1, 2] give (T-1) + (T-2). Everything here runs in fp32 at least (fp64 inputs stay fp64).
 
 Used by stage one (the fused teacher target) and stage two (the student's relations and the KL).
 """
@@ -18,6 +18,11 @@ import torch.nn.functional as F
 
 Fusion = Literal["gram", "probs", "feature", "forward", "backward"]
 _MASKED = -1e4  # logit of an out-of-image neighbour: exp() underflows to 0, no NaN when a row is all masked
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32 (the LGF softmax needs the range); fp64 stays fp64 for exact gradient checks."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def neighbour_offsets(kernel: int) -> list[tuple[int, int]]:
@@ -43,7 +48,7 @@ def local_gram(x: torch.Tensor, kernel: int, offsets: Sequence[int] = (1,), norm
     """
     if x.dim() != 5:
         raise ValueError(f"local_gram expects [B, T, h, w, C], got {tuple(x.shape)}")
-    x = x.float()
+    x = _at_least_fp32(x)
     if normalize:
         x = F.normalize(x, dim=-1, eps=1e-6)
     r = kernel // 2
@@ -61,7 +66,7 @@ def local_gram(x: torch.Tensor, kernel: int, offsets: Sequence[int] = (1,), norm
 
 def masked_log_softmax(gram: torch.Tensor, tau: float, valid: torch.Tensor) -> torch.Tensor:
     """log P over the window axis, out-of-image neighbours at (effectively) -inf."""
-    logits = (gram.float() / tau).masked_fill(~valid, _MASKED)
+    logits = (_at_least_fp32(gram) / tau).masked_fill(~valid, _MASKED)
     return torch.log_softmax(logits, dim=-1)
 
 
@@ -92,7 +97,7 @@ def fuse(
     if fusion == "probs":
         return 0.5 * (lgf_probs(fwd, kernel, tau, offsets) + lgf_probs(bwd, kernel, tau, offsets))
     if fusion == "feature":
-        return lgf_probs(0.5 * (fwd.float() + bwd.float()), kernel, tau, offsets)
+        return lgf_probs(0.5 * (_at_least_fp32(fwd) + _at_least_fp32(bwd)), kernel, tau, offsets)
     if fusion == "forward":
         return lgf_probs(fwd, kernel, tau, offsets)
     if fusion == "backward":
@@ -108,6 +113,6 @@ def lgf_kl(teacher_probs: torch.Tensor, student: torch.Tensor, kernel: int, tau:
     """
     valid = valid_neighbours(student.shape[2], student.shape[3], kernel, student.device)
     log_q = masked_log_softmax(local_gram(student, kernel, offsets), tau, valid)
-    p = teacher_probs.float() * valid
+    p = _at_least_fp32(teacher_probs) * valid
     log_p = torch.where(p > 0, p, torch.ones_like(p)).log()  # 0 * log 0 = 0
     return (p * (log_p - log_q)).sum(-1).mean()

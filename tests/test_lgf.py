@@ -106,3 +106,10 @@ def test_gradient_flows_in_fp32_from_half_inputs():
     assert loss.dtype == torch.float32
     loss.backward()
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_kl_gradcheck_in_float64():
+    torch.manual_seed(5)
+    p = lgf_probs(torch.randn(1, 3, 3, 3, 4, dtype=torch.float64), 3, 0.5)
+    s = torch.randn(1, 3, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: lgf_kl(p, x, 3, 0.5), (s,))

@@ -1,0 +1,77 @@
+"""Export the trained LoRA in the format the stock diffusers CogVideoX pipelines load.
+
+    out_dir/pytorch_lora_weights.safetensors   keys "transformer.<module>.lora_{A,B}.weight" + the
+                                               adapter's LoraConfig (rank, alpha, targets) as metadata
+    out_dir/projector/                         projector.safetensors + projector.json (training only)
+
+`CogVideoXImageToVideoPipeline.load_lora_weights(out_dir)` (and CogVideoXPipeline's, the same
+CogVideoXLoraLoaderMixin) loads it as is. The LoraConfig metadata matters: without it diffusers
+assumes alpha == rank, and a LoRA trained with another alpha would load at the wrong scale.
+The projector sits in a subfolder because the loader refuses a folder with two .safetensors files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import CogVideoXImageToVideoPipeline
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+from stages.distill.projector import Projector, save_projector
+
+logger = logging.getLogger(__name__)
+
+PROJECTOR_DIR = "projector"
+INFO_NAME = "sam2videox.json"
+
+
+def export_lora(
+    transformer: torch.nn.Module,
+    out_dir: str | Path,
+    projector: Projector | None = None,
+    info: dict[str, Any] | None = None,
+    adapter_name: str = "default",
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write the transformer's LoRA adapter (and optionally the projector) to `out_dir`.
+
+    info: JSON-able run facts (config, step, teacher column) written to sam2videox.json beside it.
+    dtype: cast the LoRA tensors on the way out (e.g. torch.bfloat16 to halve the file); None keeps them.
+    The model itself is not modified.
+    """
+    if adapter_name not in getattr(transformer, "peft_config", {}):
+        raise ValueError(
+            f"the transformer has no LoRA adapter named {adapter_name!r}; full fine-tunes are saved with save_pretrained"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    state = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in state.items()}
+    metadata = transformer.peft_config[adapter_name].to_dict()
+    CogVideoXImageToVideoPipeline.save_lora_weights(
+        out_dir, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata
+    )
+    if projector is not None:
+        save_projector(projector, out_dir / PROJECTOR_DIR)
+    if info is not None:
+        (out_dir / INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    logger.info("exported LoRA (%d tensors) to %s", len(state), out_dir)
+    return out_dir
+
+
+def load_lora_for_training(transformer: torch.nn.Module, lora_dir: str | Path, adapter_name: str = "default") -> None:
+    """Load an exported LoRA back into a transformer that already has the adapter (resume, fine-tune on).
+
+    The adapter must have been added with the same rank and targets (stages.distill.student.apply_lora).
+    """
+    state, _ = CogVideoXImageToVideoPipeline.lora_state_dict(str(lora_dir), return_lora_metadata=True)
+    prefix = "transformer."
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    result = set_peft_model_state_dict(transformer, state, adapter_name=adapter_name)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"{lora_dir}: {len(unexpected)} LoRA tensors fit no module of this transformer, e.g. {unexpected[0]}")

@@ -1,0 +1,134 @@
+"""Student loading (the diffusers-folder path a user takes), LoRA / full fine-tuning, geometry, attention."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
+
+from pipeline.config import ConfigError, from_dict, load_config
+from pipeline.distill_config import TINY, DistillConfig
+from stages.distill.student import (
+    XFormersCogVideoXAttnProcessor,
+    apply_lora,
+    configure_student,
+    enable_full_finetune,
+    load_student,
+    rotary_embedding,
+    save_tiny_student,
+    set_attention,
+    token_grid,
+)
+
+
+def _inputs(config, frames: int = 2, batch: int = 1):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, frames, config.in_channels, config.sample_height, config.sample_width, generator=g)
+    text = torch.randn(batch, config.max_text_seq_length, config.text_embed_dim, generator=g)
+    rope = rotary_embedding(config, frames, config.sample_height, config.sample_width)
+    return {
+        "hidden_states": x, "encoder_hidden_states": text, "timestep": torch.tensor([500] * batch),
+        "image_rotary_emb": rope, "return_dict": False,
+    }
+
+
+def test_tiny_folder_round_trip(tmp_path):
+    folder = save_tiny_student(tmp_path / "student", "i2v")
+    assert (folder / "transformer" / "config.json").is_file() and (folder / "scheduler" / "scheduler_config.json").is_file()
+    loaded, scheduler = load_student(str(folder), "i2v")
+    built, _ = load_student("tiny", "i2v")
+    assert loaded.config.in_channels == 32 and loaded.config.use_learned_positional_embeddings
+    for (name, a), (_, b) in zip(sorted(loaded.state_dict().items()), sorted(built.state_dict().items())):
+        assert torch.equal(a, b), name
+    # The real 5B schedule: v-prediction with zero terminal SNR (alpha_bar at t=999 is exactly 0).
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.snr_shift_scale == 1.0
+    assert scheduler.alphas_cumprod[-1] == 0 and 0.99 < scheduler.alphas_cumprod[0] < 1
+
+
+def test_task_mismatch_is_refused(tmp_path):
+    folder = save_tiny_student(tmp_path / "t2v", "t2v")
+    with pytest.raises(ValueError, match="text-to-video model"):
+        load_student(str(folder), "i2v")
+    transformer, _ = load_student(str(folder), "t2v")
+    assert transformer.config.in_channels == 16 and not transformer.config.use_learned_positional_embeddings
+
+
+def test_lora_starts_as_identity_and_trains_only_adapters():
+    transformer, _ = load_student("tiny", "i2v")
+    kwargs = _inputs(transformer.config)
+    with torch.no_grad():
+        base = transformer(**kwargs)[0]
+    params = apply_lora(transformer, rank=4, alpha=8.0)
+    names = [n for n, p in transformer.named_parameters() if p.requires_grad]
+    assert len(params) == transformer.config.num_layers * 4 * 2  # q, k, v, out x (A, B)
+    assert all(".lora_A." in n or ".lora_B." in n for n in names)
+    assert transformer.peft_config["default"].lora_alpha == 8.0
+    with torch.no_grad():
+        assert torch.equal(transformer(**kwargs)[0], base)  # B = 0 at init
+    assert len(enable_full_finetune(transformer)) == len(list(transformer.parameters()))
+
+
+def test_lora_params_are_fp32_over_a_half_base():
+    transformer, _ = load_student("tiny", "i2v", dtype=torch.bfloat16)
+    params = apply_lora(transformer, rank=2, alpha=2.0, targets=["to_q"])
+    assert len(params) == 2 * transformer.config.num_layers
+    assert all(p.dtype == torch.float32 for p in params)
+    assert transformer.transformer_blocks[0].attn1.to_q.base_layer.weight.dtype == torch.bfloat16
+
+
+def test_configure_student_from_tiny_config(caplog):
+    cfg = from_dict(DistillConfig, TINY)
+    transformer, _ = load_student(cfg.student.model, cfg.student.task)
+    cfg.student.attention = "xformers"  # no CUDA here: must fall back to SDPA, loudly
+    with caplog.at_level(logging.WARNING):
+        params = configure_student(transformer, cfg.student)
+    assert "using SDPA" in caplog.text
+    assert isinstance(transformer.transformer_blocks[0].attn1.processor, CogVideoXAttnProcessor2_0)
+    assert transformer.gradient_checkpointing and len(params) == 24
+    assert set_attention(transformer, "sdpa") == "sdpa"
+
+
+def test_xformers_processor_matches_stock_attention():
+    """The xformers processor keeps CogVideoX's math; checked with an SDPA kernel in xformers' layout."""
+    transformer, _ = load_student("tiny", "i2v")
+    kwargs = _inputs(transformer.config)
+    with torch.no_grad():
+        stock = transformer(**kwargs)[0]
+
+    def sdpa_bmhk(q, k, v):  # [B, L, H, D] in and out, like xformers.ops.memory_efficient_attention
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+
+    transformer.set_attn_processor(XFormersCogVideoXAttnProcessor(kernel=sdpa_bmhk))
+    with torch.no_grad():
+        swapped = transformer(**kwargs)[0]
+    torch.testing.assert_close(swapped, stock, rtol=1e-5, atol=1e-5)
+
+
+def test_token_grid_and_rotary_shapes():
+    transformer, _ = load_student("tiny", "t2v")
+    config = transformer.config
+    assert token_grid(config, (13, 16, 24)) == (13, 8, 12)
+    with pytest.raises(ValueError, match="patch size"):
+        token_grid(config, (13, 15, 24))
+    cos, sin = rotary_embedding(config, 3, 16, 24)
+    assert cos.shape == sin.shape == (3 * 8 * 12, config.attention_head_dim)
+
+
+def test_distill_config_defaults_and_validation(tmp_path):
+    cfg = load_config(DistillConfig)
+    assert (cfg.student.lora.rank, cfg.tap.block, cfg.projector.hidden, cfg.projector.layers) == (128, 16, 2048, 2)
+    assert cfg.student.lora.targets == ["to_q", "to_k", "to_v", "to_out.0"]
+    assert (cfg.losses.lgf.weight, cfg.losses.lgf.kernel, cfg.losses.lgf.tau, cfg.losses.lgf.fusion) == (0.5, 7, 0.1, "gram")
+    assert cfg.losses.repa.weight == 0 and cfg.losses.mask.weight == 0 and cfg.diffusion.timesteps == 1000
+    path = tmp_path / "run.yaml"
+    path.write_text("losses:\n  lgf:\n    kernel: 4\n")
+    with pytest.raises(ConfigError, match="kernel must be a positive odd number"):
+        load_config(DistillConfig, path)
+    with pytest.raises(ConfigError, match="cutoff_step"):
+        load_config(DistillConfig, None, ["losses.repa.cutoff_step=0"])
+    with pytest.raises(ConfigError, match="unknown key 'student.lora.rnak'"):
+        load_config(DistillConfig, None, ["student.lora.rnak=4"])
+    assert load_config(DistillConfig, None, ["losses.lgf.weight=0"]).losses.needs_projector is False
