@@ -59,6 +59,7 @@ def small_overrides(corpus: Path, **extra) -> list[str]:
         "video.num_frames": 17,
         "video.height": 64,
         "video.width": 96,
+        "teacher.image_size": 64,
         "ray.num_workers": 2,
         **extra,
     }

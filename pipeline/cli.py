@@ -1,0 +1,287 @@
+"""`sam2videox`: the command line. Progress bars and printing live here, nowhere else."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.config import ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="SAM2VideoX: SAM2 teacher extraction and CogVideoX distillation.")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load(schema, config: Optional[Path], overrides: list[str]):
+    try:
+        return load_config(schema, config, overrides)
+    except ConfigError as exc:
+        typer.secho(f"config error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def extract(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="extract config YAML (configs/extract/*.yaml)"),
+    store: str = typer.Option(..., "--store", "-s", help="feature store: a folder or fsspec URL (s3://...)"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. teacher.feature=backbone ray.num_workers=4"),
+    allow_failures: bool = typer.Option(False, "--allow-failures", help="exit 0 even if clips failed (they stay in the ledger)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Stage one: track every clip forward and backward with SAM2 and write the store's columns."""
+    from tqdm import tqdm
+
+    from pipeline.extract_config import ExtractConfig
+    from pipeline.runner import run_extract
+
+    _setup_logging(verbose)
+    cfg = _load(ExtractConfig, config, overrides or [])
+    bar = tqdm(unit="clip", desc="extract", dynamic_ncols=True, disable=None)
+
+    def on_shard(report) -> None:
+        bar.update(report.clips)
+        bar.set_postfix(shard=report.shard, failed=sum(len(v) for v in report.failed.values()))
+
+    summary = run_extract(cfg, store, on_shard=on_shard)
+    bar.close()
+    typer.echo(
+        f"store {summary.store}: {summary.clips} clips in {summary.shards} shards; "
+        f"ran {len(summary.shards_run)} shards ({summary.clips_processed} clips), skipped {summary.shards_skipped} already committed, "
+        f"{summary.worker_restarts} worker restarts, {summary.seconds:.1f} s"
+    )
+    for name, rows in summary.failed.items():
+        if rows:
+            typer.secho(f"{name}: {len(rows)} clips failed", fg="yellow")
+            for row in rows[:10]:
+                typer.echo(f"  {row['key']}: {row['reason']}")
+    if summary.failed_keys and not (allow_failures or cfg.allow_failures):
+        typer.secho(f"{len(summary.failed_keys)} clips failed (see `sam2videox inspect {store}`); pass --allow-failures to accept", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def inspect(
+    store: str = typer.Argument(..., help="feature store folder or URL"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    pca: Optional[str] = typer.Option(None, "--pca", help="clip key to render as PCA colours"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output .mp4 or .png for --pca"),
+    column: Optional[str] = typer.Option(None, "--column", help="teacher column name or name-hash (default: the only one)"),
+) -> None:
+    """Summarise a store, or render one clip's teacher features (--pca KEY --out FILE)."""
+    from pipeline.store import FeatureStore, StoreError
+
+    try:
+        fstore = FeatureStore(store)
+        if pca is not None:
+            from pipeline.inspect import render_pca
+
+            if out is None:
+                raise typer.BadParameter("--pca needs --out FILE (.mp4 or .png)")
+            path = render_pca(fstore, pca, out, column or "teacher")
+            typer.echo(f"wrote {path}")
+            return
+        summary = fstore.summary()
+    except StoreError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(json.dumps(summary, indent=1))
+        return
+    typer.echo(f"store {summary['store']}: {summary['clips']} clips, {summary['shards']} shards, {summary['failed']} failed")
+    for col in summary["columns"]:
+        typer.echo(
+            f"  {col['dir']}: {col['committed_shards']}/{summary['shards']} shards, {col['clips']} clips, "
+            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip"
+        )
+        for name, spec in col["arrays"].items():
+            typer.echo(f"      {name:16s} {spec['dtype']:8s} {tuple(spec['shape'])}")
+
+
+def _run_distill(cfg, resume: bool, show_progress: bool) -> dict:
+    """Train, export, and return the run summary (also written to <out>/summary.json on rank 0)."""
+    from tqdm import tqdm
+
+    from stages.distill.trainer import Trainer
+
+    trainer = Trainer(cfg, resume=resume)
+    bar = tqdm(total=cfg.train.steps, initial=trainer.step, unit="step", desc=Path(cfg.out).name, disable=None if show_progress and trainer.rank == 0 else True)
+    waits, times = [], []
+
+    def on_step(m) -> None:
+        waits.append(m.data_seconds)
+        times.append(m.seconds)
+        bar.update(1)
+        bar.set_postfix(loss=f"{m.loss:.4f}", data_wait=f"{sum(waits) / max(sum(times), 1e-9):.0%}")
+
+    trainer.on_step = on_step
+    try:
+        history = trainer.run()
+        exported = trainer.finish()
+    finally:
+        bar.close()
+        trainer.close()
+    summary = {
+        "out": str(cfg.out),
+        "steps": trainer.step,
+        "rank": trainer.rank,
+        "world_size": trainer.world,
+        "final": history[-1].to_json() if history else None,
+        "first": history[0].to_json() if history else None,
+        "mean_step_seconds": sum(times) / len(times) if times else None,
+        "data_wait_share": sum(waits) / sum(times) if times else None,
+        "exported": str(exported) if exported else None,
+        "teacher_column": trainer.data.teacher.dirname if trainer.data.teacher else None,
+    }
+    if trainer.rank == 0:
+        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+@app.command()
+def distill(
+    config: list[Path] = typer.Option(..., "--config", "-c", help="distill config YAML; repeat to layer an ablation on a base"),
+    store: Optional[str] = typer.Option(None, "--store", "-s", help="feature store (sets data.store)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="run folder (sets out)"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. losses.lgf.weight=1.0 train.steps=100"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the run folder"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Stage two: distil the store's teacher into CogVideoX (run under torchrun for DDP)."""
+    from pipeline.distill_config import DistillConfig
+    from pipeline.store import StoreError
+
+    _setup_logging(verbose)
+    extra = ([f"data.store={store}"] if store else []) + ([f"out={out}"] if out else [])
+    cfg = _load(DistillConfig, config, [*(overrides or []), *extra])
+    try:
+        summary = _run_distill(cfg, resume, show_progress=True)
+    except StoreError as exc:
+        typer.secho(f"store error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    if summary["rank"] == 0:
+        final = summary["final"] or {}
+        typer.echo(
+            f"{summary['steps']} steps, loss {final.get('loss', float('nan')):.4f} {final.get('terms', {})}, "
+            f"{summary['mean_step_seconds'] or 0:.3f} s/step, data wait {summary['data_wait_share'] or 0:.1%}; LoRA: {summary['exported']}"
+        )
+
+
+@app.command()
+def ablate(
+    config: Path = typer.Option(Path("configs/distill/sample.yaml"), "--config", "-c", help="base distill config"),
+    store: str = typer.Option(..., "--store", "-s"),
+    out: str = typer.Option("out/ablations", "--out", "-o"),
+    ablations: Path = typer.Option(Path("configs/ablations"), "--ablations", help="folder of ablation YAMLs (diffs on the base)"),
+    steps: int = typer.Option(3, "--steps", help="training steps per ablation"),
+    only: list[str] = typer.Argument(None, help="ablation names to run (default: all)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train every ablation briefly on the same store: cached features reused, nothing re-extracted."""
+    from pipeline.distill_config import DistillConfig
+
+    _setup_logging(verbose)
+    files = sorted(ablations.glob("*.yaml"))
+    if only:
+        unknown = set(only) - {f.stem for f in files}
+        if unknown:
+            raise typer.BadParameter(f"unknown ablation(s) {sorted(unknown)}; valid: {', '.join(f.stem for f in files)}")
+        files = [f for f in files if f.stem in only]
+    rows = {}
+    for f in files:
+        overrides = [f"data.store={store}", f"out={out}/{f.stem}", f"train.steps={steps}", f"train.checkpoint_every={steps}"]
+        cfg = _load(DistillConfig, [config, f], overrides)
+        summary = _run_distill(cfg, resume=False, show_progress=False)
+        rows[f.stem] = {"loss": summary["final"]["loss"], "terms": summary["final"]["terms"], "s_per_step": summary["mean_step_seconds"]}
+        typer.echo(f"{f.stem:16s} loss {rows[f.stem]['loss']:.4f}  {rows[f.stem]['terms']}")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "ablations.json").write_text(json.dumps(rows, indent=1))
+
+
+@app.command()
+def generate(
+    run: Path = typer.Option(..., "--run", help="a distill run folder (holds lora/ and summary.json)"),
+    store: str = typer.Option(..., "--store", "-s", help="the store it trained on (first frame, caption, encoders)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output .mp4"),
+    key: Optional[str] = typer.Option(None, "--key", help="clip whose first frame and caption condition the sample (default: first clip)"),
+    steps: int = typer.Option(8, "--steps", help="denoising steps"),
+    guidance: float = typer.Option(6.0, "--guidance"),
+    seed: int = typer.Option(0, "--seed"),
+    no_lora: bool = typer.Option(False, "--no-lora", help="sample the base model (for comparison)"),
+) -> None:
+    """Sample a video with the stock diffusers image-to-video pipeline + the run's LoRA."""
+    from pipeline.config import from_dict
+    from pipeline.corpus import ClipEntry
+    from pipeline.decode import decode_clip
+    from pipeline.extract_config import VideoConfig
+    from pipeline.inspect import write_mp4
+    from pipeline.store import FeatureStore
+    from stages.generate import build_pipeline, sample_video
+
+    _setup_logging(False)
+    info = json.loads((run / "lora" / "sam2videox.json").read_text())
+    fstore = FeatureStore(store)
+    enc_col = fstore.column(info["encodings_column"])
+    video = from_dict(VideoConfig, enc_col.producer_config["video"], source=f"{enc_col.dirname}/column.json")
+    clips = fstore.require_snapshot().clips
+    entry = ClipEntry.from_json(next((c for c in clips if c["key"] == key), clips[0]) if key else clips[0])
+    first = decode_clip(entry.url, video, fstore.storage_options).frames[0]
+    enc_cfg = enc_col.producer_config["encoders"]
+    pipe = build_pipeline(info["config"]["student"]["model"], enc_cfg["model"], None if no_lora else run / "lora")
+    frames = sample_video(pipe, first, entry.caption, video.num_frames, steps, guidance, seed, enc_cfg["max_text_len"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_mp4(out, frames, video.fps)
+    typer.echo(f"wrote {out} ({frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]}) from '{entry.key}': {entry.caption!r}")
+
+
+@app.command()
+def report(
+    store: str = typer.Option(..., "--store", "-s"),
+    run: Path = typer.Option(..., "--run"),
+    out: Path = typer.Option(..., "--out", "-o", help="summary .md (a .json twin is written beside it)"),
+    files: list[str] = typer.Argument(None, help="extra produced files to list (videos, pictures)"),
+) -> None:
+    """Write a run's summary: store figures, training figures, and where everything is."""
+    from pipeline.store import FeatureStore
+
+    store_info = FeatureStore(store).summary()
+    train = json.loads((run / "summary.json").read_text())
+    final, first = train["final"], train["first"]
+    lines = [
+        "# SAM2VideoX run summary",
+        "",
+        f"- store: `{store_info['store']}`: {store_info['clips']} clips in {store_info['shards']} shards, {store_info['failed']} failed",
+    ]
+    for col in store_info["columns"]:
+        lines.append(f"  - column `{col['dir']}`: {col['clips']} clips, {col['bytes_per_clip'] / 1e3:.1f} kB/clip, arrays "
+                     + ", ".join(f"{k} {tuple(v['shape'])} {v['dtype']}" for k, v in col["arrays"].items()))
+    lines += [
+        f"- training: {train['steps']} steps on {train['world_size']} rank(s), {train['mean_step_seconds']:.3f} s/step, "
+        f"data wait {train['data_wait_share']:.1%} of step time",
+        f"- loss: first step {first['loss']:.4f} {_fmt_terms(first['terms'])}; last step {final['loss']:.4f} {_fmt_terms(final['terms'])}",
+        f"- LoRA for the stock diffusers pipelines: `{train['exported']}`",
+        f"- loss curve: `{run / 'loss_curve.png'}`; metrics: `{run / 'metrics.jsonl'}`; TensorBoard: `{run / 'tensorboard'}`",
+    ]
+    lines += [f"- `{f}`" for f in files or []]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"store": store_info, "training": train, "files": files or []}, indent=1, default=str))
+    typer.echo(out.read_text())
+
+
+def _fmt_terms(terms: dict) -> str:
+    return "(" + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) + ")"
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,160 @@
+"""The extraction run: list the corpus, freeze it, and farm out pending shards to Ray actors.
+
+Each actor wraps a `ShardWorker` (models loaded once) and takes whole shards. Ray has no
+job-level resume, so the store's commit records are the record of finished work: a rerun skips
+committed shards, and a shard whose actor died is handed to a fresh actor (its half-written
+attempt stays invisible and is garbage-collected at the end).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pipeline.config import to_dict, from_dict
+from pipeline.corpus import list_corpus
+from pipeline.extract_config import ExtractConfig
+from pipeline.producer import load_registry
+from pipeline.store import Column, FeatureStore, Snapshot, StoreError
+from pipeline.worker import ShardReport, ShardWorker
+
+log = logging.getLogger(__name__)
+
+
+class ExtractFailed(RuntimeError):
+    """Shards could not be completed (workers kept dying)."""
+
+
+@dataclass
+class ExtractSummary:
+    store: str
+    clips: int
+    shards: int
+    shards_run: list[int] = field(default_factory=list)
+    shards_skipped: int = 0
+    failed: dict[str, list[dict]] = field(default_factory=dict)  # column -> ledger rows (whole store)
+    worker_restarts: int = 0
+    seconds: float = 0.0
+    clips_processed: int = 0
+
+    @property
+    def failed_keys(self) -> set[str]:
+        return {row["key"] for rows in self.failed.values() for row in rows}
+
+
+def prepare_store(cfg: ExtractConfig, store_url: str, registry: str) -> tuple[FeatureStore, Snapshot, dict[str, Column]]:
+    """Freeze the corpus snapshot (first run only) and create the requested columns."""
+    store = FeatureStore(store_url, cfg.corpus.storage_options)
+    snapshot = store.snapshot()
+    if snapshot is None:
+        entries = list_corpus(cfg.corpus)
+        snapshot = store.freeze_snapshot(Snapshot(cfg.corpus.url, cfg.corpus.clips_per_shard, [e.to_json() for e in entries]))
+    else:
+        _check_same_corpus(store, snapshot, cfg)
+    reg = load_registry(registry)
+    columns = {}
+    for name in cfg.columns:
+        spec = reg.column_spec(name, cfg)
+        columns[name] = store.create_column(name, spec.config, spec.schema, spec.attrs)
+    return store, snapshot, columns
+
+
+def _check_same_corpus(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig) -> None:
+    # A store is bound to the corpus frozen in it. Re-listing on every run would let a changed bucket
+    # reshuffle shards under existing columns, so a rerun reads the snapshot and checks it is the same bucket.
+    if snapshot.source.rstrip("/") != cfg.corpus.url.rstrip("/") or snapshot.clips_per_shard != cfg.corpus.clips_per_shard:
+        raise StoreError(
+            f"{store.url} holds a snapshot of {snapshot.source} with {snapshot.clips_per_shard} clips per shard; "
+            f"this run asks for {cfg.corpus.url} with {cfg.corpus.clips_per_shard}: use a new store"
+        )
+
+
+def run_extract(
+    cfg: ExtractConfig,
+    store_url: str,
+    on_shard: Callable[[ShardReport], None] | None = None,
+    registry: str = "stages.extract.columns",
+) -> ExtractSummary:
+    """Extract every pending shard of the configured columns into the store at `store_url`."""
+    started = time.perf_counter()
+    store, snapshot, columns = prepare_store(cfg, store_url, registry)
+    every = set(range(snapshot.num_shards))
+    todo = sorted(set().union(*(every - c.committed_shards() for c in columns.values())))
+    summary = ExtractSummary(store.url, len(snapshot.clips), snapshot.num_shards)
+    summary.shards_skipped = snapshot.num_shards - len(todo)
+    if todo:
+        log.info("%d of %d shards to extract (%s)", len(todo), snapshot.num_shards, ", ".join(cfg.columns))
+        _run_on_ray(cfg, store_url, todo, summary, on_shard, registry)
+    for name, column in columns.items():
+        summary.failed[name] = column.ledger()
+        if every <= column.committed_shards():
+            column.collect_garbage()  # attempts left by dead workers
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _run_on_ray(cfg: ExtractConfig, store_url: str, todo: list[int], summary: ExtractSummary, on_shard, registry: str) -> None:
+    import ray  # imported here: the worker path must stay importable where Ray is not installed
+    from ray.exceptions import RayActorError
+
+    owns_ray = _init_ray(ray, cfg)
+    try:
+        actor_cls = ray.remote(max_restarts=0, max_task_retries=0)(_RayShardWorker).options(
+            num_cpus=cfg.ray.cpus_per_worker, num_gpus=cfg.ray.gpus_per_worker
+        )
+        cfg_json = to_dict(cfg)
+        queue, attempts, running = deque(todo), {s: 0 for s in todo}, {}
+        idle = [actor_cls.remote(cfg_json, store_url, cfg.corpus.storage_options, registry) for _ in range(min(cfg.ray.num_workers, len(todo)))]
+        while queue or running:
+            while queue and idle:
+                actor, shard = idle.pop(), queue.popleft()
+                attempts[shard] += 1
+                running[actor.run_shard.remote(shard)] = (actor, shard)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            actor, shard = running.pop(ready[0])
+            try:
+                report = ShardReport(**ray.get(ready[0]))
+            except RayActorError as exc:
+                summary.worker_restarts += 1
+                log.warning("worker died on shard %d (attempt %d): %s", shard, attempts[shard], exc)
+                if attempts[shard] >= cfg.ray.max_shard_attempts:
+                    raise ExtractFailed(f"shard {shard} failed {attempts[shard]} times: its worker died each time") from exc
+                queue.appendleft(shard)
+                idle.append(actor_cls.remote(cfg_json, store_url, cfg.corpus.storage_options, registry))
+                continue
+            idle.append(actor)
+            summary.shards_run.append(shard)
+            summary.clips_processed += report.clips
+            if on_shard is not None:
+                on_shard(report)
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+
+def _init_ray(ray, cfg: ExtractConfig) -> bool:
+    """Join the configured cluster, or start a local Ray in-process. True when this call started it."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, object_store_memory=cfg.ray.object_store_memory, log_to_driver=True)
+    return True
+
+
+class _RayShardWorker:
+    """Actor body: rebuilds the typed config (only JSON crosses the process boundary)."""
+
+    def __init__(self, cfg_json: dict, store_url: str, storage_options: dict, registry: str):
+        logging.basicConfig(level=logging.INFO)
+        cfg = from_dict(ExtractConfig, cfg_json, source="<extract config from driver>")
+        self.worker = ShardWorker(cfg, store_url, storage_options, registry)
+
+    def run_shard(self, shard: int) -> dict:
+        return self.worker.run_shard(shard).to_json()

@@ -1,0 +1,108 @@
+"""Resumable training checkpoints: safetensors for tensors, JSON for the rest, committed atomically.
+
+    <out>/checkpoints/step-000006/
+        model.safetensors      trainable weights (LoRA or all) and the projector, by parameter name
+        optimizer.safetensors  AdamW moments and step counters, keyed "<param index>.<name>"
+        state.json             step, stream position, LR-scheduler state, optimizer param groups, config
+
+A checkpoint is written into a temporary folder and renamed into place, so a crash mid-write
+leaves no half checkpoint under a real name; the newest complete one wins on `--resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+PREFIX = "step-"
+
+
+def trainable_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """{"<module>.<param name>": tensor} of every parameter that requires grad."""
+    out = {}
+    for prefix, module in modules.items():
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                out[f"{prefix}.{name}"] = p.detach().contiguous().cpu()
+    return out
+
+
+def load_trainable_state(modules: dict[str, torch.nn.Module], state: dict[str, torch.Tensor], source: str) -> None:
+    wanted = {f"{prefix}.{n}": p for prefix, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}
+    missing, extra = sorted(set(wanted) - set(state)), sorted(set(state) - set(wanted))
+    if missing or extra:
+        raise ValueError(f"{source}: checkpoint does not fit the model (missing {missing[:3]}, unexpected {extra[:3]})")
+    with torch.no_grad():
+        for name, p in wanted.items():
+            p.copy_(state[name].to(p.device, p.dtype))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, slot in sd["state"].items():
+        for name, value in slot.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(out_dir: Path, step: int, modules: dict[str, torch.nn.Module], optimizer, scheduler, extra: dict, keep_last: int) -> Path:
+    """Write checkpoint `step` atomically and prune all but the newest `keep_last`."""
+    root = Path(out_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    save_file(trainable_state(modules), str(tmp / "model.safetensors"))
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), **extra}
+    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(out_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(out_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of interrupted writes are not listed)."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.exists():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "state.json").exists())
+
+
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, scheduler) -> dict:
+    """Restore weights, optimizer and LR schedule from `path`; returns its state.json."""
+    path = Path(path)
+    state = json.loads((path / "state.json").read_text())
+    load_trainable_state(modules, load_file(str(path / "model.safetensors")), str(path))
+    _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state

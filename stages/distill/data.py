@@ -1,0 +1,103 @@
+"""The student's view of the store: which columns and arrays a run reads, checked before step one.
+
+A run never loads the VAE or the text encoder: the encodings column holds the posterior of every
+clip, its noised first-frame latent and its prompt embedding. The teacher column is joined even for
+runs without a feature loss, so every ablation trains on exactly the same clips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.distill_config import DistillConfig
+from pipeline.store import Column, FeatureStore, StoreError
+from pipeline.stream import ClipStream
+from stages.distill.losses import lgf_key
+from stages.distill.student import token_grid
+
+
+class StoreMismatch(StoreError):
+    """The store was extracted for another student geometry."""
+
+
+@dataclass
+class TrainingData:
+    store: FeatureStore
+    encodings: Column
+    teacher: Column | None
+    arrays: dict[str, list[str]]  # column name -> arrays the run reads
+    scaling_factor: float
+    teacher_channels: int | None
+    column_lgf: dict | None  # the LGF settings the stored target was fused with
+
+    @property
+    def columns(self) -> list[Column]:
+        return [c for c in (self.teacher, self.encodings) if c is not None]
+
+    def stream(self, batch_size: int, seed: int, shuffle_buffer: int, num_workers: int) -> ClipStream:
+        return ClipStream(self.store, self.columns, self.arrays, batch_size, seed, shuffle_buffer, num_workers)
+
+
+def _select(store: FeatureStore, name: str, selector: str | None) -> Column:
+    if selector is None:
+        return store.column(name)
+    return store.column(selector) if selector.startswith(f"{name}-") else store.column(name, selector)
+
+
+def open_training_data(cfg: DistillConfig) -> TrainingData:
+    store = FeatureStore(cfg.data.store, cfg.data.storage_options)
+    store.require_snapshot()
+    encodings = _select(store, "encodings", cfg.data.encodings_column)
+    has_teacher = any(c.name == "teacher" for c in store.columns())
+    teacher = _select(store, "teacher", cfg.data.teacher_column) if has_teacher or cfg.losses.needs_projector else None
+    arrays = {"encodings": ["latents", "prompt_embeds"] + (["image_latents"] if cfg.student.task == "i2v" else [])}
+    column_lgf = teacher.attrs.get("lgf") if teacher is not None else None
+    if teacher is not None:
+        arrays["teacher"] = teacher_arrays(cfg, column_lgf)
+    return TrainingData(
+        store, encodings, teacher, arrays,
+        scaling_factor=float(encodings.attrs["scaling_factor"]),
+        teacher_channels=teacher.attrs.get("channels") if teacher is not None else None,
+        column_lgf=column_lgf,
+    )
+
+
+def teacher_arrays(cfg: DistillConfig, column_lgf: dict | None) -> list[str]:
+    """Only what the active losses read: the stored target when its LGF settings are the run's."""
+    losses, wanted = cfg.losses, []
+    if losses.lgf.weight > 0:
+        stored_fits = column_lgf is not None and lgf_key(column_lgf) == lgf_key(losses.lgf)
+        wanted += ["lgf"] if stored_fits else ["fwd", "bwd"]
+    if losses.repa.weight > 0:
+        wanted += ["fwd"] + (["bwd"] if losses.repa.teacher == "mean" else [])
+    if losses.mask.weight > 0:
+        wanted += ["mask"]
+    return sorted(set(wanted))
+
+
+def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig) -> tuple[int, int, int]:
+    """Refuse, before any step, a store whose shapes do not fit the student. Returns the token grid."""
+    lat = data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
+    where = f"{data.store.url} ({data.encodings.dirname})"
+    if lat[0] != 2 * transformer_config.out_channels:
+        raise StoreMismatch(f"{where}: latents have {lat[0] // 2} channels, the student predicts {transformer_config.out_channels}")
+    grid = token_grid(transformer_config, lat[1:])
+    if transformer_config.use_learned_positional_embeddings and tuple(lat[2:]) != (transformer_config.sample_height, transformer_config.sample_width):
+        raise StoreMismatch(
+            f"{where}: latent grid {lat[2]}x{lat[3]} but the student's learned positional embeddings are "
+            f"{transformer_config.sample_height}x{transformer_config.sample_width}"
+        )
+    text = data.encodings.schema["prompt_embeds"].shape
+    if text[1] != transformer_config.text_embed_dim:
+        raise StoreMismatch(f"{where}: prompt embeddings are {text[1]} wide, the student takes {transformer_config.text_embed_dim}")
+    if data.teacher is not None:
+        tgrid = tuple(data.teacher.attrs.get("grid") or data.teacher.schema["mask"].shape)
+        if tgrid != grid:
+            raise StoreMismatch(
+                f"{data.store.url} ({data.teacher.dirname}): teacher grid (T, h, w) = {tgrid}, "
+                f"but the student config gives {grid} for latents {tuple(lat[1:])}: re-extract for this student"
+            )
+    if cfg.tap.block >= transformer_config.num_layers:
+        raise StoreMismatch(f"tap.block={cfg.tap.block} but the student has {transformer_config.num_layers} blocks")
+    return grid

@@ -1,0 +1,101 @@
+"""The `teacher` column: SAM2 features of both directions on the student's token grid, and their fusion.
+
+Per clip (T latent frames, h x w tokens, C teacher channels, K = k*k):
+    fwd, bwd  float16 [T, h, w, C]     memory features of the forward / backward pass
+    lgf       float16 [T', h, w, K]    fused Local Gram Flow target (probabilities; T' = sum_o (T - o))
+    mask      uint8   [T, h, w]        forward-pass subject coverage per token, 0..255
+The fwd/bwd features are kept so stage two can refuse nothing: a run with other LGF settings
+recomputes its target from them instead of re-extracting.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from pipeline.config import to_dict
+from pipeline.extract_config import ExtractConfig
+from pipeline.producer import ColumnSpec
+from pipeline.store import ArraySpec
+from stages.extract.prompts import manifest_prompt
+from stages.extract.sam2_model import build_sam2, feature_channels
+from stages.extract.tracker import BidirectionalTracker
+from stages.grid import TokenGrid, mask_to_token_grid, to_token_grid, token_grid
+from stages.lgf import fuse
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def student_grid(cfg: ExtractConfig) -> TokenGrid:
+    s, v = cfg.student, cfg.video
+    return token_grid(v.num_frames, v.height, v.width, s.vae_temporal, s.vae_spatial, s.patch_size, s.patch_size_t)
+
+
+def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
+    """Name, hashed producer config and schema of the teacher column, without loading SAM2."""
+    grid = student_grid(cfg)
+    channels = feature_channels(cfg.teacher.model, cfg.teacher.feature)
+    pairs = sum(grid.frames - o for o in cfg.lgf.offsets)
+    k2 = cfg.lgf.kernel**2
+    teacher = {k: v for k, v in to_dict(cfg.teacher).items() if k not in ("device", "image_batch")}
+    config = {
+        "teacher": teacher,
+        "video": to_dict(cfg.video),
+        "student": to_dict(cfg.student),
+        "lgf": to_dict(cfg.lgf),
+    }
+    schema = {
+        "fwd": ArraySpec((*grid.shape, channels), "float16"),
+        "bwd": ArraySpec((*grid.shape, channels), "float16"),
+        "lgf": ArraySpec((pairs, grid.height, grid.width, k2), "float16"),
+        "mask": ArraySpec(grid.shape, "uint8"),
+    }
+    attrs = {"grid": list(grid.shape), "channels": channels, "mask_scale": 255, "lgf": to_dict(cfg.lgf)}
+    return ColumnSpec("teacher", config, schema, attrs)
+
+
+class TeacherProducer:
+    """Built once per worker: loads SAM2 and turns decoded clips into teacher arrays."""
+
+    def __init__(self, cfg: ExtractConfig, device: str):
+        self.cfg = cfg
+        self.grid = student_grid(cfg)
+        t = cfg.teacher
+        model = build_sam2(t.model, t.checkpoint, t.image_size, device=device)
+        dtype = _DTYPES[t.dtype] if device.startswith("cuda") else torch.float32
+        self.tracker = BidirectionalTracker(model, feature=t.feature, image_batch=t.image_batch, dtype=dtype, mask_threshold=t.mask_threshold)
+
+    def column_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def produce(self, clip, entry) -> tuple[dict[str, np.ndarray], dict]:
+        cfg, source = self.cfg, self.cfg.teacher.prompt
+        prompt = None
+        if source == "manifest":
+            if entry.prompt:
+                prompt = manifest_prompt(clip.map_prompt(entry.prompt, self._mask_loader()))
+            else:
+                source = "auto"  # documented fallback: a clip without a manifest prompt
+        result = self.tracker.track(torch.from_numpy(clip.frames), prompt, source)
+        vt, mode = cfg.student.vae_temporal, cfg.teacher.temporal
+        fwd = to_token_grid(result.fwd, self.grid, vt, mode)
+        bwd = to_token_grid(result.bwd, self.grid, vt, mode)
+        lgf = fuse(fwd[None], bwd[None], cfg.lgf.kernel, cfg.lgf.tau, cfg.lgf.offsets, cfg.lgf.fusion)[0]
+        arrays = {
+            "fwd": fwd.numpy().astype(np.float16),
+            "bwd": bwd.numpy().astype(np.float16),
+            "lgf": lgf.numpy().astype(np.float16),
+            "mask": mask_to_token_grid(result.masks_fwd, self.grid, vt).numpy(),
+        }
+        record = {"prompt": result.prompt.to_record(), "prompt_source": source, "object_score": float(result.object_score)}
+        return arrays, record
+
+    def _mask_loader(self):
+        from pipeline.corpus import load_prompt_mask
+
+        options = self.cfg.corpus.storage_options
+        return lambda url: load_prompt_mask(url, options)

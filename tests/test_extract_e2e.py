@@ -1,0 +1,151 @@
+"""Stage one end to end through Ray, Zarr and the CLI, on the tiny real models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ROOT, small_overrides
+from pipeline.cli import app
+from pipeline.config import load_config
+from pipeline.extract_config import ExtractConfig
+from pipeline.runner import run_extract
+from pipeline.store import FeatureStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+SAMPLE = ROOT / "configs/extract/sample.yaml"
+
+
+def config(corpus: Path, **extra) -> ExtractConfig:
+    return load_config(ExtractConfig, SAMPLE, small_overrides(corpus, **extra))
+
+
+def store_arrays(url: str) -> dict:
+    """{column name: {shard: {array: ndarray}}} of every committed shard."""
+    store = FeatureStore(url)
+    out = {}
+    for col in store.columns():
+        out[col.name] = {s: {k: np.asarray(v[...]) for k, v in col.read_shard(s).arrays.items()} for s in col.committed_shards()}
+    return out
+
+
+def assert_same_arrays(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for col in a:
+        assert a[col].keys() == b[col].keys(), col
+        for shard in a[col]:
+            for key in a[col][shard]:
+                np.testing.assert_array_equal(a[col][shard][key], b[col][shard][key], err_msg=f"{col}/{shard}/{key}")
+
+
+@pytest.fixture(scope="module")
+def clean_store(tmp_path_factory, small_corpus, ray_session) -> str:
+    url = str(tmp_path_factory.mktemp("clean") / "store")
+    summary = run_extract(config(small_corpus), url)
+    assert summary.failed_keys == set() and len(summary.shards_run) == 3
+    return url
+
+
+def test_cli_extract_and_inspect_json(tmp_path, small_corpus, ray_session):
+    store = str(tmp_path / "store")
+    runner = CliRunner()
+    result = runner.invoke(app, ["extract", "--config", str(SAMPLE), "--store", store, *small_overrides(small_corpus)])
+    assert result.exit_code == 0, result.output
+    info = json.loads(runner.invoke(app, ["inspect", store, "--json"]).output)
+    assert info["clips"] == 6 and info["shards"] == 3 and info["failed"] == 0
+    cols = {c["name"]: c for c in info["columns"]}
+    assert set(cols) == {"teacher", "encodings"}
+    teacher = cols["teacher"]
+    assert teacher["clips"] == 6 and teacher["arrays"]["fwd"]["shape"][:3] == [5, 4, 6]  # 17 frames, 64x96 -> 5x4x6
+    assert teacher["arrays"]["lgf"]["shape"] == [4, 4, 6, 49]
+    assert info["bytes_per_clip"] > 0 and len(teacher["hash"]) == 16
+    text = runner.invoke(app, ["inspect", store]).output
+    assert "teacher-" in text and "encodings-" in text
+
+
+def test_rerun_skips_committed_and_is_identical(clean_store, small_corpus, ray_session):
+    before = store_arrays(clean_store)
+    summary = run_extract(config(small_corpus), clean_store)
+    assert summary.shards_run == [] and summary.shards_skipped == 3
+    assert_same_arrays(before, store_arrays(clean_store))
+
+
+def test_resume_after_stop_computes_only_the_rest(tmp_path, clean_store, small_corpus, ray_session):
+    url = str(tmp_path / "store")
+    cfg = config(small_corpus, **{"ray.num_workers": 1})
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(report):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_extract(cfg, url, on_shard=stop_after_first)
+    done = {c.name: c.committed_shards() for c in FeatureStore(url).columns()}
+    assert all(len(s) == 1 for s in done.values())
+    summary = run_extract(cfg, url)
+    assert sorted(summary.shards_run) == sorted({0, 1, 2} - done["teacher"])
+    assert_same_arrays(store_arrays(clean_store), store_arrays(url))
+
+
+def test_worker_killed_mid_shard_is_redone(tmp_path, clean_store, small_corpus, ray_session):
+    url = str(tmp_path / "store")
+    summary = run_extract(config(small_corpus, **{"debug.crash_after_clips": 1}), url)
+    assert summary.worker_restarts == 1
+    assert (Path(url) / "_debug" / "crashed").exists()
+    assert summary.failed_keys == set()
+    assert_same_arrays(store_arrays(clean_store), store_arrays(url))
+    for col in FeatureStore(url).columns():  # the dead worker's attempt was collected
+        assert len(list((Path(url) / "columns" / col.dirname / "shards").iterdir())) == 3
+
+
+def test_bad_inputs_go_to_the_ledger(copy_corpus, tmp_path, sample_generator, ray_session):
+    corpus = copy_corpus()
+    good = sorted(corpus.glob("*.mp4"))
+    (corpus / "manifest.jsonl").unlink()  # list files; captions from sidecars
+    data = good[0].read_bytes()
+    (corpus / "z_truncated.mp4").write_bytes(data[: len(data) // 2])
+    (corpus / "z_empty.mp4").write_bytes(b"")
+    (corpus / "z_text.mp4").write_text("this is not a video\n")
+    short_dir = tmp_path / "short"
+    sample_generator.generate(short_dir, clips=1, frames=5, fps=8)
+    next(short_dir.glob("*.mp4")).rename(corpus / "z_short.mp4")
+    store = str(tmp_path / "store")
+    runner = CliRunner()
+    args = ["extract", "--config", str(SAMPLE), "--store", store, *small_overrides(corpus)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    ledger = {row["key"]: row["reason"] for row in FeatureStore(store).column("teacher").ledger()}
+    assert set(ledger) == {"z_truncated", "z_empty", "z_text", "z_short"}
+    assert len(set(ledger.values())) == 4  # each says what is wrong with it
+    assert "short" in ledger["z_short"] and ("empty" in ledger["z_empty"] or "zero" in ledger["z_empty"])
+    info = json.loads(runner.invoke(app, ["inspect", store, "--json"]).output)
+    assert info["failed"] == 4 and {c["name"]: c["clips"] for c in info["columns"]} == {"teacher": 6, "encodings": 6}
+    assert runner.invoke(app, [*args, "--allow-failures"]).exit_code == 0
+
+
+def test_config_typo_is_rejected_by_the_cli(tmp_path):
+    result = CliRunner().invoke(app, ["extract", "--config", str(SAMPLE), "--store", str(tmp_path / "s"), "teacher.fetaure=maskmem"])
+    assert result.exit_code == 2
+    assert "unknown key 'teacher.fetaure'" in result.output and "feature" in result.output
+
+
+def test_columns_are_independent(tmp_path, clean_store, small_corpus, ray_session):
+    """A new teacher column (another feature kind) leaves the encodings column's files untouched."""
+    url = str(tmp_path / "store")
+    import shutil
+
+    shutil.copytree(clean_store, url)
+    enc_dir = Path(url) / "columns" / FeatureStore(url).column("encodings").dirname
+    before = {p: p.read_bytes() for p in sorted(enc_dir.rglob("*")) if p.is_file()}
+    summary = run_extract(config(small_corpus, **{"teacher.feature": "backbone", "columns": "[teacher]"}), url)
+    assert len(summary.shards_run) == 3
+    after = {p: p.read_bytes() for p in sorted(enc_dir.rglob("*")) if p.is_file()}
+    assert before == after
+    teachers = [c for c in FeatureStore(url).columns() if c.name == "teacher"]
+    assert len(teachers) == 2 and teachers[0].hash != teachers[1].hash
