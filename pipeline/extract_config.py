@@ -77,6 +77,7 @@ class TeacherConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # autocast dtype on GPU (CPU runs fp32)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     mask_threshold: float = 0.0  # logit threshold of the predicted subject mask
+    seed: int = 0  # random-weight init (no checkpoint): every worker must build the same teacher
 
 
 @dataclass

@@ -183,6 +183,7 @@ class Trainer:
         while self.step < last:
             metrics = self.train_step(source)
             history.append(metrics)
+            self._log_rank(metrics)
             if self.rank == 0:
                 self._log(metrics)
             if self.on_step is not None:
@@ -285,9 +286,17 @@ class Trainer:
         state = load_checkpoint(found[-1], self._trainables(), self.optimizer, self.lr_schedule)
         self.step = state["step"]
         self.position = StreamPosition(**state["position"])
+        _truncate_metrics(self.out / "ranks" / f"rank-{self.rank}.jsonl", self.step)
         if self.rank == 0:
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
         log.info("resumed from %s at step %d, stream position %s", found[-1], self.step, state["position"])
+
+    def _log_rank(self, m: StepMetrics) -> None:
+        """Every rank: which clips it trained on at each step (for audits of the data split)."""
+        path = self.out / "ranks" / f"rank-{self.rank}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps({"step": m.step, "epoch": m.epoch, "clips": m.clips}) + "\n")
 
     def _log(self, m: StepMetrics) -> None:
         self.out.mkdir(parents=True, exist_ok=True)

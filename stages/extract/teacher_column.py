@@ -65,7 +65,7 @@ class TeacherProducer:
         self.cfg = cfg
         self.grid = student_grid(cfg)
         t = cfg.teacher
-        model = build_sam2(t.model, t.checkpoint, t.image_size, device=device)
+        model = build_sam2(t.model, t.checkpoint, t.image_size, device=device, seed=t.seed if t.checkpoint is None else None)
         dtype = _DTYPES[t.dtype] if device.startswith("cuda") else torch.float32
         self.tracker = BidirectionalTracker(model, feature=t.feature, image_batch=t.image_batch, dtype=dtype, mask_threshold=t.mask_threshold)
 

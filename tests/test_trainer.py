@@ -1,0 +1,129 @@
+"""Stage two end to end on a store extracted by stage one (tiny SAM2, VAE, T5 and CogVideoX)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ROOT
+from pipeline.cli import app
+from pipeline.config import load_config
+from pipeline.distill_config import DistillConfig
+from pipeline.extract_config import ExtractConfig
+from pipeline.runner import run_extract
+from pipeline.store import ArraySpec, FeatureStore, Snapshot, StoreError
+from stages.distill.trainer import Trainer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+SAMPLE = ROOT / "configs/distill/sample.yaml"
+
+
+@pytest.fixture(scope="module")
+def student_store(tmp_path_factory, sample_generator, ray_session) -> str:
+    """6 clips of 17 frames at the tiny student's 128x192, both columns, 3 shards of 2."""
+    corpus = tmp_path_factory.mktemp("corpus128") / "clips"
+    sample_generator.generate(corpus, clips=6, frames=17, fps=8)
+    url = str(tmp_path_factory.mktemp("store128") / "store")
+    cfg = load_config(
+        ExtractConfig,
+        ROOT / "configs/extract/sample.yaml",
+        [f"corpus.url={corpus}", "corpus.clips_per_shard=2", "video.num_frames=17", "teacher.image_size=64"],
+    )
+    summary = run_extract(cfg, url)
+    assert summary.failed_keys == set()
+    return url
+
+
+def distill_config(store: str, out: Path, *extra: str) -> DistillConfig:
+    base = [f"data.store={store}", f"out={out}", "data.num_workers=0", "train.batch_size=1", "train.checkpoint_every=100"]
+    return load_config(DistillConfig, SAMPLE, [*base, *extra])
+
+
+def tree_bytes(root: str) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def test_resume_continues_the_exact_trajectory(student_store, tmp_path):
+    extra = ("train.steps=6", "optim.accumulation=2")
+    straight = Trainer(distill_config(student_store, tmp_path / "a", *extra)).run()
+    first = Trainer(distill_config(student_store, tmp_path / "b", *extra)).run(stop_at=3)
+    rest = Trainer(distill_config(student_store, tmp_path / "b", *extra), resume=True).run()
+    assert [m.step for m in rest] == [4, 5, 6]
+    assert [m.loss for m in straight] == [m.loss for m in first + rest]
+    assert [m.clips for m in straight] == [m.clips for m in first + rest]
+    assert set(straight[0].terms) == {"diff", "lgf"}
+    logged = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5, 6]
+
+
+def test_run_exports_a_lora_the_stock_pipeline_loads(student_store, tmp_path):
+    from stages.generate import build_pipeline, sample_video
+
+    out = tmp_path / "run"
+    trainer = Trainer(distill_config(student_store, out, "train.steps=2", "optim.lr=0.05"))
+    trainer.run()
+    exported = trainer.finish()
+    assert (exported / "pytorch_lora_weights.safetensors").exists() and (exported / "projector" / "projector.json").exists()
+    assert (out / "loss_curve.png").stat().st_size > 0 and any((out / "tensorboard").iterdir())
+    image = np.full((128, 192, 3), 90, np.uint8)
+    base = sample_video(build_pipeline("tiny", "tiny", None), image, "a red stick figure", 9, steps=2, guidance_scale=1.0, max_text_len=16)
+    tuned = sample_video(build_pipeline("tiny", "tiny", exported), image, "a red stick figure", 9, steps=2, guidance_scale=1.0, max_text_len=16)
+    assert base.shape == tuned.shape == (9, 128, 192, 3)
+    assert np.abs(base.astype(int) - tuned.astype(int)).max() > 0
+
+
+def test_two_rank_ddp_on_cpu(student_store, tmp_path):
+    """torchrun, 2 processes, gloo: disjoint clips per rank, the same number of steps on both."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pipeline.cli",
+        "distill", "--config", str(SAMPLE), "--store", student_store, "--out", str(out),
+        "train.steps=2", "train.batch_size=1", "data.num_workers=0", "train.checkpoint_every=100",
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [[json.loads(line) for line in (out / "ranks" / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert [len(r) for r in ranks] == [2, 2]
+    seen = [{k for row in r for k in row["clips"]} for r in ranks]
+    assert seen[0] and seen[1] and not (seen[0] & seen[1])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+
+
+def test_ablate_reuses_the_store_byte_for_byte(student_store, tmp_path):
+    before = tree_bytes(student_store)
+    result = CliRunner().invoke(
+        app,
+        ["ablate", "--config", str(SAMPLE), "--store", student_store, "--out", str(tmp_path / "abl"), "--steps", "1",
+         "--ablations", str(ROOT / "configs/ablations")],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "abl" / "ablations.json").read_text())
+    names = {p.stem for p in (ROOT / "configs/ablations").glob("*.yaml")}
+    assert set(rows) == names
+    assert set(rows["lora-only"]["terms"]) == {"diff"}
+    assert set(rows["repa"]["terms"]) == {"diff", "repa"} and set(rows["mask"]["terms"]) == {"diff", "mask"}
+    assert rows["feature-fusion"]["terms"]["lgf"] != rows["forward-only"]["terms"]["lgf"]
+    assert tree_bytes(student_store) == before
+
+
+def test_store_with_another_grid_is_refused_before_training(tmp_path):
+    store = FeatureStore(str(tmp_path / "store"))
+    store.freeze_snapshot(Snapshot("/x", 2, [{"key": "a", "url": "/x/a.mp4", "caption": "", "prompt": None}]))
+    enc = {"latents": ArraySpec((32, 5, 16, 24), "float16"), "image_latents": ArraySpec((16, 1, 16, 24), "float16"),
+           "prompt_embeds": ArraySpec((16, 32), "float16"), "prompt_mask": ArraySpec((16,), "uint8")}
+    store.create_column("encodings", {}, enc, {"scaling_factor": 0.7})
+    teacher = {"fwd": ArraySpec((5, 4, 6, 16), "float16"), "bwd": ArraySpec((5, 4, 6, 16), "float16"),
+               "lgf": ArraySpec((4, 4, 6, 49), "float16"), "mask": ArraySpec((5, 4, 6), "uint8")}
+    store.create_column("teacher", {}, teacher, {"grid": [5, 4, 6], "channels": 16, "lgf": {"kernel": 7, "tau": 0.1, "offsets": [1], "fusion": "gram"}})
+    with pytest.raises(StoreError, match=r"teacher grid \(T, h, w\) = \(5, 4, 6\), but the student config gives \(5, 8, 12\)"):
+        Trainer(distill_config(str(tmp_path / "store"), tmp_path / "out"))
