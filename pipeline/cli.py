@@ -73,12 +73,13 @@ def inspect(
     pca: Optional[str] = typer.Option(None, "--pca", help="clip key to render as PCA colours"),
     out: Optional[Path] = typer.Option(None, "--out", help="output .mp4 or .png for --pca"),
     column: Optional[str] = typer.Option(None, "--column", help="teacher column name or name-hash (default: the only one)"),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://..."}\''),
 ) -> None:
     """Summarise a store, or render one clip's teacher features (--pca KEY --out FILE)."""
     from pipeline.store import FeatureStore, StoreError
 
     try:
-        fstore = FeatureStore(store)
+        fstore = FeatureStore(store, json.loads(storage_options) if storage_options else None)
         if pca is not None:
             from pipeline.inspect import render_pca
 

@@ -22,9 +22,11 @@ def s3_bucket(small_corpus):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    import boto3
+
     options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://{host}:{port}", "client_kwargs": {"region_name": "us-east-1"}}
+    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="bucket")
     fs = s3fs.S3FileSystem(**options)
-    fs.mkdir("bucket")
     fs.put(str(small_corpus), "bucket/clips", recursive=True)
     yield options, fs
     server.stop()
@@ -43,3 +45,5 @@ def test_corpus_and_store_on_s3(s3_bucket, ray_session):
     assert fs.exists("bucket/store/corpus/snapshot.json")
     teacher = store.column("teacher").read_shard(1)
     assert teacher.arrays["fwd"].shape[0] == 2 and teacher.records[0]["source"].startswith("s3://bucket/clips/")
+    info = runner.invoke(app, ["inspect", "s3://bucket/store", "--json", "--storage-options", json.dumps(options)])
+    assert info.exit_code == 0 and json.loads(info.output)["clips"] == 4

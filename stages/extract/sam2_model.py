@@ -228,10 +228,29 @@ def build_sam2(
         net = instantiate(cfg, _recursive_=True)
     if checkpoint is not None:
         load_checkpoint(net, checkpoint)
+    else:
+        _prime_random_presence(net)
     net = net.to(resolve_device(device)).eval()
     net.requires_grad_(False)
     logger.info("built SAM2 %s (image_size %d, checkpoint %s)", model, net.image_size, checkpoint)
     return net
+
+
+RANDOM_PRESENCE_LOGIT = 4.0
+
+
+def _prime_random_presence(net: SAM2VideoPredictor) -> None:
+    """Random weights only: bias the object-presence head to "present".
+
+    A random SAM2 scores the subject as absent about half the time; SAM2 then blanks the mask, and
+    the memories of both directions become the same function of the image alone, so every fusion
+    mode would give the same target. Real checkpoints never come here.
+    """
+    head = getattr(net.sam_mask_decoder, "pred_obj_score_head", None)
+    last = head.layers[-1] if hasattr(head, "layers") else head
+    if last is not None:
+        with torch.no_grad():
+            last.bias.fill_(RANDOM_PRESENCE_LOGIT)
 
 
 def load_checkpoint(model: torch.nn.Module, path: str) -> None:
