@@ -49,7 +49,10 @@ def extract(
         bar.update(report.clips)
         bar.set_postfix(shard=report.shard, failed=sum(len(v) for v in report.failed.values()))
 
-    summary = run_extract(cfg, store, on_shard=on_shard)
+    def on_plan(clips: int) -> None:
+        bar.reset(total=clips)
+
+    summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan)
     bar.close()
     typer.echo(
         f"store {summary.store}: {summary.clips} clips in {summary.shards} shards; "

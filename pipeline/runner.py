@@ -78,14 +78,20 @@ def run_extract(
     store_url: str,
     on_shard: Callable[[ShardReport], None] | None = None,
     registry: str = "stages.extract.columns",
+    on_plan: Callable[[int], None] | None = None,
 ) -> ExtractSummary:
-    """Extract every pending shard of the configured columns into the store at `store_url`."""
+    """Extract every pending shard of the configured columns into the store at `store_url`.
+
+    on_plan(clips) is called once with the number of clips about to be processed; on_shard after each shard.
+    """
     started = time.perf_counter()
     store, snapshot, columns = prepare_store(cfg, store_url, registry)
     every = set(range(snapshot.num_shards))
     todo = sorted(set().union(*(every - c.committed_shards() for c in columns.values())))
     summary = ExtractSummary(store.url, len(snapshot.clips), snapshot.num_shards)
     summary.shards_skipped = snapshot.num_shards - len(todo)
+    if on_plan is not None:
+        on_plan(sum(len(snapshot.shard_range(s)) for s in todo))
     if todo:
         log.info("%d of %d shards to extract (%s)", len(todo), snapshot.num_shards, ", ".join(cfg.columns))
         _run_on_ray(cfg, store_url, todo, summary, on_shard, registry)

@@ -149,3 +149,29 @@ def test_columns_are_independent(tmp_path, clean_store, small_corpus, ray_sessio
     assert before == after
     teachers = [c for c in FeatureStore(url).columns() if c.name == "teacher"]
     assert len(teachers) == 2 and teachers[0].hash != teachers[1].hash
+    # and vice versa: a new encodings column (another noise seed) leaves every teacher file untouched
+    teacher_files = {p: p.read_bytes() for c in teachers for p in sorted((Path(url) / "columns" / c.dirname).rglob("*")) if p.is_file()}
+    run_extract(config(small_corpus, **{"encoders.seed": 7, "columns": "[encodings]"}), url)
+    assert teacher_files == {p: p.read_bytes() for c in teachers for p in sorted((Path(url) / "columns" / c.dirname).rglob("*")) if p.is_file()}
+    assert len([c for c in FeatureStore(url).columns() if c.name == "encodings"]) == 2
+
+
+def test_clip_failing_in_one_column_is_excluded_from_joined_reads(copy_corpus, tmp_path, ray_session):
+    """A manifest mask prompt that cannot be read fails the teacher only; joins drop that clip."""
+    from pipeline.stream import ClipStream, StreamPosition
+
+    corpus = copy_corpus()
+    manifest = corpus / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows[1]["prompt"] = {"mask": "masks/missing.png"}
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    url = str(tmp_path / "store")
+    summary = run_extract(config(corpus, allow_failures="true"), url)
+    assert [r["key"] for r in summary.failed["teacher"]] == [rows[1]["key"]] and summary.failed["encodings"] == []
+    assert "missing.png" in summary.failed["teacher"][0]["reason"]
+    info = json.loads(CliRunner().invoke(app, ["inspect", url, "--json"]).output)
+    assert {c["name"]: (c["clips"], c["failed"]) for c in info["columns"]} == {"teacher": (5, 1), "encodings": (6, 0)}
+    store = FeatureStore(url)
+    stream = ClipStream(store, [store.column("teacher"), store.column("encodings")], {"encodings": ["prompt_mask"]}, batch_size=1)
+    keys = [k for b in stream.epoch(StreamPosition()) for k in b["keys"]]
+    assert sorted(keys) == sorted(r["key"] for r in rows if r["key"] != rows[1]["key"])
