@@ -28,6 +28,14 @@ def load_sample_generator():
     return module
 
 
+@pytest.fixture(scope="module")
+def net():
+    """A tiny random-weight SAM2 (seeded), one per test module."""
+    from stages.extract.sam2_model import build_sam2
+
+    return build_sam2("tiny", seed=5)
+
+
 @pytest.fixture(scope="session")
 def sample_generator():
     return load_sample_generator()

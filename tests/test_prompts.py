@@ -10,22 +10,7 @@ import torch
 from PIL import Image
 
 from stages.extract.prompts import Prompt, _grid_candidates, auto_prompt, center_prompt, manifest_prompt
-from stages.extract.sam2_model import build_sam2, encode_frames
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core box oversubscribed
-    threads made these tests ~10x slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def net():
-    return build_sam2("tiny", seed=5)
+from stages.extract.sam2_model import encode_frames
 
 
 def _blob_frame(h: int, w: int) -> np.ndarray:

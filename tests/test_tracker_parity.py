@@ -48,21 +48,6 @@ PROMPTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core box oversubscribed
-    threads made these tests ~10x slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def net():
-    return build_sam2("tiny", seed=5)
-
-
 def write_clip(folder: Path, n: int, h: int = S, w: int = S, uniform: bool = False) -> torch.Tensor:
     """A disc moving right over a colour ramp (or uniform per-frame colours) as <t>.jpg; returns
     the JPEGs decoded back to uint8 [n, h, w, 3], the exact pixels stock will read."""
