@@ -57,6 +57,7 @@ ablate: install
 	$(CLI) ablate --config $(DISTILL_CONFIG) --store $(STORE) --out $(OUT)/ablations $(ARGS)
 
 # The whole method on the sample corpus with tiny models: extract, distil, export, sample a video.
+demo: export OMP_NUM_THREADS ?= 1
 demo: sample
 	$(CLI) extract --config configs/extract/sample.yaml --store $(DEMO)/store
 	$(CLI) inspect $(DEMO)/store

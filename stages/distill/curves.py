@@ -24,11 +24,22 @@ def plot_loss_curve(metrics: Path, out: Path) -> Path | None:
     steps = [r["step"] for r in rows]
     for ax, name in zip(axes[0], names):
         values = [r["loss"] if name == "total" else r["terms"].get(name, float("nan")) for r in rows]
-        ax.plot(steps, values, lw=1.2)
+        ax.plot(steps, values, lw=0.8, alpha=0.45, label="per step")
+        ax.plot(steps, _moving_average(values, max(3, len(values) // 10)), lw=1.8, label="moving average")
         ax.set_title(f"L_{name}" if name != "total" else "loss")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return Path(out)
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean: the diffusion loss is dominated by the random timestep of each step."""
+    out = []
+    for i in range(len(values)):
+        chunk = [v for v in values[max(0, i - window + 1) : i + 1] if v == v]
+        out.append(sum(chunk) / len(chunk) if chunk else float("nan"))
+    return out
