@@ -61,7 +61,7 @@ demo: export OMP_NUM_THREADS ?= 1
 demo: sample
 	$(CLI) extract --config configs/extract/sample.yaml --store $(DEMO)/store
 	$(CLI) inspect $(DEMO)/store
-	$(CLI) inspect $(DEMO)/store --pca $$($(PY) -c "import json;print(json.load(open('$(DEMO)/store/corpus/snapshot.json'))['clips'][0]['key'])") --out $(DEMO)/teacher_pca.mp4
+	$(CLI) inspect $(DEMO)/store --pca @0 --out $(DEMO)/teacher_pca.mp4
 	$(CLI) distill --config $(DISTILL_CONFIG) --store $(DEMO)/store --out $(DEMO)/run
 	$(CLI) generate --run $(DEMO)/run --store $(DEMO)/store --out $(DEMO)/sample.mp4
 	$(CLI) report --store $(DEMO)/store --run $(DEMO)/run --out $(DEMO)/summary.md $(DEMO)/sample.mp4 $(DEMO)/teacher_pca.mp4 $(DEMO)/run/loss_curve.png

@@ -73,7 +73,7 @@ def extract(
 def inspect(
     store: str = typer.Argument(..., help="feature store folder or URL"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
-    pca: Optional[str] = typer.Option(None, "--pca", help="clip key to render as PCA colours"),
+    pca: Optional[str] = typer.Option(None, "--pca", help="clip key (or @N, the Nth clip) to render as PCA colours"),
     out: Optional[Path] = typer.Option(None, "--out", help="output .mp4 or .png for --pca"),
     column: Optional[str] = typer.Option(None, "--column", help="teacher column name or name-hash (default: the only one)"),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://..."}\''),

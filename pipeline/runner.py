@@ -160,10 +160,6 @@ class _RayShardWorker:
     def __init__(self, cfg_json: dict, store_url: str, storage_options: dict, registry: str):
         logging.basicConfig(level=logging.INFO)
         cfg = from_dict(ExtractConfig, cfg_json, source="<extract config from driver>")
-        import torch
-
-        # intra-op threads = the CPUs Ray reserved for this actor: actors sharing a node must not oversubscribe it
-        torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
         self.worker = ShardWorker(cfg, store_url, storage_options, registry)
 
     def run_shard(self, shard: int) -> dict:

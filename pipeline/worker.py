@@ -58,6 +58,11 @@ class ShardWorker:
             name: self.store.create_column(name, s.config, s.schema, s.attrs) for name, s in self.specs.items()
         }
         self._producers: dict[str, ColumnProducer] = {}
+        import torch
+
+        # intra-op threads = the worker's CPU share, in or out of Ray: the same config gives the same
+        # bits (the summation order depends on the thread count) and workers sharing a node don't contend
+        torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
 
     def producer(self, name: str) -> ColumnProducer:
         if name not in self._producers:

@@ -65,6 +65,16 @@ def test_cli_extract_and_inspect_json(tmp_path, small_corpus, ray_session):
     assert info["bytes_per_clip"] > 0 and len(teacher["hash"]) == 16
     text = runner.invoke(app, ["inspect", store]).output
     assert "teacher-" in text and "encodings-" in text
+    for out in (tmp_path / "pca.png", tmp_path / "pca.mp4"):
+        result = runner.invoke(app, ["inspect", store, "--pca", "@1", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    strip = Image.open(tmp_path / "pca.png")
+    assert strip.size == (5 * 96, 5 * 64)  # 5 panels wide, one row per latent frame
+    assert (tmp_path / "pca.mp4").stat().st_size > 0
+    missing = runner.invoke(app, ["inspect", store, "--pca", "nope", "--out", str(out)])
+    assert missing.exit_code == 2 and "no clip 'nope'" in missing.output
 
 
 def test_rerun_skips_committed_and_is_identical(clean_store, small_corpus, ray_session):

@@ -17,14 +17,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from pipeline.config import to_dict
-from pipeline.distill_config import DistillConfig
+from pipeline.distill_config import DistillConfig, LossesConfig
 from pipeline.stream import StreamPosition
 from stages.distill.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from stages.distill.data import check_fit, open_training_data
@@ -67,8 +67,59 @@ class DistillModel(nn.Module):
         return out, (self.tap.pop() if self.tap is not None else None)
 
 
-def _step_seed(*parts) -> int:
+def step_seed(*parts) -> int:
+    """A 63-bit seed from any parts (seed, step, micro-batch, rank): the same draws on resume."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class LossContext:
+    """What a micro-batch's loss needs besides the batch; fixed for a run."""
+
+    transformer_config: Any
+    scheduler: Any
+    losses: LossesConfig
+    task: str
+    scaling_factor: float
+    timesteps: int
+    image_dropout: float
+    caption_dropout: float
+    empty_prompt: torch.Tensor | None  # [L, D_text], for caption dropout
+    rotary: Any  # (cos, sin) of the latent grid, or None
+    column_lgf: dict | None  # the LGF settings the stored target was fused with
+    dtype: torch.dtype  # of the model inputs
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # CUDA autocast (None: off)
+    projector: Projector | None
+
+
+def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict, generator: torch.Generator, step: int):
+    """(total on the graph, unweighted terms, their weights) of one micro-batch: L_diff + sum_i w_i(step) L_i.
+
+    forward: a DistillModel (or its DDP wrapper): model kwargs -> (v prediction, tapped features).
+    """
+    batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    inputs = prepare_diffusion_inputs(
+        ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.scaling_factor, generator,
+        task=ctx.task, image_latents=batch.get("image_latents"), timesteps=ctx.timesteps,
+        image_dropout=ctx.image_dropout, empty_prompt_embeds=ctx.empty_prompt,
+        caption_dropout=ctx.caption_dropout, rotary=ctx.rotary, dtype=ctx.dtype,
+    )
+    autocast = torch.autocast("cuda", dtype=ctx.autocast_dtype) if ctx.autocast_dtype else contextlib.nullcontext()
+    with autocast:
+        output, features = forward(inputs.model_kwargs)
+    l_diff, _ = diffusion_loss_from_output(ctx.scheduler, output, inputs)
+    total, terms = l_diff, {"diff": l_diff.item()}
+    weights: dict[str, float] = {}
+    if ctx.projector is not None:
+        feats = feature_losses(ctx.losses, step, ctx.projector, features, batch, ctx.column_lgf)
+        # Scheduled-off terms leave projector weights out of the graph; DDP's reducer needs every
+        # trainable parameter in every backward, so they join with a zero weight.
+        touch = sum(p.sum() for p in ctx.projector.parameters()) * 0.0
+        total = total + feats.total + touch
+        terms.update({k: v.item() for k, v in feats.terms.items()})
+        weights = feats.weights
+    return total, terms, weights
 
 
 def lr_lambda(cfg: DistillConfig) -> Callable[[int], float]:
@@ -108,7 +159,7 @@ class Trainer:
         transformer, self.scheduler = load_student(cfg.student.model, cfg.student.task, dtype, self.device)
         self.grid = check_fit(self.data, transformer.config, cfg)  # before anything is trained
         self.tconfig = transformer.config
-        torch.manual_seed(_step_seed(cfg.train.seed, "init"))  # peft draws LoRA A from the global RNG
+        torch.manual_seed(step_seed(cfg.train.seed, "init"))  # peft draws LoRA A from the global RNG
         params = configure_student(transformer, cfg.student)
         projector = self._build_projector(transformer) if cfg.losses.needs_projector else None
         self.model = DistillModel(transformer, projector, cfg.tap.block).to(self.device)
@@ -119,6 +170,7 @@ class Trainer:
         self.empty_prompt = self._empty_prompt()
         lat = self.data.encodings.schema["latents"].shape
         self.rotary = rotary_embedding(self.tconfig, lat[1], lat[2], lat[3], self.device)
+        self.loss_context = self._loss_context()
         self.step, self.position = 0, StreamPosition()
         if resume:
             self._resume()
@@ -130,7 +182,7 @@ class Trainer:
         out = c.projector.out_channels or self.data.teacher_channels
         spec = ProjectorSpec(width, out, c.projector.hidden, c.projector.layers, mask_head=c.losses.mask.weight > 0)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_step_seed(c.train.seed, "projector"))  # the same init on every rank
+            torch.manual_seed(step_seed(c.train.seed, "projector"))  # the same init on every rank
             return Projector(spec)
 
     def _build_optimizer(self, params, projector) -> torch.optim.Optimizer:
@@ -153,6 +205,15 @@ class Trainer:
                 raise ValueError(f"caption_dropout needs the empty-prompt embedding, missing from {self.data.encodings.dirname}")
             return None
         return torch.from_numpy(extra["empty_prompt_embeds"]).to(self.device)
+
+    def _loss_context(self) -> LossContext:
+        c, mp = self.cfg, self.cfg.optim.mixed_precision
+        autocast = None if self.device.type != "cuda" or mp == "no" else (torch.bfloat16 if mp == "bf16" else torch.float16)
+        return LossContext(
+            self.tconfig, self.scheduler, c.losses, c.student.task, self.data.scaling_factor, c.diffusion.timesteps,
+            c.diffusion.image_dropout, c.train.caption_dropout, self.empty_prompt, self.rotary, self.data.column_lgf,
+            self.model.transformer.dtype, self.device, autocast, self.model.projector,
+        )
 
     def _trainables(self) -> dict[str, nn.Module]:
         mods = {"transformer": self.model.transformer}
@@ -240,35 +301,8 @@ class Trainer:
         return StepMetrics(self.step, loss, sums, weights, lr, grad_norm, time.perf_counter() - started, waited, epoch, keys)
 
     def _loss(self, batch: dict, micro: int) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
-        cfg = self.cfg
-        batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        gen = torch.Generator(device="cpu").manual_seed(_step_seed(cfg.train.seed, self.step, micro, self.rank))
-        inputs = prepare_diffusion_inputs(
-            self.tconfig, self.scheduler, batch["latents"], batch["prompt_embeds"], self.data.scaling_factor, gen,
-            task=cfg.student.task, image_latents=batch.get("image_latents"), timesteps=cfg.diffusion.timesteps,
-            image_dropout=cfg.diffusion.image_dropout, empty_prompt_embeds=self.empty_prompt,
-            caption_dropout=cfg.train.caption_dropout, rotary=self.rotary, dtype=self.model.transformer.dtype,
-        )
-        with self._autocast():
-            output, features = self.ddp(inputs.model_kwargs)
-        l_diff, _ = diffusion_loss_from_output(self.scheduler, output, inputs)
-        total, terms = l_diff, {"diff": l_diff.item()}
-        weights: dict[str, float] = {}
-        if self.model.projector is not None:
-            feats = feature_losses(cfg.losses, self.step, self.model.projector, features, batch, self.data.column_lgf)
-            # Scheduled-off terms leave projector weights out of the graph; DDP's reducer needs every
-            # trainable parameter in every backward, so they join with a zero weight.
-            touch = sum(p.sum() for p in self.model.projector.parameters()) * 0.0
-            total = total + feats.total + touch
-            terms.update({k: v.item() for k, v in feats.terms.items()})
-            weights = feats.weights
-        return total, terms, weights
-
-    def _autocast(self):
-        mp = self.cfg.optim.mixed_precision
-        if self.device.type != "cuda" or mp == "no":
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16 if mp == "bf16" else torch.float16)
+        gen = torch.Generator(device="cpu").manual_seed(step_seed(self.cfg.train.seed, self.step, micro, self.rank))
+        return distill_loss(self.loss_context, self.ddp, batch, gen, self.step)
 
     # -- persistence ---------------------------------------------------------------------
     def save(self) -> None:

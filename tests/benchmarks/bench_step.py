@@ -1,0 +1,535 @@
+"""Step-time overhead of the LGF loss + projector + feature tap over the plain diffusion-loss step.
+
+Variant A ("lgf"): L_diff + 0.5 L_LGF, block-L tap, projector (the method). Variant B ("plain"):
+the same student trained with L_diff alone (lambda 0: no tap, no projector; the `lora` baseline).
+Both see the SAME batches and the same per-step noise, timed interleaved (A, B, A, B, ...) after a
+warm-up in one process, so background load hits both alike. Reported: median s/step of each, the
+ratio A/B, and (store path) the share of step time spent waiting for data.
+
+    python tests/benchmarks/bench_step.py                       # CPU: extract a small store, then time
+    python tests/benchmarks/bench_step.py --store out/sample-store --no-mid   # reuse a store, tiny student only
+    python tests/benchmarks/bench_step.py --device cuda --real  # GPU: real CogVideoX-5B-I2V size, synthetic batches
+    python tests/benchmarks/bench_step.py --real --dry-run      # any box: build the GPU path on the meta device
+
+CPU path (default): extracts `--clips` clips of the sample corpus with the real worker
+(pipeline.worker.ShardWorker, in-process) into a temporary store, then builds two
+stages.distill.trainer.Trainer from configs/distill/sample.yaml (losses.lgf.weight=0.5 vs 0) that
+stream that store and calls `train_step` on them alternately. Two students: the sample config's
+3-block toy, and a "mid" student (more blocks, 64-wide heads; saved in diffusers format and loaded
+through `student.model`) whose compute is not dwarfed by Python overhead. Then a parity check:
+the synthetic step below (the GPU path's code) gives the same loss as `Trainer.train_step` on the
+same batch, weights and seed; and a short synthetic run of the tiny preset exercises its construction.
+
+GPU path (`--device cuda --real`): CogVideoX-5B-I2V's transformer config (42 blocks, 48 x 64 heads,
+random weights, bf16, autocast bf16), LoRA rank 128 on q/k/v/out, gradient checkpointing, tap block
+16, projector 3072 -> 2048 -> 2048 -> 64, synthetic batches of the real shapes; also peak memory per
+variant (torch.cuda.max_memory_allocated). Neither path imports ray; the GPU path does not import
+zarr or webdataset either (the trainer and the store are imported only by the CPU path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXTransformer3DModel  # noqa: E402
+
+from pipeline.distill_config import LoRAConfig, LossesConfig, StudentConfig  # noqa: E402
+from stages.distill.trainer import LossContext, distill_loss, step_seed  # noqa: E402
+from stages.distill.projector import Projector, ProjectorSpec  # noqa: E402
+from stages.distill.student import (  # noqa: E402
+    COGVIDEOX_5B_SCHEDULER,
+    configure_student,
+    rotary_embedding,
+    tiny_transformer_config,
+)
+from stages.distill.tap import FeatureTap  # noqa: E402
+from stages.lgf import lgf_probs  # noqa: E402
+
+# THUDM/CogVideoX-5b-I2V transformer/config.json (diffusers format); unlisted keys take diffusers' defaults.
+COGVIDEOX_5B_I2V_TRANSFORMER: dict[str, Any] = {
+    "activation_fn": "gelu-approximate",
+    "attention_bias": True,
+    "attention_head_dim": 64,
+    "dropout": 0.0,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 32,
+    "max_text_seq_length": 226,
+    "norm_elementwise_affine": True,
+    "norm_eps": 1e-05,
+    "num_attention_heads": 48,
+    "num_layers": 42,
+    "out_channels": 16,
+    "patch_size": 2,
+    "sample_frames": 49,
+    "sample_height": 60,
+    "sample_width": 90,
+    "spatial_interpolation_scale": 1.875,
+    "temporal_compression_ratio": 4,
+    "temporal_interpolation_scale": 1.0,
+    "text_embed_dim": 4096,
+    "time_embed_dim": 512,
+    "timestep_activation_fn": "silu",
+    "use_learned_positional_embeddings": True,
+    "use_rotary_positional_embeddings": True,
+}
+LGF_SETTINGS = {"kernel": 7, "tau": 0.1, "offsets": [1], "fusion": "gram"}  # method.md defaults = the stored target's
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A student size for the synthetic path: transformer config + what the method scales with it."""
+
+    name: str
+    config: dict[str, Any]  # CogVideoXTransformer3DModel kwargs
+    lora_rank: int  # LoRA r (alpha = r, as the default run config)
+    tap_block: int  # L, 0-based
+    projector_hidden: int  # D -> hidden -> hidden -> teacher_channels
+    teacher_channels: int  # C of the teacher features (64: maskmem of released SAM2; 16: tiny SAM2)
+
+
+def mid_config(layers: int, heads: int, head_dim: int = 64) -> dict[str, Any]:
+    """A bigger student that still fits the sample store: the tiny config's geometry (16x24 latents,
+    13 latent frames, 16 text tokens of width 32) with real-style 64-wide heads and more blocks."""
+    cfg = tiny_transformer_config("i2v")
+    cfg.update(num_layers=layers, num_attention_heads=heads, attention_head_dim=head_dim, time_embed_dim=512)
+    return cfg
+
+
+def presets(mid_layers: int = 6, mid_heads: int = 6) -> dict[str, Preset]:
+    mid = mid_config(mid_layers, mid_heads)
+    width = mid_heads * 64
+    return {
+        "real": Preset("real", COGVIDEOX_5B_I2V_TRANSFORMER, 128, 16, 2048, 64),
+        # LoRA rank, tap depth and projector width scaled like the real ones (128/3072, 16/42, 2048/3072).
+        "mid": Preset("mid", mid, max(4, width // 24), min(round(16 / 42 * mid_layers), mid_layers - 1), (2 * width) // 3, 16),
+        "tiny": Preset("tiny", tiny_transformer_config("i2v"), 4, 1, 32, 16),
+    }
+
+
+def build_transformer(config: dict[str, Any], device: str | torch.device, dtype: torch.dtype, seed: int = 0) -> CogVideoXTransformer3DModel:
+    """Random-weight CogVideoX transformer built directly on `device` (no 22 GB fp32 copy in host RAM), then cast."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = CogVideoXTransformer3DModel(**config)
+    return model if dtype == torch.float32 else model.to(dtype=dtype)
+
+
+def save_student_folder(config: dict[str, Any], folder: Path) -> Path:
+    """Write a random-weight student in diffusers format (transformer/, scheduler/) for `student.model`."""
+    build_transformer(config, "cpu", torch.float32).save_pretrained(folder / "transformer")
+    scheduler = CogVideoXDPMScheduler(**COGVIDEOX_5B_SCHEDULER)
+    CogVideoXDDIMScheduler.from_config(scheduler.config).save_pretrained(folder / "scheduler")
+    return folder
+
+
+# ------------------------------------------------------------------------------ the synthetic step (GPU path)
+
+
+@dataclass
+class StepParts:
+    """Everything one distillation step touches, mirroring stages.distill.trainer.Trainer._loss/train_step."""
+
+    transformer: Any
+    scheduler: Any
+    projector: Projector | None  # None: variant B only
+    losses: LossesConfig
+    tap_block: int
+    rotary: Any  # (cos, sin) of the latent grid, or None
+    scaling_factor: float
+    column_lgf: dict | None  # LGF settings the batch's `lgf` target was fused with
+    optimizer: torch.optim.Optimizer | None
+    autocast_dtype: torch.dtype | None  # CUDA autocast dtype (None: no autocast)
+    timesteps: int = 1000
+    image_dropout: float = 0.05
+    caption_dropout: float = 0.0
+    empty_prompt: torch.Tensor | None = None
+    grad_clip: float = 1.0
+    tap: FeatureTap | None = None  # attached for the duration of a variant-A step
+
+
+def forward_loss(parts: StepParts, batch: dict, seed: int, step: int, lgf: bool) -> tuple[torch.Tensor, float]:
+    """(total loss on the graph, the value Trainer logs as StepMetrics.loss) for one micro-batch.
+
+    The trainer's own loss function (stages.distill.trainer.distill_loss), so the GPU path times
+    exactly the trainer's step. The tap is attached for variant A only, by the caller.
+    """
+    device = next(parts.transformer.parameters()).device
+    ctx = LossContext(
+        parts.transformer.config, parts.scheduler, parts.losses, "i2v", parts.scaling_factor, parts.timesteps,
+        parts.image_dropout, parts.caption_dropout, parts.empty_prompt, parts.rotary, parts.column_lgf,
+        parts.transformer.dtype, device, parts.autocast_dtype, parts.projector if lgf else None,
+    )
+
+    def forward(model_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return parts.transformer(**model_kwargs)[0], (parts.tap.pop() if lgf else None)
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    total, terms, weights = distill_loss(ctx, forward, batch, gen, step)
+    return total, terms["diff"] + sum(weights.get(k, 0.0) * v for k, v in terms.items() if k != "diff")
+
+
+def synthetic_step(parts: StepParts, batch: dict, seed: int, step: int, lgf: bool) -> tuple[float, float]:
+    """One optimiser step of variant A (lgf) or B; returns (seconds, logged loss). Syncs CUDA around it."""
+    device = next(parts.transformer.parameters()).device
+    _sync(device)
+    start = time.perf_counter()
+    parts.tap = FeatureTap(parts.transformer, parts.tap_block) if lgf else None
+    try:
+        parts.optimizer.zero_grad(set_to_none=True)
+        total, value = forward_loss(parts, batch, seed, step, lgf)
+        total.backward()
+        params = [p for g in parts.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, parts.grad_clip)
+        parts.optimizer.step()  # projector params without grads (variant B) are skipped by AdamW
+    finally:
+        if parts.tap is not None:
+            parts.tap.remove()
+    _sync(device)
+    return time.perf_counter() - start, value
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_batch(config: Any, teacher_channels: int, device: torch.device, batch_size: int = 1, seed: int = 0) -> dict:
+    """Random batch of the store's shapes and dtypes for a transformer config (real size:
+    latents [1,32,13,60,90], image latents [1,16,1,60,90], prompt [1,226,4096], lgf [1,12,30,45,49]).
+
+    The LGF target is the real fused-probability function of random teacher features, so its
+    out-of-image entries are exactly zero as in a stored target.
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    frames = (config.sample_frames - 1) // config.temporal_compression_ratio + 1
+    h8, w8 = config.sample_height, config.sample_width
+    h, w = h8 // config.patch_size, w8 // config.patch_size
+    c = config.out_channels
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=torch.float16)
+
+    teacher = torch.randn(batch_size, frames, h, w, teacher_channels, generator=g).to(device)
+    k = LGF_SETTINGS["kernel"]
+    lgf = lgf_probs(teacher, k, LGF_SETTINGS["tau"], LGF_SETTINGS["offsets"]).to(torch.float16)
+    return {
+        "keys": [f"synthetic/{i}" for i in range(batch_size)],
+        "latents": randn(batch_size, 2 * c, frames, h8, w8),
+        "image_latents": randn(batch_size, c, 1, h8, w8),
+        "prompt_embeds": randn(batch_size, config.max_text_seq_length, config.text_embed_dim),
+        "lgf": lgf,
+    }
+
+
+def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype) -> StepParts:
+    """The GPU path's construction: transformer on device, LoRA + checkpointing as configure_student does,
+    projector, one AdamW over LoRA + projector (the trainer's groups and defaults)."""
+    transformer = build_transformer(preset.config, device, dtype)
+    student = StudentConfig(model="<synthetic>", lora=LoRAConfig(rank=preset.lora_rank, alpha=float(preset.lora_rank)),
+                            gradient_checkpointing=True)
+    torch.manual_seed(0)  # peft draws LoRA A from the global RNG
+    lora_params = configure_student(transformer, student)
+    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    projector = Projector(ProjectorSpec(width, preset.teacher_channels, preset.projector_hidden, 2)).to(device)
+    optimizer = torch.optim.AdamW(
+        [{"params": lora_params, "lr": 1e-4}, {"params": list(projector.parameters()), "lr": 1e-4}],
+        betas=(0.9, 0.95), weight_decay=1e-4, eps=1e-8,
+    )
+    cfg = transformer.config
+    frames = (cfg.sample_frames - 1) // cfg.temporal_compression_ratio + 1
+    losses = LossesConfig()
+    losses.lgf.weight = 0.5
+    return StepParts(
+        transformer, CogVideoXDPMScheduler(**COGVIDEOX_5B_SCHEDULER), projector, losses, preset.tap_block,
+        rotary_embedding(cfg, frames, cfg.sample_height, cfg.sample_width, device), 0.7, dict(LGF_SETTINGS),
+        optimizer, torch.bfloat16 if device.type == "cuda" else None,
+    )
+
+
+def run_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: int, steps: int, batch_size: int) -> dict:
+    """Interleaved A/B steps of the synthetic path; per variant: seconds, and peak GPU memory on CUDA."""
+    t0 = time.perf_counter()
+    parts = build_synthetic(preset, device, dtype)
+    built = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # drop the fp32 construction copy before measuring
+    batch = synthetic_batch(parts.transformer.config, preset.teacher_channels, device, batch_size)
+    static = f"; static GPU memory {torch.cuda.memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else ""
+    trainable = sum(p.numel() for g in parts.optimizer.param_groups for p in g["params"])
+    total = sum(p.numel() for p in parts.transformer.parameters())
+    print(f"[synthetic {preset.name}] built in {built:.1f} s: {total / 1e6:,.1f} M transformer params "
+          f"({parts.transformer.config.num_layers} blocks, width {parts.transformer.config.num_attention_heads}x"
+          f"{parts.transformer.config.attention_head_dim}), {trainable / 1e6:.2f} M trainable (LoRA r{preset.lora_rank} + "
+          f"projector), tap block {preset.tap_block}, dtype {dtype}{static}")  # fmt: skip
+    seconds = {"lgf": [], "plain": []}
+    peak = {"lgf": 0.0, "plain": 0.0}
+    for i in range(warmup + steps):
+        for variant in ("lgf", "plain"):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            s, _ = synthetic_step(parts, batch, seed=i, step=1000 + i, lgf=variant == "lgf")
+            if i >= warmup:
+                seconds[variant].append(s)
+                if device.type == "cuda":
+                    peak[variant] = max(peak[variant], torch.cuda.max_memory_allocated(device) / 2**30)
+    return {"seconds": seconds, "peak_gib": peak if device.type == "cuda" else None}
+
+
+# ------------------------------------------------------------------------------ the store path (CPU; real trainer)
+
+
+def ensure_sample_corpus() -> Path:
+    clips = REPO / "datasets" / "sample" / "clips"
+    if not (clips / "manifest.jsonl").exists():  # as `make sample` does
+        subprocess.run([sys.executable, str(REPO / "datasets" / "sample" / "generate.py"), "--out", str(clips)], check=True)
+    return clips
+
+
+def build_store(root: Path, clips: int, frames: int) -> tuple[str, float]:
+    """Extract `clips` sample clips (teacher + encodings columns) with the real worker, in-process."""
+    from pipeline.config import load_config
+    from pipeline.extract_config import ExtractConfig
+    from pipeline.runner import prepare_store
+    from pipeline.worker import ShardWorker
+
+    corpus = ensure_sample_corpus()
+    overrides = [f"corpus.url={corpus}", f"corpus.limit={clips}", f"video.num_frames={frames}",
+                 "teacher.device=cpu", "encoders.device=cpu", "columns=[teacher,encodings]"]  # fmt: skip
+    cfg = load_config(ExtractConfig, REPO / "configs" / "extract" / "sample.yaml", overrides)
+    url = str(root / "store")
+    start = time.perf_counter()
+    _, snapshot, _ = prepare_store(cfg, url, "stages.extract.columns")
+    worker = ShardWorker(cfg, url)
+    for shard in range(snapshot.num_shards):
+        worker.run_shard(shard)
+    return url, time.perf_counter() - start
+
+
+def make_trainers(store: str, root: Path, tag: str, overrides: list[str]) -> dict[str, Any]:
+    """Trainer "lgf" (lambda 0.5, projector, tap) and "plain" (lambda 0) on the same store and seed."""
+    from pipeline.config import load_config
+    from pipeline.distill_config import DistillConfig
+    from stages.distill.trainer import Trainer
+
+    trainers = {}
+    for variant, weight in (("lgf", 0.5), ("plain", 0.0)):
+        cfg = load_config(DistillConfig, REPO / "configs" / "distill" / "sample.yaml", [
+            f"data.store={store}", f"out={root / f'run-{tag}-{variant}'}", "student.device=cpu",
+            "train.steps=100000", f"losses.lgf.weight={weight}", *overrides,
+        ])  # fmt: skip
+        trainers[variant] = Trainer(cfg)
+    return trainers
+
+
+def time_trainers(trainers: dict[str, Any], warmup: int, steps: int) -> dict[str, list]:
+    """Interleaved train_step calls (lgf, plain, lgf, plain, ...); returns StepMetrics per variant after warm-up."""
+    sources = {v: t.batches() for v, t in trainers.items()}
+    out: dict[str, list] = {v: [] for v in trainers}
+    for i in range(warmup + steps):
+        for variant, trainer in trainers.items():
+            metrics = trainer.train_step(sources[variant])
+            if i >= warmup:
+                out[variant].append(metrics)
+    return out
+
+
+def check_parity(trainer: Any, batch: dict) -> tuple[float, float]:
+    """(our synthetic-path loss, Trainer.train_step's logged loss) on the same batch, weights and seed."""
+
+    cfg = trainer.cfg
+    parts = StepParts(
+        trainer.model.transformer, trainer.scheduler, trainer.model.projector, cfg.losses, cfg.tap.block, trainer.rotary,
+        trainer.data.scaling_factor, trainer.data.column_lgf, None, None, cfg.diffusion.timesteps,
+        cfg.diffusion.image_dropout, cfg.train.caption_dropout, trainer.empty_prompt,
+    )  # fmt: skip
+    seed = step_seed(cfg.train.seed, trainer.step, 0, trainer.rank)
+    parts.tap = FeatureTap(parts.transformer, parts.tap_block)
+    try:
+        with torch.no_grad():
+            _, ours = forward_loss(parts, batch, seed, trainer.step, lgf=True)
+    finally:
+        parts.tap.remove()
+    theirs = trainer.train_step(iter([(batch, 0.0)])).loss
+    return ours, theirs
+
+
+# ------------------------------------------------------------------------------ reporting
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def report_pair(label: str, a: list[float], b: list[float], extra: str = "") -> None:
+    ma, mb = median(a), median(b)
+    print(f"{label}: lgf {ma:.4f} s/step | plain {mb:.4f} s/step | ratio lgf/plain {ma / mb:.3f} "
+          f"(overhead {100 * (ma / mb - 1):+.1f}%){extra}")  # fmt: skip
+    print(f"    lgf steps   {' '.join(f'{x:.3f}' for x in a)}")
+    print(f"    plain steps {' '.join(f'{x:.3f}' for x in b)}")
+
+
+def report_trainers(label: str, runs: dict[str, list]) -> float:
+    seconds = {v: [m.seconds for m in ms] for v, ms in runs.items()}
+    compute = {v: [m.seconds - m.data_seconds for m in ms] for v, ms in runs.items()}
+    same = all(a.clips == b.clips for a, b in zip(runs["lgf"], runs["plain"]))
+    report_pair(label, seconds["lgf"], seconds["plain"], f" | same clips every step: {same}")
+    mc = {v: median(x) for v, x in compute.items()}
+    print(f"    excluding data wait: lgf {mc['lgf']:.4f} | plain {mc['plain']:.4f} | ratio {mc['lgf'] / mc['plain']:.3f}")
+    for v, ms in runs.items():
+        wait, total = sum(m.data_seconds for m in ms), sum(m.seconds for m in ms)
+        share = [m.data_seconds / m.seconds for m in ms]
+        print(f"    data wait {v:5s}: {100 * wait / total:5.1f}% of step time (median per step {100 * median(share):.1f}%, "
+              f"max {100 * max(share):.1f}%)")  # fmt: skip
+    return median(seconds["lgf"]) / median(seconds["plain"])
+
+
+def describe(trainer: Any) -> str:
+    """The student and method sizes a Trainer actually runs with."""
+    c, t = trainer.cfg, trainer.tconfig
+    width = t.num_attention_heads * t.attention_head_dim
+    out = trainer.model.projector.spec.out_dim if trainer.model.projector is not None else "?"
+    return (f"{t.num_layers} blocks {t.num_attention_heads}x{t.attention_head_dim}, LoRA r{c.student.lora.rank}, tap block "
+            f"{c.tap.block}, projector {width}->{c.projector.hidden}x{c.projector.layers}->{out}, batch {c.train.batch_size}")  # fmt: skip
+
+
+def thread_line() -> str:
+    return (f"torch threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}), "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '<unset>')}, cpus {os.cpu_count()}, "
+            f"load avg {os.getloadavg()[0]:.2f}")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def run_cpu(args: argparse.Namespace, root: Path) -> None:
+    if args.store:
+        store, took = args.store, 0.0
+        print(f"store: {store} (given)")
+    else:
+        store, took = build_store(root, args.clips, args.frames)
+        print(f"store: {args.clips} clips x {args.frames} frames extracted in-process in {took:.1f} s -> {store}")
+    data = [f"data.num_workers={args.workers}"]
+
+    trainers = make_trainers(store, root, "tiny", data + ([f"train.batch_size={args.batch_size}"] if args.batch_size else []))
+    print(f"\n[tiny student: sample.yaml, {describe(trainers['lgf'])}, {args.workers} data worker(s)]  {thread_line()}")
+    runs = time_trainers(trainers, args.warmup, args.steps)
+    report_trainers("tiny (Trainer.train_step, streaming the store)", runs)
+    batch = next(trainers["lgf"].batches())[0]
+    ours, theirs = check_parity(trainers["lgf"], batch)
+    print(f"    parity: synthetic-path loss {ours:.6f} vs Trainer.train_step loss {theirs:.6f} "
+          f"(rel diff {abs(ours - theirs) / abs(theirs):.1e})")  # fmt: skip
+    for t in trainers.values():
+        t.close()
+    del trainers, runs
+
+    if args.mid:
+        p = presets(args.mid_layers, args.mid_heads)["mid"]
+        folder = save_student_folder(p.config, root / "mid-student")
+        over = data + [f"student.model={folder}", f"student.lora.rank={p.lora_rank}", f"student.lora.alpha={p.lora_rank}",
+                       f"tap.block={p.tap_block}", f"projector.hidden={p.projector_hidden}",
+                       f"train.batch_size={args.mid_batch_size}"]  # fmt: skip
+        trainers = make_trainers(store, root, "mid", over)
+        print(f"\n[mid student: saved diffusers folder, {describe(trainers['lgf'])}]  {thread_line()}")
+        runs = time_trainers(trainers, args.warmup, args.mid_steps)
+        report_trainers("mid (Trainer.train_step, streaming the store)", runs)
+        batch = next(trainers["lgf"].batches())[0]
+        ours, theirs = check_parity(trainers["lgf"], batch)
+        print(f"    parity: synthetic-path loss {ours:.6f} vs Trainer.train_step loss {theirs:.6f} "
+              f"(rel diff {abs(ours - theirs) / abs(theirs):.1e})")  # fmt: skip
+        for t in trainers.values():
+            t.close()
+
+    preset = presets()["tiny"]
+    res = run_synthetic(preset, torch.device("cpu"), torch.float32, args.warmup, args.steps, 1)
+    report_pair("tiny (synthetic path = the GPU code path, batch 1, one model, tap attached per lgf step)",
+                res["seconds"]["lgf"], res["seconds"]["plain"])
+
+
+def run_gpu(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    preset = presets(args.mid_layers, args.mid_heads)["real" if args.real else "mid"]
+    print(f"device {torch.cuda.get_device_name(device)} | torch {torch.__version__} | {thread_line()}")
+    res = run_synthetic(preset, device, torch.bfloat16, args.warmup, args.gpu_steps, 1)
+    report_pair(f"{preset.name} (synthetic, bf16, LoRA r{preset.lora_rank}, gradient checkpointing)",
+                res["seconds"]["lgf"], res["seconds"]["plain"])
+    pk = res["peak_gib"]
+    print(f"peak GPU memory per step: lgf {pk['lgf']:.2f} GiB | plain {pk['plain']:.2f} GiB | "
+          f"difference {pk['lgf'] - pk['plain']:+.2f} GiB")  # fmt: skip
+
+
+def run_dry(args: argparse.Namespace) -> None:
+    """Build the GPU path's model, optimiser and batch on the meta device (no memory, no step): checks
+    the real config and the construction logic anywhere, e.g. on a CPU box before a GPU run."""
+    preset = presets(args.mid_layers, args.mid_heads)["real" if args.real else "mid"]
+    meta = torch.device("meta")
+    parts = build_synthetic(preset, meta, torch.bfloat16)
+    batch = synthetic_batch(parts.transformer.config, preset.teacher_channels, meta)
+    base = sum(p.numel() for p in parts.transformer.parameters() if not p.requires_grad)
+    lora = sum(p.numel() for p in parts.optimizer.param_groups[0]["params"])
+    proj = sum(p.numel() for p in parts.optimizer.param_groups[1]["params"])
+    cfg = parts.transformer.config
+    print(f"[dry run, {preset.name}] {cfg.num_layers} blocks, {cfg.num_attention_heads}x{cfg.attention_head_dim} heads, "
+          f"text {cfg.max_text_seq_length}x{cfg.text_embed_dim}, sample {cfg.sample_frames}x{cfg.sample_height}x{cfg.sample_width}, "
+          f"RoPE {cfg.use_rotary_positional_embeddings}, learned pos {cfg.use_learned_positional_embeddings}")  # fmt: skip
+    print(f"  frozen base {base / 1e9:.3f} B params ({parts.transformer.dtype}), LoRA r{preset.lora_rank} {lora / 1e6:.1f} M, "
+          f"projector {proj / 1e6:.1f} M ({parts.projector.spec}), tap block {preset.tap_block}, "
+          f"gradient checkpointing {parts.transformer.is_gradient_checkpointing}")  # fmt: skip
+    shapes = [f"{k} {list(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in batch.items() if torch.is_tensor(v)]
+    print("  batch: " + ", ".join(shapes))
+    print(f"  rotary: cos {list(parts.rotary[0].shape)}" if parts.rotary is not None else "  rotary: none")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu (store path) or cuda[:N] (synthetic path)")
+    ap.add_argument("--real", action="store_true", help="GPU: the real CogVideoX-5B-I2V transformer size")
+    ap.add_argument("--store", default=None, help="reuse this store (tiny-student geometry) instead of extracting one")
+    ap.add_argument("--clips", type=int, default=8, help="clips to extract into the temporary store")
+    ap.add_argument("--frames", type=int, default=49, help="pixel frames per clip (49 -> 13 latent frames)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per variant (tiny student)")
+    ap.add_argument("--batch-size", type=int, default=None, help="tiny student batch (default: sample.yaml's)")
+    ap.add_argument("--workers", type=int, default=1, help="data.num_workers (DataLoader processes per trainer)")
+    ap.add_argument("--mid", action=argparse.BooleanOptionalAction, default=True, help="also time the mid-size student")
+    ap.add_argument("--mid-layers", type=int, default=6)
+    ap.add_argument("--mid-heads", type=int, default=6, help="64-wide heads")
+    ap.add_argument("--mid-batch-size", type=int, default=1)
+    ap.add_argument("--mid-steps", type=int, default=8, help="timed steps per variant (mid student)")
+    ap.add_argument("--gpu-steps", type=int, default=5, help="timed steps per variant on GPU")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--dry-run", action="store_true", help="build the synthetic (GPU) path on the meta device and stop")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.dry_run:
+        run_dry(args)
+        return
+    if args.real and not args.device.startswith("cuda"):
+        ap.error("--real builds the 5.6 B-parameter transformer: it needs --device cuda (or --dry-run)")
+    print(thread_line())
+    if args.device.startswith("cuda"):
+        run_gpu(args)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp:
+        run_cpu(args, Path(tmp))
+    print(f"end: {thread_line()}")
+
+
+if __name__ == "__main__":
+    main()
