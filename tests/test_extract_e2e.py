@@ -185,3 +185,31 @@ def test_clip_failing_in_one_column_is_excluded_from_joined_reads(copy_corpus, t
     stream = ClipStream(store, [store.column("teacher"), store.column("encodings")], {"encodings": ["prompt_mask"]}, batch_size=1)
     keys = [k for b in stream.epoch(StreamPosition()) for k in b["keys"]]
     assert sorted(keys) == sorted(r["key"] for r in rows if r["key"] != rows[1]["key"])
+
+
+def test_real_checkpoint_loads_through_the_config_path(tmp_path, small_corpus):
+    """A SAM2 checkpoint in the official format, named by teacher.checkpoint, drives extraction
+    (in-process: the worker path a GPU box runs without Ray)."""
+    from pipeline.runner import prepare_store
+    from pipeline.worker import ShardWorker
+    from stages.extract.sam2_model import build_sam2, save_checkpoint
+
+    ckpt = tmp_path / "sam2_tiny.pt"
+    save_checkpoint(build_sam2("tiny", image_size=64, seed=123), str(ckpt))
+    arrays = {}
+    for name, extra in {"ckpt": {"teacher.checkpoint": str(ckpt)}, "seed": {"teacher.seed": 123}, "default": {}}.items():
+        cfg = config(small_corpus, columns="[teacher]", **extra)
+        url = str(tmp_path / name)
+        prepare_store(cfg, url, "stages.extract.columns")
+        ShardWorker(cfg, url).run_shard(0)
+        arrays[name] = np.asarray(FeatureStore(url).column("teacher").read_shard(0).arrays["fwd"][...])
+    np.testing.assert_array_equal(arrays["ckpt"], arrays["seed"])  # the checkpoint's weights, not the seed-0 init
+    assert not np.array_equal(arrays["ckpt"], arrays["default"])
+    bad = tmp_path / "bad.pt"
+    import torch
+
+    torch.save({"model": {"not_a_sam2_key": torch.zeros(1)}}, bad)
+    cfg = config(small_corpus, columns="[teacher]", **{"teacher.checkpoint": str(bad)})
+    prepare_store(cfg, str(tmp_path / "bad"), "stages.extract.columns")
+    with pytest.raises(ValueError, match="bad.pt"):
+        ShardWorker(cfg, str(tmp_path / "bad")).producer("teacher")

@@ -1,0 +1,68 @@
+"""Golden loss curve: the tiny student on a fixed synthetic store must reproduce the checked-in losses.
+
+The store is seeded numpy arrays (no extraction), so only stage two's code moves this curve: the
+diffusion objective, the LGF loss, the optimiser, the schedule, the data order. An intended change
+regenerates it with SAM2VIDEOX_UPDATE_GOLDEN=1 and shows up in review as a diff of
+tests/golden/distill_tiny.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from pipeline.config import load_config
+from pipeline.distill_config import DistillConfig
+from pipeline.store import ArraySpec, FeatureStore, Snapshot
+from stages.lgf import lgf_probs
+from stages.distill.trainer import Trainer
+
+GOLDEN = ROOT / "tests" / "golden" / "distill_tiny.json"
+T, H8, W8, C = 5, 16, 24, 16  # 17 frames at 128x192: the tiny student's latent grid
+
+
+def synthetic_store(url: str, clips: int = 6) -> None:
+    import torch
+
+    rng = np.random.default_rng(0)
+    store = FeatureStore(url)
+    store.freeze_snapshot(Snapshot("/synthetic", 2, [{"key": f"c{i}", "url": f"/synthetic/c{i}.mp4", "caption": "", "prompt": None} for i in range(clips)]))
+    enc = store.create_column("encodings", {"synthetic": 1}, {
+        "latents": ArraySpec((32, T, H8, W8), "float16"), "image_latents": ArraySpec((16, 1, H8, W8), "float16"),
+        "prompt_embeds": ArraySpec((16, 32), "float16"), "prompt_mask": ArraySpec((16,), "uint8")}, {"scaling_factor": 0.7})
+    lgf = {"kernel": 7, "tau": 0.1, "offsets": [1], "fusion": "gram"}
+    teacher = store.create_column("teacher", {"synthetic": 1}, {
+        "fwd": ArraySpec((T, 8, 12, C), "float16"), "bwd": ArraySpec((T, 8, 12, C), "float16"),
+        "lgf": ArraySpec((T - 1, 8, 12, 49), "float16"), "mask": ArraySpec((T, 8, 12), "uint8")},
+        {"grid": [T, 8, 12], "channels": C, "lgf": lgf})
+    enc.write_column_arrays({"empty_prompt_embeds": np.zeros((16, 32), "float16")})
+    for shard in range(clips // 2):
+        recs = [{"key": f"c{i}", "index": i} for i in (2 * shard, 2 * shard + 1)]
+        lat = rng.standard_normal((2, 32, T, H8, W8)).astype("float16")
+        lat[:, 16:] = -4.0  # small posterior log-variance
+        enc.write_shard(shard, {"latents": lat, "image_latents": rng.standard_normal((2, 16, 1, H8, W8)).astype("float16"),
+                                "prompt_embeds": rng.standard_normal((2, 16, 32)).astype("float16"), "prompt_mask": np.ones((2, 16), "uint8")}, recs, [])
+        fwd = rng.standard_normal((2, T, 8, 12, C)).astype("float16")
+        bwd = (fwd + 0.3 * rng.standard_normal(fwd.shape)).astype("float16")
+        target = lgf_probs(torch.from_numpy(fwd.astype("float32")), 7, 0.1).numpy().astype("float16")
+        teacher.write_shard(shard, {"fwd": fwd, "bwd": bwd, "lgf": target, "mask": rng.integers(0, 256, (2, T, 8, 12)).astype("uint8")}, recs, [])
+
+
+def test_tiny_distill_matches_the_golden_curve(tmp_path):
+    synthetic_store(str(tmp_path / "store"))
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
+        f"data.store={tmp_path / 'store'}", f"out={tmp_path / 'run'}", "data.num_workers=0", "train.steps=8",
+        "train.batch_size=2", "train.checkpoint_every=100", "train.caption_dropout=0.0"])
+    history = Trainer(cfg).run()
+    got = {"loss": [m.loss for m in history], "diff": [m.terms["diff"] for m in history], "lgf": [m.terms["lgf"] for m in history]}
+    if os.environ.get("SAM2VIDEOX_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
+    want = json.loads(GOLDEN.read_text())
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=2e-3, err_msg=f"{name} left the golden curve {GOLDEN}")
+    assert np.mean(want["lgf"][-3:]) < np.mean(want["lgf"][:3])  # the golden run itself learns the relations
