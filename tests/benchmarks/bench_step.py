@@ -428,15 +428,7 @@ def run_cpu(args: argparse.Namespace, root: Path) -> None:
 
     trainers = make_trainers(store, root, "tiny", data + ([f"train.batch_size={args.batch_size}"] if args.batch_size else []))
     print(f"\n[tiny student: sample.yaml, {describe(trainers['lgf'])}, {args.workers} data worker(s)]  {thread_line()}")
-    runs = time_trainers(trainers, args.warmup, args.steps)
-    report_trainers("tiny (Trainer.train_step, streaming the store)", runs)
-    batch = next(trainers["lgf"].batches())[0]
-    ours, theirs = check_parity(trainers["lgf"], batch)
-    print(f"    parity: synthetic-path loss {ours:.6f} vs Trainer.train_step loss {theirs:.6f} "
-          f"(rel diff {abs(ours - theirs) / abs(theirs):.1e})")  # fmt: skip
-    for t in trainers.values():
-        t.close()
-    del trainers, runs
+    time_report_close("tiny", trainers, args.warmup, args.steps)
 
     if args.mid:
         p = presets(args.mid_layers, args.mid_heads)["mid"]
@@ -446,14 +438,7 @@ def run_cpu(args: argparse.Namespace, root: Path) -> None:
                        f"train.batch_size={args.mid_batch_size}"]  # fmt: skip
         trainers = make_trainers(store, root, "mid", over)
         print(f"\n[mid student: saved diffusers folder, {describe(trainers['lgf'])}]  {thread_line()}")
-        runs = time_trainers(trainers, args.warmup, args.mid_steps)
-        report_trainers("mid (Trainer.train_step, streaming the store)", runs)
-        batch = next(trainers["lgf"].batches())[0]
-        ours, theirs = check_parity(trainers["lgf"], batch)
-        print(f"    parity: synthetic-path loss {ours:.6f} vs Trainer.train_step loss {theirs:.6f} "
-              f"(rel diff {abs(ours - theirs) / abs(theirs):.1e})")  # fmt: skip
-        for t in trainers.values():
-            t.close()
+        time_report_close("mid", trainers, args.warmup, args.mid_steps)
 
     preset = presets()["tiny"]
     res = run_synthetic(preset, torch.device("cpu"), torch.float32, args.warmup, args.steps, 1)
@@ -493,6 +478,18 @@ def run_dry(args: argparse.Namespace) -> None:
     shapes = [f"{k} {list(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in batch.items() if torch.is_tensor(v)]
     print("  batch: " + ", ".join(shapes))
     print(f"  rotary: cos {list(parts.rotary[0].shape)}" if parts.rotary is not None else "  rotary: none")
+
+
+def time_report_close(label: str, trainers: dict, warmup: int, steps: int) -> None:
+    """Time the two trainers interleaved, print the ratio and the parity check, release them."""
+    runs = time_trainers(trainers, warmup, steps)
+    report_trainers(f"{label} (Trainer.train_step, streaming the store)", runs)
+    batch = next(trainers["lgf"].batches())[0]
+    ours, theirs = check_parity(trainers["lgf"], batch)
+    print(f"    parity: synthetic-path loss {ours:.6f} vs Trainer.train_step loss {theirs:.6f} "
+          f"(rel diff {abs(ours - theirs) / abs(theirs):.1e})")  # fmt: skip
+    for t in trainers.values():
+        t.close()
 
 
 def main() -> None:
