@@ -1,0 +1,17 @@
+"""The extraction worker runs where Ray is not installed (a single-GPU box): its imports must not need Ray."""
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_worker_path_imports_no_ray_and_no_torchvision():
+    code = (
+        "import sys, pipeline.worker, pipeline.stream, stages.extract.columns, stages.extract.teacher_column, "
+        "stages.extract.encodings_column, stages.distill.trainer\n"
+        "bad = [m for m in ('ray', 'torchvision') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
