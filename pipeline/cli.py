@@ -256,7 +256,6 @@ def report(
 
     store_info = FeatureStore(store).summary()
     train = json.loads((run / "summary.json").read_text())
-    final, first = train["final"], train["first"]
     lines = [
         "# SAM2VideoX run summary",
         "",
@@ -268,7 +267,7 @@ def report(
     lines += [
         f"- training: {train['steps']} steps on {train['world_size']} rank(s), {train['mean_step_seconds']:.3f} s/step, "
         f"data wait {train['data_wait_share']:.1%} of step time",
-        f"- loss: first step {first['loss']:.4f} {_fmt_terms(first['terms'])}; last step {final['loss']:.4f} {_fmt_terms(final['terms'])}",
+        _loss_line(run / "metrics.jsonl"),
         f"- LoRA for the stock diffusers pipelines: `{train['exported']}`",
         f"- loss curve: `{run / 'loss_curve.png'}`; metrics: `{run / 'metrics.jsonl'}`; TensorBoard: `{run / 'tensorboard'}`",
     ]
@@ -279,8 +278,18 @@ def report(
     typer.echo(out.read_text())
 
 
-def _fmt_terms(terms: dict) -> str:
-    return "(" + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) + ")"
+def _loss_line(metrics: Path) -> str:
+    """Mean losses over the first and the last few steps (single steps are dominated by the random timestep)."""
+    from stages.distill.curves import read_metrics
+
+    rows = read_metrics(metrics)
+    n = max(1, min(5, len(rows) // 2))
+
+    def mean(part: list[dict]) -> str:
+        terms = {k: sum(r["terms"][k] for r in part) / len(part) for k in part[0]["terms"]}
+        return f"{sum(r['loss'] for r in part) / len(part):.4f} (" + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) + ")"
+
+    return f"- loss, mean of the first {n} steps: {mean(rows[:n])}; of the last {n}: {mean(rows[-n:])}"
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -96,6 +96,11 @@ def test_two_rank_ddp_on_cpu(student_store, tmp_path):
     assert seen[0] and seen[1] and not (seen[0] & seen[1])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2
+    report = CliRunner().invoke(app, ["report", "--store", student_store, "--run", str(out), "--out", str(tmp_path / "summary.md")])
+    assert report.exit_code == 0, report.output
+    text = (tmp_path / "summary.md").read_text()
+    assert "6 clips in 3 shards" in text and "training: 2 steps on 2 rank(s)" in text and "mean of the first 1 steps" in text
+    assert json.loads((tmp_path / "summary.json").read_text())["training"]["world_size"] == 2
 
 
 def test_ablate_reuses_the_store_byte_for_byte(student_store, tmp_path):
