@@ -69,7 +69,7 @@ def _check_same_corpus(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConf
     if snapshot.source.rstrip("/") != cfg.corpus.url.rstrip("/") or snapshot.clips_per_shard != cfg.corpus.clips_per_shard:
         raise StoreError(
             f"{store.url} holds a snapshot of {snapshot.source} with {snapshot.clips_per_shard} clips per shard; "
-            f"this run asks for {cfg.corpus.url} with {cfg.corpus.clips_per_shard}: use a new store"
+            f"this run asks for {cfg.corpus.url} with {cfg.corpus.clips_per_shard} clips per shard: use a new store"
         )
 
 

@@ -213,3 +213,15 @@ def test_real_checkpoint_loads_through_the_config_path(tmp_path, small_corpus):
     prepare_store(cfg, str(tmp_path / "bad"), "stages.extract.columns")
     with pytest.raises(ValueError, match="bad.pt"):
         ShardWorker(cfg, str(tmp_path / "bad")).producer("teacher")
+
+
+def test_a_store_is_bound_to_its_corpus(tmp_path, small_corpus, copy_corpus):
+    from pipeline.runner import prepare_store
+    from pipeline.store import StoreError
+
+    url = str(tmp_path / "store")
+    prepare_store(config(small_corpus), url, "stages.extract.columns")
+    with pytest.raises(StoreError, match="use a new store"):
+        prepare_store(config(copy_corpus()), url, "stages.extract.columns")
+    with pytest.raises(StoreError, match="3 clips per shard"):
+        prepare_store(config(small_corpus, **{"corpus.clips_per_shard": 3}), url, "stages.extract.columns")

@@ -132,3 +132,20 @@ def test_store_with_another_grid_is_refused_before_training(tmp_path):
     store.create_column("teacher", {}, teacher, {"grid": [5, 4, 6], "channels": 16, "lgf": {"kernel": 7, "tau": 0.1, "offsets": [1], "fusion": "gram"}})
     with pytest.raises(StoreError, match=r"teacher grid \(T, h, w\) = \(5, 4, 6\), but the student config gives \(5, 8, 12\)"):
         Trainer(distill_config(str(tmp_path / "store"), tmp_path / "out"))
+
+
+@pytest.mark.parametrize("variant", ["t2v", "full_finetune"])
+def test_text_to_video_and_full_finetune_train_on_the_same_store(student_store, tmp_path, variant):
+    extra = ["student.task=t2v"] if variant == "t2v" else ["student.full_finetune=true"]
+    trainer = Trainer(distill_config(student_store, tmp_path / variant, "train.steps=2", *extra))
+    if variant == "t2v":
+        assert "image_latents" not in trainer.data.arrays["encodings"] and trainer.tconfig.in_channels == 16
+    history = trainer.run()
+    exported = trainer.finish()
+    assert len(history) == 2 and all(np.isfinite(m.loss) for m in history)
+    if variant == "full_finetune":
+        n_trainable = sum(p.numel() for p in trainer.model.transformer.parameters() if p.requires_grad)
+        assert n_trainable == sum(p.numel() for p in trainer.model.transformer.parameters())
+        assert (exported / "config.json").exists()  # a whole diffusers transformer folder
+    else:
+        assert (exported / "pytorch_lora_weights.safetensors").exists()
