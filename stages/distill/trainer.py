@@ -159,8 +159,10 @@ class Trainer:
         transformer, self.scheduler = load_student(cfg.student.model, cfg.student.task, dtype, self.device)
         self.grid = check_fit(self.data, transformer.config, cfg)  # before anything is trained
         self.tconfig = transformer.config
-        torch.manual_seed(step_seed(cfg.train.seed, "init"))  # peft draws LoRA A from the global RNG
-        params = configure_student(transformer, cfg.student)
+        # peft draws LoRA A from the global RNG: seed it, on every device the model may be on, inside a fork
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            torch.manual_seed(step_seed(cfg.train.seed, "init"))
+            params = configure_student(transformer, cfg.student)
         projector = self._build_projector(transformer) if cfg.losses.needs_projector else None
         self.model = DistillModel(transformer, projector, cfg.tap.block).to(self.device)
         self.optimizer = self._build_optimizer(params, projector)
