@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conftest import ROOT
 from pipeline.config import load_config
