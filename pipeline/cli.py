@@ -39,7 +39,8 @@ def extract(
     from tqdm import tqdm
 
     from pipeline.extract_config import ExtractConfig
-    from pipeline.runner import run_extract
+    from pipeline.runner import ExtractFailed, run_extract
+    from pipeline.store import StoreError
 
     _setup_logging(verbose)
     cfg = _load(ExtractConfig, config, overrides or [])
@@ -52,7 +53,12 @@ def extract(
     def on_plan(clips: int) -> None:
         bar.reset(total=clips)
 
-    summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan)
+    try:
+        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan)
+    except (ExtractFailed, StoreError, ValueError) as exc:
+        bar.close()
+        typer.secho(f"extract failed: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
     bar.close()
     typer.echo(
         f"store {summary.store}: {summary.clips} clips in {summary.shards} shards; "

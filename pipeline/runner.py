@@ -105,7 +105,7 @@ def run_extract(
 
 def _run_on_ray(cfg: ExtractConfig, store_url: str, todo: list[int], summary: ExtractSummary, on_shard, registry: str) -> None:
     import ray  # imported here: the worker path must stay importable where Ray is not installed
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayTaskError
 
     owns_ray = _init_ray(ray, cfg)
     try:
@@ -124,6 +124,8 @@ def _run_on_ray(cfg: ExtractConfig, store_url: str, todo: list[int], summary: Ex
             actor, shard = running.pop(ready[0])
             try:
                 report = ShardReport(**ray.get(ready[0]))
+            except RayTaskError as exc:  # the worker raised (bad model, bad device, bad store): retrying cannot help
+                raise ExtractFailed(f"shard {shard}: {type(exc.cause).__name__}: {exc.cause}") from exc
             except RayActorError as exc:
                 summary.worker_restarts += 1
                 log.warning("worker died on shard %d (attempt %d): %s", shard, attempts[shard], exc)

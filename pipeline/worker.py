@@ -77,6 +77,8 @@ class ShardWorker:
         if not pending:
             report.skipped = True
             return report
+        for name in pending:  # models load here, outside the per-clip guard: a bad checkpoint or device stops the run
+            self.producer(name)
         outputs = {n: ([], [], []) for n in pending}  # column -> (arrays, records, failed)
         for done, index in enumerate(self.snapshot.shard_range(shard)):
             entry = ClipEntry.from_json(self.snapshot.clips[index])

@@ -131,9 +131,11 @@ def test_spec_rejects_geometry_that_does_not_fit():
 
 def test_config_keys_content_not_placement():
     base = encodings_spec(_cfg()).config
-    moved = _cfg()
-    moved.encoders.device = "cuda:3"
-    assert encodings_spec(moved).config == base
+    on_gpu, moved = _cfg(), _cfg()
+    on_gpu.encoders.device, moved.encoders.device = "cuda:0", "cuda:3"
+    assert encodings_spec(moved).config == encodings_spec(on_gpu).config  # which GPU never changes content
+    assert encodings_spec(on_gpu).config != base  # but a GPU computes in bf16 and the CPU in fp32: another column
+    assert encodings_spec(on_gpu).config["encoders"]["compute_dtype"] == "bfloat16" and base["encoders"]["compute_dtype"] == "float32"
     reseeded = _cfg()
     reseeded.encoders.seed = 1
     assert encodings_spec(reseeded).config != base

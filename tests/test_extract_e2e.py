@@ -225,3 +225,31 @@ def test_a_store_is_bound_to_its_corpus(tmp_path, small_corpus, copy_corpus):
         prepare_store(config(copy_corpus()), url, "stages.extract.columns")
     with pytest.raises(StoreError, match="3 clips per shard"):
         prepare_store(config(small_corpus, **{"corpus.clips_per_shard": 3}), url, "stages.extract.columns")
+
+
+def test_columns_are_keyed_by_the_dtype_workers_really_compute_in(tmp_path, small_corpus):
+    """CPU workers compute in fp32 whatever teacher.dtype says: the key says so, and a worker that
+    would compute otherwise than its column declares refuses to start instead of mixing precisions."""
+    from pipeline.runner import prepare_store
+    from pipeline.worker import ShardWorker
+    from stages.extract.columns import compute_dtype
+    from stages.extract.teacher_column import teacher_spec
+
+    assert compute_dtype("bfloat16", "auto", 0) == "float32" and compute_dtype("bfloat16", "auto", 1) == "bfloat16"
+    assert compute_dtype("bfloat16", "cuda:1", 0) == "bfloat16"
+    cpu, gpu = config(small_corpus, **{"teacher.dtype": "bfloat16"}), config(small_corpus, **{"teacher.dtype": "bfloat16", "ray.gpus_per_worker": 1})
+    assert teacher_spec(cpu).config["teacher"]["compute_dtype"] == "float32"
+    assert teacher_spec(gpu).config["teacher"]["compute_dtype"] == "bfloat16"  # another column, never a shared hash
+    url = str(tmp_path / "store")
+    prepare_store(gpu, url, "stages.extract.columns")
+    with pytest.raises(ValueError, match="keyed for bfloat16 compute but this worker runs float32 on cpu"):
+        ShardWorker(gpu, url).run_shard(0)  # auto resolves to the CPU here
+    assert FeatureStore(url).column("teacher").committed_shards() == set()
+
+
+def test_a_broken_model_stops_the_run_with_the_cause(tmp_path, small_corpus, ray_session):
+    store = str(tmp_path / "store")
+    result = CliRunner().invoke(app, ["extract", "--config", str(SAMPLE), "--store", store,
+                                      *small_overrides(small_corpus, **{"teacher.checkpoint": str(tmp_path / "missing.pt")})])
+    assert result.exit_code == 2, result.output
+    assert "extract failed: shard" in result.output and "missing.pt" in result.output

@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.extract_config import ExtractConfig
 from pipeline.producer import ColumnSpec
 from pipeline.store import ArraySpec
+from stages.extract.columns import check_compute_dtype, compute_dtype
 from stages.extract.encoders import (
     TINY,
     TINY_VERSION,
@@ -51,7 +52,8 @@ def encodings_spec(cfg: ExtractConfig) -> ColumnSpec:
         "prompt_embeds": ArraySpec((length, models.text_dim), "float16"),
         "prompt_mask": ArraySpec((length,), "uint8"),
     }
-    encoders = {k: v for k, v in dataclasses.asdict(enc).items() if k != "device"}  # device never changes content
+    encoders = {k: v for k, v in dataclasses.asdict(enc).items() if k != "device"}  # the device itself never changes content
+    encoders["compute_dtype"] = compute_dtype(enc.dtype, enc.device, cfg.ray.gpus_per_worker)  # ...but CPU runs fp32
     model = {"vae": models.vae, "text_encoder": models.text_encoder}
     if enc.model == TINY:
         model["tiny_version"] = TINY_VERSION
@@ -106,6 +108,8 @@ class EncodingsProducer:
         self.spec = encodings_spec(cfg)
         e = cfg.encoders
         self.enc = encoders or load_encoders(e.model, e.dtype, device, e.vae_slicing, e.vae_tiling)
+        if encoders is None:  # benchmarks pass models built for a device of their own choosing
+            check_compute_dtype("encodings", self.spec.config["encoders"]["compute_dtype"], self.enc.dtype, device)
         self._check_models()
 
     def _check_models(self) -> None:

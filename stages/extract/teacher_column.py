@@ -19,6 +19,7 @@ from pipeline.config import to_dict
 from pipeline.extract_config import ExtractConfig
 from pipeline.producer import ColumnSpec
 from pipeline.store import ArraySpec
+from stages.extract.columns import check_compute_dtype, compute_dtype
 from stages.extract.prompts import manifest_prompt
 from stages.extract.sam2_model import build_sam2, feature_channels
 from stages.extract.tracker import BidirectionalTracker
@@ -42,6 +43,7 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
     pairs = sum(grid.frames - o for o in cfg.lgf.offsets)
     k2 = cfg.lgf.kernel**2
     teacher = {k: v for k, v in to_dict(cfg.teacher).items() if k not in ("device", "image_batch")}
+    teacher["compute_dtype"] = compute_dtype(cfg.teacher.dtype, cfg.teacher.device, cfg.ray.gpus_per_worker)
     config = {
         "teacher": teacher,
         "video": to_dict(cfg.video),
@@ -67,6 +69,7 @@ class TeacherProducer:
         t = cfg.teacher
         model = build_sam2(t.model, t.checkpoint, t.image_size, device=device, seed=t.seed if t.checkpoint is None else None)
         dtype = _DTYPES[t.dtype] if device.startswith("cuda") else torch.float32
+        check_compute_dtype("teacher", compute_dtype(t.dtype, t.device, cfg.ray.gpus_per_worker), dtype, device)
         self.tracker = BidirectionalTracker(model, feature=t.feature, image_batch=t.image_batch, dtype=dtype, mask_threshold=t.mask_threshold)
 
     def column_arrays(self) -> dict[str, np.ndarray]:
