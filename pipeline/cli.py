@@ -219,7 +219,7 @@ def generate(
     run: Path = typer.Option(..., "--run", help="a distill run folder (holds lora/ and summary.json)"),
     store: str = typer.Option(..., "--store", "-s", help="the store it trained on (first frame, caption, encoders)"),
     out: Path = typer.Option(..., "--out", "-o", help="output .mp4"),
-    key: Optional[str] = typer.Option(None, "--key", help="clip whose first frame and caption condition the sample (default: first clip)"),
+    key: str = typer.Option("@0", "--key", help="clip (key, or @N for the Nth) whose first frame and caption condition the sample"),
     steps: int = typer.Option(8, "--steps", help="denoising steps"),
     guidance: float = typer.Option(6.0, "--guidance"),
     seed: int = typer.Option(0, "--seed"),
@@ -231,7 +231,7 @@ def generate(
     from pipeline.decode import decode_clip
     from pipeline.extract_config import VideoConfig
     from pipeline.inspect import write_mp4
-    from pipeline.store import FeatureStore
+    from pipeline.store import FeatureStore, StoreError
     from stages.generate import build_pipeline, sample_video
 
     _setup_logging(False)
@@ -239,8 +239,12 @@ def generate(
     fstore = FeatureStore(store)
     enc_col = fstore.column(info["encodings_column"])
     video = from_dict(VideoConfig, enc_col.producer_config["video"], source=f"{enc_col.dirname}/column.json")
-    clips = fstore.require_snapshot().clips
-    entry = ClipEntry.from_json(next((c for c in clips if c["key"] == key), clips[0]) if key else clips[0])
+    snapshot = fstore.require_snapshot()
+    try:
+        entry = ClipEntry.from_json(snapshot.clips[snapshot.find(key)])
+    except StoreError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
     first = decode_clip(entry.url, video, fstore.storage_options).frames[0]
     enc_cfg = enc_col.producer_config["encoders"]
     pipe = build_pipeline(info["config"]["student"]["model"], enc_cfg["model"], None if no_lora else run / "lora")

@@ -23,12 +23,7 @@ def find_clip(store: FeatureStore, column_name: str, key: str):
     """(column, shard data, row) of clip `key` in a column, or a StoreError naming what exists."""
     column = store.column(column_name)
     snapshot = store.require_snapshot()
-    if key.startswith("@") and key[1:].isdigit():  # "@N": the Nth clip of the snapshot
-        index = int(key[1:]) if int(key[1:]) < len(snapshot.clips) else None
-    else:
-        index = next((i for i, c in enumerate(snapshot.clips) if c["key"] == key), None)
-    if index is None:
-        raise StoreError(f"no clip '{key}' in {store.url}; first keys: {', '.join(c['key'] for c in snapshot.clips[:5])}")
+    index = snapshot.find(key)
     shard = index // snapshot.clips_per_shard
     data = column.read_shard(shard)
     rows = [r for r, rec in enumerate(data.records) if rec["index"] == index]

@@ -74,6 +74,16 @@ class Snapshot:
     def id(self) -> str:
         return config_hash({"clips": self.clips, "clips_per_shard": self.clips_per_shard})
 
+    def find(self, key: str) -> int:
+        """Snapshot index of clip `key`, or of the Nth clip for "@N"; a StoreError names the first keys."""
+        if key.startswith("@") and key[1:].isdigit():
+            index = int(key[1:]) if int(key[1:]) < len(self.clips) else None
+        else:
+            index = next((i for i, c in enumerate(self.clips) if c["key"] == key), None)
+        if index is None:
+            raise StoreError(f"no clip '{key}' in the snapshot of {self.source}; first keys: {', '.join(c['key'] for c in self.clips[:5])}")
+        return index
+
     def shard_range(self, shard: int) -> range:
         start = shard * self.clips_per_shard
         return range(start, min(start + self.clips_per_shard, len(self.clips)))
@@ -192,12 +202,14 @@ class Column:
         group = zarr.open_group(self._zarr_target(record["attempt"]), mode="r", **self._zarr_kwargs())
         return {k: np.asarray(group[k][...]) for k in group.array_keys()}
 
-    def ledger(self) -> list[dict]:
+    def commit_records(self) -> dict[int, dict]:
+        """Every commit record, each read once: {shard: record} (one round trip each on object stores)."""
+        return {shard: self.commit_record(shard) for shard in sorted(self.committed_shards())}
+
+    def ledger(self, records: dict[int, dict] | None = None) -> list[dict]:
         """Every failed clip of every committed shard: key, index, reason."""
-        out = []
-        for shard in sorted(self.committed_shards()):
-            out.extend(self.commit_record(shard)["failed"])
-        return out
+        records = self.commit_records() if records is None else records
+        return [row for record in records.values() for row in record["failed"]]
 
     def collect_garbage(self) -> int:
         """Remove attempt directories no commit names (left by crashed workers). Returns how many."""
@@ -233,28 +245,27 @@ class Column:
     def _zarr_kwargs(self) -> dict:
         return {} if is_local(self.store.fs) else {"storage_options": self.store.storage_options}
 
-    def summary(self) -> dict:
-        committed = self.committed_shards()
-        clips = sum(len(self.commit_record(s)["clips"]) for s in committed)
+    def summary(self, records: dict[int, dict] | None = None) -> dict:
+        records = self.commit_records() if records is None else records
         return {
             "name": self.name,
             "hash": self.hash,
             "dir": self.dirname,
-            "committed_shards": len(committed),
-            "clips": clips,
-            "failed": len(self.ledger()),
+            "committed_shards": len(records),
+            "clips": sum(len(r["clips"]) for r in records.values()),
+            "failed": len(self.ledger(records)),
             "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype} for k, v in self.schema.items()},
-            "bytes_per_clip": self.bytes_per_clip(clips),
+            "bytes_per_clip": self.bytes_per_clip(records),
             "config": self.producer_config,
         }
 
-    def bytes_per_clip(self, clips: int | None = None) -> float:
-        fs, base = self.store.fs, self._path("shards")
-        clips = clips if clips is not None else sum(len(self.commit_record(s)["clips"]) for s in self.committed_shards())
-        if not clips or not fs.exists(base):
+    def bytes_per_clip(self, records: dict[int, dict] | None = None) -> float:
+        """Stored bytes of the committed attempts per stored clip."""
+        records = self.commit_records() if records is None else records
+        clips = sum(len(r["clips"]) for r in records.values())
+        if not clips:
             return 0.0
-        live = [join(base, self.commit_record(s)["attempt"]) for s in self.committed_shards()]
-        return sum(fs.du(p) for p in live) / clips
+        return sum(self.store.fs.du(self._path("shards", r["attempt"])) for r in records.values()) / clips
 
 
 class FeatureStore:
@@ -341,8 +352,10 @@ class FeatureStore:
 
     def summary(self) -> dict:
         snap = self.require_snapshot()
-        cols = [c.summary() for c in self.columns()]
-        failed_keys = {f["key"] for c in self.columns() for f in c.ledger()}
+        columns = self.columns()
+        records = [c.commit_records() for c in columns]
+        cols = [c.summary(r) for c, r in zip(columns, records)]
+        failed_keys = {f["key"] for c, r in zip(columns, records) for f in c.ledger(r)}
         return {
             "store": self.url,
             "snapshot": snap.id,

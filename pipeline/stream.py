@@ -74,12 +74,9 @@ class ClipStream:
 
     def _joined_counts(self) -> dict[int, int]:
         """Clips per shard present in every column, from the commit records (no array reads)."""
-        shards = set.intersection(*(c.committed_shards() for c in self.columns))
-        counts = {}
-        for s in sorted(shards):
-            sets = [set(c.commit_record(s)["indices"]) for c in self.columns]
-            counts[s] = len(set.intersection(*sets))
-        return counts
+        records = [c.commit_records() for c in self.columns]
+        shards = set.intersection(*(set(r) for r in records))
+        return {s: len(set.intersection(*(set(r[s]["indices"]) for r in records))) for s in sorted(shards)}
 
     def shard_order(self, epoch: int) -> list[int]:
         """All shards in this epoch's order: the same on every rank, so the node split is disjoint."""

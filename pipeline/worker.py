@@ -37,14 +37,6 @@ class ShardReport:
         return self.__dict__.copy()
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class ShardWorker:
     """Processes whole shards of one store for the configured columns."""
 
@@ -66,7 +58,7 @@ class ShardWorker:
 
     def producer(self, name: str) -> ColumnProducer:
         if name not in self._producers:
-            device = resolve_device(self.cfg.teacher.device if name == "teacher" else self.cfg.encoders.device)
+            device = self.cfg.teacher.device if name == "teacher" else self.cfg.encoders.device  # the producer resolves "auto"
             self._producers[name] = self.registry.make_producer(name, self.cfg, device)
         return self._producers[name]
 
@@ -98,21 +90,21 @@ class ShardWorker:
         return report
 
     def _process_clip(self, entry: ClipEntry, index: int, pending: list[str], outputs: dict) -> None:
-        base = {"key": entry.key, "index": index}
+        base = {"key": entry.key, "index": index, "source": entry.url}
         try:
             clip = decode_clip(entry.url, self.cfg.video, self.cfg.corpus.storage_options)
         except ClipError as exc:
             log.warning("clip %s (%s) skipped: %s", entry.key, entry.url, exc.reason)
             for name in pending:
-                outputs[name][2].append({**base, "source": entry.url, "stage": "decode", "reason": exc.reason})
+                outputs[name][2].append({**base, "stage": "decode", "reason": exc.reason})
             return
-        record = {**base, "source": entry.url, "caption": entry.caption, "frame_indices": list(clip.frame_indices)}
+        record = {**base, "caption": entry.caption, "frame_indices": list(clip.frame_indices)}
         for name in pending:
             try:
                 arrays, extra = self.producer(name).produce(clip, entry)
             except Exception as exc:  # a failing clip must not take the shard down; the ledger says why
                 log.error("clip %s failed in column %s:\n%s", entry.key, name, traceback.format_exc())
-                outputs[name][2].append({**base, "source": entry.url, "stage": name, "reason": f"{type(exc).__name__}: {exc}"})
+                outputs[name][2].append({**base, "stage": name, "reason": f"{type(exc).__name__}: {exc}"})
                 continue
             outputs[name][0].append(arrays)
             outputs[name][1].append({**record, **extra})

@@ -110,3 +110,11 @@ def test_summary(tmp_path):
     assert s["clips"] == 5 and s["shards"] == 3 and s["columns"][0]["clips"] == 2
     assert s["columns"][0]["arrays"]["fwd"] == {"shape": [3, 2, 2, 4], "dtype": "float16"}
     assert s["bytes_per_clip"] > 0
+
+
+def test_snapshot_finds_clips_by_key_or_position(tmp_path):
+    snap = make_store(tmp_path).require_snapshot()
+    assert snap.find("c3") == 3 and snap.find("@4") == 4
+    for bad in ("nope", "@5"):
+        with pytest.raises(StoreError, match=f"no clip '{bad}'.*first keys: c0, c1"):
+            snap.find(bad)

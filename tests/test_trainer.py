@@ -77,6 +77,8 @@ def test_run_exports_a_lora_the_stock_pipeline_loads(student_store, tmp_path):
     tuned = sample_video(build_pipeline("tiny", "tiny", exported), image, "a red stick figure", 9, steps=2, guidance_scale=1.0, max_text_len=16)
     assert base.shape == tuned.shape == (9, 128, 192, 3)
     assert np.abs(base.astype(int) - tuned.astype(int)).max() > 0
+    bad_key = CliRunner().invoke(app, ["generate", "--run", str(out), "--store", student_store, "--out", str(tmp_path / "x.mp4"), "--key", "nope"])
+    assert bad_key.exit_code == 2 and "no clip 'nope'" in bad_key.output
 
 
 def test_two_rank_ddp_on_cpu(student_store, tmp_path):

@@ -123,13 +123,6 @@ def load_student(
     return transformer, scheduler
 
 
-def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
-    """Weight dtype for a config name; CPU always runs fp32 (half matmuls there are slow or missing)."""
-    if torch.device(device).type == "cpu":
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 

@@ -30,7 +30,8 @@ from stages.distill.checkpoint import list_checkpoints, load_checkpoint, save_ch
 from stages.distill.data import check_fit, open_training_data
 from stages.distill.losses import diffusion_loss_from_output, feature_losses, prepare_diffusion_inputs
 from stages.distill.projector import Projector, ProjectorSpec
-from stages.distill.student import configure_student, load_student, resolve_dtype, rotary_embedding
+from stages.devices import resolve_device, resolve_dtype
+from stages.distill.student import configure_student, load_student, rotary_embedding
 from stages.distill.tap import FeatureTap
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,10 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device) for this process; joins the torchrun group when there is one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
-    device = torch.device(f"cuda:{local}" if cuda and device_name in ("auto", "cuda") else (device_name if cuda else "cpu"))
+    device = resolve_device(device_name)
+    cuda = device.type == "cuda"
+    if cuda and device.index is None:
+        device = torch.device("cuda", local)  # one GPU per torchrun process
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():

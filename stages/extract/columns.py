@@ -19,7 +19,7 @@ def compute_dtype(dtype: str, device: str, gpus_per_worker: float) -> str:
     return dtype if on_gpu else "float32"
 
 
-def check_compute_dtype(column: str, declared: str, actual, device: str) -> None:
+def check_compute_dtype(column: str, declared: str, actual: object, device: object) -> None:
     actual = str(actual).removeprefix("torch.")
     if actual != declared:
         raise ValueError(

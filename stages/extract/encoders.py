@@ -37,6 +37,7 @@ from tokenizers.models import Unigram
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from pipeline.config import config_hash
+from stages.devices import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -154,19 +155,6 @@ class ImageEncoding:
 
 
 # -- loading ---------------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """The requested dtype on GPU; fp32 on CPU, where bf16 3D convolutions are slow and gain nothing."""
-    if device.type == "cpu":
-        return torch.float32
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 def load_encoders(

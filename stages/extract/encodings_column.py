@@ -109,7 +109,7 @@ class EncodingsProducer:
         e = cfg.encoders
         self.enc = encoders or load_encoders(e.model, e.dtype, device, e.vae_slicing, e.vae_tiling)
         if encoders is None:  # benchmarks pass models built for a device of their own choosing
-            check_compute_dtype("encodings", self.spec.config["encoders"]["compute_dtype"], self.enc.dtype, device)
+            check_compute_dtype("encodings", self.spec.config["encoders"]["compute_dtype"], self.enc.dtype, self.enc.device)
         self._check_models()
 
     def _check_models(self) -> None:

@@ -32,6 +32,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from stages.devices import resolve_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -190,13 +192,6 @@ def feature_channels(model: str, feature: str) -> int:
     if feature in ("memory_attention", "backbone"):
         return int(cfg["image_encoder"]["neck"]["d_model"])
     raise ValueError(f"feature must be maskmem, memory_attention or backbone, got {feature!r}")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' -> cuda if available else cpu; anything else as torch.device."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class CheckpointError(ValueError):

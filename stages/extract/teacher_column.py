@@ -19,6 +19,7 @@ from pipeline.config import to_dict
 from pipeline.extract_config import ExtractConfig
 from pipeline.producer import ColumnSpec
 from pipeline.store import ArraySpec
+from stages.devices import resolve_device, resolve_dtype
 from stages.extract.columns import check_compute_dtype, compute_dtype
 from stages.extract.prompts import manifest_prompt
 from stages.extract.sam2_model import build_sam2, feature_channels
@@ -27,9 +28,6 @@ from stages.grid import TokenGrid, mask_to_token_grid, to_token_grid, token_grid
 from stages.lgf import fuse
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def student_grid(cfg: ExtractConfig) -> TokenGrid:
     s, v = cfg.student, cfg.video
@@ -67,9 +65,10 @@ class TeacherProducer:
         self.cfg = cfg
         self.grid = student_grid(cfg)
         t = cfg.teacher
-        model = build_sam2(t.model, t.checkpoint, t.image_size, device=device, seed=t.seed if t.checkpoint is None else None)
-        dtype = _DTYPES[t.dtype] if device.startswith("cuda") else torch.float32
-        check_compute_dtype("teacher", compute_dtype(t.dtype, t.device, cfg.ray.gpus_per_worker), dtype, device)
+        dev = resolve_device(device)
+        model = build_sam2(t.model, t.checkpoint, t.image_size, device=dev, seed=t.seed if t.checkpoint is None else None)
+        dtype = resolve_dtype(t.dtype, dev)
+        check_compute_dtype("teacher", compute_dtype(t.dtype, t.device, cfg.ray.gpus_per_worker), dtype, dev)
         self.tracker = BidirectionalTracker(model, feature=t.feature, image_batch=t.image_batch, dtype=dtype, mask_threshold=t.mask_threshold)
 
     def column_arrays(self) -> dict[str, np.ndarray]:
