@@ -161,19 +161,29 @@ def distill(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="run folder (sets out)"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. losses.lgf.weight=1.0 train.steps=100"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the run folder"),
+    plan: bool = typer.Option(False, "--plan", help="print the memory plan for this world size and exit"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Stage two: distil the store's teacher into CogVideoX (run under torchrun for DDP)."""
+    """Stage two: distil the store's teacher into CogVideoX (torchrun for several GPUs: DDP or FSDP2)."""
+    import os
+
     from pipeline.distill_config import DistillConfig
     from pipeline.store import StoreError
+    from stages.distill.memory_plan import MemoryPlanError
 
     _setup_logging(verbose)
     extra = ([f"data.store={store}"] if store else []) + ([f"out={out}"] if out else [])
     cfg = _load(DistillConfig, config, [*(overrides or []), *extra])
+    if plan:
+        _print_plan(cfg, int(os.environ.get("WORLD_SIZE", "1")), None, as_json=False)
+        return
     try:
         summary = _run_distill(cfg, resume, show_progress=True)
     except StoreError as exc:
         typer.secho(f"store error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    except MemoryPlanError as exc:
+        typer.secho(f"memory plan: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     if summary["rank"] == 0:
         final = summary["final"] or {}
@@ -181,6 +191,41 @@ def distill(
             f"{summary['steps']} steps, loss {final.get('loss', float('nan')):.4f} {final.get('terms', {})}, "
             f"{summary['mean_step_seconds'] or 0:.3f} s/step, data wait {summary['data_wait_share'] or 0:.1%}; LoRA: {summary['exported']}"
         )
+
+
+@app.command()
+def plan(
+    config: list[Path] = typer.Option(..., "--config", "-c", help="distill config YAML (repeat to layer files)"),
+    gpus: int = typer.Option(8, "--gpus", help="world size: GPUs in the run (all nodes)"),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GiB per GPU: say whether the run fits"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. parallel.strategy=fsdp student.full_finetune=true"),
+) -> None:
+    """Memory plan of a distill config: the student built on the meta device, bytes per GPU by kind."""
+    from pipeline.distill_config import DistillConfig
+
+    cfg = _load(DistillConfig, config, list(overrides or []))
+    if not _print_plan(cfg, gpus, gpu_memory, as_json):
+        raise typer.Exit(1)
+
+
+def _print_plan(cfg, world: int, gpu_memory: Optional[float], as_json: bool) -> bool:
+    """Print the plan; False when it does not fit `gpu_memory` GiB."""
+    from stages.distill.memory_plan import MemoryPlanError, plan_memory
+
+    try:
+        memory = plan_memory(cfg, world)
+    except MemoryPlanError as exc:
+        typer.secho(f"memory plan: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    fits = gpu_memory is None or memory.total <= gpu_memory * 2**30
+    if as_json:
+        typer.echo(json.dumps({**memory.to_json(), "gpu_memory_gib": gpu_memory, "fits": fits}, indent=1))
+    else:
+        typer.echo(memory.table())
+        if gpu_memory is not None:
+            typer.echo(f"fits in {gpu_memory:g} GiB" if fits else f"does not fit: {memory.refusal(int(gpu_memory * 2**30))}")
+    return fits
 
 
 @app.command()

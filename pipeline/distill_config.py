@@ -165,7 +165,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
     grad_clip: float | None = 1.0  # max global grad norm; null: no clipping
     accumulation: int = 1  # micro-batches per optimiser step
-    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"  # autocast on GPU; trainable params stay fp32
+    # CUDA autocast dtype (and FSDP's all-gather dtype); trainable params are fp32 masters in every case.
+    # fp16 runs scale the loss with torch.amp.GradScaler (bf16 needs no scaling).
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or (self.projector_lr is not None and self.projector_lr <= 0):
@@ -219,6 +221,33 @@ class DataConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How ranks share the student (torchrun sets the world size; one process per GPU).
+
+    ddp:  every rank holds the whole model, gradients all-reduced (LoRA at 5B fits on 80 GB).
+    fsdp: FSDP2 (`fully_shard` per transformer block, then the projector and the root): weights,
+          gradients and AdamW state sharded over all ranks; bf16 all-gather, fp32 reduce-scatter.
+    hsdp: FSDP2 inside groups of `shard_size` ranks (a node), replicated across groups.
+    """
+
+    strategy: Literal["ddp", "fsdp", "hsdp"] = "ddp"
+    shard_size: int | None = None  # hsdp: ranks per shard group (None: LOCAL_WORLD_SIZE, i.e. one node)
+    reshard_after_forward: bool = True  # fsdp: free gathered block weights after forward (ZeRO-3); False: ZeRO-2-like
+    memory_check: bool = True  # refuse a run whose memory plan exceeds the GPU before step one
+    gpu_memory_gb: float | None = None  # GiB per GPU for the check (None: read from the device)
+
+    def __post_init__(self) -> None:
+        if self.shard_size is not None and self.shard_size < 1:
+            raise ValueError(f"parallel.shard_size must be >= 1 or null, got {self.shard_size}")
+        if self.gpu_memory_gb is not None and self.gpu_memory_gb <= 0:
+            raise ValueError(f"parallel.gpu_memory_gb must be > 0 or null, got {self.gpu_memory_gb}")
+
+    @property
+    def sharded(self) -> bool:
+        return self.strategy in ("fsdp", "hsdp")
+
+
+@dataclass
 class DistillConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     tap: TapConfig = field(default_factory=TapConfig)
@@ -228,6 +257,7 @@ class DistillConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     out: str = "runs/distill"  # run folder: checkpoints, logs, the exported LoRA
 
 

@@ -59,6 +59,26 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def student_store(tmp_path_factory, sample_generator, ray_session) -> str:
+    """6 clips of 17 frames at the tiny student's 128x192, both columns, 3 shards of 2 (stage-two tests)."""
+    from pipeline.config import load_config
+    from pipeline.extract_config import ExtractConfig
+    from pipeline.runner import run_extract
+
+    corpus = tmp_path_factory.mktemp("corpus128") / "clips"
+    sample_generator.generate(corpus, clips=6, frames=17, fps=8)
+    url = str(tmp_path_factory.mktemp("store128") / "store")
+    cfg = load_config(
+        ExtractConfig,
+        ROOT / "configs/extract/sample.yaml",
+        [f"corpus.url={corpus}", "corpus.clips_per_shard=2", "video.num_frames=17", "teacher.image_size=64"],
+    )
+    summary = run_extract(cfg, url)
+    assert summary.failed_keys == set()
+    return url
+
+
 def small_overrides(corpus: Path, **extra) -> list[str]:
     """Overrides that fit configs/extract/sample.yaml to the 17-frame test corpus."""
     items = {

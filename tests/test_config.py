@@ -27,6 +27,14 @@ def test_dotted_overrides_are_typed():
     assert cfg.ray.gpus_per_worker == 1.0 and isinstance(cfg.ray.gpus_per_worker, float)
 
 
+def test_exponent_without_a_dot_is_a_number():
+    # YAML 1.1 reads 1e-4 as a string; a learning rate written that way must still load
+    cfg = load_config(ExtractConfig, None, ["lgf.tau=1e-1"])
+    assert cfg.lgf.tau == 0.1
+    with pytest.raises(ConfigError, match=r"'lgf.tau' must be a number"):
+        load_config(ExtractConfig, None, ["lgf.tau=small"])
+
+
 def test_typo_in_file_lists_valid_keys(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("teacher:\n  fetaure: maskmem\n")

@@ -16,29 +16,11 @@ from conftest import ROOT
 from pipeline.cli import app
 from pipeline.config import load_config
 from pipeline.distill_config import DistillConfig
-from pipeline.extract_config import ExtractConfig
-from pipeline.runner import run_extract
 from pipeline.store import ArraySpec, FeatureStore, Snapshot, StoreError
 from stages.distill.trainer import Trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SAMPLE = ROOT / "configs/distill/sample.yaml"
-
-
-@pytest.fixture(scope="module")
-def student_store(tmp_path_factory, sample_generator, ray_session) -> str:
-    """6 clips of 17 frames at the tiny student's 128x192, both columns, 3 shards of 2."""
-    corpus = tmp_path_factory.mktemp("corpus128") / "clips"
-    sample_generator.generate(corpus, clips=6, frames=17, fps=8)
-    url = str(tmp_path_factory.mktemp("store128") / "store")
-    cfg = load_config(
-        ExtractConfig,
-        ROOT / "configs/extract/sample.yaml",
-        [f"corpus.url={corpus}", "corpus.clips_per_shard=2", "video.num_frames=17", "teacher.image_size=64"],
-    )
-    summary = run_extract(cfg, url)
-    assert summary.failed_keys == set()
-    return url
 
 
 def distill_config(store: str, out: Path, *extra: str) -> DistillConfig:

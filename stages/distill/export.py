@@ -47,11 +47,30 @@ def export_lora(
         raise ValueError(
             f"the transformer has no LoRA adapter named {adapter_name!r}; full fine-tunes are saved with save_pretrained"
         )
+    state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    metadata = transformer.peft_config[adapter_name].to_dict()
+    return write_lora(state, metadata, out_dir, projector, info, dtype)
+
+
+def lora_from_trainable_state(state: dict[str, torch.Tensor], adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """A gathered trainable state dict ("<module>.lora_A.<adapter>.weight", as FSDP's full state dict
+    names them) -> the adapter-free keys `get_peft_model_state_dict` returns."""
+    tag = f".{adapter_name}."
+    return {k.replace(tag, "."): v for k, v in state.items() if "lora_" in k and tag in k}
+
+
+def write_lora(
+    state: dict[str, torch.Tensor],
+    metadata: dict,
+    out_dir: str | Path,
+    projector: Projector | None = None,
+    info: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write LoRA tensors (peft keys, no adapter name) + their LoraConfig metadata in the diffusers format."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
     state = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in state.items()}
-    metadata = transformer.peft_config[adapter_name].to_dict()
     CogVideoXImageToVideoPipeline.save_lora_weights(
         out_dir, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata
     )
@@ -61,6 +80,23 @@ def export_lora(
         (out_dir / INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     logger.info("exported LoRA (%d tensors) to %s", len(state), out_dir)
     return out_dir
+
+
+def save_full_transformer(config: Any, state: dict[str, torch.Tensor], out_dir: str | Path, dtype: torch.dtype) -> Path:
+    """A diffusers transformer folder (config.json + sharded safetensors) from a gathered full state dict.
+
+    Built on the meta device and filled by assignment, so rank 0 holds one copy of the weights, in `dtype`.
+    `CogVideoXTransformer3DModel.from_pretrained(out_dir)` loads it.
+    """
+    from diffusers import CogVideoXTransformer3DModel
+
+    with torch.device("meta"):
+        model = CogVideoXTransformer3DModel.from_config(config)
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"gathered state does not fit the transformer (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
 
 
 def load_lora_for_training(transformer: torch.nn.Module, lora_dir: str | Path, adapter_name: str = "default") -> None:

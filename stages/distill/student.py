@@ -143,18 +143,29 @@ def apply_lora(
     transformer.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=True, target_modules=list(targets))
     transformer.add_adapter(config, adapter_name=adapter_name)
-    params = trainable_parameters(transformer)
-    if not params:
+    if not trainable_parameters(transformer):
         raise ValueError(f"LoRA targets {list(targets)} matched no module of the transformer")
-    for p in params:
-        p.data = p.data.float()
-    return params
+    return cast_trainable_to_fp32(transformer)
 
 
 def enable_full_finetune(transformer: CogVideoXTransformer3DModel) -> list[torch.nn.Parameter]:
-    """Make every transformer weight trainable (the full fine-tuning option)."""
+    """Make every transformer weight trainable (the full fine-tuning option), as fp32 master weights.
+
+    Why fp32: AdamW steps of lr 1e-5 are far below bf16's resolution (8 mantissa bits), so a bf16
+    weight would round most updates away. As diffusers' `cast_training_params`, the trainable copy is
+    fp32 and the forward runs in bf16 (CUDA autocast under DDP, FSDP's all-gather dtype under FSDP).
+    """
     transformer.requires_grad_(True)
-    return trainable_parameters(transformer)
+    return cast_trainable_to_fp32(transformer)
+
+
+def cast_trainable_to_fp32(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Trainable parameters -> fp32 in place (frozen ones keep their dtype); returns them."""
+    params = trainable_parameters(module)
+    for p in params:
+        if p.dtype != torch.float32:
+            p.data = p.data.float()
+    return params
 
 
 def set_attention(transformer: CogVideoXTransformer3DModel, backend: str) -> str:

@@ -1,9 +1,11 @@
 """Stage two: fine-tune CogVideoX on the store with L_diff + the scheduled feature losses.
 
 One transformer forward per micro-batch; block L's tokens are tapped during it, projected to SAM2
-space, and scored against the teacher. DDP over torchrun (gloo on CPU, NCCL on GPUs). Every random
-draw of a step comes from a generator seeded by (seed, step, micro-batch, rank), and the stream's
-position is saved with the weights, so `--resume` continues the exact trajectory.
+space, and scored against the teacher. DDP or FSDP2 over torchrun (gloo on CPU, NCCL on GPUs; see
+stages/distill/parallel.py). Trainable parameters are fp32 masters in every strategy. Every random
+draw of a step comes from a generator seeded by (seed, step, global micro-batch), where the global
+micro-batch is rank * accumulation + micro: two ranks draw what one rank accumulating two draws.
+The stream's position is saved with the weights, so `--resume` continues the exact trajectory.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 from pipeline.config import to_dict
 from pipeline.distill_config import DistillConfig, LossesConfig
 from pipeline.stream import StreamPosition
+from stages.distill import parallel
 from stages.distill.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from stages.distill.data import check_fit, open_training_data
 from stages.distill.losses import diffusion_loss_from_output, feature_losses, prepare_diffusion_inputs
@@ -44,11 +47,12 @@ class StepMetrics:
     terms: dict[str, float]  # "diff", "lgf", "repa", "mask": unweighted values
     weights: dict[str, float]
     lr: float
-    grad_norm: float
+    grad_norm: float  # of the student's trainable weights (LoRA or all), before clipping
     seconds: float  # wall time of the step
     data_seconds: float  # of which waiting for batches
     epoch: int
     clips: list[str] = field(default_factory=list)  # keys this rank trained on in this step
+    grad_norms: dict[str, float] = field(default_factory=dict)  # per parameter group ("student", "projector")
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -92,6 +96,8 @@ class LossContext:
     device: torch.device
     autocast_dtype: torch.dtype | None  # CUDA autocast (None: off)
     projector: Projector | None
+    # DDP's reducer needs every trainable parameter in every backward; FSDP's hooks do not (False there)
+    touch_unused: bool = True
 
 
 def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict, generator: torch.Generator, step: int):
@@ -114,10 +120,11 @@ def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict
     weights: dict[str, float] = {}
     if ctx.projector is not None:
         feats = feature_losses(ctx.losses, step, ctx.projector, features, batch, ctx.column_lgf)
-        # Scheduled-off terms leave projector weights out of the graph; DDP's reducer needs every
-        # trainable parameter in every backward, so they join with a zero weight.
-        touch = sum(p.sum() for p in ctx.projector.parameters()) * 0.0
-        total = total + feats.total + touch
+        total = total + feats.total
+        if ctx.touch_unused:
+            # Scheduled-off terms leave projector weights out of the graph; DDP's reducer needs every
+            # trainable parameter in every backward, so they join with a zero weight.
+            total = total + sum(p.sum() for p in ctx.projector.parameters()) * 0.0
         terms.update({k: v.item() for k, v in feats.terms.items()})
         weights = feats.weights
     return total, terms, weights
@@ -158,6 +165,8 @@ class Trainer:
         self.rank, self.world, self.device = init_distributed(cfg.student.device)
         self.out = Path(cfg.out)
         self.data = open_training_data(cfg)
+        self._check_precision()
+        self._check_memory()
         dtype = resolve_dtype(cfg.student.dtype, self.device)
         transformer, self.scheduler = load_student(cfg.student.model, cfg.student.task, dtype, self.device)
         self.grid = check_fit(self.data, transformer.config, cfg)  # before anything is trained
@@ -165,12 +174,18 @@ class Trainer:
         # peft draws LoRA A from the global RNG: seed it, on every device the model may be on, inside a fork
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
             torch.manual_seed(step_seed(cfg.train.seed, "init"))
-            params = configure_student(transformer, cfg.student)
+            configure_student(transformer, cfg.student)
+        self.input_dtype = transformer.dtype  # of the model inputs: the base dtype (fp32 for a full fine-tune)
         projector = self._build_projector(transformer) if cfg.losses.needs_projector else None
         self.model = DistillModel(transformer, projector, cfg.tap.block).to(self.device)
-        self.optimizer = self._build_optimizer(params, projector)
+        p = cfg.parallel
+        # FSDP replaces the parameters by sharded ones: wrap first, then give the optimizer what it made
+        self.ddp = parallel.wrap(self.model, p.strategy, self.world, self.device, self._autocast_dtype(), p.shard_size, p.reshard_after_forward)
+        self.sharded = parallel.is_sharded(self.ddp)
+        self.optimizer = self._build_optimizer()
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        self.ddp = self._wrap_ddp()
+        fp16 = self._autocast_dtype() == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 has fp32's range: no scaling
         self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers)
         self.empty_prompt = self._empty_prompt()
         lat = self.data.encodings.schema["latents"].shape
@@ -190,18 +205,43 @@ class Trainer:
             torch.manual_seed(step_seed(c.train.seed, "projector"))  # the same init on every rank
             return Projector(spec)
 
-    def _build_optimizer(self, params, projector) -> torch.optim.Optimizer:
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over two named groups, "student" (LoRA or all weights) and "projector", each clipped apart."""
         o = self.cfg.optim
-        groups = [{"params": params, "lr": o.lr}]
-        if projector is not None:
-            groups.append({"params": list(projector.parameters()), "lr": o.projector_lr or o.lr})
+        student = [p for p in self.model.transformer.parameters() if p.requires_grad]
+        groups = [{"params": student, "lr": o.lr, "name": "student"}]
+        if self.model.projector is not None:
+            groups.append({"params": list(self.model.projector.parameters()), "lr": o.projector_lr or o.lr, "name": "projector"})
         return torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
 
-    def _wrap_ddp(self) -> nn.Module:
-        if self.world == 1:
-            return self.model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """CUDA autocast dtype (also FSDP's all-gather dtype); None on CPU or with mixed_precision=no."""
+        mp = self.cfg.optim.mixed_precision
+        if self.device.type != "cuda" or mp == "no":
+            return None
+        return torch.bfloat16 if mp == "bf16" else torch.float16
+
+    def _check_precision(self) -> None:
+        if self.cfg.optim.mixed_precision == "fp16" and self.cfg.parallel.sharded and self.device.type == "cuda":
+            raise ValueError(
+                "optim.mixed_precision=fp16 with parallel.strategy=fsdp/hsdp is not supported (no sharded loss "
+                "scaler): use optim.mixed_precision=bf16"
+            )
+
+    def _check_memory(self) -> None:
+        """Refuse, before the model loads, a run whose memory plan does not fit the GPU (see memory_plan.py)."""
+        p = self.cfg.parallel
+        if self.device.type != "cuda" or not p.memory_check:
+            return
+        from stages.distill.memory_plan import MemoryPlanError, plan_memory
+
+        capacity = p.gpu_memory_gb * 2**30 if p.gpu_memory_gb else torch.cuda.get_device_properties(self.device).total_memory
+        lat = self.data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
+        text = self.data.encodings.schema["prompt_embeds"].shape[0]
+        plan = plan_memory(self.cfg, self.world, latent_shape=tuple(lat[1:]), text_len=text)
+        if plan.total > capacity:
+            raise MemoryPlanError(plan.refusal(capacity))
+        log.info("memory plan: %.1f GiB of %.1f GiB per GPU", plan.total / 2**30, capacity / 2**30)
 
     def _empty_prompt(self) -> torch.Tensor | None:
         extra = self.data.encodings.column_arrays()
@@ -212,12 +252,12 @@ class Trainer:
         return torch.from_numpy(extra["empty_prompt_embeds"]).to(self.device)
 
     def _loss_context(self) -> LossContext:
-        c, mp = self.cfg, self.cfg.optim.mixed_precision
-        autocast = None if self.device.type != "cuda" or mp == "no" else (torch.bfloat16 if mp == "bf16" else torch.float16)
+        c = self.cfg
         return LossContext(
             self.tconfig, self.scheduler, c.losses, c.student.task, self.data.scaling_factor, c.diffusion.timesteps,
             c.diffusion.image_dropout, c.train.caption_dropout, self.empty_prompt, self.rotary, self.data.column_lgf,
-            self.model.transformer.dtype, self.device, autocast, self.model.projector,
+            self.input_dtype, self.device, self._autocast_dtype(), self.model.projector,
+            touch_unused=not self.sharded,
         )
 
     def _trainables(self) -> dict[str, nn.Module]:
@@ -259,22 +299,49 @@ class Trainer:
         return history
 
     def finish(self) -> Path | None:
-        """Rank 0: export the LoRA (+ projector) for the stock diffusers pipelines and draw the loss curve."""
+        """Export for the stock diffusers pipelines and draw the loss curve (rank 0 writes; returns its path).
+
+        LoRA runs: the adapter (+ projector) as `load_lora_weights` reads it. Full fine-tunes: a diffusers
+        transformer folder in the student dtype. Sharded runs gather the fp32 masters on rank 0 first
+        (a collective: every rank calls finish).
+        """
+        gathered = None
+        if self.sharded:
+            from stages.distill.sharded_checkpoint import gather_full_state
+
+            gathered = gather_full_state(self.ddp, frozen=self.cfg.student.full_finetune)
         if self.rank != 0:
             return None
         from stages.distill.curves import plot_loss_curve
-        from stages.distill.export import export_lora
 
         info = {"step": self.step, "config": to_dict(self.cfg), "teacher_column": self.data.teacher.dirname if self.data.teacher else None,
                 "encodings_column": self.data.encodings.dirname, "store": self.data.store.url}
-        out = self.out / "lora"
-        if self.cfg.student.full_finetune:
-            self.model.transformer.save_pretrained(self.out / "transformer")
-            out = self.out / "transformer"
-        else:
-            export_lora(self.model.transformer, out, self.model.projector, info)
+        out = self._export(gathered, info)
         plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss_curve.png")
         return out
+
+    def _export(self, gathered: dict | None, info: dict) -> Path:
+        from stages.distill.export import export_lora, lora_from_trainable_state, save_full_transformer, write_lora
+
+        dtype = resolve_dtype(self.cfg.student.dtype, self.device)
+        transformer = self.model.transformer
+        if self.cfg.student.full_finetune:
+            out = self.out / "transformer"
+            if gathered is None:
+                gathered = {k: v.detach().cpu() for k, v in transformer.state_dict().items()}
+            else:
+                gathered = {k[len("transformer."):]: v for k, v in gathered.items() if k.startswith("transformer.")}
+            save_full_transformer(transformer.config, gathered, out, dtype)
+            return out
+        out = self.out / "lora"
+        if gathered is None:
+            return export_lora(transformer, out, self.model.projector, info)
+        student = {k[len("transformer."):]: v for k, v in gathered.items() if k.startswith("transformer.")}
+        projector = None
+        if self.model.projector is not None:
+            projector = Projector(self.model.projector.spec)
+            projector.load_state_dict({k[len("projector."):]: v for k, v in gathered.items() if k.startswith("projector.")})
+        return write_lora(lora_from_trainable_state(student), transformer.peft_config["default"].to_dict(), out, projector, info)
 
     def train_step(self, source: Iterator[tuple[dict, float]]) -> StepMetrics:
         cfg, started, waited = self.cfg, time.perf_counter(), 0.0
@@ -288,31 +355,69 @@ class Trainer:
             batch, wait = next(source)
             waited += wait
             keys += batch["keys"]
-            sync = micro == accum - 1 or self.world == 1
-            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
-            with ctx:
+            with parallel.gradient_sync(self.ddp, enabled=micro == accum - 1 or self.world == 1):
                 total, terms, weights = self._loss(batch, micro)
-                (total / accum).backward()
+                self.scaler.scale(total / accum).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v / accum
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        self.optimizer.step()
+        self.scaler.unscale_(self.optimizer)
+        norms = self._clip_gradients()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.lr_schedule.step()
         self.step += 1
+        sums = self._mean_over_ranks(sums)
         loss = sums["diff"] + sum(weights.get(k, 0.0) * v for k, v in sums.items() if k != "diff")
         lr = self.optimizer.param_groups[0]["lr"]
-        return StepMetrics(self.step, loss, sums, weights, lr, grad_norm, time.perf_counter() - started, waited, epoch, keys)
+        return StepMetrics(
+            self.step, loss, sums, weights, lr, norms["student"], time.perf_counter() - started, waited, epoch, keys, norms
+        )
+
+    def _clip_gradients(self) -> dict[str, float]:
+        """Clip each parameter group to optim.grad_clip on its own; returns the norms before clipping.
+
+        Per group, so the student's update is scaled the same whether or not a projector trains beside
+        it (a LoRA-only baseline and an LGF run clip the LoRA alike). Sharded gradients (DTensors) give
+        their global norm.
+        """
+        clip = self.cfg.optim.grad_clip
+        norms = {}
+        for group in self.optimizer.param_groups:
+            grads = [p.grad for p in group["params"] if p.grad is not None]
+            if not grads:
+                norms[group["name"]] = 0.0
+                continue
+            norm = parallel.full_tensor(torch.nn.utils.get_total_norm(grads))
+            if clip is not None:
+                torch.nn.utils.clip_grads_with_norm_(group["params"], clip, norm)
+            norms[group["name"]] = float(norm)
+        return norms
+
+    def _mean_over_ranks(self, terms: dict[str, float]) -> dict[str, float]:
+        """The logged loss terms are the global batch's: the mean over ranks (one small all-reduce)."""
+        if self.world == 1:
+            return terms
+        names = sorted(terms)
+        values = torch.tensor([terms[k] for k in names], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values)
+        return {k: float(v) / self.world for k, v in zip(names, values.tolist())}
 
     def _loss(self, batch: dict, micro: int) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
-        gen = torch.Generator(device="cpu").manual_seed(step_seed(self.cfg.train.seed, self.step, micro, self.rank))
+        # global micro-batch index: rank r's micro m is what one rank accumulating world*accum draws at r*accum+m
+        index = self.rank * self.cfg.optim.accumulation + micro
+        gen = torch.Generator(device="cpu").manual_seed(step_seed(self.cfg.train.seed, self.step, index, 0))
         return distill_loss(self.loss_context, self.ddp, batch, gen, self.step)
 
     # -- persistence ---------------------------------------------------------------------
     def save(self) -> None:
+        extra = {"position": self.position.to_json(), "config": to_dict(self.cfg), "world_size": self.world,
+                 "scaler": self.scaler.state_dict()}
+        if self.sharded:
+            from stages.distill.sharded_checkpoint import save_sharded
+
+            save_sharded(self.out, self.step, self.ddp, self.optimizer, self.lr_schedule, extra, self.cfg.train.keep_last)
+            return
         if self.rank == 0:
-            extra = {"position": self.position.to_json(), "config": to_dict(self.cfg), "world_size": self.world}
             save_checkpoint(self.out, self.step, self._trainables(), self.optimizer, self.lr_schedule, extra, self.cfg.train.keep_last)
         if self.world > 1:
             dist.barrier()
@@ -322,13 +427,34 @@ class Trainer:
         if not found:
             log.info("no checkpoint in %s: starting from step 0", self.out)
             return
-        state = load_checkpoint(found[-1], self._trainables(), self.optimizer, self.lr_schedule)
+        if self.sharded:
+            from stages.distill.sharded_checkpoint import load_sharded
+
+            state = load_sharded(found[-1], self.ddp, self.optimizer, self.lr_schedule)
+        else:
+            if json.loads((found[-1] / "state.json").read_text()).get("format") == "dcp":
+                raise ValueError(f"{found[-1]} was written by a sharded run: resume it with parallel.strategy=fsdp (or hsdp)")
+            state = load_checkpoint(found[-1], self._trainables(), self.optimizer, self.lr_schedule)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
-        self.position = StreamPosition(**state["position"])
+        self.position = self._position_for_world(state)
         _truncate_metrics(self.out / "ranks" / f"rank-{self.rank}.jsonl", self.step)
         if self.rank == 0:
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
         log.info("resumed from %s at step %d, stream position %s", found[-1], self.step, state["position"])
+
+    def _position_for_world(self, state: dict) -> StreamPosition:
+        """The stream position to continue from; rescaled when the world size changed (sharded runs only)."""
+        position = StreamPosition(**state["position"])
+        saved = int(state.get("world_size", self.world))
+        if saved == self.world:
+            return position
+        # each rank had consumed `batch` of its own split; the same share of the epoch on the new split
+        batch = position.batch * saved // self.world
+        log.warning("checkpoint written by %d ranks, resuming on %d: continuing at batch %d of epoch %d "
+                    "(same weights and optimizer state; a different data order from here)", saved, self.world, batch, position.epoch)
+        return StreamPosition(position.epoch, batch)
 
     def _log_rank(self, m: StepMetrics) -> None:
         """Every rank: which clips it trained on at each step (for audits of the data split)."""

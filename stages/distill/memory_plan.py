@@ -1,0 +1,225 @@
+"""Memory plan of a distillation run: bytes per GPU before anything is allocated.
+
+The student is built on the meta device (no memory, no weights), configured exactly as the trainer
+configures it (LoRA or full fine-tuning, fp32 masters), and its parameters are counted. Per GPU:
+
+    weights      frozen base weights in the student dtype (FSDP: 1/S of them)
+    masters      trainable parameters, fp32 (LoRA or all weights, plus the projector)
+    grads        fp32 gradients of the masters (DDP with >1 rank: plus its all-reduce buckets)
+    optimizer    AdamW exp_avg + exp_avg_sq, fp32
+    gathered     FSDP: two blocks' unsharded weights (current + prefetched) and one block's unsharded
+                 fp32 gradients before reduce-scatter, plus the root's weights
+    autocast     DDP full fine-tuning: bf16 copies of fp32 weights that CUDA autocast caches for a step
+    activations  per micro-batch: with checkpointing each block keeps its inputs, plus one block
+                 recomputed in backward; the tap, projector (fp32) and LGF terms on top
+
+S is the shard group: the world size for fsdp, parallel.shard_size for hsdp. Activation bytes are an
+estimate (coefficients from the CogVideoX block's saved tensors, checked against a measured CPU step
+in tests/test_memory_plan.py); everything else is exact counting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Tensors a CogVideoX block saves for backward, in units of (tokens x width) elements: norm1/norm2 with
+# their modulation (~6), q/k/v with their norms and RoPE (~9), attention output and out-projection (~3),
+# the 4x MLP (input, GELU input and output: ~9 + 4), gated residuals (~2). Measured on CPU: see the test.
+BLOCK_SAVED_PER_TOKEN_WIDTH = 34
+CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces, not in torch's allocator
+FRAGMENTATION = 1.10  # caching-allocator slack on top of live tensors
+
+# transformer/config.json of hub models the plan knows without a download (diffusers keys)
+KNOWN_TRANSFORMERS: dict[str, dict[str, Any]] = {
+    "THUDM/CogVideoX-5b-I2V": {
+        "activation_fn": "gelu-approximate", "attention_bias": True, "attention_head_dim": 64, "dropout": 0.0,
+        "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 32, "max_text_seq_length": 226,
+        "norm_elementwise_affine": True, "norm_eps": 1e-05, "num_attention_heads": 48, "num_layers": 42,
+        "out_channels": 16, "patch_size": 2, "sample_frames": 49, "sample_height": 60, "sample_width": 90,
+        "spatial_interpolation_scale": 1.875, "temporal_compression_ratio": 4, "temporal_interpolation_scale": 1.0,
+        "text_embed_dim": 4096, "time_embed_dim": 512, "timestep_activation_fn": "silu",
+        "use_learned_positional_embeddings": True, "use_rotary_positional_embeddings": True,
+    },
+}
+KNOWN_TRANSFORMERS["THUDM/CogVideoX-5b"] = {
+    **KNOWN_TRANSFORMERS["THUDM/CogVideoX-5b-I2V"], "in_channels": 16, "use_learned_positional_embeddings": False,
+}
+
+
+class MemoryPlanError(ValueError):
+    """The configured run cannot fit the GPU; the message gives the figures and the fix."""
+
+
+@dataclass
+class MemoryPlan:
+    model: str
+    strategy: str
+    world: int
+    shard_group: int  # ranks a parameter is sharded over (1 for ddp)
+    full_finetune: bool
+    params: int  # every transformer parameter
+    trainable: int  # of which trained (LoRA or all)
+    projector: int  # projector parameters (trained, fp32)
+    tokens: int  # text + video tokens per sample
+    weights: int = 0
+    masters: int = 0
+    grads: int = 0
+    optimizer: int = 0
+    gathered: int = 0
+    autocast: int = 0
+    activations: int = 0
+
+    @property
+    def parts(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in ("weights", "masters", "grads", "optimizer", "gathered", "autocast", "activations")}
+
+    @property
+    def total(self) -> int:
+        """Estimated peak bytes per GPU: live tensors with allocator slack, plus the CUDA context."""
+        return int(sum(self.parts.values()) * FRAGMENTATION) + CUDA_CONTEXT_BYTES
+
+    def table(self) -> str:
+        kind = "full fine-tuning" if self.full_finetune else "LoRA"
+        lines = [
+            f"{self.model}: {self.params / 1e9:.3f} B parameters, {self.trainable / 1e6:.1f} M trained ({kind}) "
+            f"+ {self.projector / 1e6:.1f} M projector; {self.tokens} tokens per sample",
+            f"{self.strategy} over {self.world} GPU(s), parameters sharded over {self.shard_group}; per GPU:",
+        ]
+        lines += [f"  {name:12s} {value / 2**30:8.2f} GiB" for name, value in self.parts.items()]
+        lines.append(f"  {'total':12s} {self.total / 2**30:8.2f} GiB  (x{FRAGMENTATION} allocator slack + CUDA context)")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+    def refusal(self, capacity: int) -> str:
+        need, have = self.total / 2**30, capacity / 2**30
+        fixes = []
+        if self.strategy == "ddp":
+            fixes.append("parallel.strategy=fsdp (shards weights, gradients and AdamW state over the GPUs)")
+        elif self.shard_group < 8:
+            fixes.append("more GPUs in the shard group (torchrun --nproc_per_node / parallel.shard_size)")
+        if self.full_finetune:
+            fixes.append("LoRA instead of full fine-tuning (student.full_finetune=false)")
+        fixes.append("train.batch_size=1 with optim.accumulation for the batch, student.gradient_checkpointing=true")
+        return (
+            f"the run needs ~{need:.1f} GiB per GPU but the GPU has {have:.1f} GiB ({self.strategy}, {self.world} GPU(s), "
+            f"{'full fine-tuning' if self.full_finetune else 'LoRA'}): try " + "; or ".join(fixes)
+            + ". `sam2videox plan` prints the breakdown; parallel.memory_check=false skips this check."
+        )
+
+
+def transformer_config(model: str) -> dict[str, Any]:
+    """The transformer config of `student.model` without loading weights: tiny, a local folder, or a known hub id."""
+    from stages.distill.student import TINY, tiny_transformer_config
+
+    if model == TINY:
+        return tiny_transformer_config("i2v")
+    path = Path(model) / "transformer" / "config.json"
+    if path.exists():
+        return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    if model in KNOWN_TRANSFORMERS:
+        return dict(KNOWN_TRANSFORMERS[model])
+    from diffusers import CogVideoXTransformer3DModel
+
+    try:
+        return dict(CogVideoXTransformer3DModel.load_config(model, subfolder="transformer"))
+    except Exception as exc:  # offline hub id, typo
+        raise MemoryPlanError(f"student.model={model!r}: no transformer/config.json there and not a known hub id ({exc})") from exc
+
+
+def plan_memory(
+    cfg: Any,
+    world: int,
+    latent_shape: tuple[int, int, int] | None = None,
+    text_len: int | None = None,
+    transformer_overrides: dict[str, Any] | None = None,
+) -> MemoryPlan:
+    """Plan a DistillConfig on `world` GPUs. latent_shape (T, H8, W8) and text_len default to the model's sample size."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from stages.distill.student import configure_student, token_grid
+
+    config = {**transformer_config(cfg.student.model), **(transformer_overrides or {})}
+    if cfg.student.task == "t2v":
+        config["in_channels"] = config.get("out_channels") or config["in_channels"]
+    dtype = getattr(torch, cfg.student.dtype)
+    default = torch.get_default_dtype()
+    try:  # built in the student dtype directly (a cast after the fact makes diffusers warn)
+        torch.set_default_dtype(dtype)
+        with torch.device("meta"):
+            transformer = CogVideoXTransformer3DModel.from_config(config)
+            configure_student(transformer, _without_attention(cfg.student))
+    finally:
+        torch.set_default_dtype(default)
+    c = transformer.config
+    if latent_shape is None:
+        latent_shape = ((c.sample_frames - 1) // c.temporal_compression_ratio + 1, c.sample_height, c.sample_width)
+    frames, h, w = token_grid(c, latent_shape)
+    video_tokens = frames * h * w
+    tokens = video_tokens + (text_len or c.max_text_seq_length)
+    width = c.num_attention_heads * c.attention_head_dim
+
+    params = sum(p.numel() for p in transformer.parameters())
+    trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
+    frozen_bytes = sum(p.numel() * p.element_size() for p in transformer.parameters() if not p.requires_grad)
+    projector = _projector_params(cfg, width) if cfg.losses.needs_projector else 0
+    sharded = cfg.parallel.strategy in ("fsdp", "hsdp")
+    group = (cfg.parallel.shard_size or world) if cfg.parallel.strategy == "hsdp" else (world if sharded else 1)
+    plan = MemoryPlan(cfg.student.model, cfg.parallel.strategy, world, group, cfg.student.full_finetune,
+                      params, trainable, projector, tokens)
+
+    compute_bytes = 2 if cfg.optim.mixed_precision != "no" else 4
+    trained = trainable + projector
+    plan.weights = frozen_bytes // group
+    plan.masters = trained * 4 // group
+    plan.grads = trained * 4 // group + (trained * 4 if cfg.parallel.strategy == "ddp" and world > 1 else 0)
+    plan.optimizer = trained * 8 // group
+    if sharded:
+        block = max(sum(p.numel() for p in b.parameters()) for b in transformer.transformer_blocks)
+        block_trained = max(sum(p.numel() for p in b.parameters() if p.requires_grad) for b in transformer.transformer_blocks)
+        root = params - sum(p.numel() for b in transformer.transformer_blocks for p in b.parameters())
+        plan.gathered = (2 * block + root) * compute_bytes + block_trained * 4
+    elif cfg.student.full_finetune and compute_bytes == 2:
+        plan.autocast = trainable * 2
+    plan.activations = cfg.train.batch_size * _activation_bytes(cfg, c, tokens, video_tokens, width, compute_bytes, frames)
+    return plan
+
+
+def _activation_bytes(cfg: Any, c: Any, tokens: int, video_tokens: int, width: int, elem: int, frames: int) -> int:
+    """One micro-batch's saved activations at the backward's peak (see the module docstring)."""
+    layers = c.num_layers
+    block = BLOCK_SAVED_PER_TOKEN_WIDTH * tokens * width * elem
+    if not cfg.student.full_finetune:  # LoRA: each adapted projection also keeps its rank-r intermediate
+        block += 2 * len(cfg.student.lora.targets) * tokens * cfg.student.lora.rank * elem
+    if cfg.student.gradient_checkpointing:
+        body = layers * 2 * tokens * width * elem + block  # block inputs (+ residual) kept; one block recomputed
+    else:
+        body = layers * block
+    head = 0
+    if cfg.losses.needs_projector:
+        p = cfg.projector
+        out = p.out_channels or 64
+        k2 = cfg.losses.lgf.kernel ** 2
+        head += video_tokens * (width + 2 * p.layers * p.hidden + out) * 4  # fp32 MLP activations
+        head += 3 * video_tokens * k2 * 4 * max(1, len(cfg.losses.lgf.offsets))  # gram, log-probs, KL terms
+    return body + head
+
+
+def _projector_params(cfg: Any, width: int) -> int:
+    p = cfg.projector
+    dims = [width] + [p.hidden] * p.layers + [p.out_channels or 64]
+    n = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+    return n + ((dims[-1] + 1) if cfg.losses.mask.weight > 0 else 0)
+
+
+def _without_attention(student: Any) -> Any:
+    """The student config with SDPA: xformers' processor needs CUDA, and attention has no parameters."""
+    from dataclasses import replace
+
+    return replace(student, attention="sdpa")
