@@ -170,6 +170,8 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         raise ConfigError(errors[-1] if errors else f"{source}: '{key}' has an unsupported type")
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and "no" in choices:  # YAML 1.1 reads `no` / `off` as false
+            value = {False: "no", True: "yes"}[value]
         if value not in choices:
             raise ConfigError(f"{source}: '{key}' = {value!r} is not one of: {', '.join(map(repr, choices))}")
         return value

@@ -35,6 +35,12 @@ def test_exponent_without_a_dot_is_a_number():
         load_config(ExtractConfig, None, ["lgf.tau=small"])
 
 
+def test_no_is_a_choice_not_false():
+    from pipeline.distill_config import DistillConfig
+
+    assert load_config(DistillConfig, None, ["optim.mixed_precision=no"]).optim.mixed_precision == "no"
+
+
 def test_typo_in_file_lists_valid_keys(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("teacher:\n  fetaure: maskmem\n")

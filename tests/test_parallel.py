@@ -63,11 +63,11 @@ def assert_weights_close(a: dict, b: dict, atol: float) -> None:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-4, msg=k)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "hsdp"])
 def test_two_ranks_match_one_rank_with_the_same_global_batch(student_store, tmp_path, strategy):
     steps = 3
-    ranks = torchrun(tmp_path, strategy, {"mode": "fixed", "steps": steps,
-                                          "overrides": overrides(student_store, tmp_path / "run", f"parallel.strategy={strategy}")})
+    extra = [f"parallel.strategy={strategy}"] + (["parallel.shard_size=1"] if strategy == "hsdp" else [])  # 2 replicas x 1
+    ranks = torchrun(tmp_path, strategy, {"mode": "fixed", "steps": steps, "overrides": overrides(student_store, tmp_path / "run", *extra)})
     ref, ref_weights = one_rank_fixed(student_store, tmp_path / "one", steps, "optim.accumulation=2")
     # every rank logs the global batch's loss, equal to one rank accumulating the same two micro-batches
     for r in ranks:

@@ -132,3 +132,23 @@ def test_distill_config_defaults_and_validation(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'student.lora.rnak'"):
         load_config(DistillConfig, None, ["student.lora.rnak=4"])
     assert load_config(DistillConfig, None, ["losses.lgf.weight=0"]).losses.needs_projector is False
+
+
+def test_full_finetune_keeps_fp32_masters_under_a_bf16_model():
+    """One AdamW step at lr 1e-5 must move nearly every weight: in bf16 most such updates round away."""
+    from stages.distill.student import build_tiny_student, enable_full_finetune
+
+    def changed_share(master: bool) -> float:
+        transformer, _ = build_tiny_student("i2v")
+        transformer.to(torch.bfloat16)
+        params = enable_full_finetune(transformer) if master else list(transformer.requires_grad_(True).parameters())
+        before = [p.detach().float().clone() for p in params]
+        opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        moved = sum((p.detach().float() != b).sum().item() for p, b in zip(params, before))
+        return moved / sum(b.numel() for b in before)
+
+    assert changed_share(master=True) > 0.9
+    assert changed_share(master=False) < 0.5  # what full fine-tuning did before: bf16 weights, bf16 moments

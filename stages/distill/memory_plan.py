@@ -27,10 +27,15 @@ from typing import Any
 
 import torch
 
-# Tensors a CogVideoX block saves for backward, in units of (tokens x width) elements: norm1/norm2 with
-# their modulation (~6), q/k/v with their norms and RoPE (~9), attention output and out-projection (~3),
-# the 4x MLP (input, GELU input and output: ~9 + 4), gated residuals (~2). Measured on CPU: see the test.
-BLOCK_SAVED_PER_TOKEN_WIDTH = 34
+# Tensors a CogVideoX block keeps for backward, in (tokens x width) elements, measured with
+# saved_tensors_hooks on CPU (tests/test_memory_plan.py keeps them honest): a LoRA block keeps ~20
+# (frozen linears keep no inputs for weight gradients), a fully trained one ~29; under checkpointing a
+# block keeps only its input, ~1. Outside the blocks (patch embedding, final norm, output): ~2.5.
+BLOCK_SAVED_LORA = 20
+BLOCK_SAVED_FULL = 29
+CHECKPOINT_SAVED = 1.0
+OUTSIDE_BLOCKS = 2.5
+AUTOCAST_MIX = 1.25  # under bf16 autocast some kept tensors stay fp32 (norm outputs, softmax stats)
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces, not in torch's allocator
 FRAGMENTATION = 1.10  # caching-allocator slack on top of live tensors
 
@@ -139,8 +144,10 @@ def plan_memory(
     latent_shape: tuple[int, int, int] | None = None,
     text_len: int | None = None,
     transformer_overrides: dict[str, Any] | None = None,
+    teacher_channels: int = 64,
 ) -> MemoryPlan:
-    """Plan a DistillConfig on `world` GPUs. latent_shape (T, H8, W8) and text_len default to the model's sample size."""
+    """Plan a DistillConfig on `world` GPUs. latent_shape (T, H8, W8) and text_len default to the model's
+    sample size; teacher_channels is the projector's output (64: maskmem of the released SAM2 models)."""
     from diffusers import CogVideoXTransformer3DModel
 
     from stages.distill.student import configure_student, token_grid
@@ -168,7 +175,7 @@ def plan_memory(
     params = sum(p.numel() for p in transformer.parameters())
     trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     frozen_bytes = sum(p.numel() * p.element_size() for p in transformer.parameters() if not p.requires_grad)
-    projector = _projector_params(cfg, width) if cfg.losses.needs_projector else 0
+    projector = _projector_params(cfg, width, teacher_channels) if cfg.losses.needs_projector else 0
     sharded = cfg.parallel.strategy in ("fsdp", "hsdp")
     group = (cfg.parallel.shard_size or world) if cfg.parallel.strategy == "hsdp" else (world if sharded else 1)
     plan = MemoryPlan(cfg.student.model, cfg.parallel.strategy, world, group, cfg.student.full_finetune,
@@ -187,33 +194,34 @@ def plan_memory(
         plan.gathered = (2 * block + root) * compute_bytes + block_trained * 4
     elif cfg.student.full_finetune and compute_bytes == 2:
         plan.autocast = trainable * 2
-    plan.activations = cfg.train.batch_size * _activation_bytes(cfg, c, tokens, video_tokens, width, compute_bytes, frames)
+    parts = activation_parts(cfg, c, tokens, video_tokens, width, compute_bytes, teacher_channels)
+    plan.activations = cfg.train.batch_size * sum(parts.values())
     return plan
 
 
-def _activation_bytes(cfg: Any, c: Any, tokens: int, video_tokens: int, width: int, elem: int, frames: int) -> int:
-    """One micro-batch's saved activations at the backward's peak (see the module docstring)."""
-    layers = c.num_layers
-    block = BLOCK_SAVED_PER_TOKEN_WIDTH * tokens * width * elem
-    if not cfg.student.full_finetune:  # LoRA: each adapted projection also keeps its rank-r intermediate
-        block += 2 * len(cfg.student.lora.targets) * tokens * cfg.student.lora.rank * elem
-    if cfg.student.gradient_checkpointing:
-        body = layers * 2 * tokens * width * elem + block  # block inputs (+ residual) kept; one block recomputed
-    else:
-        body = layers * block
+def activation_parts(cfg: Any, c: Any, tokens: int, video_tokens: int, width: int, elem: int, teacher_channels: int = 64) -> dict[str, int]:
+    """One micro-batch's activations, bytes: "forward" (kept from forward to backward: block inputs
+    under checkpointing, everything otherwise), "recompute" (one block rebuilt in backward), "head"
+    (tap, projector, LGF). The peak is their sum."""
+    td = tokens * width
+    block = (BLOCK_SAVED_FULL if cfg.student.full_finetune else BLOCK_SAVED_LORA) * td * elem
+    mix = AUTOCAST_MIX if elem == 2 else 1.0
+    checkpointing = cfg.student.gradient_checkpointing
+    kept = c.num_layers * (CHECKPOINT_SAVED * td * elem if checkpointing else block) + OUTSIDE_BLOCKS * td * elem
     head = 0
     if cfg.losses.needs_projector:
         p = cfg.projector
-        out = p.out_channels or 64
+        out = p.out_channels or teacher_channels
         k2 = cfg.losses.lgf.kernel ** 2
-        head += video_tokens * (width + 2 * p.layers * p.hidden + out) * 4  # fp32 MLP activations
+        copy = width if elem != 4 else 0  # half-precision features are cast to an fp32 copy first
+        head += video_tokens * (copy + 2 * p.layers * p.hidden + out) * 4  # fp32 MLP: linears and SiLU
         head += 3 * video_tokens * k2 * 4 * max(1, len(cfg.losses.lgf.offsets))  # gram, log-probs, KL terms
-    return body + head
+    return {"forward": int(kept * mix), "recompute": int(block * mix) if checkpointing else 0, "head": int(head)}
 
 
-def _projector_params(cfg: Any, width: int) -> int:
+def _projector_params(cfg: Any, width: int, teacher_channels: int) -> int:
     p = cfg.projector
-    dims = [width] + [p.hidden] * p.layers + [p.out_channels or 64]
+    dims = [width] + [p.hidden] * p.layers + [p.out_channels or teacher_channels]
     n = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
     return n + ((dims[-1] + 1) if cfg.losses.mask.weight > 0 else 0)
 
