@@ -16,13 +16,19 @@ STORE  ?= out/sample-store
 OUT    ?= out/sample-run
 ARGS   ?=
 NPROC  ?= 1
+# Several nodes: run the same `make distill` on every node with NNODES, its NODE_RANK (0..NNODES-1)
+# and the address of node 0 (MASTER_ADDR, MASTER_PORT). torchrun then starts NPROC ranks per node.
+NNODES      ?= 1
+NODE_RANK   ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
 DEMO   ?= out/demo
 DISTILL_CONFIG ?= configs/distill/sample.yaml
 
 export TQDM_DISABLE ?=
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install sample extract distill ablate demo test clean help
+.PHONY: install sample extract distill plan ablate demo test clean help
 
 help:
 	@echo "make demo | test | install | sample | extract | distill | ablate   (CONFIG=... STORE=... OUT=... ARGS=...)"
@@ -47,10 +53,17 @@ sample: install
 extract: sample
 	$(CLI) extract --config $(CONFIG) --store $(STORE) $(ARGS)
 
-# Stage two alone. CONFIG defaults to the sample distill config here; NPROC>1 runs DDP under torchrun.
+# Stage two alone. CONFIG defaults to the sample distill config here; NPROC>1 (or NNODES>1) runs under
+# torchrun: DDP by default, FSDP2 with ARGS="parallel.strategy=fsdp" (hsdp: sharded per node).
+TORCHRUN := $(PY) -m torch.distributed.run --nproc_per_node $(NPROC) $(if $(filter 1,$(NNODES)),--standalone,\
+  --nnodes $(NNODES) --node_rank $(NODE_RANK) --master_addr $(MASTER_ADDR) --master_port $(MASTER_PORT))
 distill: install
-	$(if $(filter 1,$(NPROC)),$(CLI),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m pipeline.cli) \
+	$(if $(and $(filter 1,$(NPROC)),$(filter 1,$(NNODES))),$(CLI),$(TORCHRUN) -m pipeline.cli) \
 	  distill --config $(if $(filter configs/extract/%,$(CONFIG)),$(DISTILL_CONFIG),$(CONFIG)) --store $(STORE) --out $(OUT) $(ARGS)
+
+# Memory plan of a distill config on NPROC x NNODES GPUs (the student built on the meta device).
+plan: install
+	$(CLI) plan --config $(if $(filter configs/extract/%,$(CONFIG)),configs/distill/default.yaml,$(CONFIG)) --gpus $$(( $(NPROC) * $(NNODES) )) $(ARGS)
 
 # Every configs/ablations/*.yaml, a few steps each, on the same store (nothing is re-extracted).
 ablate: install
