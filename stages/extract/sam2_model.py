@@ -373,8 +373,12 @@ def encode_clips(model: SAM2VideoPredictor, clips: list[torch.Tensor], batch: in
     pos: list[torch.Tensor] | None = None
     for start in range(0, len(order), batch):
         chunk = order[start : start + batch]
-        runs = [(i, min(t for j, t in chunk if j == i), max(t for j, t in chunk if j == i) + 1) for i in dict.fromkeys(j for j, _ in chunk)]
-        frames = clips[runs[0][0]][runs[0][1] : runs[0][2]] if len(runs) == 1 else torch.cat([clips[i][a:z] for i, a, z in runs])
+        # the call's frames: one slice per clip it touches (a copy only when it spans clips)
+        spans: dict[int, list[int]] = {}
+        for i, t in chunk:
+            spans.setdefault(i, []).append(t)
+        slices = [clips[i][ts[0] : ts[-1] + 1] for i, ts in spans.items()]
+        frames = slices[0] if len(slices) == 1 else torch.cat(slices)
         images = preprocess_frames(frames, model.image_size, model.device)
         backbone_out = model.forward_image(images)
         if pos is None:
