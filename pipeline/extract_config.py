@@ -73,11 +73,18 @@ class TeacherConfig:
     feature: Literal["maskmem", "memory_attention", "backbone"] = "maskmem"
     prompt: Literal["manifest", "auto", "center"] = "auto"  # manifest falls back to auto when a clip has none
     temporal: Literal["stride", "mean"] = "stride"  # latent frame i <- pixel frame 4i, or mean of its group
-    image_batch: int = 8  # frames per image-encoder batch
+    image_batch: int = 8  # frames per image-encoder batch (taken across the clips of a clip batch)
+    clip_batch: int = 1  # clips tracked in lockstep (BidirectionalTracker.track_batch); same features, not hashed
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # autocast dtype on GPU (CPU runs fp32)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     mask_threshold: float = 0.0  # logit threshold of the predicted subject mask
     seed: int = 0  # random-weight init (no checkpoint): every worker must build the same teacher
+
+    def __post_init__(self) -> None:
+        if self.image_batch < 1:
+            raise ValueError("image_batch must be >= 1")
+        if self.clip_batch < 1:
+            raise ValueError("clip_batch must be >= 1")
 
 
 @dataclass

@@ -251,3 +251,85 @@ def test_result_record_prompt_sources_and_input_checks(net, clip):
         tracker.track(frames[:2], None, "random")
     with pytest.raises(ValueError, match="feature"):
         BidirectionalTracker(net, feature="pixels")
+
+
+# -- track_batch: B clips in lockstep == each clip tracked alone (which equals stock, above) -------
+
+
+def assert_same_result(ours, ref, feature: str) -> None:
+    """A batched result against the one-clip tracker's: features to 1e-4 (maskmem: one bf16
+    step at most), masks, presence and the backward prompt."""
+    for a, b in ((ours.fwd, ref.fwd), (ours.bwd, ref.bwd)):
+        assert_feature_match(a, b, feature)
+    assert_masks_match(ours.masks_fwd, ref.masks_fwd)
+    assert_masks_match(ours.masks_bwd, ref.masks_bwd)
+    torch.testing.assert_close(ours.presence_fwd, ref.presence_fwd, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ours.presence_bwd, ref.presence_bwd, rtol=0, atol=1e-4)
+    assert ours.prompt.kind == ref.prompt.kind and ours.backward_prompt == ref.backward_prompt
+
+
+@pytest.fixture(scope="module")
+def clips(clip):
+    """Three clips of one shape: the parity clip, mirrored, and played backwards."""
+    _, frames = clip
+    return [frames, frames.flip(2).contiguous(), frames.flip(0).contiguous()]
+
+
+@pytest.mark.parametrize("feature", FEATURE_KINDS)
+@pytest.mark.parametrize("kinds", [("points", "points", "points"), ("points", "box", "mask"), ("mask", "points", "mask")])
+def test_track_batch_equals_one_clip_tracks(net, clip, clips, stock_refs, kinds, feature):
+    """B=3 in lockstep, one prompt kind or mixed kinds (one SAM call per kind on the prompted
+    frame): each clip's result equals tracking it alone, and clip 0 still equals stock."""
+    tracker = BidirectionalTracker(net, feature=feature, image_batch=4)
+    prompts = [PROMPTS[k] for k in kinds]
+    batch = tracker.track_batch(clips, prompts, ["manifest"] * 3)
+    for c, p, result in zip(clips, prompts, batch):
+        assert result.prompt is p and result.stats["clip_batch"] == 3
+        assert_same_result(result, tracker.track(c, p), feature)
+    ref = stock_refs[kinds[0]]
+    assert_feature_match(batch[0].fwd, ref["fwd"][feature], feature)
+    assert_feature_match(batch[0].bwd, ref["bwd"][feature], feature)
+    assert_masks_match(batch[0].masks_bwd, ref["bwd"]["masks"])
+
+
+def test_track_batch_of_two_is_two_tracks(net, clips):
+    """track_batch([a, b]) == [track(a), track(b)], prompts resolved per clip (auto / center),
+    the image encoder once per frame across both clips, state bounded per clip as alone."""
+    tracker = BidirectionalTracker(net, feature="memory_attention", image_batch=4)
+    calls: list[int] = []
+    forward_image = net.forward_image
+    net.forward_image = lambda images: calls.append(images.shape[0]) or forward_image(images)
+    try:
+        batch = tracker.track_batch(clips[:2], [None, None], ["auto", "center"])
+    finally:
+        del net.forward_image
+    assert sum(calls) == 2 * N and len(calls) == math.ceil(2 * N / 4)  # a call may span both clips
+    alone = [tracker.track(clips[0], None, "auto"), tracker.track(clips[1], None, "center")]
+    assert [r.prompt.source for r in batch] == ["auto", "center"]
+    for ours, ref in zip(batch, alone):
+        assert ours.prompt.to_record() == ref.prompt.to_record()
+        assert_same_result(ours, ref, "memory_attention")
+        assert ours.stats["peak_maskmem_frames"] == ref.stats["peak_maskmem_frames"] <= net.num_maskmem + 1
+        assert ours.stats["peak_ptr_frames"] == ref.stats["peak_ptr_frames"]
+
+
+def test_track_batch_groups_clips_of_other_shapes(net, clips, tmp_path):
+    """Clips of other lengths or sizes run in their own lockstep groups; results keep input order."""
+    other = write_clip(tmp_path, 5, h=48, w=80, uniform=True)
+    frames = [clips[0], clips[1][:5], clips[2], other, clips[1][:5]]
+    prompts = [PROMPTS["box"], PROMPTS["points"], PROMPTS["points"], Prompt("manifest", box=[8.0, 6.0, 50.0, 40.0]), PROMPTS["box"]]
+    tracker = BidirectionalTracker(net, feature="maskmem", image_batch=8)
+    batch = tracker.track_batch(frames, prompts, ["manifest"] * 5)
+    assert [r.stats["clip_batch"] for r in batch] == [2, 2, 2, 1, 2]
+    for f, p, result in zip(frames, prompts, batch):
+        assert result.fwd.shape[0] == f.shape[0] and result.masks_fwd.shape[1:] == f.shape[1:3]
+        assert_same_result(result, tracker.track(f, p), "maskmem")
+
+
+def test_track_batch_input_checks(net, clips):
+    tracker = BidirectionalTracker(net)
+    with pytest.raises(ValueError, match="one prompt and one source per clip"):
+        tracker.track_batch(clips[:2], [None], ["auto", "auto"])
+    with pytest.raises(ValueError, match="clip 1: frames must be uint8"):
+        tracker.track_batch([clips[0], clips[1].float()], [None, None], ["auto", "auto"])
+    assert tracker.track_batch([], [], []) == []

@@ -310,45 +310,89 @@ def preprocess_frames(frames: torch.Tensor, image_size: int, device: torch.devic
 
 @dataclass
 class FrameFeatures:
-    """One frame's image features in the layout SAM2's tracking methods take.
+    """One frame's image features in the layout SAM2's tracking methods take, for B clips.
 
-    vision_feats / vision_pos: per level, finest first, flattened to [H_l*W_l, 1, C_l]
-    (what `_prepare_backbone_features` returns); feat_sizes: [(H_l, W_l)] per level.
-    The last level is the stride-16 map (hidden_dim channels) that memory attention reads.
+    vision_feats / vision_pos: per level, finest first, flattened to [H_l*W_l, B, C_l]
+    (what `_prepare_backbone_features` returns; row b is clip b's frame); feat_sizes:
+    [(H_l, W_l)] per level. The last level is the stride-16 map (hidden_dim channels) that
+    memory attention reads. The positional encodings depend only on the map shape: one
+    [H_l*W_l, 1, C_l] copy expanded to B rows (a view, as SAM2's predictor expands them per object).
     """
 
     vision_feats: list[torch.Tensor]
     vision_pos: list[torch.Tensor]
     feat_sizes: list[tuple[int, int]]
 
-    def backbone_map(self) -> torch.Tensor:
-        """The lowest-resolution image feature as [C, Hf, Wf]."""
+    @property
+    def batch(self) -> int:
+        return int(self.vision_feats[-1].shape[1])
+
+    def backbone_map(self, row: int = 0) -> torch.Tensor:
+        """Row `row`'s lowest-resolution image feature as [C, Hf, Wf]."""
         h, w = self.feat_sizes[-1]
-        return self.vision_feats[-1][:, 0].permute(1, 0).reshape(-1, h, w)
+        return self.vision_feats[-1][:, row].permute(1, 0).reshape(-1, h, w)
+
+    def backbone_maps(self) -> torch.Tensor:
+        """Every row's lowest-resolution image feature as [B, C, Hf, Wf]."""
+        h, w = self.feat_sizes[-1]
+        return self.vision_feats[-1].permute(1, 2, 0).reshape(self.batch, -1, h, w)
+
+    def rows(self, rows: list[int]) -> FrameFeatures:
+        """The features of the clips `rows` only (rows of one clip are a view, several a copy)."""
+        if len(rows) == 1:
+            r = rows[0]
+            return FrameFeatures([f[:, r : r + 1] for f in self.vision_feats], [p[:, :1] for p in self.vision_pos], self.feat_sizes)
+        index = torch.tensor(rows, device=self.vision_feats[-1].device)
+        feats = [f.index_select(1, index) for f in self.vision_feats]
+        return FrameFeatures(feats, [p[:, :1].expand(-1, len(rows), -1) for p in self.vision_pos], self.feat_sizes)
 
 
 def encode_frames(model: SAM2VideoPredictor, frames: torch.Tensor, batch: int) -> list[FrameFeatures]:
     """Run SAM2's image encoder (`forward_image`) once per frame, `batch` frames at a time.
 
     frames: uint8 [F, H, W, 3] (any device; moved batch by batch, so at most `batch` frames
-    of float input exist at once). Returns F FrameFeatures on the model's device. The
-    positional encodings depend only on the map shape, so one copy serves every frame.
+    of float input exist at once). Returns F one-row FrameFeatures on the model's device.
     """
-    device = model.device
-    out: list[FrameFeatures] = []
+    return encode_clips(model, [frames], batch)
+
+
+def encode_clips(model: SAM2VideoPredictor, clips: list[torch.Tensor], batch: int) -> list[FrameFeatures]:
+    """The image encoder over B clips of the same shape, `batch` frames per call across clips.
+
+    clips: B x uint8 [F, H, W, 3]. The clips' frames are taken in order (clip 0's frames, then
+    clip 1's, ...) and cut into calls of `batch` frames, so a call may hold the end of one
+    clip and the start of the next. Returns F FrameFeatures, frame t's with B rows (row b =
+    clip b). One clip keeps views into the encoder's output (no copy); several are gathered
+    into [H_l*W_l, B, C_l] tensors per frame, filled as the calls come.
+    """
+    b, n = len(clips), int(clips[0].shape[0])
+    if any(c.shape != clips[0].shape for c in clips):
+        raise ValueError(f"clips batched together must have one shape, got {[tuple(c.shape) for c in clips]}")
+    order = [(i, t) for i in range(b) for t in range(n)]
+    out: list[FrameFeatures | None] = [None] * n
     pos: list[torch.Tensor] | None = None
-    for start in range(0, frames.shape[0], batch):
-        images = preprocess_frames(frames[start : start + batch], model.image_size, device)
+    for start in range(0, len(order), batch):
+        chunk = order[start : start + batch]
+        # the call's frames: one slice per clip it touches (a copy only when it spans clips)
+        spans: dict[int, list[int]] = {}
+        for i, t in chunk:
+            spans.setdefault(i, []).append(t)
+        slices = [clips[i][ts[0] : ts[-1] + 1] for i, ts in spans.items()]
+        frames = slices[0] if len(slices) == 1 else torch.cat(slices)
+        images = preprocess_frames(frames, model.image_size, model.device)
         backbone_out = model.forward_image(images)
         if pos is None:
             pos = [p[:1] for p in backbone_out["vision_pos_enc"]]
-        for i in range(images.shape[0]):
-            one = {
-                "backbone_fpn": [f[i : i + 1] for f in backbone_out["backbone_fpn"]],
-                "vision_pos_enc": pos,
-            }
-            _, feats, poss, sizes = model._prepare_backbone_features(one)
-            out.append(FrameFeatures(feats, poss, sizes))
+        # [K, C, H, W] per level -> [H*W, K, C] (K = frames of this call)
+        _, feats, poss, sizes = model._prepare_backbone_features({"backbone_fpn": backbone_out["backbone_fpn"], "vision_pos_enc": pos})
+        for k, (i, t) in enumerate(chunk):
+            if b == 1:
+                out[t] = FrameFeatures([f[:, k : k + 1] for f in feats], poss, sizes)
+                continue
+            if out[t] is None:
+                out[t] = FrameFeatures([f.new_empty(f.shape[0], b, f.shape[2]) for f in feats], [p.expand(-1, b, -1) for p in poss], sizes)
+            for dst, src in zip(out[t].vision_feats, feats):
+                dst[:, i] = src[:, k]
     return out
 
 
@@ -373,6 +417,7 @@ __all__ = [
     "build_sam2",
     "config_yaml_text",
     "describe",
+    "encode_clips",
     "encode_frames",
     "feature_channels",
     "hydra_state_preserved",

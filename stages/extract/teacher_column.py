@@ -21,9 +21,9 @@ from pipeline.producer import ColumnSpec
 from pipeline.store import ArraySpec
 from stages.devices import resolve_device, resolve_dtype
 from stages.extract.columns import check_compute_dtype, compute_dtype
-from stages.extract.prompts import manifest_prompt
+from stages.extract.prompts import Prompt, manifest_prompt
 from stages.extract.sam2_model import build_sam2, feature_channels
-from stages.extract.tracker import BidirectionalTracker
+from stages.extract.tracker import BidirectionalTracker, TrackResult
 from stages.grid import TokenGrid, mask_to_token_grid, to_token_grid, token_grid
 from stages.lgf import fuse
 
@@ -40,7 +40,8 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
     channels = feature_channels(cfg.teacher.model, cfg.teacher.feature)
     pairs = sum(grid.frames - o for o in cfg.lgf.offsets)
     k2 = cfg.lgf.kernel**2
-    teacher = {k: v for k, v in to_dict(cfg.teacher).items() if k not in ("device", "image_batch")}
+    # how the work is batched or placed never changes the features: not part of the column's key
+    teacher = {k: v for k, v in to_dict(cfg.teacher).items() if k not in ("device", "image_batch", "clip_batch")}
     teacher["compute_dtype"] = compute_dtype(cfg.teacher.dtype, cfg.teacher.device, cfg.ray.gpus_per_worker)
     config = {
         "teacher": teacher,
@@ -59,7 +60,8 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
 
 
 class TeacherProducer:
-    """Built once per worker: loads SAM2 and turns decoded clips into teacher arrays."""
+    """Built once per worker: loads SAM2 and turns decoded clips into teacher arrays, one clip
+    at a time (`produce`) or `teacher.clip_batch` clips in lockstep (`produce_batch`)."""
 
     def __init__(self, cfg: ExtractConfig, device: str):
         self.cfg = cfg
@@ -75,14 +77,66 @@ class TeacherProducer:
         return {}
 
     def produce(self, clip, entry) -> tuple[dict[str, np.ndarray], dict]:
-        cfg, source = self.cfg, self.cfg.teacher.prompt
-        prompt = None
+        prompt, source = self._prompt(clip, entry)
+        result = self.tracker.track(torch.from_numpy(clip.frames), prompt, source)
+        return self._arrays(result, source)
+
+    def produce_batch(self, clips: list, entries: list) -> list[tuple[dict[str, np.ndarray], dict] | Exception]:
+        """`produce` for several decoded clips, tracked `teacher.clip_batch` at a time in lockstep.
+
+        Returns one item per clip, in order: (arrays, record) as `produce` gives them, or the
+        Exception that clip failed with. A clip whose prompt cannot be prepared fails alone
+        before tracking; a batch whose tracking raises is tracked again one clip at a time, so
+        only the clip that fails alone fails (its neighbours' results equal the batched ones:
+        track_batch == track per clip).
+        """
+        out: list[tuple[dict[str, np.ndarray], dict] | Exception | None] = [None] * len(clips)
+        ready: list[tuple[int, torch.Tensor, Prompt | None, str]] = []
+        for i, (clip, entry) in enumerate(zip(clips, entries, strict=True)):
+            try:
+                prompt, source = self._prompt(clip, entry)
+                ready.append((i, torch.from_numpy(clip.frames), prompt, source))
+            except Exception as exc:  # this clip's prompt (or frames) only
+                out[i] = exc
+        size = self.cfg.teacher.clip_batch
+        for start in range(0, len(ready), size):
+            group = ready[start : start + size]
+            try:
+                results: list[TrackResult | Exception] = list(self.tracker.track_batch([g[1] for g in group], [g[2] for g in group], [g[3] for g in group]))
+            except Exception as exc:
+                if len(group) == 1:
+                    results = [exc]
+                else:
+                    log.warning("a batch of %d clips failed (%s: %s): tracking them one at a time", len(group), type(exc).__name__, exc)
+                    results = [self._track_one(frames, prompt, source) for _, frames, prompt, source in group]
+            for (i, _, _, source), result in zip(group, results):
+                if isinstance(result, Exception):
+                    out[i] = result
+                    continue
+                try:
+                    out[i] = self._arrays(result, source)
+                except Exception as exc:
+                    out[i] = exc
+        return out  # type: ignore[return-value]
+
+    def _track_one(self, frames: torch.Tensor, prompt: Prompt | None, source: str) -> TrackResult | Exception:
+        try:
+            return self.tracker.track(frames, prompt, source)
+        except Exception as exc:
+            return exc
+
+    def _prompt(self, clip, entry) -> tuple[Prompt | None, str]:
+        """The clip's forward prompt in frame pixels (None: the tracker computes it) and its source."""
+        source = self.cfg.teacher.prompt
         if source == "manifest":
             if entry.prompt:
-                prompt = manifest_prompt(clip.map_prompt(entry.prompt, self._mask_loader()))
-            else:
-                source = "auto"  # documented fallback: a clip without a manifest prompt
-        result = self.tracker.track(torch.from_numpy(clip.frames), prompt, source)
+                return manifest_prompt(clip.map_prompt(entry.prompt, self._mask_loader())), source
+            return None, "auto"  # documented fallback: a clip without a manifest prompt
+        return None, source
+
+    def _arrays(self, result: TrackResult, source: str) -> tuple[dict[str, np.ndarray], dict]:
+        """Per-frame features -> the column's arrays on the student's token grid, and the record."""
+        cfg = self.cfg
         vt, mode = cfg.student.vae_temporal, cfg.teacher.temporal
         fwd = to_token_grid(result.fwd, self.grid, vt, mode)
         bwd = to_token_grid(result.bwd, self.grid, vt, mode)

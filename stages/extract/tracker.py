@@ -14,7 +14,11 @@ pass): tests/test_tracker_parity.py checks features and masks against it. Differ
   num_maskmem-1 memories, object pointers of the last max_obj_ptrs_in_encoder-1 frames), so it
   stays flat in clip length (stock keeps every frame's outputs);
 - the features SAM2 never returns (memory-encoder output, memory-attention output, backbone)
-  are captured per frame, moved to CPU float32 as they are produced.
+  are captured per frame, moved to CPU float32 as they are produced;
+- `track_batch` tracks B clips of one shape in lockstep: each clip is one row of SAM2's object
+  batch (the batch SAM2's predictor uses for several objects of one video), with its own
+  memories in that row of every state entry; the image encoder takes frames across clips.
+  Each clip's result equals `track` of that clip alone (float noise: tests/test_tracker_parity.py).
 
 The SAM2 steps themselves are the model's own methods (`forward_image`,
 `_prepare_backbone_features`, `_track_step`, `_encode_memory_in_output`, `_encode_new_memory`).
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from stages.extract.prompts import Prompt, auto_prompt, center_prompt, mask_summary
-from stages.extract.sam2_model import FrameFeatures, SAM2VideoPredictor, encode_frames
+from stages.extract.sam2_model import FrameFeatures, SAM2VideoPredictor, encode_clips
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +152,37 @@ class BidirectionalTracker:
         image features already computed for tracking), "manifest" (a clip without a manifest
         prompt: falls back to "auto").
         """
-        if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-            raise ValueError(f"frames must be uint8 [F, H, W, 3] with F >= 1, got {tuple(frames.shape)} {frames.dtype}")
+        _check_frames(frames)
         with torch.inference_mode(), self._autocast():
-            return self._track(frames, prompt, prompt_source)
+            return self._track_group([frames], [prompt], [prompt_source])[0]
+
+    def track_batch(
+        self,
+        frames: list[torch.Tensor],
+        prompts: list[Prompt | None],
+        sources: list[str],
+    ) -> list[TrackResult]:
+        """Track B clips in lockstep; result b equals `track(frames[b], prompts[b], sources[b])`.
+
+        Clips of one shape (F, H, W) form one group: the image encoder takes frames across the
+        group's clips, then the forward passes of all its clips run together (frame t of every
+        clip in one batch through memory attention, mask decoder and memory encoder, each clip a
+        row of SAM2's object batch with its own memories), then the backward passes. Clips of
+        other shapes form their own groups, tracked one group after the other. A config whose
+        memory encoder mixes the rows of a batch (non_overlap_masks_for_mem_enc) tracks every
+        clip alone.
+        """
+        if not len(frames) == len(prompts) == len(sources):
+            raise ValueError(f"track_batch needs one prompt and one source per clip: {len(frames)} clips, {len(prompts)} prompts, {len(sources)} sources")
+        for i, f in enumerate(frames):
+            _check_frames(f, f"clip {i}: ")
+        results: list[TrackResult | None] = [None] * len(frames)
+        with torch.inference_mode(), self._autocast():
+            for rows in self._groups(frames):
+                group = self._track_group([frames[i] for i in rows], [prompts[i] for i in rows], [sources[i] for i in rows])
+                for i, result in zip(rows, group):
+                    results[i] = result
+        return results  # type: ignore[return-value]
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -165,44 +196,61 @@ class BidirectionalTracker:
         if self.model.device.type == "cuda":
             torch.cuda.synchronize(self.model.device)
 
-    def _track(self, frames: torch.Tensor, prompt: Prompt | None, prompt_source: str) -> TrackResult:
-        n, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
+    def _groups(self, frames: list[torch.Tensor]) -> list[list[int]]:
+        """Indices of the clips that can run in lockstep: one shape (F, H, W), in input order."""
+        if getattr(self.model, "non_overlap_masks_for_mem_enc", False):
+            return [[i] for i in range(len(frames))]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, f in enumerate(frames):
+            groups.setdefault(tuple(f.shape[:3]), []).append(i)
+        return list(groups.values())
+
+    def _track_group(self, clips: list[torch.Tensor], prompts: list[Prompt | None], sources: list[str]) -> list[TrackResult]:
+        """B clips of one shape [F, H, W, 3], both passes in lockstep."""
+        b = len(clips)
+        n, h, w = int(clips[0].shape[0]), int(clips[0].shape[1]), int(clips[0].shape[2])
         t0 = time.perf_counter()
-        enc = encode_frames(self.model, frames, self.image_batch)
+        enc = encode_clips(self.model, clips, self.image_batch)  # F FrameFeatures of B rows
         self._sync()
         t1 = time.perf_counter()
-        prompt = self._resolve_prompt(prompt, prompt_source, enc[0], (h, w))
-        fwd = self._run_pass(enc, prompt, start=0, reverse=False, frame_hw=(h, w))
+        prompts = [self._resolve_prompt(p, s, enc[0] if b == 1 else enc[0].rows([i]), (h, w)) for i, (p, s) in enumerate(zip(prompts, sources))]
+        fwd = self._run_pass(enc, prompts, start=0, reverse=False, frame_hw=(h, w))
         self._sync()
         t2 = time.perf_counter()
-        last_mask = fwd.masks[n - 1].numpy()
-        back_prompt = Prompt(source=prompt.source, mask=last_mask)
-        if not last_mask.any():
-            logger.warning("forward pass lost the subject on the last frame: backward pass prompted with an empty mask")
-        bwd = self._run_pass(enc, back_prompt, start=n - 1, reverse=True, frame_hw=(h, w))
+        last_masks = [out.masks[n - 1].numpy() for out in fwd]
+        back_prompts = [Prompt(source=p.source, mask=m) for p, m in zip(prompts, last_masks)]
+        for i, m in enumerate(last_masks):
+            if not m.any():
+                logger.warning("forward pass lost the subject on the last frame%s: backward pass prompted with an empty mask", f" (clip {i} of {b})" if b > 1 else "")
+        bwd = self._run_pass(enc, back_prompts, start=n - 1, reverse=True, frame_hw=(h, w))
         self._sync()
         t3 = time.perf_counter()
-        presence_fwd = torch.stack(fwd.presence).float().cpu()
-        return TrackResult(
-            fwd=torch.stack(fwd.feats),
-            bwd=torch.stack(bwd.feats),
-            masks_fwd=torch.stack(fwd.masks),
-            masks_bwd=torch.stack(bwd.masks),
-            presence_fwd=presence_fwd,
-            presence_bwd=torch.stack(bwd.presence).float().cpu(),
-            object_score=float(presence_fwd.mean()),
-            prompt=prompt,
-            backward_prompt=mask_summary(last_mask),
-            feature=self.feature,
-            stats={
-                "frames": n,
-                "encode_s": t1 - t0,
-                "forward_s": t2 - t1,
-                "backward_s": t3 - t2,
-                "peak_maskmem_frames": max(fwd.peak_maskmem_frames, bwd.peak_maskmem_frames),
-                "peak_ptr_frames": max(fwd.peak_ptr_frames, bwd.peak_ptr_frames),
-            },
-        )
+        results = []
+        for i in range(b):
+            f, r = fwd[i], bwd[i]
+            presence_fwd = torch.stack(f.presence).float().cpu()
+            results.append(TrackResult(
+                fwd=torch.stack(f.feats),
+                bwd=torch.stack(r.feats),
+                masks_fwd=torch.stack(f.masks),
+                masks_bwd=torch.stack(r.masks),
+                presence_fwd=presence_fwd,
+                presence_bwd=torch.stack(r.presence).float().cpu(),
+                object_score=float(presence_fwd.mean()),
+                prompt=prompts[i],
+                backward_prompt=mask_summary(last_masks[i]),
+                feature=self.feature,
+                stats={
+                    "frames": n,
+                    "clip_batch": b,  # clips tracked in lockstep; the times below are the batch's / b
+                    "encode_s": (t1 - t0) / b,
+                    "forward_s": (t2 - t1) / b,
+                    "backward_s": (t3 - t2) / b,
+                    "peak_maskmem_frames": max(f.peak_maskmem_frames, r.peak_maskmem_frames),
+                    "peak_ptr_frames": max(f.peak_ptr_frames, r.peak_ptr_frames),
+                },
+            ))  # fmt: skip
+        return results
 
     def _resolve_prompt(self, prompt: Prompt | None, source: str, feats0: FrameFeatures, hw: tuple[int, int]) -> Prompt:
         if prompt is not None:
@@ -219,36 +267,61 @@ class BidirectionalTracker:
         return found
 
     def _run_pass(
-        self, enc: list[FrameFeatures], prompt: Prompt, start: int, reverse: bool, frame_hw: tuple[int, int]
-    ) -> _PassOutput:
-        """One direction, prompted on `start`, then every frame towards the clip end it faces."""
-        n = len(enc)
-        out = _PassOutput([None] * n, [None] * n, [None] * n)
+        self, enc: list[FrameFeatures], prompts: list[Prompt], start: int, reverse: bool, frame_hw: tuple[int, int]
+    ) -> list[_PassOutput]:
+        """One direction for B clips in lockstep, prompted on `start`, then every frame towards
+        the clip end it faces. One state serves all B: every entry holds B rows, and since the
+        clips share their length and frame index, memory attention selects the same frames
+        for every row (its per-row result is that of a one-clip state)."""
+        n, b = len(enc), len(prompts)
+        outs = [_PassOutput([None] * n, [None] * n, [None] * n) for _ in range(b)]
         state: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         order = range(start, -1, -1) if reverse else range(start, n)
         for t in order:
             if t == start:
-                entry, capture = self._prompted_step(enc[t], t, prompt, state, n, frame_hw)
+                entry, capture = self._prompted_step(enc[t], t, prompts, state, n, frame_hw)
                 state["cond_frame_outputs"][t] = entry
             else:
                 entry, capture = self._tracked_step(enc[t], t, state, n, reverse)
                 state["non_cond_frame_outputs"][t] = entry
-            self._record(out, t, capture, frame_hw)
-            out.peak_maskmem_frames = max(out.peak_maskmem_frames, _count(state, "maskmem_features"))
-            out.peak_ptr_frames = max(out.peak_ptr_frames, _count(state, "obj_ptr"))
+            self._record(outs, t, capture, frame_hw)
+            peak_mem, peak_ptr = _count(state, "maskmem_features"), _count(state, "obj_ptr")
+            for out in outs:
+                out.peak_maskmem_frames = max(out.peak_maskmem_frames, peak_mem)
+                out.peak_ptr_frames = max(out.peak_ptr_frames, peak_ptr)
             self._prune(state, next_frame=t - 1 if reverse else t + 1, reverse=reverse)
-        return out
+        return outs
 
     def _prompted_step(
-        self, feat: FrameFeatures, t: int, prompt: Prompt, state: dict, n: int, frame_hw: tuple[int, int]
+        self, feat: FrameFeatures, t: int, prompts: list[Prompt], state: dict, n: int, frame_hw: tuple[int, int]
     ) -> tuple[dict, dict]:
         """The prompted frame, as stock does it: add_new_* (SAM heads, no memory encoder), then
         propagate_in_video_preflight re-encodes the memory from the low-res mask upsampled to
-        image_size, treating it as a click mask (binarised when the config says so)."""
-        point_inputs, mask_inputs = prompt.model_inputs(frame_hw, self.model.image_size, self.model.device)
-        # add_new_* runs with reverse=False on an initial conditioning frame
-        current_out, sam, pix_feat = self._step(feat, t, True, point_inputs, mask_inputs, state, n, False, False)
-        low_res, logits = sam[3], sam[6]
+        image_size, treating it as a click mask (binarised when the config says so).
+
+        SAM2 takes one prompt kind per call (a mask goes through `_use_mask_as_output`, points
+        through the prompt encoder, whose token count and multimask choice depend on the number
+        of points), so the B clips' prompts run in groups of one kind and point count; the
+        memory encoder then runs on all B rows at once.
+        """
+        inputs = [p.model_inputs(frame_hw, self.model.image_size, self.model.device) for p in prompts]
+        kinds: dict[tuple, list[int]] = {}
+        for i, (points, mask) in enumerate(inputs):
+            kinds.setdefault(("mask",) if mask is not None else ("points", int(points["point_labels"].shape[1])), []).append(i)
+        parts, rows_done = [], []
+        for rows in kinds.values():
+            sub = feat if len(rows) == len(prompts) else feat.rows(rows)
+            points = inputs[rows[0]][0]
+            if points is not None and len(rows) > 1:
+                points = {k: torch.cat([inputs[i][0][k] for i in rows]) for k in ("point_coords", "point_labels")}
+            mask = inputs[rows[0]][1]
+            if mask is not None and len(rows) > 1:
+                mask = torch.cat([inputs[i][1] for i in rows])
+            # add_new_* runs with reverse=False on an initial conditioning frame
+            _, sam, pix_feat = self._step(sub, t, True, points, mask, state, n, False, False)
+            parts.append((sam[3], sam[6], sam[5], pix_feat))  # low-res mask, presence logit, pointer, feature
+            rows_done += rows
+        low_res, logits, obj_ptr, pix_feat = (_in_rows([p[k] for p in parts], rows_done) for k in range(4))
         high_res = F.interpolate(
             low_res, size=(self.model.image_size, self.model.image_size), mode="bilinear", align_corners=False
         )
@@ -259,12 +332,12 @@ class BidirectionalTracker:
             object_score_logits=logits,
             is_mask_from_pts=True,
         )
-        current_out["maskmem_features"], current_out["maskmem_pos_enc"] = maskmem, pos
-        return self._entry(current_out), self._capture(feat, current_out, sam, pix_feat)
+        current_out = {"maskmem_features": maskmem, "maskmem_pos_enc": pos, "obj_ptr": obj_ptr}
+        return self._entry(current_out), self._capture(feat, current_out, low_res, logits, pix_feat)
 
     def _tracked_step(self, feat: FrameFeatures, t: int, state: dict, n: int, reverse: bool) -> tuple[dict, dict]:
         current_out, sam, pix_feat = self._step(feat, t, False, None, None, state, n, reverse, True)
-        return self._entry(current_out), self._capture(feat, current_out, sam, pix_feat)
+        return self._entry(current_out), self._capture(feat, current_out, sam[3], sam[6], pix_feat)
 
     def _step(
         self,
@@ -280,7 +353,7 @@ class BidirectionalTracker:
     ) -> tuple[dict, tuple, torch.Tensor]:
         """SAM2Base.track_step split open: `_track_step` also returns pix_feat (the
         memory-conditioned feature, or the raw one on a mask-prompted frame), which
-        track_step discards."""
+        track_step discards. Every tensor has the B rows of `feat`."""
         current_out, sam, _, pix_feat = self.model._track_step(
             t, is_init, feat.vision_feats, feat.vision_pos, feat.feat_sizes,
             point_inputs, mask_inputs, state, n, reverse, None,
@@ -311,22 +384,29 @@ class BidirectionalTracker:
             "obj_ptr": current_out["obj_ptr"],
         }
 
-    def _capture(self, feat: FrameFeatures, current_out: dict, sam: tuple, pix_feat: torch.Tensor) -> dict:
-        """The per-frame outputs to keep: the configured feature, mask logits, presence logit."""
+    def _capture(
+        self, feat: FrameFeatures, current_out: dict, low_res: torch.Tensor, logits: torch.Tensor, pix_feat: torch.Tensor
+    ) -> dict:
+        """The per-frame outputs to keep, B rows each: the configured feature [B, C, Hf, Wf],
+        low-res mask logits [B, 1, h, w], presence logit [B, 1]."""
         if self.feature == "maskmem":
-            value = current_out["maskmem_features"].to(torch.bfloat16)[0]
+            value = current_out["maskmem_features"].to(torch.bfloat16)
         elif self.feature == "memory_attention":
-            value = pix_feat[0]
+            value = pix_feat
         else:
-            value = feat.backbone_map()
-        return {"feature": value, "low_res": sam[3], "logit": sam[6]}
+            value = feat.backbone_maps()
+        return {"feature": value, "low_res": low_res, "logit": logits}
 
-    def _record(self, out: _PassOutput, t: int, capture: dict, frame_hw: tuple[int, int]) -> None:
-        """Move frame t's feature (float32) and mask (bool, frame resolution) to the host now."""
-        out.feats[t] = _to_host(capture["feature"].float())
+    def _record(self, outs: list[_PassOutput], t: int, capture: dict, frame_hw: tuple[int, int]) -> None:
+        """Move frame t's features (float32) and masks (bool, frame resolution) to the host now."""
+        feats = _to_host(capture["feature"].float())
         mask = F.interpolate(capture["low_res"].float(), size=frame_hw, mode="bilinear", align_corners=False)
-        out.masks[t] = _to_host(mask[0, 0] > self.mask_threshold)
-        out.presence[t] = torch.sigmoid(capture["logit"].float()).reshape(())
+        masks = _to_host(mask[:, 0] > self.mask_threshold)
+        presence = torch.sigmoid(capture["logit"].float())
+        for i, out in enumerate(outs):
+            out.feats[t] = feats[i]
+            out.masks[t] = masks[i]
+            out.presence[t] = presence[i].reshape(())
 
     def _prune(self, state: dict, next_frame: int, reverse: bool) -> None:
         """Drop what memory attention can no longer read when tracking `next_frame` and beyond.
@@ -361,6 +441,21 @@ class BidirectionalTracker:
         if reverse:
             return u <= -(-(next_frame + 2) // r) * r + (m.num_maskmem - 3) * r
         return u >= ((next_frame - 2) // r) * r - (m.num_maskmem - 3) * r
+
+
+def _check_frames(frames: torch.Tensor, where: str = "") -> None:
+    if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"{where}frames must be uint8 [F, H, W, 3] with F >= 1, got {tuple(frames.shape)} {frames.dtype}")
+
+
+def _in_rows(parts: list[torch.Tensor], rows: list[int]) -> torch.Tensor:
+    """Per-group results (concatenated in the order of `rows`) back in clip order [B, ...]."""
+    if len(parts) == 1:
+        return parts[0]
+    merged = torch.cat(parts)  # promotes a group in another dtype (exact: bf16 -> fp32)
+    inverse = torch.empty(len(rows), dtype=torch.long)
+    inverse[torch.tensor(rows)] = torch.arange(len(rows))
+    return merged.index_select(0, inverse.to(merged.device))
 
 
 def _to_host(x: torch.Tensor) -> torch.Tensor:

@@ -1,22 +1,34 @@
-"""Seconds per clip: our BidirectionalTracker vs the stock SAM2VideoPredictor used the documented way.
+"""Seconds per clip: our BidirectionalTracker at several clip_batch sizes vs the stock SAM2VideoPredictor.
 
-Same random-weight model object, same clips, one process, runs interleaved clip by clip (so
-background load hits both alike). Stock, per clip: frames written as a JPEG folder (<t>.jpg,
-as SAM2's README extracts them with ffmpeg), `init_state`, `add_new_points_or_box` (a box) on
-frame 0, `propagate_in_video`; a fresh state, `add_new_mask` on the last frame with the forward
-mask, `propagate_in_video(reverse=True)`; then its maskmem features are read from the state.
-Ours: `BidirectionalTracker.track(frames, box)` on the decoded uint8 frames.
+Same random-weight model object, same clips, one process, runs interleaved (so background load
+hits every variant alike). Stock, per clip: frames written as a JPEG folder (<t>.jpg, as SAM2's
+README extracts them with ffmpeg), `init_state`, `add_new_points_or_box` (a box) on frame 0,
+`propagate_in_video`; a fresh state, `add_new_mask` on the last frame with the forward mask,
+`propagate_in_video(reverse=True)`; then its maskmem features are read from the state.
+Ours: `BidirectionalTracker.track_batch` on B clips of decoded uint8 frames (B = each
+--clip-batch size; B = 1 is `track`).
 
-    python tests/benchmarks/bench_tracker.py --model sam2.1_hiera_t --image-size 256 --frames 49 --clips 2
-    python tests/benchmarks/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --clips 20
+The clips are taken in rounds of max(--clip-batch) clips (indices wrap round the --clips
+distinct clips so every batch is full); in each round every B tracks those clips in batches of
+B, then stock tracks each new distinct clip once (--no-stock skips it).
 
-On CUDA both sides run under bf16 autocast (stock inside `torch.autocast`, as SAM2's examples
-do) and peak GPU memory is reported. Nothing here imports ray (the GPU machines lack it).
+    python tests/benchmarks/bench_tracker.py --model sam2.1_hiera_t --image-size 256 --frames 49 --clips 4 --clip-batch 1,4 --no-stock --threads 1
+    python tests/benchmarks/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 1,4,8 --json out.json
+
+On CUDA both sides run under --dtype autocast (stock inside `torch.autocast`, as SAM2's examples
+do), every timed call is bracketed by torch.cuda.synchronize, and peak GPU memory is read per
+call after torch.cuda.reset_peak_memory_stats. --json writes {"model", "image_size", "frames",
+"clips", "device", "dtype", "ours": {"<B>": {"s_per_clip", "clips_per_hour", "peak_gb"}},
+"stock": {...} or null, "ratio_vs_stock": {"<B>": stock s/clip / ours s/clip} or null, plus
+height, width, image_batch, feature, threads}; peak_gb is null off CUDA, dtype is the compute
+dtype (float32 on CPU whatever --dtype says). Nothing here imports ray (the GPU machines lack it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import statistics
 import sys
@@ -75,18 +87,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_ours(tracker: BidirectionalTracker, frames: torch.Tensor, box: list[float]) -> dict:
+def run_ours(tracker: BidirectionalTracker, clips: list[tuple[torch.Tensor, list[float]]]) -> dict:
+    """One `track_batch` call on B clips (B = len(clips)); seconds and peak memory of the call."""
     device = tracker.model.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with FrameCounter(tracker.model) as counter:
         sync(device)
         t0 = time.perf_counter()
-        result = tracker.track(frames, Prompt("manifest", box=box))
+        results = tracker.track_batch([f for f, _ in clips], [Prompt("manifest", box=b) for _, b in clips], ["manifest"] * len(clips))
         sync(device)
         seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"s": seconds, "encoded": counter.frames, "gib": peak, "masks": result.masks_fwd, "stats": result.stats}
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"s": seconds, "clips": len(clips), "encoded": counter.frames, "gib": peak,
+            "masks": [r.masks_fwd for r in results], "stats": [r.stats for r in results]}  # fmt: skip
 
 
 def run_stock(model, frames: torch.Tensor, box: list[float], dtype: torch.dtype) -> dict:
@@ -112,7 +126,7 @@ def run_stock(model, frames: torch.Tensor, box: list[float], dtype: torch.dtype)
         bwd = _stock_features(back, n)
         sync(device)
         seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     assert fwd.shape[0] == bwd.shape[0] == n
     return {"s": seconds, "jpeg_s": t_jpeg, "encoded": counter.frames, "gib": peak,
             "masks": torch.stack([masks[t] for t in range(n)])}  # fmt: skip
@@ -130,17 +144,42 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return 1.0 if union == 0 else (a & b).sum().item() / union
 
 
+def clip_batches(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--clip-batch must be a comma-separated list of integers, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"--clip-batch sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+def peak_text(gib: float | None) -> str:
+    return "" if gib is None else f", peak {gib:.2f} GiB"
+
+
+def summary(runs: list[dict]) -> dict:
+    """s/clip, clips/h and peak GB (None off CUDA) of one variant's runs."""
+    clips, seconds = sum(r["clips"] for r in runs), sum(r["s"] for r in runs)
+    peaks = [r["gib"] for r in runs if r["gib"] is not None]
+    s_per_clip = seconds / clips
+    return {"s_per_clip": s_per_clip, "clips_per_hour": 3600 / s_per_clip, "peak_gb": max(peaks) if peaks else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="sam2.1_hiera_t")
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=49)
-    ap.add_argument("--clips", type=int, default=2)
+    ap.add_argument("--clips", type=int, default=2, help="distinct clips; every variant tracks the same ones")
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=720)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--image-batch", type=int, default=8)
+    ap.add_argument("--clip-batch", type=clip_batches, default=[1], help="comma-separated clip_batch sizes of ours, e.g. 1,4,8")
+    ap.add_argument("--no-stock", action="store_true", help="skip the stock predictor (quick runs)")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures as one JSON object here")
     ap.add_argument("--feature", default="maskmem", choices=["maskmem", "memory_attention", "backbone"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's)")
     args = ap.parse_args()
@@ -151,32 +190,79 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     model = build_sam2(args.model, image_size=args.image_size, device=device, seed=0)
     tracker = BidirectionalTracker(model, feature=args.feature, image_batch=args.image_batch, dtype=dtype)
+    sizes, largest = args.clip_batch, max(args.clip_batch)
     print(f"model {args.model} {describe(model)} | device {device} ({torch.get_num_threads()} CPU threads, "
-          f"load avg {os.getloadavg()[0]:.1f}) | clips {args.clips} x {args.frames} frames {args.height}x{args.width}")  # fmt: skip
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load avg {os.getloadavg()[0]:.1f}) | "
+          f"clips {args.clips} x {args.frames} frames {args.height}x{args.width} | clip_batch {sizes}"
+          f"{'' if args.no_stock else ' and stock'}")  # fmt: skip
 
-    warm, warm_box = make_clip(99, 3, args.height, args.width)  # first-call overheads out of the figures
-    run_ours(tracker, warm, warm_box)
-    run_stock(model, warm, warm_box, dtype)
+    warm = make_clip(99, 3, args.height, args.width)  # first-call overheads out of the figures
+    for b in sizes:
+        run_ours(tracker, [warm] * b)
+    if not args.no_stock:
+        run_stock(model, *warm, dtype)
 
-    ours, stock = [], []
-    for c in range(args.clips):
-        frames, box = make_clip(c, args.frames, args.height, args.width)
-        ours.append(run_ours(tracker, frames, box))
-        stock.append(run_stock(model, frames, box, dtype))
-        o, s = ours[-1], stock[-1]
-        print(f"clip {c}: ours {o['s']:.2f} s ({o['encoded']} frames encoded, peak state "
-              f"{o['stats']['peak_maskmem_frames']} memories) | stock {s['s']:.2f} s (JPEG {s['jpeg_s']:.2f} s, "
-              f"{s['encoded']} frames encoded) | forward-mask IoU ours vs stock {iou(o['masks'], s['masks']):.3f}")  # fmt: skip
+    # Rounds of `largest` clips (clip indices wrap round the --clips distinct clips, so every
+    # batch is full); in each round every variant tracks the same clips, one after the other.
+    clips = [make_clip(c, args.frames, args.height, args.width) for c in range(args.clips)]
+    rounds = -(-args.clips // largest)
+    ours: dict[int, list[dict]] = {b: [] for b in sizes}
+    stock: list[dict] = []
+    for r in range(rounds):
+        picks = [(r * largest + j) % args.clips for j in range(largest)]
+        for b in sizes:
+            for start in range(0, largest, b):
+                batch = [clips[c] for c in picks[start : start + b]]
+                run = run_ours(tracker, batch)
+                ours[b].append(run)
+                print(f"round {r} clip_batch {b}: clips {picks[start : start + b]} {run['s']:.2f} s "
+                      f"({run['s'] / run['clips']:.2f} s/clip, {run['encoded']} frames encoded, peak state "
+                      f"{run['stats'][0]['peak_maskmem_frames']} memories/clip{peak_text(run['gib'])})")  # fmt: skip
+        if args.no_stock:
+            continue
+        first = ours[sizes[0]][-math.ceil(largest / sizes[0]) :]  # this round's runs of the first variant
+        ref_masks = [m for run in first for m in run["masks"]]
+        for c in dict.fromkeys(c for c in picks if c >= r * largest):  # each distinct clip once
+            s = run_stock(model, *clips[c], dtype)
+            stock.append({**s, "clips": 1})
+            print(f"round {r} stock: clip {c} {s['s']:.2f} s (JPEG {s['jpeg_s']:.2f} s, {s['encoded']} frames encoded) "
+                  f"| forward-mask IoU ours (clip_batch {sizes[0]}) vs stock {iou(ref_masks[picks.index(c)], s['masks']):.3f}")  # fmt: skip
 
-    o_s, s_s = statistics.mean(r["s"] for r in ours), statistics.mean(r["s"] for r in stock)
-    s_nojpeg = statistics.mean(r["s"] - r["jpeg_s"] for r in stock)
-    parts = {k: statistics.mean(r["stats"][k] for r in ours) for k in ("encode_s", "forward_s", "backward_s")}
-    print(f"seconds/clip: ours {o_s:.2f} (encode {parts['encode_s']:.2f}, forward {parts['forward_s']:.2f}, "
-          f"backward {parts['backward_s']:.2f}) | stock {s_s:.2f} (without JPEG writing {s_nojpeg:.2f})")  # fmt: skip
-    print(f"speed-up stock/ours: {s_s / o_s:.2f}x (without JPEG writing {s_nojpeg / o_s:.2f}x)")
-    print(f"clips/hour: ours {3600 / o_s:.0f} | stock {3600 / s_s:.0f}; frames/s ours {args.frames / o_s:.1f}")
-    if device.type == "cuda":
-        print(f"peak GPU memory GiB: ours {max(r['gib'] for r in ours):.2f} | stock {max(r['gib'] for r in stock):.2f}")
+    figures = {b: summary(runs) for b, runs in ours.items()}
+    for b in sizes:
+        parts = {k: statistics.mean(st[k] for run in ours[b] for st in run["stats"]) for k in ("encode_s", "forward_s", "backward_s")}
+        f = figures[b]
+        print(f"clip_batch {b}: {f['s_per_clip']:.2f} s/clip (encode {parts['encode_s']:.2f}, forward {parts['forward_s']:.2f}, "
+              f"backward {parts['backward_s']:.2f}), {f['clips_per_hour']:.0f} clips/h, "
+              f"x{f['clips_per_hour'] / figures[sizes[0]]['clips_per_hour']:.2f} vs clip_batch {sizes[0]}{peak_text(f['peak_gb'])}")  # fmt: skip
+    out = {
+        "model": args.model,
+        "image_size": int(model.image_size),
+        "frames": args.frames,
+        "clips": args.clips,
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "dtype": args.dtype if device.type == "cuda" else "float32",  # CPU runs fp32 whatever --dtype says
+        "height": args.height,
+        "width": args.width,
+        "image_batch": args.image_batch,
+        "feature": args.feature,
+        "threads": torch.get_num_threads(),
+        "ours": {str(b): figures[b] for b in sizes},
+        "stock": None,
+        "ratio_vs_stock": None,
+    }
+    if stock:
+        st = summary(stock)
+        s_nojpeg = statistics.mean(r["s"] - r["jpeg_s"] for r in stock)
+        out["stock"] = {**st, "s_per_clip_without_jpeg": s_nojpeg}
+        out["ratio_vs_stock"] = {str(b): st["s_per_clip"] / figures[b]["s_per_clip"] for b in sizes}
+        print(f"stock: {st['s_per_clip']:.2f} s/clip (without JPEG writing {s_nojpeg:.2f}), "
+              f"{st['clips_per_hour']:.0f} clips/h{peak_text(st['peak_gb'])}")  # fmt: skip
+        print("speed-up vs stock (clips/h ratio): " + ", ".join(f"clip_batch {b} {out['ratio_vs_stock'][str(b)]:.2f}x" for b in sizes))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
