@@ -75,6 +75,25 @@ def small_overrides(corpus: Path, **extra) -> list[str]:
 
 
 @pytest.fixture
+def moto_s3():
+    """(storage options, s3fs filesystem) of a bucket `bucket` on moto's real S3 server on localhost."""
+    import boto3
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://{host}:{port}", "client_kwargs": {"region_name": "us-east-1"}}
+    boto3.client(
+        "s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    ).create_bucket(Bucket="bucket")
+    # skip_instance_cache: this test's own client, never shared with the code under test
+    yield options, s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    server.stop()
+
+
+@pytest.fixture
 def copy_corpus(tmp_path, small_corpus):
     """A private, writable copy of the small corpus (tests that add broken files to it)."""
 
