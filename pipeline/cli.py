@@ -220,8 +220,11 @@ def generate(
     store: str = typer.Option(..., "--store", "-s", help="the store it trained on (first frame, caption, encoders)"),
     out: Path = typer.Option(..., "--out", "-o", help="output .mp4"),
     key: str = typer.Option("@0", "--key", help="clip (key, or @N for the Nth) whose first frame and caption condition the sample"),
-    steps: int = typer.Option(8, "--steps", help="denoising steps"),
-    guidance: float = typer.Option(6.0, "--guidance"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda where a GPU exists, else cpu)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16 | float16 | float32 (default: bfloat16 on cuda, float32 on cpu)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="denoising steps (default: 50 on cuda, 8 on cpu)"),
+    guidance: float = typer.Option(6.0, "--guidance", help="classifier-free guidance scale (1 = off)"),
+    dynamic_cfg: bool = typer.Option(False, "--dynamic-cfg/--no-dynamic-cfg", help="the stock pipeline's use_dynamic_cfg (guidance ramped over the steps)"),
     seed: int = typer.Option(0, "--seed"),
     no_lora: bool = typer.Option(False, "--no-lora", help="sample the base model (for comparison)"),
 ) -> None:
@@ -232,9 +235,14 @@ def generate(
     from pipeline.extract_config import VideoConfig
     from pipeline.inspect import write_mp4
     from pipeline.store import FeatureStore, StoreError
-    from stages.generate import build_pipeline, sample_video
+    from stages.generate import build_pipeline, resolve_sampling, sample_video
 
     _setup_logging(False)
+    try:
+        sampling = resolve_sampling(device, dtype, steps)
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
     info = json.loads((run / "lora" / "sam2videox.json").read_text())
     fstore = FeatureStore(store)
     enc_col = fstore.column(info["encodings_column"])
@@ -247,11 +255,20 @@ def generate(
         raise typer.Exit(2) from exc
     first = decode_clip(entry.url, video, fstore.storage_options).frames[0]
     enc_cfg = enc_col.producer_config["encoders"]
-    pipe = build_pipeline(info["config"]["student"]["model"], enc_cfg["model"], None if no_lora else run / "lora")
-    frames = sample_video(pipe, first, entry.caption, video.num_frames, steps, guidance, seed, enc_cfg["max_text_len"])
+    pipe = build_pipeline(
+        info["config"]["student"]["model"], enc_cfg["model"], None if no_lora else run / "lora", sampling.device, sampling.dtype
+    )
+    frames = sample_video(
+        pipe, first, entry.caption, video.num_frames, sampling.steps, guidance, seed, enc_cfg["max_text_len"], dynamic_cfg
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_mp4(out, frames, video.fps)
-    typer.echo(f"wrote {out} ({frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]}) from '{entry.key}': {entry.caption!r}")
+    ran = len(pipe.scheduler.timesteps)  # what the scheduler really stepped through
+    typer.echo(
+        f"wrote {out} ({frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]}) from '{entry.key}': {entry.caption!r}; "
+        f"{ran} steps on {sampling.device} in {str(sampling.dtype).removeprefix('torch.')}, guidance {guidance}"
+        f"{' (dynamic)' if dynamic_cfg else ''}"
+    )
 
 
 @app.command()

@@ -77,8 +77,14 @@ def test_run_exports_a_lora_the_stock_pipeline_loads(student_store, tmp_path):
     tuned = sample_video(build_pipeline("tiny", "tiny", exported), image, "a red stick figure", 9, steps=2, guidance_scale=1.0, max_text_len=16)
     assert base.shape == tuned.shape == (9, 128, 192, 3)
     assert np.abs(base.astype(int) - tuned.astype(int)).max() > 0
-    bad_key = CliRunner().invoke(app, ["generate", "--run", str(out), "--store", student_store, "--out", str(tmp_path / "x.mp4"), "--key", "nope"])
+    gen = ["generate", "--run", str(out), "--store", student_store, "--out", str(tmp_path / "x.mp4")]
+    bad_key = CliRunner().invoke(app, [*gen, "--key", "nope"])
     assert bad_key.exit_code == 2 and "no clip 'nope'" in bad_key.output
+    bad_dtype = CliRunner().invoke(app, [*gen, "--dtype", "float8"])
+    assert bad_dtype.exit_code == 2 and "--dtype 'float8' is not one of" in bad_dtype.output and "Traceback" not in bad_dtype.output
+    sampled = CliRunner().invoke(app, [*gen, "--device", "cpu", "--dtype", "float32", "--steps", "3", "--guidance", "2.5", "--dynamic-cfg"])
+    assert sampled.exit_code == 0, sampled.output
+    assert "3 steps on cpu in float32, guidance 2.5 (dynamic)" in sampled.output and (tmp_path / "x.mp4").stat().st_size > 0
 
 
 def test_two_rank_ddp_on_cpu(student_store, tmp_path):
