@@ -188,16 +188,24 @@ def ablate(
     config: Path = typer.Option(Path("configs/distill/sample.yaml"), "--config", "-c", help="base distill config"),
     store: str = typer.Option(..., "--store", "-s"),
     out: str = typer.Option("out/ablations", "--out", "-o"),
-    ablations: Path = typer.Option(Path("configs/ablations"), "--ablations", help="folder of ablation YAMLs (diffs on the base)"),
-    steps: int = typer.Option(3, "--steps", help="training steps per ablation"),
+    ablations: Path = typer.Option(
+        Path("configs/ablations"), "--ablations",
+        help="folder of ablation YAMLs (diffs on the base): configs/ablations (demo) or configs/ablations/real (5B student)",
+    ),
+    steps: int = typer.Option(3, "--steps", help="training steps per ablation (a quick comparison)"),
+    full_schedule: bool = typer.Option(False, "--full-schedule", help="train each for the config's train.steps instead of --steps"),
     only: list[str] = typer.Argument(None, help="ablation names to run (default: all)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Train every ablation briefly on the same store: cached features reused, nothing re-extracted."""
+    """Train every ablation on the same store: cached features reused, nothing re-extracted."""
     from pipeline.distill_config import DistillConfig
+    from pipeline.store import StoreError
 
     _setup_logging(verbose)
     files = sorted(ablations.glob("*.yaml"))
+    if not files:
+        typer.secho(f"no ablation YAMLs in {ablations}", fg="red", err=True)
+        raise typer.Exit(2)
     if only:
         unknown = set(only) - {f.stem for f in files}
         if unknown:
@@ -205,13 +213,33 @@ def ablate(
         files = [f for f in files if f.stem in only]
     rows = {}
     for f in files:
-        overrides = [f"data.store={store}", f"out={out}/{f.stem}", f"train.steps={steps}", f"train.checkpoint_every={steps}"]
+        overrides = [f"data.store={store}", f"out={out}/{f.stem}"]
+        if not full_schedule:
+            overrides += [f"train.steps={steps}", f"train.checkpoint_every={steps}"]
         cfg = _load(DistillConfig, [config, f], overrides)
-        summary = _run_distill(cfg, resume=False, show_progress=False)
+        for line in _schedule_warnings(cfg):
+            typer.secho(f"{f.stem}: {line}", fg="yellow", err=True)
+        try:
+            summary = _run_distill(cfg, resume=False, show_progress=False)
+        except StoreError as exc:
+            typer.secho(f"{f.stem} ({f}): {exc}", fg="red", err=True)
+            raise typer.Exit(2) from exc
         rows[f.stem] = {"loss": summary["final"]["loss"], "terms": summary["final"]["terms"], "s_per_step": summary["mean_step_seconds"]}
         typer.echo(f"{f.stem:16s} loss {rows[f.stem]['loss']:.4f}  {rows[f.stem]['terms']}")
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "ablations.json").write_text(json.dumps(rows, indent=1))
+
+
+def _schedule_warnings(cfg) -> list[str]:
+    """Loss schedules that reach past the run's train.steps (e.g. a real-size ablation run for a few steps)."""
+    out = []
+    for name in ("lgf", "repa", "mask"):
+        term = getattr(cfg.losses, name)
+        for key in ("warmup_steps", "cutoff_step"):
+            value = getattr(term, key)
+            if value and value > cfg.train.steps:
+                out.append(f"losses.{name}.{key}={value} is beyond the run's {cfg.train.steps} steps")
+    return out
 
 
 @app.command()
