@@ -198,15 +198,14 @@ def configure_student(transformer: CogVideoXTransformer3DModel, cfg: Any) -> lis
 def token_grid(transformer_config: Any, latent_shape: Sequence[int]) -> tuple[int, int, int]:
     """(T, h, w) token grid of a latent of shape (T, H8, W8): the grid teacher maps are resized to.
 
-    h = H8 / patch_size, w = W8 / patch_size; T = latent frames (/ patch_size_t for CogVideoX 1.5).
+    h = H8 / patch_size, w = W8 / patch_size; T = latent frames, or for CogVideoX 1.5 the frames
+    padded up to a multiple of patch_size_t, / patch_size_t (as the 1.5 pipeline pads them).
     """
     frames, height, width = (int(s) for s in latent_shape[-3:])
     p, p_t = transformer_config.patch_size, transformer_config.patch_size_t
     if height % p or width % p:
         raise ValueError(f"latent {height}x{width} is not divisible by the patch size {p}")
-    if p_t is not None and frames % p_t:
-        raise ValueError(f"{frames} latent frames are not divisible by patch_size_t {p_t}")
-    return (frames if p_t is None else frames // p_t), height // p, width // p
+    return (frames if p_t is None else -(-frames // p_t)), height // p, width // p
 
 
 def rotary_embedding(
