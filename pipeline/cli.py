@@ -233,16 +233,24 @@ def ablate(
     config: Path = typer.Option(Path("configs/distill/sample.yaml"), "--config", "-c", help="base distill config"),
     store: str = typer.Option(..., "--store", "-s"),
     out: str = typer.Option("out/ablations", "--out", "-o"),
-    ablations: Path = typer.Option(Path("configs/ablations"), "--ablations", help="folder of ablation YAMLs (diffs on the base)"),
-    steps: int = typer.Option(3, "--steps", help="training steps per ablation"),
+    ablations: Path = typer.Option(
+        Path("configs/ablations"), "--ablations",
+        help="folder of ablation YAMLs (diffs on the base): configs/ablations (demo) or configs/ablations/real (5B student)",
+    ),
+    steps: int = typer.Option(3, "--steps", help="training steps per ablation (a quick comparison)"),
+    full_schedule: bool = typer.Option(False, "--full-schedule", help="train each for the config's train.steps instead of --steps"),
     only: list[str] = typer.Argument(None, help="ablation names to run (default: all)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Train every ablation briefly on the same store: cached features reused, nothing re-extracted."""
+    """Train every ablation on the same store: cached features reused, nothing re-extracted."""
     from pipeline.distill_config import DistillConfig
+    from pipeline.store import StoreError
 
     _setup_logging(verbose)
     files = sorted(ablations.glob("*.yaml"))
+    if not files:
+        typer.secho(f"no ablation YAMLs in {ablations}", fg="red", err=True)
+        raise typer.Exit(2)
     if only:
         unknown = set(only) - {f.stem for f in files}
         if unknown:
@@ -250,13 +258,33 @@ def ablate(
         files = [f for f in files if f.stem in only]
     rows = {}
     for f in files:
-        overrides = [f"data.store={store}", f"out={out}/{f.stem}", f"train.steps={steps}", f"train.checkpoint_every={steps}"]
+        overrides = [f"data.store={store}", f"out={out}/{f.stem}"]
+        if not full_schedule:
+            overrides += [f"train.steps={steps}", f"train.checkpoint_every={steps}"]
         cfg = _load(DistillConfig, [config, f], overrides)
-        summary = _run_distill(cfg, resume=False, show_progress=False)
+        for line in _schedule_warnings(cfg):
+            typer.secho(f"{f.stem}: {line}", fg="yellow", err=True)
+        try:
+            summary = _run_distill(cfg, resume=False, show_progress=False)
+        except StoreError as exc:
+            typer.secho(f"{f.stem} ({f}): {exc}", fg="red", err=True)
+            raise typer.Exit(2) from exc
         rows[f.stem] = {"loss": summary["final"]["loss"], "terms": summary["final"]["terms"], "s_per_step": summary["mean_step_seconds"]}
         typer.echo(f"{f.stem:16s} loss {rows[f.stem]['loss']:.4f}  {rows[f.stem]['terms']}")
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "ablations.json").write_text(json.dumps(rows, indent=1))
+
+
+def _schedule_warnings(cfg) -> list[str]:
+    """Loss schedules that reach past the run's train.steps (e.g. a real-size ablation run for a few steps)."""
+    out = []
+    for name in ("lgf", "repa", "mask"):
+        term = getattr(cfg.losses, name)
+        for key in ("warmup_steps", "cutoff_step"):
+            value = getattr(term, key)
+            if value and value > cfg.train.steps:
+                out.append(f"losses.{name}.{key}={value} is beyond the run's {cfg.train.steps} steps")
+    return out
 
 
 @app.command()
@@ -265,8 +293,11 @@ def generate(
     store: str = typer.Option(..., "--store", "-s", help="the store it trained on (first frame, caption, encoders)"),
     out: Path = typer.Option(..., "--out", "-o", help="output .mp4"),
     key: str = typer.Option("@0", "--key", help="clip (key, or @N for the Nth) whose first frame and caption condition the sample"),
-    steps: int = typer.Option(8, "--steps", help="denoising steps"),
-    guidance: float = typer.Option(6.0, "--guidance"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda where a GPU exists, else cpu)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16 | float16 | float32 (default: bfloat16 on cuda, float32 on cpu)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="denoising steps (default: 50 on cuda, 8 on cpu)"),
+    guidance: float = typer.Option(6.0, "--guidance", help="classifier-free guidance scale (1 = off)"),
+    dynamic_cfg: bool = typer.Option(False, "--dynamic-cfg/--no-dynamic-cfg", help="the stock pipeline's use_dynamic_cfg (guidance ramped over the steps)"),
     seed: int = typer.Option(0, "--seed"),
     no_lora: bool = typer.Option(False, "--no-lora", help="sample the base model (for comparison)"),
 ) -> None:
@@ -277,9 +308,14 @@ def generate(
     from pipeline.extract_config import VideoConfig
     from pipeline.inspect import write_mp4
     from pipeline.store import FeatureStore, StoreError
-    from stages.generate import build_pipeline, sample_video
+    from stages.generate import build_pipeline, resolve_sampling, sample_video
 
     _setup_logging(False)
+    try:
+        sampling = resolve_sampling(device, dtype, steps)
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
     info = json.loads((run / "lora" / "sam2videox.json").read_text())
     fstore = FeatureStore(store)
     enc_col = fstore.column(info["encodings_column"])
@@ -292,11 +328,20 @@ def generate(
         raise typer.Exit(2) from exc
     first = decode_clip(entry.url, video, fstore.storage_options).frames[0]
     enc_cfg = enc_col.producer_config["encoders"]
-    pipe = build_pipeline(info["config"]["student"]["model"], enc_cfg["model"], None if no_lora else run / "lora")
-    frames = sample_video(pipe, first, entry.caption, video.num_frames, steps, guidance, seed, enc_cfg["max_text_len"])
+    pipe = build_pipeline(
+        info["config"]["student"]["model"], enc_cfg["model"], None if no_lora else run / "lora", sampling.device, sampling.dtype
+    )
+    frames = sample_video(
+        pipe, first, entry.caption, video.num_frames, sampling.steps, guidance, seed, enc_cfg["max_text_len"], dynamic_cfg
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_mp4(out, frames, video.fps)
-    typer.echo(f"wrote {out} ({frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]}) from '{entry.key}': {entry.caption!r}")
+    ran = len(pipe.scheduler.timesteps)  # what the scheduler really stepped through
+    typer.echo(
+        f"wrote {out} ({frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]}) from '{entry.key}': {entry.caption!r}; "
+        f"{ran} steps on {sampling.device} in {str(sampling.dtype).removeprefix('torch.')}, guidance {guidance}"
+        f"{' (dynamic)' if dynamic_cfg else ''}"
+    )
 
 
 @app.command()

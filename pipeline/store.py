@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import fsspec
 import numpy as np
 import zarr
 
@@ -274,7 +276,28 @@ class FeatureStore:
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
-        self.fs, self.path = filesystem(self.url, self.storage_options)
+        self._fs, self.path = filesystem(self.url, self.storage_options)
+        self._pid = os.getpid()
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """This process's filesystem.
+
+        A forked DataLoader worker inherits the parent's store, but fsspec's async filesystems (s3fs,
+        gcsfs) refuse use after a fork ("This class is not fork-safe"): a new pid opens its own,
+        outside fsspec's instance cache so nothing of the parent's event loop is reused.
+        """
+        if self._pid != os.getpid():
+            self._fs = filesystem(self.url, {**self.storage_options, "skip_instance_cache": True})[0]
+            self._pid = os.getpid()
+        return self._fs
+
+    def __getstate__(self) -> dict:
+        # pickled into spawned workers: the filesystem is reopened there, never shipped
+        return {"url": self.url, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["url"], state["storage_options"])
 
     # -- corpus snapshot ------------------------------------------------------------------
     def snapshot(self) -> Snapshot | None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import multiprocessing
+import multiprocessing.context
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -131,8 +133,20 @@ class ClipStream:
     def epoch(self, position: StreamPosition) -> Iterator[dict]:
         """The batches of `position.epoch`, starting at batch `position.batch`."""
         total = self.batches_per_epoch(position.epoch)
-        loader = DataLoader(self.dataset(position.epoch), batch_size=None, num_workers=self.num_workers, persistent_workers=False)
+        loader = DataLoader(
+            self.dataset(position.epoch), batch_size=None, num_workers=self.num_workers, persistent_workers=False,
+            multiprocessing_context=_worker_context() if self.num_workers else None,
+        )
         return itertools.islice(loader, position.batch, total)
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """'fork' where the platform has it, named rather than left to Python's default (which turns to
+    'forkserver' in 3.14): workers start each epoch, and a fork starts in milliseconds where a fresh
+    interpreter re-imports torch. The store reopens its filesystem in each worker (FeatureStore.fs),
+    so no file handle or S3 session is shared with the parent."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def collate(samples: list[dict]) -> dict:

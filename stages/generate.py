@@ -7,6 +7,7 @@ the end of the demo and the proof that the exported LoRA is what a user's diffus
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,50 @@ import torch
 from diffusers import CogVideoXDPMScheduler, CogVideoXImageToVideoPipeline
 from PIL import Image
 
+from stages.devices import resolve_device, resolve_dtype
 from stages.distill.student import load_student
 from stages.extract.encoders import load_encoders
 
 log = logging.getLogger(__name__)
+
+
+CPU_STEPS = 8  # a quick look on a CPU; the stock pipelines' 50 where a GPU exists
+GPU_STEPS = 50
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+          "float32": torch.float32, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Where and how to sample: resolved from the command line's choices (None: the default)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    steps: int
+
+
+def resolve_sampling(device: str | None = None, dtype: str | None = None, steps: int | None = None) -> Sampling:
+    """Defaults: cuda / bfloat16 / 50 steps where a GPU exists, else cpu / float32 / 8 steps.
+
+    Raises ValueError with one line for an unknown dtype, a bad device or steps < 1. A half dtype
+    asked for on the CPU falls back to float32 (stages/devices.py's rule), with a warning.
+    """
+    try:
+        dev = resolve_device(device or "auto")
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: no CUDA device is available here")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    wanted = DTYPES[dtype] if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    resolved = resolve_dtype(wanted, dev)
+    if resolved != wanted:
+        log.warning("--dtype %s on %s: using float32 (half-precision 3D convolutions are slow or missing on CPU)", dtype, dev)
+    steps = steps if steps is not None else (GPU_STEPS if dev.type == "cuda" else CPU_STEPS)
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    return Sampling(dev, resolved, steps)
 
 
 def build_pipeline(student_model: str, encoders_model: str, lora_dir: str | Path | None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> CogVideoXImageToVideoPipeline:
@@ -45,8 +86,13 @@ def sample_video(
     guidance_scale: float = 6.0,
     seed: int = 0,
     max_text_len: int = 226,
+    use_dynamic_cfg: bool = False,
 ) -> np.ndarray:
-    """uint8 [F, H, W, 3] frames generated from `image` and `prompt`."""
+    """uint8 [F, H, W, 3] frames generated from `image` and `prompt`.
+
+    use_dynamic_cfg: the stock pipeline's cosine-ramped guidance scale (CogVideoX's recommended
+    setting with the DPM scheduler); off, a constant `guidance_scale`.
+    """
     h, w = image.shape[:2]
     out = pipe(
         image=Image.fromarray(image),
@@ -58,6 +104,7 @@ def sample_video(
         guidance_scale=guidance_scale,
         generator=torch.Generator().manual_seed(seed),
         max_sequence_length=max_text_len,
+        use_dynamic_cfg=use_dynamic_cfg,
         output_type="np",
     ).frames[0]
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,29 @@ def small_overrides(corpus: Path, **extra) -> list[str]:
         **extra,
     }
     return [f"{k}={v}" for k, v in items.items()]
+
+
+@pytest.fixture
+def moto_s3():
+    """(storage options, s3fs filesystem) of a bucket `bucket` on moto's real S3 server on localhost."""
+    import boto3
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://{host}:{port}", "client_kwargs": {"region_name": "us-east-1"}}
+    # moto's backends are process-global: buckets outlive a server, so each test starts from empty
+    reset = urllib.request.Request(f"{options['endpoint_url']}/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset).close()
+    boto3.client(
+        "s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    ).create_bucket(Bucket="bucket")
+    # skip_instance_cache: this test's own client, never shared with the code under test
+    yield options, s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    urllib.request.urlopen(reset).close()
+    server.stop()
 
 
 @pytest.fixture

@@ -88,3 +88,30 @@ def test_several_files_merge_in_order(tmp_path):
     (tmp_path / "b.yaml").write_text("teacher:\n  feature: memory_attention\n")
     cfg = load_config(ExtractConfig, [tmp_path / "a.yaml", tmp_path / "b.yaml"], ["lgf.tau=0.2"])
     assert (cfg.teacher.model, cfg.teacher.feature, cfg.lgf.tau) == ("tiny", "memory_attention", 0.2)
+
+
+REAL_BLOCKS = 42  # CogVideoX-5B(-I2V) transformer/config.json num_layers (no weights are downloaded in tests)
+
+
+def test_real_ablations_fit_the_real_run():
+    """configs/ablations/real: the demo's set, each valid on configs/distill/default.yaml at 5B scale."""
+    from pipeline.cli import _schedule_warnings
+    from pipeline.distill_config import DistillConfig
+
+    base = ROOT / "configs/distill/default.yaml"
+    real = sorted((ROOT / "configs/ablations/real").glob("*.yaml"))
+    assert {p.stem for p in (ROOT / "configs/ablations").glob("*.yaml")} <= {p.stem for p in real}
+    default = load_config(DistillConfig, base)
+    blocks = set()
+    for path in real:
+        cfg = load_config(DistillConfig, [base, path])
+        assert cfg.student.model == default.student.model and cfg.train.steps == default.train.steps == 2000
+        assert 0 <= cfg.tap.block < REAL_BLOCKS, path.name
+        assert _schedule_warnings(cfg) == [], path.name
+        blocks.add(cfg.tap.block)
+        for term in (cfg.losses.lgf, cfg.losses.repa, cfg.losses.mask):
+            if term.cutoff_step is not None:  # a schedule in hundreds of steps, not the demo's tens
+                assert 100 <= term.warmup_steps < term.cutoff_step <= cfg.train.steps, path.name
+    assert blocks == {8, 16, 24}
+    demo = load_config(DistillConfig, [ROOT / "configs/distill/sample.yaml", ROOT / "configs/ablations/lgf-warmup.yaml"])
+    assert _schedule_warnings(demo) == []  # the demo's schedule fits the demo's 30 steps

@@ -117,3 +117,17 @@ def test_export_refuses_a_model_without_adapter(tmp_path):
     plain, _ = load_student("tiny", "i2v")
     with pytest.raises(ValueError, match="no LoRA adapter"):
         export_lora(plain, tmp_path)
+
+
+def test_sampling_defaults_and_refusals():
+    from stages.generate import CPU_STEPS, GPU_STEPS, resolve_sampling
+
+    default = resolve_sampling()
+    if torch.cuda.is_available():
+        assert (default.device.type, default.dtype, default.steps) == ("cuda", torch.bfloat16, GPU_STEPS)
+    else:
+        assert (default.device.type, default.dtype, default.steps) == ("cpu", torch.float32, CPU_STEPS)
+    assert resolve_sampling("cpu", "bfloat16", 4) == resolve_sampling("cpu", "float32", 4)  # CPU runs fp32
+    for args, message in [((None, "half"), "--dtype 'half'"), (("tpu",), "--device 'tpu'"), ((None, None, 0), "--steps must be >= 1")]:
+        with pytest.raises(ValueError, match=message):
+            resolve_sampling(*args)

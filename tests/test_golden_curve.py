@@ -12,6 +12,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 from pipeline.config import load_config
@@ -51,16 +52,33 @@ def synthetic_store(url: str, clips: int = 6) -> None:
         teacher.write_shard(shard, {"fwd": fwd, "bwd": bwd, "lgf": target, "mask": rng.integers(0, 256, (2, T, 8, 12)).astype("uint8")}, recs, [])
 
 
+def run_curve(tmp_path, name: str, *overrides: str) -> dict[str, list[float]]:
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
+        f"data.store={tmp_path / 'store'}", f"out={tmp_path / name}", "data.num_workers=0", "train.steps=8",
+        "train.batch_size=2", "train.checkpoint_every=100", "train.caption_dropout=0.0", *overrides])
+    history = Trainer(cfg).run()
+    return {"loss": [m.loss for m in history], "diff": [m.terms["diff"] for m in history], "lgf": [m.terms["lgf"] for m in history]}
+
+
+def departs(got: dict, want: dict) -> bool:
+    """Whether `got` leaves the golden curve by more than the test's tolerance."""
+    return any(not np.allclose(got[k], want[k][: len(got[k])], rtol=RTOL, atol=0) for k in got)
+
+
+RTOL = 2e-3  # fp32 on CPU reproduces to ~1e-6; anything larger is a change in stage two
+
+
 def test_tiny_distill_matches_the_golden_curve(tmp_path):
     synthetic_store(str(tmp_path / "store"))
-    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
-        f"data.store={tmp_path / 'store'}", f"out={tmp_path / 'run'}", "data.num_workers=0", "train.steps=8",
-        "train.batch_size=2", "train.checkpoint_every=100", "train.caption_dropout=0.0"])
-    history = Trainer(cfg).run()
-    got = {"loss": [m.loss for m in history], "diff": [m.terms["diff"] for m in history], "lgf": [m.terms["lgf"] for m in history]}
+    got = run_curve(tmp_path, "run")
+    # the run made here learns the teacher's relations (not only the checked-in numbers)
+    assert np.mean(got["lgf"][-3:]) < np.mean(got["lgf"][:3]), got["lgf"]
     if os.environ.get("SAM2VIDEOX_UPDATE_GOLDEN"):
         GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
+        pytest.skip(f"regenerated {GOLDEN}: review its diff, then rerun without SAM2VIDEOX_UPDATE_GOLDEN")
     want = json.loads(GOLDEN.read_text())
+    assert set(got) == set(want) and all(len(got[k]) == len(want[k]) == 8 for k in got), f"{GOLDEN} has another shape"
     for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=2e-3, err_msg=f"{name} left the golden curve {GOLDEN}")
-    assert np.mean(want["lgf"][-3:]) < np.mean(want["lgf"][:3])  # the golden run itself learns the relations
+        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=0, err_msg=f"{name} left the golden curve {GOLDEN}")
+    # the tolerance tells runs apart: a 10% change in the LGF weight (the loss the trainer sums) departs
+    assert departs(run_curve(tmp_path, "perturbed", "train.steps=2", "losses.lgf.weight=0.55"), want)

@@ -1,5 +1,6 @@
 """The token grid is derived from the student geometry; teacher maps land on it."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,3 +41,44 @@ def test_mask_coverage():
     cover = mask_to_token_grid(masks, grid, 4)
     assert cover.dtype == torch.uint8 and cover.shape == (2, 2, 2)
     assert cover[0, 0, 0] == 128 and cover[0, 1, 1] == 0
+
+
+def _bilinear_reference(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear resize of [C, H, W] with half-pixel centres (align_corners=False, no antialiasing), by loops."""
+    c, h, w = img.shape
+    out = np.zeros((c, out_h, out_w))
+    for i in range(out_h):
+        y = max((i + 0.5) * h / out_h - 0.5, 0.0)
+        y0 = min(int(np.floor(y)), h - 1)
+        y1, fy = min(y0 + 1, h - 1), y - y0
+        for j in range(out_w):
+            x = max((j + 0.5) * w / out_w - 0.5, 0.0)
+            x0 = min(int(np.floor(x)), w - 1)
+            x1, fx = min(x0 + 1, w - 1), x - x0
+            top = (1 - fx) * img[:, y0, x0] + fx * img[:, y0, x1]
+            bottom = (1 - fx) * img[:, y1, x0] + fx * img[:, y1, x1]
+            out[:, i, j] = (1 - fy) * top + fy * bottom
+    return out
+
+
+@pytest.mark.parametrize("mode", ["stride", "mean"])
+def test_resize_of_varying_maps_matches_an_independent_reference(mode):
+    grid = token_grid(9, 64, 96, 4, 8, 2)  # (3, 4, 6)
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((9, 3, 10, 14)).astype(np.float32)  # not a multiple of the grid
+    out = to_token_grid(torch.from_numpy(feats), grid, 4, mode).numpy()  # [T, h, w, C]
+    groups = [[0], [1, 2, 3, 4], [5, 6, 7, 8]]
+    for t, group in enumerate(groups):
+        frame = feats[group[-1]] if mode == "stride" else feats[group].mean(0)
+        np.testing.assert_allclose(out[t], _bilinear_reference(frame, 4, 6).transpose(1, 2, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_mask_coverage_of_a_varying_mask_is_the_block_mean():
+    grid = token_grid(9, 32, 48, 4, 8, 2)  # (3, 2, 3): tokens of 16x16 pixels
+    rng = np.random.default_rng(1)
+    masks = rng.random((9, 32, 48)) < np.linspace(0.1, 0.9, 48)  # coverage varies across the frame
+    cover = mask_to_token_grid(torch.from_numpy(masks), grid, 4).numpy()
+    for t, frame in enumerate((0, 4, 8)):
+        blocks = masks[frame].reshape(2, 16, 3, 16).mean(axis=(1, 3))
+        np.testing.assert_array_equal(cover[t], np.round(blocks * 255).astype(np.uint8))
+    assert len(np.unique(cover)) > 3  # the test exercised varying coverage

@@ -186,3 +186,51 @@ def test_one_forward_per_step_gives_both_losses():
     # Past the cutoff, or with every weight 0, the feature terms are skipped entirely.
     off = from_dict(DistillConfig, {**TINY, "losses": {"lgf": {"weight": 0.0}}})
     assert feature_losses(off.losses, 0, projector, torch.zeros(1), batch).terms == {}
+
+
+def _tiny_15_i2v():
+    """A tiny CogVideoX 1.5-style I2V transformer: temporal patch 2, ofs embedding, RoPE, no learned positions."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from stages.distill.student import tiny_transformer_config
+
+    config = {**tiny_transformer_config("i2v"), "patch_size_t": 2, "ofs_embed_dim": 32, "patch_bias": False,
+              "use_learned_positional_embeddings": False}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return CogVideoXTransformer3DModel(**config)
+
+
+def test_cogvideox_15_pads_frames_and_inverts_the_image_scale(tmp_path):
+    """As CogVideoXImageToVideoPipeline for 1.5: frames padded to patch_size_t, image latent / scaling_factor."""
+    from stages.distill.data import image_scale, open_training_data
+    from stages.distill.student import token_grid
+    from pipeline.config import load_config
+    from pipeline.store import ArraySpec, FeatureStore, Snapshot
+
+    transformer, scheduler = _tiny_15_i2v(), load_student("tiny", "i2v")[1]
+    batch = _store_batch()  # T = 3 latent frames: odd, so 1.5 pads one frame in front
+    scale = image_scale({"scaling_factor": SCALE, "invert_scale_latents": True})
+    assert scale == pytest.approx(1 / SCALE) and image_scale({"scaling_factor": SCALE}) == SCALE  # old stores: CogVideoX 1.0
+    inputs = prepare_diffusion_inputs(
+        transformer.config, scheduler, batch["latents"], batch["prompt_embeds"], SCALE, torch.Generator().manual_seed(0),
+        task="i2v", image_latents=batch["image_latents"], image_scale=scale, dtype=torch.float32,
+    )
+    hidden = inputs.model_kwargs["hidden_states"]  # [B, T', 2C, h, w]
+    assert hidden.shape == (B, 4, 32, H8, W8) and token_grid(transformer.config, (T, H8, W8)) == (2, 8, 12)
+    torch.testing.assert_close(inputs.clean[:, 0], inputs.clean[:, 1])  # the first frame, repeated in front
+    torch.testing.assert_close(hidden[:, 0, 16:], batch["image_latents"][:, :, 0].float() / SCALE)
+    assert not hidden[:, 1:, 16:].any()  # then zeros, as the pipeline pads the image latent
+    with torch.no_grad():
+        out = transformer(**inputs.model_kwargs)[0]
+    loss, _ = diffusion_loss_from_output(scheduler, out, inputs)
+    assert out.shape == hidden[:, :, :16].shape and torch.isfinite(loss)
+
+    # the flag travels from the encodings column's attrs (recorded at extraction) to stage two
+    store = FeatureStore(str(tmp_path / "store"))
+    store.freeze_snapshot(Snapshot("/x", 2, [{"key": "a", "url": "/x/a.mp4", "caption": "", "prompt": None}]))
+    specs = {"latents": ArraySpec((32, T, H8, W8), "float16"), "image_latents": ArraySpec((16, 1, H8, W8), "float16"),
+             "prompt_embeds": ArraySpec((16, 32), "float16"), "prompt_mask": ArraySpec((16,), "uint8")}
+    store.create_column("encodings", {}, specs, {"scaling_factor": SCALE, "invert_scale_latents": True})
+    cfg = load_config(DistillConfig, None, [f"data.store={store.url}", "losses.lgf.weight=0"])
+    assert open_training_data(cfg).image_scale == pytest.approx(1 / SCALE)

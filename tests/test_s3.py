@@ -15,21 +15,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture
-def s3_bucket(small_corpus):
-    from moto.server import ThreadedMotoServer
-    import s3fs
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    import boto3
-
-    options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://{host}:{port}", "client_kwargs": {"region_name": "us-east-1"}}
-    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="bucket")
-    fs = s3fs.S3FileSystem(**options)
+def s3_bucket(small_corpus, moto_s3):
+    options, fs = moto_s3
     fs.put(str(small_corpus), "bucket/clips", recursive=True)
-    yield options, fs
-    server.stop()
+    return options, fs
 
 
 def test_corpus_and_store_on_s3(s3_bucket, ray_session):

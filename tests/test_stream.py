@@ -78,3 +78,13 @@ def test_ranks_get_disjoint_clips_and_equal_batches(store, monkeypatch, workers)
 def test_too_few_clips_for_a_batch_is_a_clear_error(store):
     with pytest.raises(StoreError, match="no full batch of 64"):
         make(store, batch_size=64).batches_per_epoch()
+
+
+def test_workers_stream_from_s3(store, moto_s3):
+    """DataLoader workers fork after the parent used its S3 filesystem: each must open its own."""
+    options, fs = moto_s3
+    fs.put(store.path, "bucket/store", recursive=True)
+    remote = FeatureStore("s3://bucket/store", options)
+    local = keys_of(make(store, num_workers=2, batch_size=1))
+    stream = make(remote, num_workers=2, batch_size=1)  # reads commit records in this process first
+    assert keys_of(stream) == local and len(local) == sum(SIZES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -105,6 +106,33 @@ def test_xformers_processor_matches_stock_attention():
     with torch.no_grad():
         swapped = transformer(**kwargs)[0]
     torch.testing.assert_close(swapped, stock, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_xformers_processor_gives_the_kernel_one_dtype(autocast):
+    """CUDA autocast runs the q/k LayerNorms in fp32 while v comes out bf16: the kernel must get one dtype.
+
+    Reproduced on CPU: a bf16 model whose q/k norms return fp32 (hooks, as CUDA autocast's fp32 policy
+    does for layer_norm), optionally under CPU bf16 autocast.
+    """
+    transformer, _ = load_student("tiny", "t2v", dtype=torch.bfloat16)
+    seen = []
+
+    def strict_kernel(q, k, v):  # xformers' memory_efficient_attention refuses mixed dtypes the same way
+        assert q.dtype == k.dtype == v.dtype, (q.dtype, k.dtype, v.dtype)
+        seen.append(q.dtype)
+        return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+    for block in transformer.transformer_blocks:
+        for norm in (block.attn1.norm_q, block.attn1.norm_k):
+            norm.register_forward_hook(lambda module, args, out: out.float())
+    transformer.set_attn_processor(XFormersCogVideoXAttnProcessor(kernel=strict_kernel))
+    kwargs = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in _inputs(transformer.config).items()}
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with torch.no_grad(), context:
+        out = transformer(**kwargs)[0]
+    assert seen == [torch.bfloat16] * transformer.config.num_layers
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 
 
 def test_token_grid_and_rotary_shapes():

@@ -28,6 +28,7 @@ class TrainingData:
     teacher: Column | None
     arrays: dict[str, list[str]]  # column name -> arrays the run reads
     scaling_factor: float
+    image_scale: float  # factor of the image latents: scaling_factor, or its inverse (CogVideoX 1.5)
     teacher_channels: int | None
     column_lgf: dict | None  # the LGF settings the stored target was fused with
 
@@ -58,9 +59,21 @@ def open_training_data(cfg: DistillConfig) -> TrainingData:
     return TrainingData(
         store, encodings, teacher, arrays,
         scaling_factor=float(encodings.attrs["scaling_factor"]),
+        image_scale=image_scale(encodings.attrs),
         teacher_channels=teacher.attrs.get("channels") if teacher is not None else None,
         column_lgf=column_lgf,
     )
+
+
+def image_scale(attrs: dict) -> float:
+    """The factor the I2V pipeline puts on the image latents, from the encodings column's attrs.
+
+    CogVideoX 1.5's VAE sets invert_scale_latents: its pipeline divides the image latent by the
+    scaling factor instead of multiplying (pipeline_cogvideox_image2video.prepare_latents). Stores
+    extracted before the flag was recorded hold CogVideoX 1.0 encodings: False.
+    """
+    factor = float(attrs["scaling_factor"])
+    return 1.0 / factor if attrs.get("invert_scale_latents", False) else factor
 
 
 def teacher_arrays(cfg: DistillConfig, column_lgf: dict | None) -> list[str]:

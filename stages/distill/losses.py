@@ -59,6 +59,8 @@ def prepare_diffusion_inputs(
     """Sample x0, t, eps and build the transformer's inputs for one step.
 
     latent_params: [B, 2C, T, h, w] VAE posterior (mean, logvar on channels), unscaled, any dtype.
+    CogVideoX 1.5 (patch_size_t set): T is padded to a multiple of patch_size_t (`pad_frames`), and
+    the image latent sits in front of T' - 1 zero frames, as the 1.5 pipeline builds them.
     prompt_embeds: [B, L, D_text]. image_latents (i2v): [B, C, 1, h, w] unscaled sample of the
     (already noised) first frame. image_scale: factor for the image latents, default scaling_factor
     (CogVideoX 1.5, whose VAE sets invert_scale_latents, needs 1 / scaling_factor).
@@ -79,7 +81,7 @@ def prepare_diffusion_inputs(
         raise ValueError(f"timesteps must be in 1..{num_train} (the scheduler's num_train_timesteps), got {timesteps}")
 
     posterior = DiagonalGaussianDistribution(latent_params.float())
-    clean = (posterior.sample(generator) * scaling_factor).permute(0, 2, 1, 3, 4)  # [B, T, C, h, w]
+    clean = pad_frames(transformer_config, (posterior.sample(generator) * scaling_factor).permute(0, 2, 1, 3, 4))  # [B, T', C, h, w]
     frames, height, width = clean.shape[1], clean.shape[3], clean.shape[4]
     _check_geometry(transformer_config, task, clean.shape[2], frames, height, width, prompt_embeds.shape[1])
 
@@ -145,6 +147,20 @@ def diffusion_loss(
     )
     output = transformer(**inputs.model_kwargs)[0]
     return diffusion_loss_from_output(scheduler, output, inputs)
+
+
+def pad_frames(transformer_config: Any, latents: torch.Tensor) -> torch.Tensor:
+    """[B, T, C, h, w] -> [B, T', C, h, w], T' the next multiple of patch_size_t (CogVideoX 1.5; else T).
+
+    The first frame is repeated in front, as CogVideo's 1.5 fine-tuning does: the 1.5 pipeline
+    generates T' frames, conditions position 0 on the image and drops the padded leading frames
+    (CogVideoXImageToVideoPipeline.__call__, `additional_frames`), so position 0 is a stand-in.
+    """
+    p_t = getattr(transformer_config, "patch_size_t", None)
+    if not p_t or latents.shape[1] % p_t == 0:
+        return latents
+    extra = p_t - latents.shape[1] % p_t
+    return torch.cat([latents[:, :1].expand(-1, extra, -1, -1, -1), latents], dim=1)
 
 
 def _padded_image_latents(image: torch.Tensor, frames: int) -> torch.Tensor:

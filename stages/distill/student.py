@@ -209,15 +209,14 @@ def configure_student(transformer: CogVideoXTransformer3DModel, cfg: Any) -> lis
 def token_grid(transformer_config: Any, latent_shape: Sequence[int]) -> tuple[int, int, int]:
     """(T, h, w) token grid of a latent of shape (T, H8, W8): the grid teacher maps are resized to.
 
-    h = H8 / patch_size, w = W8 / patch_size; T = latent frames (/ patch_size_t for CogVideoX 1.5).
+    h = H8 / patch_size, w = W8 / patch_size; T = latent frames, or for CogVideoX 1.5 the frames
+    padded up to a multiple of patch_size_t, / patch_size_t (as the 1.5 pipeline pads them).
     """
     frames, height, width = (int(s) for s in latent_shape[-3:])
     p, p_t = transformer_config.patch_size, transformer_config.patch_size_t
     if height % p or width % p:
         raise ValueError(f"latent {height}x{width} is not divisible by the patch size {p}")
-    if p_t is not None and frames % p_t:
-        raise ValueError(f"{frames} latent frames are not divisible by patch_size_t {p_t}")
-    return (frames if p_t is None else frames // p_t), height // p, width // p
+    return (frames if p_t is None else -(-frames // p_t)), height // p, width // p
 
 
 def rotary_embedding(
@@ -285,10 +284,22 @@ class XFormersCogVideoXAttnProcessor:
             q = torch.cat([q[:, :, :text_len], apply_rotary_emb(q[:, :, text_len:], image_rotary_emb)], dim=2)
             if not attn.is_cross_attention:
                 k = torch.cat([k[:, :, :text_len], apply_rotary_emb(k[:, :, text_len:], image_rotary_emb)], dim=2)
+        # The kernel takes one dtype. Under CUDA autocast the q/k norms (LayerNorm) run and return fp32
+        # while the v projection returns the autocast dtype: bring all three to the autocast dtype when
+        # autocast is on (what SDPA's autocast policy does), else to v's dtype (the model's).
+        dtype = _kernel_dtype(q.device.type, v.dtype)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         out = self.kernel(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).flatten(2)
         out = attn.to_out[1](attn.to_out[0](out))
         encoder_out, video_out = out.split([text_len, out.size(1) - text_len], dim=1)
         return video_out, encoder_out
+
+
+def _kernel_dtype(device_type: str, fallback: torch.dtype) -> torch.dtype:
+    """The autocast dtype of `device_type` when autocast is on there, else `fallback`."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return fallback
 
 
 def _xformers_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
