@@ -98,6 +98,7 @@ class LossContext:
     projector: Projector | None
     # DDP's reducer needs every trainable parameter in every backward; FSDP's hooks do not (False there)
     touch_unused: bool = True
+    image_scale: float | None = None  # image latents' factor: None = scaling_factor; 1 / it for CogVideoX 1.5
 
 
 def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict, generator: torch.Generator, step: int):
@@ -108,7 +109,7 @@ def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict
     batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     inputs = prepare_diffusion_inputs(
         ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.scaling_factor, generator,
-        task=ctx.task, image_latents=batch.get("image_latents"), timesteps=ctx.timesteps,
+        task=ctx.task, image_latents=batch.get("image_latents"), image_scale=ctx.image_scale, timesteps=ctx.timesteps,
         image_dropout=ctx.image_dropout, empty_prompt_embeds=ctx.empty_prompt,
         caption_dropout=ctx.caption_dropout, rotary=ctx.rotary, dtype=ctx.dtype,
     )
@@ -258,7 +259,7 @@ class Trainer:
             self.tconfig, self.scheduler, c.losses, c.student.task, self.data.scaling_factor, c.diffusion.timesteps,
             c.diffusion.image_dropout, c.train.caption_dropout, self.empty_prompt, self.rotary, self.data.column_lgf,
             self.input_dtype, self.device, self._autocast_dtype(), self.model.projector,
-            touch_unused=not self.sharded,
+            touch_unused=not self.sharded, image_scale=self.data.image_scale,
         )
 
     def _trainables(self) -> dict[str, nn.Module]:
