@@ -189,7 +189,7 @@ def distill(
         final = summary["final"] or {}
         typer.echo(
             f"{summary['steps']} steps, loss {final.get('loss', float('nan')):.4f} {final.get('terms', {})}, "
-            f"{summary['mean_step_seconds'] or 0:.3f} s/step, data wait {summary['data_wait_share'] or 0:.1%}; LoRA: {summary['exported']}"
+            f"{summary['mean_step_seconds'] or 0:.3f} s/step, data wait {summary['data_wait_share'] or 0:.1%}; exported: {summary['exported']}"
         )
 
 

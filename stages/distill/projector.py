@@ -47,13 +47,14 @@ class Projector(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [B, T, h, w, D] (any dtype) -> projected [B, T, h, w, C] in the projector's dtype."""
-        return self.mlp(features.to(self.mlp[0].weight.dtype))
+        # a fresh tensor, not a view of the last Linear's: FSDP's backward hook must see the output itself
+        return self.mlp(features.to(self.mlp[0].weight.dtype)).clone()
 
     def mask_logits(self, projected: torch.Tensor) -> torch.Tensor:
         """projected [B, T, h, w, C] -> subject-mask logits [B, T, h, w]."""
         if self.mask_head is None:
             raise RuntimeError("this projector was built without a mask head (ProjectorSpec.mask_head=False)")
-        return self.mask_head(projected).squeeze(-1)
+        return self.mask_head(projected).squeeze(-1).clone()  # not a view (see forward)
 
 
 def save_projector(projector: Projector, directory: str | Path) -> Path:
