@@ -143,7 +143,7 @@ def run(args: argparse.Namespace, real_folder: str) -> dict:
     """Time `produce` per tiling mode on one set of models (built once); returns the figures for --json."""
     modes = tiling_modes(args)
     cuda = args.device.startswith("cuda")
-    if cuda:
+    if cuda or args.real:
         video = VideoConfig(num_frames=args.frames or 49, height=args.height or 480, width=args.width or 720)
         model = real_folder
         start = time.perf_counter()
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace, real_folder: str) -> dict:
     results = []
     for tiling in modes:
         encoders = EncodersConfig(model=model, dtype=args.dtype, vae_tiling=tiling, device=args.device)
-        cfg = ExtractConfig(video=video, encoders=encoders) if cuda else ExtractConfig(
+        cfg = ExtractConfig(video=video, encoders=encoders) if model != "tiny" else ExtractConfig(
             video=video, encoders=EncodersConfig(model="tiny", device="cpu", vae_tiling=tiling))
         if enc is not None:  # same models for every mode: only the VAE's tiling switch changes
             enc.vae.enable_tiling() if tiling else enc.vae.disable_tiling()
@@ -214,6 +214,7 @@ def main() -> None:
                     help="VAE tiling; both: on then off with the same models (the memory / speed trade)")
     ap.add_argument("--no-tiling", action="store_true", help="the same as --tiling off")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--real", action="store_true", help="the real-size configs on any device (the default on cuda)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         real_folder = write_config_folder(Path(tmp) / "cogvideox-5b-i2v-configs")
