@@ -28,7 +28,7 @@ DISTILL_CONFIG ?= configs/distill/sample.yaml
 export TQDM_DISABLE ?=
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install sample extract distill plan ablate demo test clean help
+.PHONY: install sample extract distill plan ablate demo test clean help gpu-wheels
 
 help:
 	@echo "make demo | test | install | sample | extract | distill | ablate   (CONFIG=... STORE=... OUT=... ARGS=...)"
@@ -81,6 +81,11 @@ demo: sample
 
 test: install
 	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+# For tests/benchmarks/gpu_suite.sh on a lent GPU box (no package index there): the packages it lacks,
+# as cp312 wheels and unpacked sources, into the ignored .whl/ (<= 64 MiB; carry it with the run).
+gpu-wheels:
+	bash tests/benchmarks/gpu_wheels.sh
 
 clean:
 	rm -rf out $(SAMPLE)

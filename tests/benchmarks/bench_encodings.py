@@ -2,6 +2,7 @@
 
     python tests/benchmarks/bench_encodings.py --device cuda   # real-size configs, random weights, 49x480x720
     python tests/benchmarks/bench_encodings.py --device cpu    # tiny preset at a tiny size (exercises the path)
+    python tests/benchmarks/bench_encodings.py --device cuda --tiling both --json enc.json   # tiling on vs off
 
 The cuda path builds CogVideoX-5B-I2V's VAE and T5-v1.1-XXL from their published configs (below)
 with random weights (no weights can be downloaded), so speed and memory are real and values are
@@ -101,7 +102,7 @@ def bytes_per_clip(cfg: ExtractConfig) -> dict[str, int]:
     return {k: int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for k, s in spec.schema.items()}
 
 
-def print_sizes(real_folder: str) -> None:
+def print_sizes(real_folder: str) -> int:
     cfg = ExtractConfig(encoders=EncodersConfig(model=real_folder))  # defaults: 49 x 480 x 720, 226 tokens
     spec = encodings_spec(cfg)
     sizes = bytes_per_clip(cfg)
@@ -110,6 +111,7 @@ def print_sizes(real_folder: str) -> None:
         print(f"  {key:15s} {str(spec.schema[key].shape):18s} {n:>11,d} B  {n / 1e6:7.3f} MB  {n / 2**20:7.3f} MiB")
     total = sum(sizes.values())
     print(f"  {'total':15s} {'':18s} {total:>11,d} B  {total / 1e6:7.3f} MB  {total / 2**20:7.3f} MiB")
+    return total
 
 
 def moving_frames(f: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -133,45 +135,71 @@ def timed(fn, device: str, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def run(args: argparse.Namespace, real_folder: str) -> None:
-    if args.device.startswith("cuda"):
+def tiling_modes(args: argparse.Namespace) -> list[bool]:
+    return {"on": [True], "off": [False], "both": [True, False]}["off" if args.no_tiling else args.tiling]
+
+
+def run(args: argparse.Namespace, real_folder: str) -> dict:
+    """Time `produce` per tiling mode on one set of models (built once); returns the figures for --json."""
+    modes = tiling_modes(args)
+    cuda = args.device.startswith("cuda")
+    if cuda or args.real:
         video = VideoConfig(num_frames=args.frames or 49, height=args.height or 480, width=args.width or 720)
-        encoders = EncodersConfig(model=real_folder, dtype=args.dtype, vae_tiling=not args.no_tiling)
-        cfg = ExtractConfig(video=video, encoders=encoders)
+        model = real_folder
         start = time.perf_counter()
         enc = build_encoders(COGVIDEOX_5B_I2V_VAE, T5_V1_1_XXL, tiny_tokenizer(), args.dtype, args.device,
-                             encoders.vae_slicing, encoders.vae_tiling)
+                             True, modes[0])
         print(f"built real-size VAE + T5-XXL (random weights) in {time.perf_counter() - start:.1f} s")
-        producer = EncodingsProducer(cfg, args.device, encoders=enc)
     else:
         video = VideoConfig(num_frames=args.frames or 49, height=args.height or 64, width=args.width or 96)
-        cfg = ExtractConfig(video=video, encoders=EncodersConfig(model="tiny", device="cpu"))
-        producer = EncodingsProducer(cfg, "cpu")
-        enc = producer.enc
-    params = sum(p.numel() for p in enc.vae.parameters()), sum(p.numel() for p in enc.text_encoder.parameters())
-    print(f"device {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), "
-          f"dtype {enc.dtype}, VAE {params[0] / 1e6:.1f} M params, T5 {params[1] / 1e6:.1f} M params, "
-          f"clip {video.num_frames}x{video.height}x{video.width}, tiling {cfg.encoders.vae_tiling}")
-
+        model, enc = "tiny", None
+    params = None
     frames = moving_frames(video.num_frames, video.height, video.width)
     clip = DecodedClip(frames, list(range(len(frames))), [i / video.fps for i in range(len(frames))], video.fps,
                        (video.height, video.width), 1.0, 1.0, 0, 0)
     entry = ClipEntry(key="bench/0", url="bench.mp4", caption="a person walks a dog along the beach, the camera follows")
-    producer.produce(clip, entry)  # warm-up: kernel selection, allocator
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    per_clip = timed(lambda: producer.produce(clip, entry), args.device, args.clips)
-    seed, caption = clip_seed(0, entry.key), entry.caption
-    parts = {
-        "video (VAE encode)": timed(lambda: encode_video(enc, frames), args.device, args.clips),
-        "image (noise + VAE encode)": timed(lambda: encode_image(enc, frames[0], seed), args.device, args.clips),
-        "prompt (T5, 226 tokens)": timed(lambda: encode_prompt(enc, caption, cfg.encoders.max_text_len), args.device, args.clips),
+    results = []
+    for tiling in modes:
+        encoders = EncodersConfig(model=model, dtype=args.dtype, vae_tiling=tiling, device=args.device)
+        cfg = ExtractConfig(video=video, encoders=encoders) if model != "tiny" else ExtractConfig(
+            video=video, encoders=EncodersConfig(model="tiny", device="cpu", vae_tiling=tiling))
+        if enc is not None:  # same models for every mode: only the VAE's tiling switch changes
+            enc.vae.enable_tiling() if tiling else enc.vae.disable_tiling()
+        producer = EncodingsProducer(cfg, args.device, encoders=enc)
+        enc = producer.enc
+        if params is None:
+            params = sum(p.numel() for p in enc.vae.parameters()), sum(p.numel() for p in enc.text_encoder.parameters())
+            print(f"device {args.device} ({torch.cuda.get_device_name() if cuda else 'cpu'}), "
+                  f"dtype {enc.dtype}, VAE {params[0] / 1e6:.1f} M params, T5 {params[1] / 1e6:.1f} M params, "
+                  f"clip {video.num_frames}x{video.height}x{video.width}")
+        producer.produce(clip, entry)  # warm-up: kernel selection, allocator
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        per_clip = timed(lambda: producer.produce(clip, entry), args.device, args.clips)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        seed, caption = clip_seed(0, entry.key), entry.caption
+        parts = {
+            "video (VAE encode)": timed(lambda: encode_video(enc, frames), args.device, args.clips),
+            "image (noise + VAE encode)": timed(lambda: encode_image(enc, frames[0], seed), args.device, args.clips),
+            "prompt (T5, 226 tokens)": timed(lambda: encode_prompt(enc, caption, cfg.encoders.max_text_len), args.device, args.clips),
+        }
+        print(f"[tiling {'on' if tiling else 'off'}] produce(): {per_clip * 1e3:.1f} ms per clip -> "
+              f"{3600 / per_clip:,.0f} clips/hour per worker ({args.clips} clips)")
+        for name, sec in parts.items():
+            print(f"  {name:28s} {sec * 1e3:9.1f} ms  ({100 * sec / per_clip:5.1f}%)")
+        if cuda:
+            print(f"  peak GPU memory (produce): {peak:.2f} GiB")
+        results.append({"tiling": tiling, "s_per_clip": per_clip, "clips_per_hour": 3600 / per_clip,
+                        "parts_s": parts, "peak_gib": peak})
+    if len(results) == 2:
+        on, off = results
+        print(f"tiling on / off: {on['s_per_clip'] / off['s_per_clip']:.2f}x time per clip"
+              + (f", {on['peak_gib'] / off['peak_gib']:.2f}x peak memory" if cuda else ""))
+    return {
+        "script": "bench_encodings", "device": args.device, "gpu": torch.cuda.get_device_name() if cuda else None,
+        "dtype": str(enc.dtype).replace("torch.", ""), "clip": [video.num_frames, video.height, video.width],
+        "clips": args.clips, "vae_params": params[0], "t5_params": params[1], "runs": results,
     }
-    print(f"produce(): {per_clip * 1e3:.1f} ms per clip -> {3600 / per_clip:,.0f} clips/hour per worker ({args.clips} clips)")
-    for name, sec in parts.items():
-        print(f"  {name:28s} {sec * 1e3:9.1f} ms  ({100 * sec / per_clip:5.1f}%)")
-    if args.device.startswith("cuda"):
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
 def main() -> None:
@@ -182,12 +210,19 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=None)
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--dtype", default="bfloat16", help="compute dtype on GPU (CPU always runs fp32)")
-    ap.add_argument("--no-tiling", action="store_true", help="disable VAE tiling (more memory, no tile seams)")
+    ap.add_argument("--tiling", default="on", choices=["on", "off", "both"],
+                    help="VAE tiling; both: on then off with the same models (the memory / speed trade)")
+    ap.add_argument("--no-tiling", action="store_true", help="the same as --tiling off")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--real", action="store_true", help="the real-size configs on any device (the default on cuda)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         real_folder = write_config_folder(Path(tmp) / "cogvideox-5b-i2v-configs")
-        print_sizes(real_folder)
-        run(args, real_folder)
+        total = print_sizes(real_folder)
+        figures = run(args, real_folder)
+    figures["bytes_per_clip_real"] = total
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ ratio A/B, and (store path) the share of step time spent waiting for data.
     python tests/benchmarks/bench_step.py --store out/sample-store --no-mid   # reuse a store, tiny student only
     python tests/benchmarks/bench_step.py --device cuda --real  # GPU: real CogVideoX-5B-I2V size, synthetic batches
     python tests/benchmarks/bench_step.py --real --dry-run      # any box: build the GPU path on the meta device
+    python tests/benchmarks/bench_step.py --device cuda --real --attention xformers --json step.json
+    python tests/benchmarks/bench_step.py --device cuda --real --strategy fsdp   # FSDP2, one rank
+    python tests/benchmarks/bench_step.py --synthetic --preset tiny             # the synthetic path on CPU
 
 CPU path (default): extracts `--clips` clips of the sample corpus with the real worker
 (pipeline.worker.ShardWorker, in-process) into a temporary store, then builds two
@@ -30,6 +33,8 @@ zarr or webdataset either (the trainer and the store are imported only by the CP
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import statistics
 import subprocess
@@ -237,12 +242,12 @@ def synthetic_batch(config: Any, teacher_channels: int, device: torch.device, ba
     }
 
 
-def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype) -> StepParts:
-    """The GPU path's construction: transformer on device, LoRA + checkpointing as configure_student does,
-    projector, one AdamW over LoRA + projector (the trainer's groups and defaults)."""
+def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, attention: str = "sdpa") -> StepParts:
+    """The GPU path's construction: transformer on device, LoRA + checkpointing + attention backend as
+    configure_student does, projector, one AdamW over LoRA + projector (the trainer's groups and defaults)."""
     transformer = build_transformer(preset.config, device, dtype)
     student = StudentConfig(model="<synthetic>", lora=LoRAConfig(rank=preset.lora_rank, alpha=float(preset.lora_rank)),
-                            gradient_checkpointing=True)
+                            gradient_checkpointing=True, attention=attention)
     torch.manual_seed(0)  # peft draws LoRA A from the global RNG
     lora_params = configure_student(transformer, student)
     width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
@@ -262,10 +267,11 @@ def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype) ->
     )
 
 
-def run_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: int, steps: int, batch_size: int) -> dict:
+def run_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: int, steps: int, batch_size: int,
+                  attention: str = "sdpa") -> dict:
     """Interleaved A/B steps of the synthetic path; per variant: seconds, and peak GPU memory on CUDA."""
     t0 = time.perf_counter()
-    parts = build_synthetic(preset, device, dtype)
+    parts = build_synthetic(preset, device, dtype, attention)
     built = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.empty_cache()  # drop the fp32 construction copy before measuring
@@ -288,7 +294,68 @@ def run_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, warm
                 seconds[variant].append(s)
                 if device.type == "cuda":
                     peak[variant] = max(peak[variant], torch.cuda.max_memory_allocated(device) / 2**30)
-    return {"seconds": seconds, "peak_gib": peak if device.type == "cuda" else None}
+    return {"seconds": seconds, "peak_gib": peak if device.type == "cuda" else None, "build_s": built,
+            "params": total, "trainable": trainable, "attention": attention_in_use(parts.transformer)}
+
+
+def attention_in_use(transformer: Any) -> str:
+    """"xformers" when stages.distill.student.set_attention installed its processor, else "sdpa"."""
+    kinds = {type(p).__name__ for p in transformer.attn_processors.values()}
+    return "xformers" if any("XFormers" in k for k in kinds) else "sdpa"
+
+
+# ------------------------------------------------------------------------------ FSDP2 on one device (--strategy fsdp)
+
+
+def run_fsdp(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: int, steps: int) -> dict:
+    """FSDP2 distillation steps (variant lgf) on one device through the trainer's parallel layer.
+
+    LEAD: this is the section to finish against stages/distill/parallel.py. It wraps the trainer's
+    DistillModel (transformer + projector + tap) with `parallel.wrap(model, "fsdp", world=1, ...)`
+    (a one-rank process group: nccl on CUDA, gloo on CPU), builds AdamW over the sharded trainable
+    parameters, and times `steps` optimiser steps after `warmup`. Any exception -> gpu_suite.sh
+    records the part as "not available" with the error.
+    """
+    from stages.distill import parallel  # not on every branch yet: ImportError -> "not available"
+    from stages.distill.trainer import DistillModel
+
+    cuda = device.type == "cuda"
+    t0 = time.perf_counter()
+    parts = build_synthetic(preset, device, dtype)
+    model = DistillModel(parts.transformer, parts.projector, parts.tap_block)
+    model = parallel.wrap(model, "fsdp", 1, device, torch.bfloat16 if cuda else None)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-4, eps=1e-8)
+    built = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.empty_cache()
+    batch = synthetic_batch(parts.transformer.config, preset.teacher_channels, device)
+    cfg = parts.transformer.config
+    ctx = LossContext(
+        cfg, parts.scheduler, parts.losses, "i2v", parts.scaling_factor, parts.timesteps, parts.image_dropout,
+        parts.caption_dropout, parts.empty_prompt, parts.rotary, parts.column_lgf, parts.transformer.dtype, device,
+        parts.autocast_dtype, parts.projector,
+    )  # fmt: skip
+    seconds, peak = [], 0.0
+    for i in range(warmup + steps):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        gen = torch.Generator(device="cpu").manual_seed(i)
+        total, _, _ = distill_loss(ctx, model, batch, gen, 1000 + i)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, parts.grad_clip)
+        optimizer.step()
+        _sync(device)
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+            if cuda:
+                peak = max(peak, torch.cuda.max_memory_allocated(device) / 2**30)
+    print(f"[fsdp {preset.name}] built + wrapped in {built:.1f} s; s/step {' '.join(f'{x:.3f}' for x in seconds)}"
+          + (f"; peak GPU memory {peak:.2f} GiB" if cuda else ""))  # fmt: skip
+    return {"s_per_step": median(seconds), "steps": seconds, "peak_gib": peak if cuda else None, "build_s": built}
 
 
 # ------------------------------------------------------------------------------ the store path (CPU; real trainer)
@@ -446,22 +513,44 @@ def run_cpu(args: argparse.Namespace, root: Path) -> None:
                 res["seconds"]["lgf"], res["seconds"]["plain"])
 
 
-def run_gpu(args: argparse.Namespace) -> None:
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def run_gpu(args: argparse.Namespace) -> dict:
+    """The synthetic path (GPU by default, or any device with --synthetic): figures for --json."""
     device = torch.device(args.device)
-    preset = presets(args.mid_layers, args.mid_heads)["real" if args.real else "mid"]
-    print(f"device {torch.cuda.get_device_name(device)} | torch {torch.__version__} | {thread_line()}")
-    res = run_synthetic(preset, device, torch.bfloat16, args.warmup, args.gpu_steps, 1)
-    report_pair(f"{preset.name} (synthetic, bf16, LoRA r{preset.lora_rank}, gradient checkpointing)",
-                res["seconds"]["lgf"], res["seconds"]["plain"])
+    preset = presets(args.mid_layers, args.mid_heads)[args.preset]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU: fp32, as the trainer runs there
+    print(f"device {device_name(device)} | torch {torch.__version__} | {thread_line()}")
+    head = {"script": "bench_step", "device": str(device), "gpu": device_name(device), "preset": preset.name,
+            "strategy": args.strategy, "dtype": str(dtype).replace("torch.", ""), "lora_rank": preset.lora_rank}
+    if args.strategy == "fsdp":
+        res = run_fsdp(preset, device, dtype, args.warmup, args.gpu_steps)
+        return {**head, **res}
+    if args.attention == "xformers" and importlib.util.find_spec("xformers") is None:
+        print("attention=xformers: xformers is not installed here; skipped")
+        return {**head, "attention": "xformers", "skipped": "xformers not present"}
+    if args.attention == "xformers" and device.type != "cuda":
+        print("attention=xformers needs CUDA; skipped")
+        return {**head, "attention": "xformers", "skipped": "xformers needs CUDA"}
+    res = run_synthetic(preset, device, dtype, args.warmup, args.gpu_steps, 1, args.attention)
+    report_pair(f"{preset.name} (synthetic, {head['dtype']}, LoRA r{preset.lora_rank}, gradient checkpointing, "
+                f"attention {res['attention']})", res["seconds"]["lgf"], res["seconds"]["plain"])  # fmt: skip
     pk = res["peak_gib"]
-    print(f"peak GPU memory per step: lgf {pk['lgf']:.2f} GiB | plain {pk['plain']:.2f} GiB | "
-          f"difference {pk['lgf'] - pk['plain']:+.2f} GiB")  # fmt: skip
+    if pk is not None:
+        print(f"peak GPU memory per step: lgf {pk['lgf']:.2f} GiB | plain {pk['plain']:.2f} GiB | "
+              f"difference {pk['lgf'] - pk['plain']:+.2f} GiB")  # fmt: skip
+    med = {v: median(x) for v, x in res["seconds"].items()}
+    return {**head, "attention": res["attention"], "params_b": res["params"] / 1e9, "trainable_m": res["trainable"] / 1e6,
+            "build_s": res["build_s"], "s_per_step": med, "ratio_lgf_plain": med["lgf"] / med["plain"],
+            "peak_gib": pk, "steps": res["seconds"]}  # fmt: skip
 
 
-def run_dry(args: argparse.Namespace) -> None:
+def run_dry(args: argparse.Namespace) -> dict:
     """Build the GPU path's model, optimiser and batch on the meta device (no memory, no step): checks
     the real config and the construction logic anywhere, e.g. on a CPU box before a GPU run."""
-    preset = presets(args.mid_layers, args.mid_heads)["real" if args.real else "mid"]
+    preset = presets(args.mid_layers, args.mid_heads)[args.preset]
     meta = torch.device("meta")
     parts = build_synthetic(preset, meta, torch.bfloat16)
     batch = synthetic_batch(parts.transformer.config, preset.teacher_channels, meta)
@@ -478,6 +567,14 @@ def run_dry(args: argparse.Namespace) -> None:
     shapes = [f"{k} {list(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in batch.items() if torch.is_tensor(v)]
     print("  batch: " + ", ".join(shapes))
     print(f"  rotary: cos {list(parts.rotary[0].shape)}" if parts.rotary is not None else "  rotary: none")
+    return {"script": "bench_step", "device": "meta", "preset": preset.name, "base_params_b": base / 1e9,
+            "lora_params_m": lora / 1e6, "projector_params_m": proj / 1e6, "layers": cfg.num_layers,
+            "gradient_checkpointing": bool(parts.transformer.is_gradient_checkpointing)}
+
+
+def write_json(path: str | None, figures: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(figures, indent=1))
 
 
 def time_report_close(label: str, trainers: dict, warmup: int, steps: int) -> None:
@@ -511,17 +608,26 @@ def main() -> None:
     ap.add_argument("--gpu-steps", type=int, default=5, help="timed steps per variant on GPU")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--dry-run", action="store_true", help="build the synthetic (GPU) path on the meta device and stop")
+    ap.add_argument("--preset", default=None, choices=["real", "mid", "tiny"],
+                    help="synthetic-path student (default: real with --real, else mid)")
+    ap.add_argument("--synthetic", action="store_true", help="run the synthetic (GPU) path on --device, e.g. on CPU")
+    ap.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"],
+                    help="synthetic path: student.attention (xformers: skipped when it does not import)")
+    ap.add_argument("--strategy", default="single", choices=["single", "fsdp"],
+                    help="synthetic path: fsdp = FSDP2 over one rank through stages.distill.parallel (lgf steps only)")
+    ap.add_argument("--json", default=None, help="synthetic and dry-run paths: also write the figures to this JSON file")
     args = ap.parse_args()
+    args.preset = args.preset or ("real" if args.real else "mid")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.dry_run:
-        run_dry(args)
+        write_json(args.json, run_dry(args))
         return
-    if args.real and not args.device.startswith("cuda"):
+    if args.preset == "real" and not args.device.startswith("cuda"):
         ap.error("--real builds the 5.6 B-parameter transformer: it needs --device cuda (or --dry-run)")
     print(thread_line())
-    if args.device.startswith("cuda"):
-        run_gpu(args)
+    if args.device.startswith("cuda") or args.synthetic:
+        write_json(args.json, run_gpu(args))
         return
     with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp:
         run_cpu(args, Path(tmp))

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Every real-size figure of the project in one run on a lent GPU box (about 7.5 minutes at most).
+#
+#   bash tests/benchmarks/gpu_suite.sh [--dry-run] [--out DIR] [--only part,part]
+#
+# On the box (Python 3.12 + CUDA torch, no package index): first `make gpu-wheels` here, then run
+# with .whl carried (tests/benchmarks/README.md). The script installs .whl/*.whl into /tmp/site, puts
+# /tmp/site:.whl/src on PYTHONPATH, prints python/torch/GPU facts, and runs each part under its own
+# `timeout`, so one failing part leaves the others' figures:
+#   teacher        bench_tracker.py: Hiera-L at 1024, 49 frames: clip_batch 1/4/8 vs the stock predictor
+#   encodings      bench_encodings.py: CogVideoX VAE + T5-XXL at 49x480x720, VAE tiling on and off
+#   step           bench_step.py --real: CogVideoX-5B-I2V LoRA r128 distill step, lgf vs plain
+#   step_xformers  the same with student.attention=xformers (skipped when xformers does not import)
+#   fsdp           bench_step.py --real --strategy fsdp: one FSDP2 step on one GPU
+# Files under DIR (default $OUT, else out/gpu-suite): suite.log, results.jsonl (one record per
+# part, appended as it ends), summary.json and summary.md (printed at the end). At most 4 files:
+# the device returns at most 8.
+#
+# --dry-run: the same scripts and code paths on CPU with tiny models (under 2 minutes on 2 cores),
+# with the project venv's python ($PYTHON, else .venv/bin/python, else python3), no wheels
+# installed, and every module the box lacks and .whl/ does not ship refused at import
+# (box_site/sitecustomize.py), so a new import breaks the dry run here and not the GPU run there.
+# It adds one part, step_meta: the real 5B student built on the meta device.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+
+DRY=0
+OUTDIR=${OUT:-out/gpu-suite}
+ONLY=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --out) OUTDIR=$2; shift ;;
+    --only) ONLY=$2; shift ;;
+    *) echo "gpu_suite.sh: unknown argument $1 (use --dry-run, --out DIR, --only part,part)" >&2; exit 2 ;;
+  esac
+  shift
+done
+mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+LOG=$OUTDIR/suite.log
+rm -f "$OUTDIR"/results.jsonl "$OUTDIR"/summary.json "$OUTDIR"/summary.md "$LOG"
+WORK=$(mktemp -d /tmp/gpu-suite.XXXXXX)  # per-part JSON and output; never under $OUT (file count)
+export TQDM_DISABLE=1 PYTHONUNBUFFERED=1
+
+# Top-level modules the GPU box lacks (the lead's list for the lent machines). In a dry run those
+# not shipped in .whl/ (tests/benchmarks/gpu_wheels.txt) are refused at import.
+BOX_ABSENT="diffusers sam2 hydra omegaconf antlr4 iopath portalocker zarr numcodecs donfig google_crc32c crc32c webdataset braceexpand av ray xformers"
+SHIPPED=$(grep -vE '^\s*(#|$)' tests/benchmarks/gpu_wheels.txt | awk '{print $2}')
+
+if [ $DRY = 1 ]; then
+  PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+  export GPU_SUITE_ABSENT=$(for m in $BOX_ABSENT; do grep -qx "$m" <<<"$SHIPPED" || echo "$m"; done | paste -sd, -)
+  export PYTHONPATH=$REPO/tests/benchmarks/box_site:$REPO
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+  echo "[gpu_suite] dry run: $PY, refusing imports of: $GPU_SUITE_ABSENT" | tee -a "$LOG"
+else
+  PY=${PYTHON:-python3}
+  if ! ls .whl/*.whl >/dev/null 2>&1; then
+    echo "[gpu_suite] no .whl/*.whl here: run \`make gpu-wheels\` on the dev box and carry .whl" | tee -a "$LOG"
+  else
+    t0=$(date +%s)
+    rm -rf /tmp/site  # pip --target skips packages already there (a warm box keeps /tmp)
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tee -a "$LOG"
+    echo "[gpu_suite] installed $(ls .whl/*.whl | wc -l) wheels into /tmp/site in $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+  fi
+  export PYTHONPATH=/tmp/site:$REPO/.whl/src:$REPO
+fi
+
+SUMMARY="$PY tests/benchmarks/gpu_suite_summary.py"
+{ echo "[gpu_suite] $(date -u +%FT%TZ) host $(hostname) nproc $(nproc)"; nvidia-smi 2>&1 | head -15 || true; } | tee -a "$LOG"
+$SUMMARY facts --out "$OUTDIR" 2>&1 | tee -a "$LOG"
+
+B=tests/benchmarks
+if [ $DRY = 1 ]; then
+  PARTS="teacher encodings step step_xformers fsdp step_meta"
+  T=(--threads 1)
+  declare -A CMD=(
+    [teacher]="$B/bench_tracker.py --device cpu --model tiny --frames 5 --clips 2 --height 48 --width 64 --clip-batch 1,2 ${T[*]}"
+    [encodings]="$B/bench_encodings.py --device cpu --tiling both --clips 1 --frames 9"
+    [step]="$B/bench_step.py --synthetic --preset tiny --warmup 1 --gpu-steps 2 ${T[*]}"
+    [step_xformers]="$B/bench_step.py --synthetic --preset tiny --attention xformers --warmup 1 --gpu-steps 2 ${T[*]}"
+    [fsdp]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --warmup 1 --gpu-steps 2 ${T[*]}"
+    [step_meta]="$B/bench_step.py --real --dry-run"
+  )
+  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_xformers]=60 [fsdp]=90 [step_meta]=90)
+else
+  PARTS="teacher encodings step step_xformers fsdp"
+  declare -A CMD=(
+    [teacher]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 1,4,8"
+    [encodings]="$B/bench_encodings.py --device cuda --tiling both --clips 2"
+    [step]="$B/bench_step.py --device cuda --real --warmup 1 --gpu-steps 2"
+    [step_xformers]="$B/bench_step.py --device cuda --real --attention xformers --warmup 1 --gpu-steps 2"
+    [fsdp]="$B/bench_step.py --device cuda --real --strategy fsdp --warmup 1 --gpu-steps 2"
+  )
+  # seconds per part; the sum (510) stays under the device's 600 s per command with install and facts.
+  # step_xformers takes seconds when xformers is absent (the lent boxes): about 7.5 min at most in all.
+  declare -A BUDGET=([teacher]=140 [encodings]=100 [step]=120 [step_xformers]=60 [fsdp]=90)
+fi
+[ -n "$ONLY" ] && PARTS=$(tr , ' ' <<<"$ONLY")
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+secs() { printf '%d.%03d' $(( $1 / 1000 )) $(( $1 % 1000 )); }  # milliseconds -> "s.mmm" (no bc on the box)
+
+run_part() {  # run_part NAME BUDGET CMD...: one timed part; its JSON and output go to $WORK
+  local name=$1 budget=$2; shift 2
+  local json=$WORK/$name.json out=$WORK/$name.out
+  rm -f "$json"
+  echo "[gpu_suite] part $name (budget $budget s): $PY $* --json \$WORK/$name.json" | tee -a "$LOG"
+  local t0=$(now_ms)
+  timeout -k 10 "$budget" $PY "$@" --json "$json" > "$out" 2>&1
+  PART_RC=$? PART_MS=$(( $(now_ms) - t0 ))
+  cat "$out" >> "$LOG"
+}
+
+for part in $PARTS; do
+  [ -n "${CMD[$part]:-}" ] || { echo "[gpu_suite] unknown part $part" | tee -a "$LOG"; continue; }
+  read -r -a argv <<<"${CMD[$part]}"
+  budget=${BUDGET[$part]}
+  run_part "$part" "$budget" "${argv[@]}"
+  note=""
+  # bench_tracker.py gains --clip-batch/--json on another branch: until then, run it without them
+  # (clip_batch 1 vs stock only) and read its printed figures.
+  if [ "$part" = teacher ] && [ "$PART_RC" = 2 ] && grep -q "unrecognized arguments" "$WORK/teacher.out"; then
+    left=$(( budget - PART_MS / 1000 ))
+    plain=$(sed -E 's/ --clip-batch [^ ]+//' <<<"${CMD[$part]}")
+    read -r -a argv <<<"$plain"
+    echo "[gpu_suite] bench_tracker.py lacks --clip-batch/--json here: rerun as $plain" | tee -a "$LOG"
+    t0=$(now_ms)
+    timeout -k 10 "$left" $PY "${argv[@]}" > "$WORK/teacher.out" 2>&1
+    PART_RC=$? PART_MS=$(( PART_MS + $(now_ms) - t0 ))
+    cat "$WORK/teacher.out" >> "$LOG"
+    CMD[$part]=$plain
+    note="bench_tracker.py without --clip-batch/--json (clip_batch 1 only)"
+  fi
+  $SUMMARY record --out "$OUTDIR" --part "$part" --rc "$PART_RC" --seconds "$(secs $PART_MS)" --budget "$budget" \
+    --command "$PY ${CMD[$part]}" --json "$WORK/$part.json" --output "$WORK/$part.out" --note "$note" 2>&1 | tee -a "$LOG"
+done
+
+$SUMMARY summarise --out "$OUTDIR" --parts "$(tr ' ' , <<<"$PARTS")" --mode "$([ $DRY = 1 ] && echo dry-run || echo gpu)" 2>&1 | tee -a "$LOG"
+rm -rf "$WORK"

@@ -1,0 +1,50 @@
+"""tests/benchmarks/gpu_suite.sh --dry-run: the GPU suite's scripts and code paths, on CPU with tiny models.
+
+The suite runs once, unattended, on a lent GPU box with a few minutes of device time, so it must not
+rot here: every part has to finish with a numeric figure, or with an explicit reason where the dry
+run cannot apply (xformers is never on CPU; FSDP only once stages/distill/parallel.py exists). The
+dry run also refuses every import the GPU box lacks and .whl/ does not ship.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+PARTS = ("teacher", "encodings", "step", "step_xformers", "fsdp", "step_meta")
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run_writes_a_figure_for_every_part(tmp_path):
+    out = tmp_path / "suite"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "OUT": ""}
+    proc = subprocess.run(["bash", "tests/benchmarks/gpu_suite.sh", "--dry-run", "--out", str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    # the device returns at most 8 files from $OUT
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["results.jsonl", "suite.log", "summary.json", "summary.md"], files
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "dry-run"
+    may_skip = {"step_xformers"} | (set() if (ROOT / "stages/distill/parallel.py").exists() else {"fsdp"})
+    for part in PARTS:
+        entry = summary["parts"][part]
+        if part in may_skip and entry["status"] in ("skipped", "not available"):
+            assert entry["reason"], (part, entry)
+            continue
+        assert entry["status"] == "ok", (part, entry)
+        numeric = {k: v for k, v in entry["figures"].items() if isinstance(v, (int, float))}
+        assert numeric, (part, entry)
+    figures = {p: summary["parts"][p]["figures"] for p in PARTS}
+    assert any("clips_per_h" in k for k in figures["teacher"]), figures["teacher"]
+    assert {"runs[tiling=True].clips_per_hour", "runs[tiling=False].clips_per_hour"} <= set(figures["encodings"])
+    assert figures["step"]["ratio_lgf_plain"] > 0
+    assert figures["step_meta"]["base_params_b"] == pytest.approx(5.57, abs=0.01)  # CogVideoX-5B-I2V transformer
+
+    table = (out / "summary.md").read_text()
+    assert "| part | figure | value | command |" in table and all(f"| {p} |" in table for p in PARTS)
