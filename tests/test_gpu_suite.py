@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT
 
-PARTS = ("teacher", "encodings", "step", "step_xformers", "fsdp", "step_meta")
+PARTS = ("teacher", "encodings", "step", "step_xformers", "fsdp", "fsdp_full", "step_meta")
 
 
 @pytest.mark.slow
@@ -31,7 +31,7 @@ def test_gpu_suite_dry_run_writes_a_figure_for_every_part(tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "dry-run"
-    may_skip = {"step_xformers"} | (set() if (ROOT / "stages/distill/parallel.py").exists() else {"fsdp"})
+    may_skip = {"step_xformers"}
     for part in PARTS:
         entry = summary["parts"][part]
         if part in may_skip and entry["status"] in ("skipped", "not available"):

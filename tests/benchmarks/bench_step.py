@@ -242,12 +242,13 @@ def synthetic_batch(config: Any, teacher_channels: int, device: torch.device, ba
     }
 
 
-def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, attention: str = "sdpa") -> StepParts:
+def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
+                    full_finetune: bool = False) -> StepParts:
     """The GPU path's construction: transformer on device, LoRA + checkpointing + attention backend as
     configure_student does, projector, one AdamW over LoRA + projector (the trainer's groups and defaults)."""
     transformer = build_transformer(preset.config, device, dtype)
     student = StudentConfig(model="<synthetic>", lora=LoRAConfig(rank=preset.lora_rank, alpha=float(preset.lora_rank)),
-                            gradient_checkpointing=True, attention=attention)
+                            gradient_checkpointing=True, attention=attention, full_finetune=full_finetune)
     torch.manual_seed(0)  # peft draws LoRA A from the global RNG
     lora_params = configure_student(transformer, student)
     width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
@@ -307,21 +308,21 @@ def attention_in_use(transformer: Any) -> str:
 # ------------------------------------------------------------------------------ FSDP2 on one device (--strategy fsdp)
 
 
-def run_fsdp(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: int, steps: int) -> dict:
+def run_fsdp(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: int, steps: int, full_finetune: bool = False) -> dict:
     """FSDP2 distillation steps (variant lgf) on one device through the trainer's parallel layer.
 
-    LEAD: this is the section to finish against stages/distill/parallel.py. It wraps the trainer's
-    DistillModel (transformer + projector + tap) with `parallel.wrap(model, "fsdp", world=1, ...)`
-    (a one-rank process group: nccl on CUDA, gloo on CPU), builds AdamW over the sharded trainable
-    parameters, and times `steps` optimiser steps after `warmup`. Any exception -> gpu_suite.sh
-    records the part as "not available" with the error.
+    Wraps the trainer's DistillModel (transformer + projector + tap) with `parallel.wrap(model, "fsdp",
+    world=1, ...)` (a one-rank process group: nccl on CUDA, gloo on CPU): bf16 all-gather, fp32
+    reduce-scatter, fp32 LoRA masters. AdamW over the sharded trainable parameters; `steps` optimiser
+    steps timed after `warmup`. Any exception -> gpu_suite.sh records the part as "not available".
     """
     from stages.distill import parallel  # not on every branch yet: ImportError -> "not available"
     from stages.distill.trainer import DistillModel
 
     cuda = device.type == "cuda"
     t0 = time.perf_counter()
-    parts = build_synthetic(preset, device, dtype)
+    parts = build_synthetic(preset, device, dtype, full_finetune=full_finetune)
+    parts.optimizer = None  # it holds the unsharded parameters: FSDP's own copies replace them
     model = DistillModel(parts.transformer, parts.projector, parts.tap_block)
     model = parallel.wrap(model, "fsdp", 1, device, torch.bfloat16 if cuda else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -334,7 +335,7 @@ def run_fsdp(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: i
     ctx = LossContext(
         cfg, parts.scheduler, parts.losses, "i2v", parts.scaling_factor, parts.timesteps, parts.image_dropout,
         parts.caption_dropout, parts.empty_prompt, parts.rotary, parts.column_lgf, parts.transformer.dtype, device,
-        parts.autocast_dtype, parts.projector,
+        parts.autocast_dtype, parts.projector, touch_unused=False,
     )  # fmt: skip
     seconds, peak = [], 0.0
     for i in range(warmup + steps):
@@ -346,7 +347,8 @@ def run_fsdp(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: i
         gen = torch.Generator(device="cpu").manual_seed(i)
         total, _, _ = distill_loss(ctx, model, batch, gen, 1000 + i)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, parts.grad_clip)
+        norm = parallel.full_tensor(torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None]))
+        torch.nn.utils.clip_grads_with_norm_(trainable, parts.grad_clip, norm)
         optimizer.step()
         _sync(device)
         if i >= warmup:
@@ -526,8 +528,8 @@ def run_gpu(args: argparse.Namespace) -> dict:
     head = {"script": "bench_step", "device": str(device), "gpu": device_name(device), "preset": preset.name,
             "strategy": args.strategy, "dtype": str(dtype).replace("torch.", ""), "lora_rank": preset.lora_rank}
     if args.strategy == "fsdp":
-        res = run_fsdp(preset, device, dtype, args.warmup, args.gpu_steps)
-        return {**head, **res}
+        res = run_fsdp(preset, device, dtype, args.warmup, args.gpu_steps, args.full_finetune)
+        return {**head, "full_finetune": args.full_finetune, **res}
     if args.attention == "xformers" and importlib.util.find_spec("xformers") is None:
         print("attention=xformers: xformers is not installed here; skipped")
         return {**head, "attention": "xformers", "skipped": "xformers not present"}
@@ -615,6 +617,7 @@ def main() -> None:
                     help="synthetic path: student.attention (xformers: skipped when it does not import)")
     ap.add_argument("--strategy", default="single", choices=["single", "fsdp"],
                     help="synthetic path: fsdp = FSDP2 over one rank through stages.distill.parallel (lgf steps only)")
+    ap.add_argument("--full-finetune", action="store_true", help="--strategy fsdp: train every weight (fp32 masters) instead of LoRA")
     ap.add_argument("--json", default=None, help="synthetic and dry-run paths: also write the figures to this JSON file")
     args = ap.parse_args()
     args.preset = args.preset or ("real" if args.real else "mid")

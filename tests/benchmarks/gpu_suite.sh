@@ -74,7 +74,7 @@ $SUMMARY facts --out "$OUTDIR" 2>&1 | tee -a "$LOG"
 
 B=tests/benchmarks
 if [ $DRY = 1 ]; then
-  PARTS="teacher encodings step step_xformers fsdp step_meta"
+  PARTS="teacher encodings step step_xformers fsdp fsdp_full step_meta"
   T=(--threads 1)
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cpu --model tiny --frames 5 --clips 2 --height 48 --width 64 --clip-batch 1,2 ${T[*]}"
@@ -82,21 +82,23 @@ if [ $DRY = 1 ]; then
     [step]="$B/bench_step.py --synthetic --preset tiny --warmup 1 --gpu-steps 2 ${T[*]}"
     [step_xformers]="$B/bench_step.py --synthetic --preset tiny --attention xformers --warmup 1 --gpu-steps 2 ${T[*]}"
     [fsdp]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --warmup 1 --gpu-steps 2 ${T[*]}"
+    [fsdp_full]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2 ${T[*]}"
     [step_meta]="$B/bench_step.py --real --dry-run"
   )
-  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_xformers]=60 [fsdp]=90 [step_meta]=90)
+  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [step_meta]=90)
 else
-  PARTS="teacher encodings step step_xformers fsdp"
+  PARTS="teacher encodings step step_xformers fsdp fsdp_full"
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 1,4,8"
     [encodings]="$B/bench_encodings.py --device cuda --tiling both --clips 2"
     [step]="$B/bench_step.py --device cuda --real --warmup 1 --gpu-steps 2"
     [step_xformers]="$B/bench_step.py --device cuda --real --attention xformers --warmup 1 --gpu-steps 2"
     [fsdp]="$B/bench_step.py --device cuda --real --strategy fsdp --warmup 1 --gpu-steps 2"
+    [fsdp_full]="$B/bench_step.py --device cuda --real --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2"
   )
-  # seconds per part; the sum (510) stays under the device's 600 s per command with install and facts.
+  # seconds per part; the sum (520) stays under the device's 600 s per command with install and facts.
   # step_xformers takes seconds when xformers is absent (the lent boxes): about 7.5 min at most in all.
-  declare -A BUDGET=([teacher]=140 [encodings]=100 [step]=120 [step_xformers]=60 [fsdp]=90)
+  declare -A BUDGET=([teacher]=150 [encodings]=80 [step]=110 [step_xformers]=20 [fsdp]=70 [fsdp_full]=90)
 fi
 [ -n "$ONLY" ] && PARTS=$(tr , ' ' <<<"$ONLY")
 
