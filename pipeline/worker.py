@@ -227,7 +227,8 @@ def _groups(clips, size: int):
         yield group
 
 
-def _device(producer) -> "torch.device":  # noqa: F821 - torch is imported lazily
+def _device(producer):
+    """The torch.device a producer computes on (its `device` attribute; CPU when it has none)."""
     import torch
 
     return torch.device(getattr(producer, "device", "cpu"))
