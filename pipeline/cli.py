@@ -48,7 +48,8 @@ def extract(
 
     def on_shard(report) -> None:
         bar.update(report.clips)
-        bar.set_postfix(shard=report.shard, failed=sum(len(v) for v in report.failed.values()))
+        model = sum(report.model_s.values())
+        bar.set_postfix(shard=report.shard, failed=sum(len(v) for v in report.failed.values()), wall_model=f"{report.seconds / model:.2f}" if model else "-")
 
     def on_plan(clips: int) -> None:
         bar.reset(total=clips)
@@ -65,6 +66,9 @@ def extract(
         f"ran {len(summary.shards_run)} shards ({summary.clips_processed} clips), skipped {summary.shards_skipped} already committed, "
         f"{summary.worker_restarts} worker restarts, {summary.seconds:.1f} s"
     )
+    if summary.shards_run:
+        typer.echo(_timing_line(summary))
+        logging.getLogger("pipeline.cli").info("extract timing %s", json.dumps(summary.timing()))
     for name, rows in summary.failed.items():
         if rows:
             typer.secho(f"{name}: {len(rows)} clips failed", fg="yellow")
@@ -73,6 +77,18 @@ def extract(
     if summary.failed_keys and not (allow_failures or cfg.allow_failures):
         typer.secho(f"{len(summary.failed_keys)} clips failed (see `sam2videox inspect {store}`); pass --allow-failures to accept", fg="red", err=True)
         raise typer.Exit(1)
+
+
+def _timing_line(summary) -> str:
+    """Where the workers' time went; decode and write run in background threads, so they overlap the model."""
+    t = summary.timing()
+    per_column = ", ".join(f"{name} {seconds:.1f}" for name, seconds in summary.model_s.items())
+    ratio = f"{t['wall_over_model']:.2f}" if t["wall_over_model"] else "-"
+    return (
+        f"extract: {t['clips']} clips in {t['seconds']:.1f} s (workers {t['worker_s']:.1f} s); model {t['model_s']:.1f} s ({per_column}), "
+        f"decode {t['decode_s']:.1f} (overlapped), write {t['write_s']:.1f} (not overlapped {t['flush_s']:.1f}), wait {t['wait_s']:.1f}, "
+        f"load {t['load_s']:.1f}; wall/model {ratio}"
+    )
 
 
 @app.command()

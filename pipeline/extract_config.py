@@ -79,6 +79,7 @@ class TeacherConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     mask_threshold: float = 0.0  # logit threshold of the predicted subject mask
     seed: int = 0  # random-weight init (no checkpoint): every worker must build the same teacher
+    compile: bool = False  # torch.compile the image encoder and memory attention (CUDA only; ignored on CPU, not keyed)
 
     def __post_init__(self) -> None:
         if self.image_batch < 1:
@@ -98,16 +99,21 @@ class EncodersConfig:
     vae_slicing: bool = True
     vae_tiling: bool = True
     seed: int = 0  # per-clip noise seeds derive from this and the clip key
+    compile: bool = False  # torch.compile the VAE encoder (CUDA only; ignored on CPU, not keyed)
 
 
 @dataclass
 class RayConfig:
     address: str | None = None  # None: start a local Ray in-process; "auto" or ray://host:port joins a cluster
-    num_workers: int = 1  # extract actors (each loads the models once and takes whole shards)
+    num_workers: int = 1  # extract actors (each loads the models once and takes whole shards); 0 = in-process, no Ray
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 0.5  # fractional on small CPU nodes: whole CPUs starve Ray's own work
     max_shard_attempts: int = 3  # a shard whose worker died is redone elsewhere up to this many times
     object_store_memory: int | None = 200_000_000  # bytes, local Ray only
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ValueError(f"ray.num_workers must be >= 0 (0 = no Ray: one worker in this process), got {self.num_workers}")
 
 
 @dataclass

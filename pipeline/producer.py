@@ -33,6 +33,11 @@ class ColumnProducer(Protocol):
         """(arrays of one clip, without the clip axis; JSON-able record fields) for a DecodedClip and ClipEntry.
 
         Raise to fail this clip in this column only; the worker records the reason in the ledger.
+
+        Optional, found by the worker with getattr: `produce_batch(clips, entries)` -> one result per
+        clip, `(arrays, record)` or the Exception that failed that clip (the worker then hands it
+        groups of `teacher.clip_batch` clips); `device`, the torch device it computes on (the worker
+        synchronises CUDA before reading the column's model timer).
         """
 
 

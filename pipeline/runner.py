@@ -40,10 +40,45 @@ class ExtractSummary:
     worker_restarts: int = 0
     seconds: float = 0.0
     clips_processed: int = 0
+    # summed over the shards run (workers in parallel each add theirs): see ShardReport
+    worker_s: float = 0.0  # the workers' run_shard wall time
+    model_s: dict[str, float] = field(default_factory=dict)  # column -> producer seconds
+    decode_s: float = 0.0
+    wait_s: float = 0.0
+    write_s: float = 0.0
+    flush_s: float = 0.0
+    load_s: float = 0.0
 
     @property
     def failed_keys(self) -> set[str]:
         return {row["key"] for rows in self.failed.values() for row in rows}
+
+    def add(self, report: ShardReport) -> None:
+        """Count one finished shard and its time figures."""
+        self.shards_run.append(report.shard)
+        self.clips_processed += report.clips
+        self.worker_s += report.seconds
+        for name, seconds in report.model_s.items():
+            self.model_s[name] = self.model_s.get(name, 0.0) + seconds
+        for key in ("decode_s", "wait_s", "write_s", "flush_s", "load_s"):
+            setattr(self, key, getattr(self, key) + getattr(report, key))
+
+    @property
+    def model_total_s(self) -> float:
+        return sum(self.model_s.values())
+
+    def timing(self) -> dict:
+        """The time figures as JSON; wall_over_model = workers' shard time / model time (1.0 = no overhead)."""
+        model = self.model_total_s
+        return {
+            "clips": self.clips_processed,
+            "seconds": round(self.seconds, 3),
+            "worker_s": round(self.worker_s, 3),
+            "model_s": round(model, 3),
+            **{f"{k}_s": round(v, 3) for k, v in self.model_s.items()},
+            **{k: round(getattr(self, k), 3) for k in ("decode_s", "wait_s", "write_s", "flush_s", "load_s")},
+            "wall_over_model": round(self.worker_s / model, 3) if model else None,
+        }
 
 
 def prepare_store(cfg: ExtractConfig, store_url: str, registry: str) -> tuple[FeatureStore, Snapshot, dict[str, Column]]:
@@ -94,13 +129,32 @@ def run_extract(
         on_plan(sum(len(snapshot.shard_range(s)) for s in todo))
     if todo:
         log.info("%d of %d shards to extract (%s)", len(todo), snapshot.num_shards, ", ".join(cfg.columns))
-        _run_on_ray(cfg, store_url, todo, summary, on_shard, registry)
+        if cfg.ray.num_workers == 0:
+            _run_in_process(cfg, store_url, todo, summary, on_shard, registry)
+        else:
+            _run_on_ray(cfg, store_url, todo, summary, on_shard, registry)
     for name, column in columns.items():
         summary.failed[name] = column.ledger()
         if every <= column.committed_shards():
             column.collect_garbage()  # attempts left by dead workers
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _run_in_process(cfg: ExtractConfig, store_url: str, todo: list[int], summary: ExtractSummary, on_shard, registry: str) -> None:
+    """ray.num_workers=0: one ShardWorker in this process takes every shard (a GPU box without Ray).
+
+    A worker error stops the run (ExtractFailed); there is no worker to restart (a rerun resumes from the commits).
+    """
+    worker = ShardWorker(cfg, store_url, cfg.corpus.storage_options, registry)
+    for shard in todo:
+        try:
+            report = worker.run_shard(shard)
+        except Exception as exc:  # as a Ray worker's error: the run stops with its cause
+            raise ExtractFailed(f"shard {shard}: {type(exc).__name__}: {exc}") from exc
+        summary.add(report)
+        if on_shard is not None:
+            on_shard(report)
 
 
 def _run_on_ray(cfg: ExtractConfig, store_url: str, todo: list[int], summary: ExtractSummary, on_shard, registry: str) -> None:
@@ -135,8 +189,7 @@ def _run_on_ray(cfg: ExtractConfig, store_url: str, todo: list[int], summary: Ex
                 idle.append(actor_cls.remote(cfg_json, store_url, cfg.corpus.storage_options, registry))
                 continue
             idle.append(actor)
-            summary.shards_run.append(shard)
-            summary.clips_processed += report.clips
+            summary.add(report)
             if on_shard is not None:
                 on_shard(report)
     finally:

@@ -152,27 +152,13 @@ class Column:
     def write_shard(self, shard: int, arrays: dict[str, np.ndarray], records: list[dict], failed: list[dict]) -> dict:
         """Write one whole shard and commit it. Arrays have a leading clip axis matching `records`."""
         self._check_arrays(shard, arrays, len(records))
-        attempt = uuid.uuid4().hex[:12]
-        name = f"{shard:05d}.{attempt}.zarr"
-        group = zarr.open_group(self._zarr_target(join("shards", name)), mode="w", **self._zarr_kwargs())
-        for key, spec in self.schema.items():
-            data = arrays[key]
-            # one chunk per clip: streaming reads clip by clip
-            arr = group.create_array(key, shape=data.shape, dtype=spec.dtype, chunks=(1, *spec.shape), compressors=_compressors())
-            if data.shape[0]:
-                arr[...] = data
-        group.attrs["records"] = records
-        record = {
-            "shard": shard,
-            "attempt": name,
-            "clips": [r["key"] for r in records],
-            "indices": [r["index"] for r in records],
-            "failed": failed,
-            "committed": time.time(),
-            "column": self.dirname,
-        }
-        write_json_atomic(self.store.fs, self._path("commits", f"{shard:05d}.json"), record)
-        return record
+        writer = self.open_shard(shard, len(records))
+        writer.append(arrays)
+        return writer.commit(records, failed)
+
+    def open_shard(self, shard: int, capacity: int) -> "ShardWriter":
+        """Start a new attempt at `shard` with room for `capacity` clips, written in pieces, then committed."""
+        return ShardWriter(self, shard, capacity)
 
     def read_shard(self, shard: int) -> ShardData:
         record = self.commit_record(shard)
@@ -268,6 +254,63 @@ class Column:
         if not clips:
             return 0.0
         return sum(self.store.fs.du(self._path("shards", r["attempt"])) for r in records.values()) / clips
+
+
+class ShardWriter:
+    """One attempt at a shard of a column: rows appended in clip order (by one thread), then one commit.
+
+    The arrays are created at the shard's capacity and trimmed to the rows written at commit
+    (a metadata-only resize: chunks are one clip each), so a shard written piece by piece is
+    byte-identical to one written whole. Nothing is visible to readers before `commit`, which
+    writes the commit record last; an attempt abandoned before it is garbage.
+    """
+
+    def __init__(self, column: Column, shard: int, capacity: int):
+        self.column, self.shard = column, shard
+        self.name = f"{shard:05d}.{uuid.uuid4().hex[:12]}.zarr"
+        self.group = zarr.open_group(column._zarr_target(join("shards", self.name)), mode="w", **column._zarr_kwargs())
+        # one chunk per clip: streaming reads clip by clip
+        self.arrays = {
+            key: self.group.create_array(key, shape=(capacity, *spec.shape), dtype=spec.dtype, chunks=(1, *spec.shape), compressors=_compressors())
+            for key, spec in column.schema.items()
+        }
+        self.capacity = capacity
+        self.rows = 0
+
+    def check(self, arrays: dict[str, np.ndarray], n: int) -> None:
+        """Raise StoreError unless `arrays` are n rows of this column's schema (callers check before queueing)."""
+        self.column._check_arrays(self.shard, arrays, n)
+
+    def append(self, arrays: dict[str, np.ndarray]) -> None:
+        """Write the next rows: arrays [n, ...] per schema key, cast to the schema dtype."""
+        n = len(next(iter(arrays.values()))) if arrays else 0
+        self.check(arrays, n)
+        if self.rows + n > self.capacity:
+            raise StoreError(f"shard {self.shard} of {self.column.dirname}: {self.rows + n} rows exceed its {self.capacity} clips")
+        if n:
+            for key, spec in self.column.schema.items():
+                self.arrays[key][self.rows : self.rows + n] = np.asarray(arrays[key]).astype(spec.dtype, copy=False)
+        self.rows += n
+
+    def commit(self, records: list[dict], failed: list[dict]) -> dict:
+        """Trim to the rows written, store the records, then write the commit record (atomically, last)."""
+        if len(records) != self.rows:
+            raise StoreError(f"shard {self.shard} of {self.column.dirname}: {len(records)} records for {self.rows} written rows")
+        if self.rows != self.capacity:
+            for arr in self.arrays.values():
+                arr.resize((self.rows, *arr.shape[1:]))
+        self.group.attrs["records"] = records
+        record = {
+            "shard": self.shard,
+            "attempt": self.name,
+            "clips": [r["key"] for r in records],
+            "indices": [r["index"] for r in records],
+            "failed": failed,
+            "committed": time.time(),
+            "column": self.column.dirname,
+        }
+        write_json_atomic(self.column.store.fs, self.column._path("commits", f"{self.shard:05d}.json"), record)
+        return record
 
 
 class FeatureStore:

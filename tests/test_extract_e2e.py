@@ -55,6 +55,7 @@ def test_cli_extract_and_inspect_json(tmp_path, small_corpus, ray_session):
     runner = CliRunner()
     result = runner.invoke(app, ["extract", "--config", str(SAMPLE), "--store", store, *small_overrides(small_corpus)])
     assert result.exit_code == 0, result.output
+    assert "extract: 6 clips in" in result.output and "wall/model" in result.output  # where the workers' time went
     info = json.loads(runner.invoke(app, ["inspect", store, "--json"]).output)
     assert info["clips"] == 6 and info["shards"] == 3 and info["failed"] == 0
     cols = {c["name"]: c for c in info["columns"]}

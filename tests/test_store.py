@@ -118,3 +118,29 @@ def test_snapshot_finds_clips_by_key_or_position(tmp_path):
     for bad in ("nope", "@5"):
         with pytest.raises(StoreError, match=f"no clip '{bad}'.*first keys: c0, c1"):
             snap.find(bad)
+
+
+def test_a_shard_written_row_by_row_is_byte_identical_to_one_written_whole(tmp_path):
+    """The worker appends rows as clips finish (capacity = the shard's clips, some failing) and commits
+    after; the files must be the ones a whole-shard write gives, and nothing is visible before the commit."""
+    from pathlib import Path
+
+    store = make_store(tmp_path, n=4, per_shard=4)
+    a = store.create_column("whole", {"k": 1}, SCHEMA)
+    b = store.create_column("rows", {"k": 1}, SCHEMA)
+    arrays, records = shard_arrays(3), [{"key": f"c{i}", "index": i} for i in (0, 2, 3)]
+    a.write_shard(0, arrays, records, [{"key": "c1", "index": 1, "reason": "x"}])
+    writer = b.open_shard(0, 4)
+    for i in range(3):
+        writer.append({k: v[i : i + 1] for k, v in arrays.items()})
+    with pytest.raises(StoreError, match="exceed"):
+        writer.append(shard_arrays(2))
+    assert b.committed_shards() == set()
+    writer.commit(records, [{"key": "c1", "index": 1, "reason": "x"}])
+
+    def files(col):
+        root = Path(tmp_path / "store" / "columns" / col.dirname / "shards")
+        (attempt,) = root.iterdir()
+        return {str(p.relative_to(attempt)): p.read_bytes() for p in sorted(attempt.rglob("*")) if p.is_file()}
+
+    assert files(a) == files(b)

@@ -17,6 +17,7 @@ from pipeline.extract_config import ExtractConfig
 from pipeline.producer import ColumnSpec
 from pipeline.store import ArraySpec
 from stages.extract.columns import check_compute_dtype, compute_dtype
+from stages.extract.compiling import compile_modules, vae_compile_targets
 from stages.extract.encoders import (
     TINY,
     TINY_VERSION,
@@ -52,7 +53,8 @@ def encodings_spec(cfg: ExtractConfig) -> ColumnSpec:
         "prompt_embeds": ArraySpec((length, models.text_dim), "float16"),
         "prompt_mask": ArraySpec((length,), "uint8"),
     }
-    encoders = {k: v for k, v in dataclasses.asdict(enc).items() if k != "device"}  # the device itself never changes content
+    # the device never changes content, nor compile (speed only; CPU ignores it)
+    encoders = {k: v for k, v in dataclasses.asdict(enc).items() if k not in ("device", "compile")}
     encoders["compute_dtype"] = compute_dtype(enc.dtype, enc.device, cfg.ray.gpus_per_worker)  # ...but CPU runs fp32
     model = {"vae": models.vae, "text_encoder": models.text_encoder}
     if enc.model == TINY:
@@ -111,6 +113,9 @@ class EncodingsProducer:
         if encoders is None:  # benchmarks pass models built for a device of their own choosing
             check_compute_dtype("encodings", self.spec.config["encoders"]["compute_dtype"], self.enc.dtype, self.enc.device)
         self._check_models()
+        self.device = self.enc.device  # the worker synchronises it before reading its model timer
+        if e.compile:
+            compile_modules("encoders", vae_compile_targets(self.enc.vae), self.enc.device)
 
     def _check_models(self) -> None:
         """The loaded weights must match the config files the spec was computed from."""

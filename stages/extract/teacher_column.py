@@ -21,6 +21,7 @@ from pipeline.producer import ColumnSpec
 from pipeline.store import ArraySpec
 from stages.devices import resolve_device, resolve_dtype
 from stages.extract.columns import check_compute_dtype, compute_dtype
+from stages.extract.compiling import compile_modules, sam2_compile_targets
 from stages.extract.prompts import Prompt, manifest_prompt
 from stages.extract.sam2_model import build_sam2, feature_channels
 from stages.extract.tracker import BidirectionalTracker, TrackResult
@@ -28,6 +29,10 @@ from stages.grid import TokenGrid, mask_to_token_grid, to_token_grid, token_grid
 from stages.lgf import fuse
 
 log = logging.getLogger(__name__)
+
+# teacher settings that change speed, not content (beyond float reassociation), so not the column key
+_NOT_KEYED = ("device", "image_batch", "clip_batch", "compile")
+
 
 def student_grid(cfg: ExtractConfig) -> TokenGrid:
     s, v = cfg.student, cfg.video
@@ -40,8 +45,7 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
     channels = feature_channels(cfg.teacher.model, cfg.teacher.feature)
     pairs = sum(grid.frames - o for o in cfg.lgf.offsets)
     k2 = cfg.lgf.kernel**2
-    # how the work is batched or placed never changes the features: not part of the column's key
-    teacher = {k: v for k, v in to_dict(cfg.teacher).items() if k not in ("device", "image_batch", "clip_batch")}
+    teacher = {k: v for k, v in to_dict(cfg.teacher).items() if k not in _NOT_KEYED}
     teacher["compute_dtype"] = compute_dtype(cfg.teacher.dtype, cfg.teacher.device, cfg.ray.gpus_per_worker)
     config = {
         "teacher": teacher,
@@ -67,10 +71,12 @@ class TeacherProducer:
         self.cfg = cfg
         self.grid = student_grid(cfg)
         t = cfg.teacher
-        dev = resolve_device(device)
+        dev = self.device = resolve_device(device)
         model = build_sam2(t.model, t.checkpoint, t.image_size, device=dev, seed=t.seed if t.checkpoint is None else None)
         dtype = resolve_dtype(t.dtype, dev)
         check_compute_dtype("teacher", compute_dtype(t.dtype, t.device, cfg.ray.gpus_per_worker), dtype, dev)
+        if t.compile:
+            compile_modules("teacher", sam2_compile_targets(model), dev)
         self.tracker = BidirectionalTracker(model, feature=t.feature, image_batch=t.image_batch, dtype=dtype, mask_threshold=t.mask_threshold)
 
     def column_arrays(self) -> dict[str, np.ndarray]:
