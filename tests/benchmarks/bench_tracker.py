@@ -182,6 +182,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the figures as one JSON object here")
     ap.add_argument("--feature", default="maskmem", choices=["maskmem", "memory_attention", "backbone"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's)")
+    ap.add_argument("--compile", action="store_true",
+                    help="CUDA: teacher.compile for ours (image encoder + memory attention); warm-up runs full-length clips")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,6 +191,10 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     model = build_sam2(args.model, image_size=args.image_size, device=device, seed=0)
+    if args.compile:  # what TeacherProducer does for teacher.compile=true (ignored off CUDA)
+        from stages.extract.compiling import compile_modules, sam2_compile_targets
+
+        compile_modules("teacher", sam2_compile_targets(model), device)
     tracker = BidirectionalTracker(model, feature=args.feature, image_batch=args.image_batch, dtype=dtype)
     sizes, largest = args.clip_batch, max(args.clip_batch)
     print(f"model {args.model} {describe(model)} | device {device} ({torch.get_num_threads()} CPU threads, "
@@ -196,9 +202,13 @@ def main() -> None:
           f"clips {args.clips} x {args.frames} frames {args.height}x{args.width} | clip_batch {sizes}"
           f"{'' if args.no_stock else ' and stock'}")  # fmt: skip
 
-    warm = make_clip(99, 3, args.height, args.width)  # first-call overheads out of the figures
+    # first-call overheads out of the figures; compiled modules also see every shape the run will
+    warm = make_clip(99, args.frames if args.compile else 3, args.height, args.width)
+    started = time.perf_counter()
     for b in sizes:
         run_ours(tracker, [warm] * b)
+    if args.compile:
+        print(f"compile + warm-up: {time.perf_counter() - started:.1f} s")
     if not args.no_stock:
         run_stock(model, *warm, dtype)
 
