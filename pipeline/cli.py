@@ -186,6 +186,7 @@ def distill(
     from pipeline.distill_config import DistillConfig
     from pipeline.store import StoreError
     from stages.distill.memory_plan import MemoryPlanError
+    from stages.distill.resume import ResumeMismatch
 
     _setup_logging(verbose)
     extra = ([f"data.store={store}"] if store else []) + ([f"out={out}"] if out else [])
@@ -201,10 +202,17 @@ def distill(
     except MemoryPlanError as exc:
         typer.secho(f"memory plan: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
+    except ResumeMismatch as exc:
+        typer.secho(f"resume: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
     if summary["rank"] == 0:
-        final = summary["final"] or {}
+        final = summary["final"]
+        if final is None:  # a resume of a finished run
+            typer.echo(f"nothing to train: the run is already at step {summary['steps']} of {cfg.train.steps} "
+                       f"(raise train.steps to continue); exported: {summary['exported']}")
+            return
         typer.echo(
-            f"{summary['steps']} steps, loss {final.get('loss', float('nan')):.4f} {final.get('terms', {})}, "
+            f"{summary['steps']} steps, loss {final['loss']:.4f} {final['terms']}, "
             f"{summary['mean_step_seconds'] or 0:.3f} s/step, data wait {summary['data_wait_share'] or 0:.1%}; exported: {summary['exported']}"
         )
 
@@ -233,6 +241,9 @@ def _print_plan(cfg, world: int, gpu_memory: Optional[float], as_json: bool) -> 
         memory = plan_memory(cfg, world)
     except MemoryPlanError as exc:
         typer.secho(f"memory plan: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    except ResumeMismatch as exc:
+        typer.secho(f"resume: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     fits = gpu_memory is None or memory.total <= gpu_memory * 2**30
     if as_json:

@@ -90,6 +90,17 @@ def save_checkpoint(out_dir: Path, step: int, modules: dict[str, torch.nn.Module
     return final
 
 
+def remove_stale_temp(out_dir: Path) -> list[Path]:
+    """Delete the temporary folders of checkpoint writes a killed run left behind (called at start,
+    before this run writes any). Returns what was removed."""
+    root = Path(out_dir) / "checkpoints"
+    stale = sorted(root.glob(".tmp-*")) if root.exists() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed %s, left by an interrupted checkpoint write", path)
+    return stale
+
+
 def list_checkpoints(out_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders of interrupted writes are not listed)."""
     root = Path(out_dir) / "checkpoints"
