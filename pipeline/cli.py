@@ -36,23 +36,22 @@ def extract(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Stage one: track every clip forward and backward with SAM2 and write the store's columns."""
-    from tqdm import tqdm
-
     from pipeline.extract_config import ExtractConfig
+    from pipeline.progress import Progress
     from pipeline.runner import ExtractFailed, run_extract
     from pipeline.store import StoreError
 
     _setup_logging(verbose)
     cfg = _load(ExtractConfig, config, overrides or [])
-    bar = tqdm(unit="clip", desc="extract", dynamic_ncols=True, disable=None)
+    bar = Progress("extract", "clip")
 
     def on_shard(report) -> None:
-        bar.update(report.clips)
         model = sum(report.model_s.values())
-        bar.set_postfix(shard=report.shard, failed=sum(len(v) for v in report.failed.values()), wall_model=f"{report.seconds / model:.2f}" if model else "-")
+        failed = len({row["key"] for rows in report.failed.values() for row in rows})
+        bar.update(report.clips, failed=failed, shard=report.shard, wall_model=f"{report.seconds / model:.2f}" if model else "-")
 
     def on_plan(clips: int) -> None:
-        bar.reset(total=clips)
+        bar.set_total(clips)
 
     try:
         summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan)
@@ -132,19 +131,20 @@ def inspect(
 
 def _run_distill(cfg, resume: bool, show_progress: bool) -> dict:
     """Train, export, and return the run summary (also written to <out>/summary.json on rank 0)."""
-    from tqdm import tqdm
+    import io
 
+    from pipeline.progress import Progress
     from stages.distill.trainer import Trainer
 
     trainer = Trainer(cfg, resume=resume)
-    bar = tqdm(total=cfg.train.steps, initial=trainer.step, unit="step", desc=Path(cfg.out).name, disable=None if show_progress and trainer.rank == 0 else True)
+    quiet = not show_progress or trainer.rank != 0
+    bar = Progress(Path(cfg.out).name, "step", total=cfg.train.steps, initial=trainer.step, stream=io.StringIO() if quiet else None)
     waits, times = [], []
 
     def on_step(m) -> None:
         waits.append(m.data_seconds)
         times.append(m.seconds)
-        bar.update(1)
-        bar.set_postfix(loss=f"{m.loss:.4f}", data_wait=f"{sum(waits) / max(sum(times), 1e-9):.0%}")
+        bar.update(1, loss=f"{m.loss:.4f}", data_wait=f"{sum(waits) / max(sum(times), 1e-9):.0%}")
 
     trainer.on_step = on_step
     try:

@@ -56,6 +56,8 @@ def test_cli_extract_and_inspect_json(tmp_path, small_corpus, ray_session):
     result = runner.invoke(app, ["extract", "--config", str(SAMPLE), "--store", store, *small_overrides(small_corpus)])
     assert result.exit_code == 0, result.output
     assert "extract: 6 clips in" in result.output and "wall/model" in result.output  # where the workers' time went
+    # no terminal here: progress comes as plain lines (done/total, rate, ETA, the run's failures)
+    assert "extract: 6/6 clips (100%), ETA 0s" in result.output and "clips/s, 0 failed" in result.output
     info = json.loads(runner.invoke(app, ["inspect", store, "--json"]).output)
     assert info["clips"] == 6 and info["shards"] == 3 and info["failed"] == 0
     cols = {c["name"]: c for c in info["columns"]}
