@@ -196,14 +196,9 @@ def distill(
         return
     try:
         summary = _run_distill(cfg, resume, show_progress=True)
-    except StoreError as exc:
-        typer.secho(f"store error: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
-    except MemoryPlanError as exc:
-        typer.secho(f"memory plan: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
-    except ResumeMismatch as exc:
-        typer.secho(f"resume: {exc}", fg="red", err=True)
+    except (StoreError, MemoryPlanError, ResumeMismatch) as exc:  # one line, exit 2: the message names the fix
+        kind = {StoreError: "store error", MemoryPlanError: "memory plan", ResumeMismatch: "resume"}
+        typer.secho(f"{next(v for k, v in kind.items() if isinstance(exc, k))}: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     if summary["rank"] == 0:
         final = summary["final"]
@@ -241,9 +236,6 @@ def _print_plan(cfg, world: int, gpu_memory: Optional[float], as_json: bool) -> 
         memory = plan_memory(cfg, world)
     except MemoryPlanError as exc:
         typer.secho(f"memory plan: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
-    except ResumeMismatch as exc:
-        typer.secho(f"resume: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     fits = gpu_memory is None or memory.total <= gpu_memory * 2**30
     if as_json:
