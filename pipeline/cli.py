@@ -138,7 +138,8 @@ def _run_distill(cfg, resume: bool, show_progress: bool) -> dict:
 
     trainer = Trainer(cfg, resume=resume)
     quiet = not show_progress or trainer.rank != 0
-    bar = Progress(Path(cfg.out).name, "step", total=cfg.train.steps, initial=trainer.step, stream=io.StringIO() if quiet else None)
+    bar = Progress(Path(cfg.out).name, "step", total=cfg.train.steps, initial=trainer.step,
+                   stream=io.StringIO() if quiet else None, failures=False)
     waits, times = [], []
 
     def on_step(m) -> None:

@@ -13,8 +13,10 @@ from typing import Any, Callable, TextIO
 
 class Progress:
     def __init__(self, desc: str, unit: str, total: int | None = None, stream: TextIO | None = None,
-                 every_s: float | None = None, clock: Callable[[], float] = time.monotonic, initial: int = 0):
+                 every_s: float | None = None, clock: Callable[[], float] = time.monotonic, initial: int = 0,
+                 failures: bool = True):
         self.desc, self.unit, self.total = desc, unit, total
+        self.failures = failures  # whether items can fail (clips can; training steps cannot)
         self.stream = stream or sys.stderr
         # seconds between plain lines (no terminal); SAM2VIDEOX_PROGRESS_EVERY overrides the default 30
         self.every_s = float(os.environ.get("SAM2VIDEOX_PROGRESS_EVERY", "30")) if every_s is None else every_s
@@ -39,7 +41,7 @@ class Progress:
         self.postfix = postfix
         if self.bar is not None:
             self.bar.update(n)
-            self.bar.set_postfix(failed=self.failed, **postfix)
+            self.bar.set_postfix(**({"failed": self.failed} if self.failures else {}), **postfix)
         elif self.clock() - self.last_line >= self.every_s or self.done == self.total:
             self._line()
 
@@ -58,7 +60,8 @@ class Progress:
         else:
             where = f"{self.done} {self.unit}s"
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
-        return f"{self.desc}: {where}, {rate:.2f} {self.unit}s/s, {self.failed} failed, {_duration(elapsed)} elapsed{extra}"
+        failed = f", {self.failed} failed" if self.failures else ""
+        return f"{self.desc}: {where}, {rate:.2f} {self.unit}s/s{failed}, {_duration(elapsed)} elapsed{extra}"
 
     def _line(self) -> None:
         self.last_line = self.clock()
