@@ -22,6 +22,7 @@ class Progress:
         self.every_s = float(os.environ.get("SAM2VIDEOX_PROGRESS_EVERY", "30")) if every_s is None else every_s
         self.clock = clock
         self.done, self.failed, self.initial = initial, 0, initial
+        self.printed: tuple[int, int] | None = None  # (done, failed) of the last plain line
         self.postfix: dict[str, Any] = {}
         self.started = self.last_line = clock()
         self.bar = None
@@ -48,7 +49,7 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.clock() > self.last_line or self.done != self.initial:
+        elif self.printed != (self.done, self.failed):  # the final state, unless the last line showed it
             self._line()
 
     def line(self) -> str:
@@ -64,7 +65,7 @@ class Progress:
         return f"{self.desc}: {where}, {rate:.2f} {self.unit}s/s{failed}, {_duration(elapsed)} elapsed{extra}"
 
     def _line(self) -> None:
-        self.last_line = self.clock()
+        self.last_line, self.printed = self.clock(), (self.done, self.failed)
         print(self.line(), file=self.stream, flush=True)
 
 

@@ -25,10 +25,10 @@ def test_plain_lines_every_n_seconds_with_rate_eta_and_total_failures():
     assert out.getvalue().splitlines() == ["extract: 20/40 clips (50%), ETA 10s, 2.00 clips/s, 3 failed, 10s elapsed, shard 3"]
     clock.now = 20
     bar.update(20)  # the last one always prints
-    bar.close()
+    bar.close()  # and close does not repeat it
     lines = out.getvalue().splitlines()
     assert lines[1].startswith("extract: 40/40 clips (100%), ETA 0s") and "3 failed" in lines[1]
-    assert len(lines) == 3  # close adds the final state
+    assert len(lines) == 2
 
 
 def test_resumed_run_counts_its_rate_from_where_it_started():
