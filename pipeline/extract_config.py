@@ -31,12 +31,19 @@ class VideoConfig:
     start_sec: float = 0.0  # offset of the first sampled frame
     height: int = 480  # student resolution: resize (short side) then centre-crop
     width: int = 720
+    # a clip whose centre crop would lose more than max_crop of its (upright) frame, e.g. a portrait
+    # clip for a landscape student (9:16 -> 3:2 loses 62%), is handled by `fit`: crop it anyway,
+    # pad it (letterbox: resize to fit inside, black borders), or skip it into the ledger
+    fit: Literal["crop", "pad", "skip"] = "crop"
+    max_crop: float = 0.25  # share of the frame a crop may lose before `fit` applies (16:9 -> 3:2 loses 16%)
 
     def __post_init__(self) -> None:
         if self.num_frames < 2:
             raise ValueError("num_frames must be >= 2")
         if self.fps <= 0:
             raise ValueError("fps must be > 0")
+        if not 0 <= self.max_crop < 1:
+            raise ValueError(f"max_crop must be in [0, 1), got {self.max_crop}")
 
 
 @dataclass
