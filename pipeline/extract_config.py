@@ -18,10 +18,14 @@ class CorpusConfig:
     extensions: list[str] = field(default_factory=lambda: ["mp4", "webm", "mov", "mkv"])
     limit: int | None = None  # take only the first N clips of the listing (smoke runs)
     storage_options: dict = field(default_factory=dict)  # passed to fsspec (e.g. endpoint_url for s3)
+    content_hash: bool = True  # hash each file (size + sha256 of its first and last MiB) to flag duplicate files
+    dedupe: bool = False  # keep only the first key (in sorted order) of each set of identical files
 
     def __post_init__(self) -> None:
         if self.clips_per_shard < 1:
             raise ValueError("clips_per_shard must be >= 1")
+        if self.dedupe and not self.content_hash:
+            raise ValueError("dedupe needs content_hash=true (duplicates are found by content hash)")
 
 
 @dataclass
