@@ -33,6 +33,7 @@ def extract(
     store: str = typer.Option(..., "--store", "-s", help="feature store: a folder or fsspec URL (s3://...)"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. teacher.feature=backbone ray.num_workers=4"),
     allow_failures: bool = typer.Option(False, "--allow-failures", help="exit 0 even if clips failed (they stay in the ledger)"),
+    append: bool = typer.Option(False, "--append", help="add clips new in the bucket to the store, as new shards after the existing ones"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Stage one: track every clip forward and backward with SAM2 and write the store's columns."""
@@ -55,7 +56,7 @@ def extract(
         bar.reset(total=clips)
 
     try:
-        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan)
+        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan, append=append)
     except (ExtractFailed, StoreError, ValueError) as exc:
         bar.close()
         typer.secho(f"extract failed: {exc}", fg="red", err=True)
@@ -66,6 +67,14 @@ def extract(
         f"ran {len(summary.shards_run)} shards ({summary.clips_processed} clips), skipped {summary.shards_skipped} already committed, "
         f"{summary.worker_restarts} worker restarts, {summary.seconds:.1f} s"
     )
+    growth = summary.growth
+    if growth.appended:
+        typer.echo(f"appended {growth.appended} new clips from {cfg.corpus.url} as shards {growth.first_new_shard}..{summary.shards - 1}")
+    if growth.unlisted and not append:
+        typer.secho(
+            f"{growth.unlisted} new clips in {cfg.corpus.url} are not in this store's snapshot; "
+            f"to add them, rerun this command with --append", fg="yellow",
+        )
     if summary.shards_run:
         typer.echo(_timing_line(summary))
         logging.getLogger("pipeline.cli").info("extract timing %s", json.dumps(summary.timing()))

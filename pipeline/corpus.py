@@ -6,7 +6,7 @@ listed recursively for video files, with captions from sidecar <stem>.txt files.
 result is sorted by key, so every process that lists the same bucket gets the same order, which is
 what the shard plan (pipeline/store.py) is built on. Listing never decodes a video: a bad file is
 found, and recorded, by the worker that decodes it. It does read each listed file's first and last
-MiB (two range reads, concurrent on object stores) for a content hash, so identical files under
+64 KiB (two range reads) for a content hash, so identical files under
 two keys are flagged in the snapshot (`duplicate_of`) or, with `corpus.dedupe`, kept once.
 """
 
@@ -84,21 +84,22 @@ def list_corpus(cfg: CorpusConfig) -> list[ClipEntry]:
     if cfg.limit is not None:
         entries = entries[: cfg.limit]  # before hashing: a smoke run on a huge bucket reads only its clips
     if cfg.content_hash:
-        entries = _mark_duplicates(entries, cfg)
+        entries = mark_duplicates(entries, cfg)
     log.info("corpus %s: %d clips", where, len(entries))
     return entries
 
 
-HASH_SPAN = 1 << 20  # bytes hashed at each end of a file
+HASH_SPAN = 64 << 10  # bytes hashed at each end of a file: under 1% of what decoding a clip reads
 
 
 def content_hash(fs: fsspec.AbstractFileSystem, path: str, size: int) -> str:
-    """sha256 of the file's size and its first and last MiB (the whole file when <= 2 MiB).
+    """sha256 of the file's size and its first and last 64 KiB (the whole file when <= 128 KiB).
 
     Cheap on any bucket (two range reads, whatever the file size) and, for video files, as good
-    as a full hash at telling copies apart: containers put their index (moov) and first frames
-    at one end and the last frames at the other, so two different clips of one size agree on
-    both ends essentially never. Not a defence against crafted collisions.
+    as a full hash at telling copies apart: containers put their index (an mp4's moov lists the
+    size of every frame) at one end and encoded frames at both, so two different clips of one
+    size agree on both ends essentially never. Edits confined to the middle of a file are not
+    seen, and it is no defence against crafted collisions.
     """
     h = hashlib.sha256(f"{size}:".encode())
     if size <= 2 * HASH_SPAN:
@@ -109,8 +110,12 @@ def content_hash(fs: fsspec.AbstractFileSystem, path: str, size: int) -> str:
     return "sha256-ends:" + h.hexdigest()
 
 
-def _mark_duplicates(entries: list[ClipEntry], cfg: CorpusConfig) -> list[ClipEntry]:
-    """Hash every entry; flag copies (duplicate_of the first key) or, with cfg.dedupe, keep one."""
+def mark_duplicates(entries: list[ClipEntry], cfg: CorpusConfig, known: dict[str, str] | None = None) -> list[ClipEntry]:
+    """Hash every entry; flag copies (duplicate_of the first key) or, with cfg.dedupe, keep one.
+
+    known: {content hash: key} of clips listed before (an append): a copy of one of them is
+    flagged as its duplicate, or dropped with cfg.dedupe.
+    """
     import dataclasses
 
     hashed: list[ClipEntry] = []
@@ -129,7 +134,14 @@ def _mark_duplicates(entries: list[ClipEntry], cfg: CorpusConfig) -> list[ClipEn
     first: dict[str, int] = {}  # hash -> position of its first clip
     copies: dict[int, list[str]] = {}
     out: list[ClipEntry] = []
+    known = known or {}
     for e in hashed:
+        if e.content_hash in known:
+            if not cfg.dedupe:
+                out.append(dataclasses.replace(e, duplicate_of=known[e.content_hash]))
+            else:
+                log.info("corpus: %s dropped, a copy of %s (corpus.dedupe)", e.key, known[e.content_hash])
+            continue
         if e.content_hash is None or e.content_hash not in first:
             if e.content_hash is not None:
                 first[e.content_hash] = len(out)

@@ -24,7 +24,7 @@ def find_clip(store: FeatureStore, column_name: str, key: str):
     column = store.column(column_name)
     snapshot = store.require_snapshot()
     index = snapshot.find(key)
-    shard = index // snapshot.clips_per_shard
+    shard = snapshot.shard_of(index)
     data = column.read_shard(shard)
     rows = [r for r, rec in enumerate(data.records) if rec["index"] == index]
     if not rows:

@@ -206,7 +206,7 @@ def test_s3_bucket_through_moto(tmp_path):
 
 
 def test_identical_files_are_flagged_or_deduplicated_by_content_hash(tmp_path):
-    big = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()  # > 2 MiB: hashed by its ends
+    big = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()  # > 128 KiB: hashed by its ends
     _touch(tmp_path, "a.mp4", b"clip one")
     _touch(tmp_path, "b.mp4", b"clip two")
     _touch(tmp_path, "copies/a_again.mp4", b"clip one")
