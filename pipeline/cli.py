@@ -103,7 +103,8 @@ def _timing_line(summary) -> str:
 @app.command()
 def inspect(
     store: str = typer.Argument(..., help="feature store folder or URL"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (failed clips and duplicates included)"),
+    failures: bool = typer.Option(False, "--failures", help="list every failed clip: column, key, stage and reason"),
     pca: Optional[str] = typer.Option(None, "--pca", help="clip key (or @N, the Nth clip) to render as PCA colours"),
     out: Optional[Path] = typer.Option(None, "--out", help="output .mp4 or .png for --pca"),
     column: Optional[str] = typer.Option(None, "--column", help="teacher column name or name-hash (default: the only one)"),
@@ -122,8 +123,10 @@ def inspect(
             path = render_pca(fstore, pca, out, column or "teacher")
             typer.echo(f"wrote {path}")
             return
-        summary = fstore.summary()
-    except StoreError as exc:
+        from pipeline.inspect import store_report
+
+        summary = store_report(fstore)
+    except (StoreError, ValueError) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc
     if as_json:
@@ -131,12 +134,24 @@ def inspect(
         return
     typer.echo(f"store {summary['store']}: {summary['clips']} clips, {summary['shards']} shards, {summary['failed']} failed")
     for col in summary["columns"]:
+        described = " ".join(f"{k.split('.', 1)[-1] if k.count('.') == 1 else k}={v}" for k, v in col["describe"].items())
         typer.echo(
             f"  {col['dir']}: {col['committed_shards']}/{summary['shards']} shards, {col['clips']} clips, "
-            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip"
+            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip" + (f"  [{described}]" if described else "")
         )
         for name, spec in col["arrays"].items():
             typer.echo(f"      {name:16s} {spec['dtype']:8s} {tuple(spec['shape'])}")
+    dupes = summary["duplicates"]
+    if dupes:
+        typer.echo(f"  duplicate files: {sum(len(v) for v in dupes.values())} clips are copies of others (corpus.dedupe=true keeps one)")
+        for first, copies in list(dupes.items())[:10]:
+            typer.echo(f"      {first} = {', '.join(copies)}")
+    rows = summary["failures"]
+    if failures:
+        for row in rows:
+            typer.echo(f"  FAILED {row['column']} {row['key']} [{row['stage']}]: {row['reason']}")
+    elif rows:
+        typer.echo(f"  {len(rows)} failures: list them with `sam2videox inspect {store} --failures`")
 
 
 def _run_distill(cfg, resume: bool, show_progress: bool) -> dict:
