@@ -84,6 +84,7 @@ class TeacherConfig:
     feature: Literal["maskmem", "memory_attention", "backbone"] = "maskmem"
     prompt: Literal["manifest", "auto", "center"] = "auto"  # manifest falls back to auto when a clip has none
     temporal: Literal["stride", "mean"] = "stride"  # latent frame i <- pixel frame 4i, or mean of its group
+    resample: Literal["antialias", "bilinear"] = "antialias"  # teacher maps -> token grid (stages/grid.py); keyed
     image_batch: int = 8  # frames per image-encoder batch (taken across the clips of a clip batch)
     clip_batch: int = 1  # clips tracked in lockstep (BidirectionalTracker.track_batch); same features, not hashed
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # autocast dtype on GPU (CPU runs fp32)
