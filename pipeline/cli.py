@@ -33,6 +33,7 @@ def extract(
     store: str = typer.Option(..., "--store", "-s", help="feature store: a folder or fsspec URL (s3://...)"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. teacher.feature=backbone ray.num_workers=4"),
     allow_failures: bool = typer.Option(False, "--allow-failures", help="exit 0 even if clips failed (they stay in the ledger)"),
+    append: bool = typer.Option(False, "--append", help="add clips new in the bucket to the store, as new shards after the existing ones"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Stage one: track every clip forward and backward with SAM2 and write the store's columns."""
@@ -54,7 +55,7 @@ def extract(
         bar.set_total(clips)
 
     try:
-        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan)
+        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan, append=append)
     except (ExtractFailed, StoreError, ValueError) as exc:
         bar.close()
         typer.secho(f"extract failed: {exc}", fg="red", err=True)
@@ -65,6 +66,14 @@ def extract(
         f"ran {len(summary.shards_run)} shards ({summary.clips_processed} clips), skipped {summary.shards_skipped} already committed, "
         f"{summary.worker_restarts} worker restarts, {summary.seconds:.1f} s"
     )
+    growth = summary.growth
+    if growth.appended:
+        typer.echo(f"appended {growth.appended} new clips from {cfg.corpus.url} as shards {growth.first_new_shard}..{summary.shards - 1}")
+    if growth.unlisted and not append:
+        typer.secho(
+            f"{growth.unlisted} new clips in {cfg.corpus.url} are not in this store's snapshot; "
+            f"to add them, rerun this command with --append", fg="yellow",
+        )
     if summary.shards_run:
         typer.echo(_timing_line(summary))
         logging.getLogger("pipeline.cli").info("extract timing %s", json.dumps(summary.timing()))
@@ -93,7 +102,8 @@ def _timing_line(summary) -> str:
 @app.command()
 def inspect(
     store: str = typer.Argument(..., help="feature store folder or URL"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (failed clips and duplicates included)"),
+    failures: bool = typer.Option(False, "--failures", help="list every failed clip: column, key, stage and reason"),
     pca: Optional[str] = typer.Option(None, "--pca", help="clip key (or @N, the Nth clip) to render as PCA colours"),
     out: Optional[Path] = typer.Option(None, "--out", help="output .mp4 or .png for --pca"),
     column: Optional[str] = typer.Option(None, "--column", help="teacher column name or name-hash (default: the only one)"),
@@ -112,8 +122,10 @@ def inspect(
             path = render_pca(fstore, pca, out, column or "teacher")
             typer.echo(f"wrote {path}")
             return
-        summary = fstore.summary()
-    except StoreError as exc:
+        from pipeline.inspect import store_report
+
+        summary = store_report(fstore)
+    except (StoreError, ValueError) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc
     if as_json:
@@ -121,12 +133,24 @@ def inspect(
         return
     typer.echo(f"store {summary['store']}: {summary['clips']} clips, {summary['shards']} shards, {summary['failed']} failed")
     for col in summary["columns"]:
+        described = " ".join(f"{k.split('.', 1)[-1] if k.count('.') == 1 else k}={v}" for k, v in col["describe"].items())
         typer.echo(
             f"  {col['dir']}: {col['committed_shards']}/{summary['shards']} shards, {col['clips']} clips, "
-            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip"
+            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip" + (f"  [{described}]" if described else "")
         )
         for name, spec in col["arrays"].items():
             typer.echo(f"      {name:16s} {spec['dtype']:8s} {tuple(spec['shape'])}")
+    dupes = summary["duplicates"]
+    if dupes:
+        typer.echo(f"  duplicate files: {sum(len(v) for v in dupes.values())} clips are copies of others (corpus.dedupe=true keeps one)")
+        for first, copies in list(dupes.items())[:10]:
+            typer.echo(f"      {first} = {', '.join(copies)}")
+    rows = summary["failures"]
+    if failures:
+        for row in rows:
+            typer.echo(f"  FAILED {row['column']} {row['key']} [{row['stage']}]: {row['reason']}")
+    elif rows:
+        typer.echo(f"  {len(rows)} failures: list them with `sam2videox inspect {store} --failures`")
 
 
 def _run_distill(cfg, resume: bool, show_progress: bool) -> dict:

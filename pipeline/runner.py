@@ -18,6 +18,7 @@ from typing import Callable
 from pipeline.config import to_dict, from_dict
 from pipeline.corpus import list_corpus
 from pipeline.extract_config import ExtractConfig
+from pipeline.growth import Growth, grow
 from pipeline.producer import load_registry
 from pipeline.store import Column, FeatureStore, Snapshot, StoreError
 from pipeline.worker import ShardReport, ShardWorker
@@ -48,6 +49,7 @@ class ExtractSummary:
     write_s: float = 0.0
     flush_s: float = 0.0
     load_s: float = 0.0
+    growth: Growth = field(default_factory=Growth)  # clips of the bucket beyond the snapshot (found / appended)
 
     @property
     def failed_keys(self) -> set[str]:
@@ -81,8 +83,14 @@ class ExtractSummary:
         }
 
 
-def prepare_store(cfg: ExtractConfig, store_url: str, registry: str) -> tuple[FeatureStore, Snapshot, dict[str, Column]]:
-    """Freeze the corpus snapshot (first run only) and create the requested columns."""
+def prepare_store(
+    cfg: ExtractConfig, store_url: str, registry: str, append: bool = False, growth: Growth | None = None
+) -> tuple[FeatureStore, Snapshot, dict[str, Column]]:
+    """Freeze the corpus snapshot (first run only) and create the requested columns.
+
+    On a rerun the bucket is listed again: clips the snapshot lacks are counted into `growth`,
+    and with `append` added to the snapshot as new shards (pipeline/growth.py).
+    """
     store = FeatureStore(store_url, cfg.corpus.storage_options)
     snapshot = store.snapshot()
     if snapshot is None:
@@ -90,6 +98,7 @@ def prepare_store(cfg: ExtractConfig, store_url: str, registry: str) -> tuple[Fe
         snapshot = store.freeze_snapshot(Snapshot(cfg.corpus.url, cfg.corpus.clips_per_shard, [e.to_json() for e in entries]))
     else:
         _check_same_corpus(store, snapshot, cfg)
+        snapshot = grow(store, snapshot, cfg, append, growth if growth is not None else Growth())
     reg = load_registry(registry)
     columns = {}
     for name in cfg.columns:
@@ -114,16 +123,19 @@ def run_extract(
     on_shard: Callable[[ShardReport], None] | None = None,
     registry: str = "stages.extract.columns",
     on_plan: Callable[[int], None] | None = None,
+    append: bool = False,
 ) -> ExtractSummary:
     """Extract every pending shard of the configured columns into the store at `store_url`.
 
     on_plan(clips) is called once with the number of clips about to be processed; on_shard after each shard.
+    append: add the bucket's clips that the store's snapshot lacks, as new shards (`extract --append`).
     """
     started = time.perf_counter()
-    store, snapshot, columns = prepare_store(cfg, store_url, registry)
+    growth = Growth()
+    store, snapshot, columns = prepare_store(cfg, store_url, registry, append, growth)
     every = set(range(snapshot.num_shards))
     todo = sorted(set().union(*(every - c.committed_shards() for c in columns.values())))
-    summary = ExtractSummary(store.url, len(snapshot.clips), snapshot.num_shards)
+    summary = ExtractSummary(store.url, len(snapshot.clips), snapshot.num_shards, growth=growth)
     summary.shards_skipped = snapshot.num_shards - len(todo)
     if on_plan is not None:
         on_plan(sum(len(snapshot.shard_range(s)) for s in todo))

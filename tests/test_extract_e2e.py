@@ -74,7 +74,7 @@ def test_cli_extract_and_inspect_json(tmp_path, small_corpus, ray_session):
     from PIL import Image
 
     strip = Image.open(tmp_path / "pca.png")
-    assert strip.size == (5 * 96, 5 * 64)  # 5 panels wide, one row per latent frame
+    assert strip.size == (5 * 96, 5 * (64 + 12))  # 5 panels wide, one row per latent frame under a 12-px label bar
     assert (tmp_path / "pca.mp4").stat().st_size > 0
     missing = runner.invoke(app, ["inspect", store, "--pca", "nope", "--out", str(out)])
     assert missing.exit_code == 2 and "no clip 'nope'" in missing.output

@@ -121,8 +121,11 @@ def test_store_with_another_grid_is_refused_before_training(tmp_path):
     teacher = {"fwd": ArraySpec((5, 4, 6, 16), "float16"), "bwd": ArraySpec((5, 4, 6, 16), "float16"),
                "lgf": ArraySpec((4, 4, 6, 49), "float16"), "mask": ArraySpec((5, 4, 6), "uint8")}
     store.create_column("teacher", {}, teacher, {"grid": [5, 4, 6], "channels": 16, "lgf": {"kernel": 7, "tau": 0.1, "offsets": [1], "fusion": "gram"}})
-    with pytest.raises(StoreError, match=r"teacher grid \(T, h, w\) = \(5, 4, 6\), but the student config gives \(5, 8, 12\)"):
+    with pytest.raises(StoreError, match=r"teacher grid \(T, h, w\) = \(5, 4, 6\), but the student config gives \(5, 8, 12\)") as info:
         Trainer(distill_config(str(tmp_path / "store"), tmp_path / "out"))
+    message = str(info.value)  # in pixels, with both ways out
+    assert "extracted from 17 frames of 64x96 pixels" in message and "trains on 17 frames of 128x192 pixels" in message
+    assert "video.height=128 video.width=192" in message and "data.encodings_column" in message
 
 
 @pytest.mark.parametrize("variant", ["t2v", "full_finetune"])
