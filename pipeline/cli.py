@@ -33,6 +33,7 @@ def extract(
     store: str = typer.Option(..., "--store", "-s", help="feature store: a folder or fsspec URL (s3://...)"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. teacher.feature=backbone ray.num_workers=4"),
     allow_failures: bool = typer.Option(False, "--allow-failures", help="exit 0 even if clips failed (they stay in the ledger)"),
+    repair: bool = typer.Option(False, "--repair", help="verify every committed clip's checksum first and extract damaged shards again"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Stage one: track every clip forward and backward with SAM2 and write the store's columns."""
@@ -55,7 +56,7 @@ def extract(
         bar.reset(total=clips)
 
     try:
-        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan)
+        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan, repair=repair)
     except (ExtractFailed, StoreError, ValueError) as exc:
         bar.close()
         typer.secho(f"extract failed: {exc}", fg="red", err=True)
@@ -69,6 +70,18 @@ def extract(
     if summary.shards_run:
         typer.echo(_timing_line(summary))
         logging.getLogger("pipeline.cli").info("extract timing %s", json.dumps(summary.timing()))
+    for dirname, shards in summary.repaired.items():
+        typer.secho(f"repaired {dirname}: shard(s) {', '.join(map(str, shards))} extracted again", fg="yellow")
+    if summary.damaged:
+        for damage in summary.damaged[:10]:
+            typer.secho(f"  damaged: {damage.line()}", fg="red", err=True)
+        shards = {(d.column, d.shard) for d in summary.damaged}
+        typer.secho(
+            f"{len(shards)} committed shard(s) of {store} are damaged ({len(summary.damaged)} problems); "
+            f"`sam2videox extract --repair` extracts them again, `sam2videox inspect {store} --verify` checks every clip",
+            fg="red", err=True,
+        )
+        raise typer.Exit(1)
     for name, rows in summary.failed.items():
         if rows:
             typer.secho(f"{name}: {len(rows)} clips failed", fg="yellow")
@@ -99,12 +112,16 @@ def inspect(
     out: Optional[Path] = typer.Option(None, "--out", help="output .mp4 or .png for --pca"),
     column: Optional[str] = typer.Option(None, "--column", help="teacher column name or name-hash (default: the only one)"),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://..."}\''),
+    verify: bool = typer.Option(False, "--verify", help="read every committed clip and check it against its commit; exit 1 if damaged"),
 ) -> None:
-    """Summarise a store, or render one clip's teacher features (--pca KEY --out FILE)."""
+    """Summarise a store, check it (--verify), or render one clip's teacher features (--pca KEY --out FILE)."""
     from pipeline.store import FeatureStore, StoreError
 
     try:
         fstore = FeatureStore(store, json.loads(storage_options) if storage_options else None)
+        if verify:
+            _verify(fstore, as_json)
+            return
         if pca is not None:
             from pipeline.inspect import render_pca
 
@@ -128,6 +145,25 @@ def inspect(
         )
         for name, spec in col["arrays"].items():
             typer.echo(f"      {name:16s} {spec['dtype']:8s} {tuple(spec['shape'])}")
+
+
+def _verify(fstore, as_json: bool) -> None:
+    """inspect --verify: one line per damaged clip/array (or shard), exit 1 when there is any."""
+    from pipeline.integrity import verify_store
+
+    fstore.require_snapshot()
+    report = verify_store(fstore, full=True)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        for damage in report.damaged:
+            typer.echo(f"damaged: {damage.line()}")
+        columns = {c for c, _ in report.unverified}
+        unverified = f"; {len(report.unverified)} shard(s) unverified (no checksums: written before them) in {', '.join(sorted(columns))}" if columns else ""
+        state = f"{len(report.damaged)} damaged" if report.damaged else "clean"
+        typer.echo(f"verified {report.shards} committed shards ({report.clips} clips) of {fstore.url}: {state}{unverified}")
+    if report.damaged:
+        raise typer.Exit(1)
 
 
 def _run_distill(cfg, resume: bool, show_progress: bool) -> dict:
