@@ -370,10 +370,10 @@ def generate(
         raise typer.Exit(2) from exc
     info = json.loads((run / "lora" / "sam2videox.json").read_text())
     fstore = FeatureStore(store)
-    enc_col = fstore.column(info["encodings_column"])
-    video = from_dict(VideoConfig, enc_col.producer_config["video"], source=f"{enc_col.dirname}/column.json")
-    snapshot = fstore.require_snapshot()
     try:
+        enc_col = fstore.column(info["encodings_column"])
+        video = from_dict(VideoConfig, enc_col.producer_config["video"], source=f"{enc_col.dirname}/column.json")
+        snapshot = fstore.require_snapshot()
         entry = ClipEntry.from_json(snapshot.clips[snapshot.find(key)])
     except StoreError as exc:
         typer.secho(str(exc), fg="red", err=True)
@@ -404,9 +404,13 @@ def report(
     files: list[str] = typer.Argument(None, help="extra produced files to list (videos, pictures)"),
 ) -> None:
     """Write a run's summary: store figures, training figures, and where everything is."""
-    from pipeline.store import FeatureStore
+    from pipeline.store import FeatureStore, StoreError
 
-    store_info = FeatureStore(store).summary()
+    try:
+        store_info = FeatureStore(store).summary()
+    except StoreError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
     train = json.loads((run / "summary.json").read_text())
     lines = [
         "# SAM2VideoX run summary",

@@ -197,3 +197,63 @@ def test_malformed_store_files_are_one_line_errors_naming_the_file(store, name):
     assert result.exit_code == 2, result.output
     assert str(path) in result.output and len(result.output.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+# -- extract: cheap checks before skipping, --repair on a real extraction -------------------------
+
+
+def store_files(url: str) -> dict:
+    """Every file of a store by path, attempt folder names (random) replaced by their shard, and commit
+    records without their attempt name and time: what must be byte-equal between two extractions."""
+    import re
+
+    root, out = Path(url), {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        parts = [re.sub(r"^(\d{5}|column)\.[0-9a-f]{12}\.zarr$", r"\1.<attempt>.zarr", part) for part in path.relative_to(root).parts]
+        data = path.read_bytes()
+        if "commits" in parts:
+            data = {k: v for k, v in json.loads(data).items() if k not in ("attempt", "committed")}
+        out["/".join(parts)] = data
+    return out
+
+
+@pytest.mark.slow
+def test_extract_refuses_to_skip_damage_and_repair_restores_a_clean_store(tmp_path, small_corpus):
+    from conftest import ROOT, small_overrides
+
+    runner = CliRunner()
+    args = ["extract", "--config", str(ROOT / "configs/extract/sample.yaml"), *small_overrides(small_corpus, **{"ray.num_workers": 0})]
+    clean = str(tmp_path / "clean")
+    assert runner.invoke(app, [*args, "--store", clean]).exit_code == 0
+    url = str(tmp_path / "damaged")
+    shutil.copytree(clean, url)
+    store = FeatureStore(url)
+    teacher, enc = store.column("teacher"), store.column("encodings")
+    commits = Path(url) / "columns" / teacher.dirname / "commits"
+    (commits / "00000.json").write_bytes((commits / "00000.json").read_bytes()[:50])  # truncated commit record
+    fwd = attempt_dir(store, "teacher", 1) / "fwd" / "c"
+    first = next(p for p in sorted(fwd.rglob("*")) if p.is_file())
+    data = bytearray(first.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flipped bytes: only the full check sees them
+    first.write_bytes(bytes(data))
+    (attempt_dir(store, "encodings", 2) / "latents" / "zarr.json").unlink()  # deleted array metadata
+    lost = next(p for p in sorted((attempt_dir(store, "encodings", 1) / "prompt_mask").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    lost.unlink()  # deleted chunk
+
+    plain = runner.invoke(app, [*args, "--store", url])
+    assert plain.exit_code == 1, plain.output
+    assert "damaged" in plain.output and "--repair" in plain.output and "00000.json" in plain.output
+    assert "missing chunk" in plain.output and "latents/zarr.json" in plain.output
+    verify = runner.invoke(app, ["inspect", url, "--verify", "--json"])
+    assert verify.exit_code == 1
+    found = {(d["column"].split("-")[0], d["shard"]) for d in json.loads(verify.output)["damaged"]}
+    assert found == {("teacher", 0), ("teacher", 1), ("encodings", 1), ("encodings", 2)}
+    key = FeatureStore(url).require_snapshot().clips[2]["key"]  # shard 1, row 0: its fwd chunk is damaged
+    pca = runner.invoke(app, ["inspect", url, "--pca", "@2", "--out", str(tmp_path / "pca.png")])
+    assert pca.exit_code == 2 and f"clip {key}, array fwd" in pca.output and "Traceback" not in pca.output
+
+    repaired = runner.invoke(app, [*args, "--store", url, "--repair"])
+    assert repaired.exit_code == 0, repaired.output
+    assert "repaired teacher-" in repaired.output and "repaired encodings-" in repaired.output
+    assert runner.invoke(app, ["inspect", url, "--verify"]).exit_code == 0
+    assert store_files(url) == store_files(clean)  # byte-equal, damaged attempts collected
