@@ -257,3 +257,32 @@ def test_extract_refuses_to_skip_damage_and_repair_restores_a_clean_store(tmp_pa
     assert "repaired teacher-" in repaired.output and "repaired encodings-" in repaired.output
     assert runner.invoke(app, ["inspect", url, "--verify"]).exit_code == 0
     assert store_files(url) == store_files(clean)  # byte-equal, damaged attempts collected
+
+
+@pytest.mark.slow
+def test_distill_stops_on_a_damaged_clip_or_skips_and_counts_it(student_store, tmp_path, caplog):
+    """The issue's case: one damaged lgf chunk used to train on (step loss -285); now one line, exit 2,
+    or with data.on_corrupt=skip the run finishes without the damaged clips and says how many."""
+    from conftest import ROOT
+
+    url = str(tmp_path / "store")
+    shutil.copytree(student_store, url)
+    store = FeatureStore(url)
+    a, b = (next(p for p in sorted((attempt_dir(store, "teacher", s) / "lgf").rglob("*")) if p.is_file() and p.name != "zarr.json") for s in (0, 1))
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)  # swapped between two clips: each decodes fine, each is the wrong clip's target
+    keys = {store.column("teacher").read_shard(s).records[0]["key"] for s in (0, 1)}
+    common = ["distill", "--config", str(ROOT / "configs/distill/sample.yaml"), "--store", url, "data.num_workers=0",
+              "train.batch_size=1", "train.checkpoint_every=100"]
+    runner = CliRunner()
+    failed = runner.invoke(app, [*common, "--out", str(tmp_path / "fail"), "train.steps=6"])
+    assert failed.exit_code == 2, failed.output
+    line = failed.output.strip().splitlines()[-1]
+    assert line.startswith("store error:") and "array lgf: checksum mismatch" in line and any(f"clip {k}," in line for k in keys)
+    with caplog.at_level("WARNING"):
+        skipped = runner.invoke(app, [*common, "--out", str(tmp_path / "skip"), "train.steps=4", "data.on_corrupt=skip"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "left out 2 damaged clip read(s)" in caplog.text
+    bad = runner.invoke(app, [*common, "--out", str(tmp_path / "bad"), "data.on_corrupt=sometimes"])
+    assert bad.exit_code == 2 and "on_corrupt" in bad.output
