@@ -83,7 +83,7 @@ def verify_shard(column: Column, shard: int, full: bool, report: VerifyReport) -
         record = column.commit_record(shard)
     except StoreError as exc:  # a truncated or garbled commit record: no clip of the shard can be trusted
         keys = [c["key"] for c in column.store.require_snapshot().shard_clips(shard)]
-        return [ClipDamage(column.dirname, shard, f"commit record {exc}", key) for key in keys]
+        return [ClipDamage(column.dirname, shard, f"commit record {exc}", key) for key in keys] or [ClipDamage(column.dirname, shard, f"commit record {exc}")]
     clips = record["clips"]
     report.clips += len(clips)
     if "checksums" not in record:
@@ -128,4 +128,3 @@ def readable_commit_records(column: Column) -> dict[int, dict]:
         except StoreError as exc:
             log.warning("%s", exc)
     return out
-
