@@ -34,6 +34,7 @@ def extract(
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. teacher.feature=backbone ray.num_workers=4"),
     allow_failures: bool = typer.Option(False, "--allow-failures", help="exit 0 even if clips failed (they stay in the ledger)"),
     append: bool = typer.Option(False, "--append", help="add clips new in the bucket to the store, as new shards after the existing ones"),
+    repair: bool = typer.Option(False, "--repair", help="verify every committed clip's checksum first and extract damaged shards again"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Stage one: track every clip forward and backward with SAM2 and write the store's columns."""
@@ -55,7 +56,7 @@ def extract(
         bar.set_total(clips)
 
     try:
-        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan, append=append)
+        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan, append=append, repair=repair)
     except (ExtractFailed, StoreError, ValueError) as exc:
         bar.close()
         typer.secho(f"extract failed: {exc}", fg="red", err=True)
@@ -77,6 +78,18 @@ def extract(
     if summary.shards_run:
         typer.echo(_timing_line(summary))
         logging.getLogger("pipeline.cli").info("extract timing %s", json.dumps(summary.timing()))
+    for dirname, shards in summary.repaired.items():
+        typer.secho(f"repaired {dirname}: shard(s) {', '.join(map(str, shards))} extracted again", fg="yellow")
+    if summary.damaged:
+        for damage in summary.damaged[:10]:
+            typer.secho(f"  damaged: {damage.line()}", fg="red", err=True)
+        shards = {(d.column, d.shard) for d in summary.damaged}
+        typer.secho(
+            f"{len(shards)} committed shard(s) of {store} are damaged ({len(summary.damaged)} problems); "
+            f"`sam2videox extract --repair` extracts them again, `sam2videox inspect {store} --verify` checks every clip",
+            fg="red", err=True,
+        )
+        raise typer.Exit(1)
     for name, rows in summary.failed.items():
         if rows:
             typer.secho(f"{name}: {len(rows)} clips failed", fg="yellow")
@@ -108,12 +121,16 @@ def inspect(
     out: Optional[Path] = typer.Option(None, "--out", help="output .mp4 or .png for --pca"),
     column: Optional[str] = typer.Option(None, "--column", help="teacher column name or name-hash (default: the only one)"),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://..."}\''),
+    verify: bool = typer.Option(False, "--verify", help="read every committed clip and check it against its commit; exit 1 if damaged"),
 ) -> None:
-    """Summarise a store, or render one clip's teacher features (--pca KEY --out FILE)."""
+    """Summarise a store, check it (--verify), or render one clip's teacher features (--pca KEY --out FILE)."""
     from pipeline.store import FeatureStore, StoreError
 
     try:
         fstore = FeatureStore(store, json.loads(storage_options) if storage_options else None)
+        if verify:
+            _verify(fstore, as_json)
+            return
         if pca is not None:
             from pipeline.inspect import render_pca
 
@@ -151,6 +168,25 @@ def inspect(
             typer.echo(f"  FAILED {row['column']} {row['key']} [{row['stage']}]: {row['reason']}")
     elif rows:
         typer.echo(f"  {len(rows)} failures: list them with `sam2videox inspect {store} --failures`")
+
+
+def _verify(fstore, as_json: bool) -> None:
+    """inspect --verify: one line per damaged clip/array (or shard), exit 1 when there is any."""
+    from pipeline.integrity import verify_store
+
+    fstore.require_snapshot()
+    report = verify_store(fstore, full=True)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        for damage in report.damaged:
+            typer.echo(f"damaged: {damage.line()}")
+        columns = {c for c, _ in report.unverified}
+        unverified = f"; {len(report.unverified)} shard(s) unverified (no checksums: written before them) in {', '.join(sorted(columns))}" if columns else ""
+        state = f"{len(report.damaged)} damaged" if report.damaged else "clean"
+        typer.echo(f"verified {report.shards} committed shards ({report.clips} clips) of {fstore.url}: {state}{unverified}")
+    if report.damaged:
+        raise typer.Exit(1)
 
 
 def _run_distill(cfg, resume: bool, show_progress: bool) -> dict:
@@ -362,10 +398,10 @@ def generate(
         raise typer.Exit(2) from exc
     info = json.loads((run / "lora" / "sam2videox.json").read_text())
     fstore = FeatureStore(store)
-    enc_col = fstore.column(info["encodings_column"])
-    video = from_dict(VideoConfig, enc_col.producer_config["video"], source=f"{enc_col.dirname}/column.json")
-    snapshot = fstore.require_snapshot()
     try:
+        enc_col = fstore.column(info["encodings_column"])
+        video = from_dict(VideoConfig, enc_col.producer_config["video"], source=f"{enc_col.dirname}/column.json")
+        snapshot = fstore.require_snapshot()
         entry = ClipEntry.from_json(snapshot.clips[snapshot.find(key)])
     except StoreError as exc:
         typer.secho(str(exc), fg="red", err=True)
@@ -396,9 +432,13 @@ def report(
     files: list[str] = typer.Argument(None, help="extra produced files to list (videos, pictures)"),
 ) -> None:
     """Write a run's summary: store figures, training figures, and where everything is."""
-    from pipeline.store import FeatureStore
+    from pipeline.store import FeatureStore, StoreError
 
-    store_info = FeatureStore(store).summary()
+    try:
+        store_info = FeatureStore(store).summary()
+    except StoreError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
     train = json.loads((run / "summary.json").read_text())
     lines = [
         "# SAM2VideoX run summary",

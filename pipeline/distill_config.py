@@ -212,6 +212,9 @@ class DataConfig:
     shuffle_buffer: int = 64  # samples held for shuffling
     num_workers: int = 2  # data-loading worker processes per rank
     storage_options: dict = field(default_factory=dict)  # passed to fsspec (e.g. endpoint_url for s3)
+    # a clip whose arrays fail their commit checksum (or whose shard cannot be read): fail stops the
+    # run naming store, column, shard, clip and array; skip logs it, leaves it out and counts it
+    on_corrupt: Literal["fail", "skip"] = "fail"
 
     def __post_init__(self) -> None:
         if self.shuffle_buffer < 0:

@@ -107,8 +107,9 @@ def _upsample(img: np.ndarray, h: int, w: int) -> np.ndarray:
 def panels(store: FeatureStore, key: str, column_name: str = "teacher") -> np.ndarray:
     """uint8 [T, H, 5W, 3]: one row of panels per latent frame."""
     column, data, row, entry = find_clip(store, column_name, key)
-    fwd, bwd = np.asarray(data.arrays["fwd"][row], np.float32), np.asarray(data.arrays["bwd"][row], np.float32)
-    lgf, mask = np.asarray(data.arrays["lgf"][row], np.float32), np.asarray(data.arrays["mask"][row])
+    # read_row checks each array against its commit: a damaged clip is a StoreError naming it, not a picture of the damage
+    fwd, bwd = column.read_row(data, "fwd", row).astype(np.float32), column.read_row(data, "bwd", row).astype(np.float32)
+    lgf, mask = column.read_row(data, "lgf", row).astype(np.float32), column.read_row(data, "mask", row)
     video = from_dict(VideoConfig, column.producer_config["video"], source=f"{column.dirname}/column.json")
     frames = decode_clip(entry.url, video, store.storage_options).frames
     vt = column.producer_config["student"]["vae_temporal"]

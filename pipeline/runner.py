@@ -19,6 +19,7 @@ from pipeline.config import to_dict, from_dict
 from pipeline.corpus import list_corpus
 from pipeline.extract_config import ExtractConfig
 from pipeline.growth import Growth, grow
+from pipeline.integrity import readable_commit_records, verify_store
 from pipeline.producer import load_registry
 from pipeline.store import Column, FeatureStore, Snapshot, StoreError
 from pipeline.worker import ShardReport, ShardWorker
@@ -50,6 +51,8 @@ class ExtractSummary:
     flush_s: float = 0.0
     load_s: float = 0.0
     growth: Growth = field(default_factory=Growth)  # clips of the bucket beyond the snapshot (found / appended)
+    damaged: list = field(default_factory=list)  # ClipDamage of committed shards left as they are (no --repair)
+    repaired: dict[str, list[int]] = field(default_factory=dict)  # column dirname -> shards redone by --repair
 
     @property
     def failed_keys(self) -> set[str]:
@@ -124,19 +127,37 @@ def run_extract(
     registry: str = "stages.extract.columns",
     on_plan: Callable[[int], None] | None = None,
     append: bool = False,
+    repair: bool = False,
 ) -> ExtractSummary:
     """Extract every pending shard of the configured columns into the store at `store_url`.
 
     on_plan(clips) is called once with the number of clips about to be processed; on_shard after each shard.
     append: add the bucket's clips that the store's snapshot lacks, as new shards (`extract --append`).
+    Committed shards are verified before they are skipped: cheaply (commit records parse, arrays and
+    chunks present; damage goes to summary.damaged), or with `repair` fully (every clip's checksum),
+    the damaged shards then uncommitted and extracted again as new attempts.
     """
     started = time.perf_counter()
     growth = Growth()
     store, snapshot, columns = prepare_store(cfg, store_url, registry, append, growth)
+    check = verify_store(store, full=repair, columns=columns.values())
+    damaged, repaired = [], {}
+    for dirname, shards in check.damaged_shards().items():
+        column = next(c for c in columns.values() if c.dirname == dirname)
+        if not repair:
+            damaged += [d for d in check.damaged if d.column == dirname]
+            continue
+        for shard in sorted(shards, key=lambda s: -1 if s is None else s):
+            log.warning("repair: %s shard %s is damaged, extracting it again", dirname, "column arrays" if shard is None else shard)
+            column.uncommit(shard)
+            if shard is None:  # column arrays are written by the worker of a pending shard: make one pending
+                column.uncommit(0)
+        repaired[dirname] = sorted({0 if s is None else s for s in shards})
     every = set(range(snapshot.num_shards))
     todo = sorted(set().union(*(every - c.committed_shards() for c in columns.values())))
     summary = ExtractSummary(store.url, len(snapshot.clips), snapshot.num_shards, growth=growth)
     summary.shards_skipped = snapshot.num_shards - len(todo)
+    summary.damaged, summary.repaired = damaged, repaired
     if on_plan is not None:
         on_plan(sum(len(snapshot.shard_range(s)) for s in todo))
     if todo:
@@ -146,8 +167,8 @@ def run_extract(
         else:
             _run_on_ray(cfg, store_url, todo, summary, on_shard, registry)
     for name, column in columns.items():
-        summary.failed[name] = column.ledger()
-        if every <= column.committed_shards():
+        summary.failed[name] = column.ledger(readable_commit_records(column))
+        if every <= column.committed_shards() and not damaged:  # a damaged commit's attempt is evidence: kept
             column.collect_garbage()  # attempts left by dead workers
     summary.seconds = time.perf_counter() - started
     return summary

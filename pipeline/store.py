@@ -7,7 +7,8 @@ Layout (any fsspec URL: a local folder, s3://bucket/prefix, ...):
     columns/<name>-<hash>/column.json          producer config, its hash, schema, attrs
     columns/<name>-<hash>/column.zarr/         column-level arrays (written once, e.g. empty-prompt embedding)
     columns/<name>-<hash>/shards/<sid>.<attempt>.zarr/   one attempt at a shard: arrays [n, ...]
-    columns/<name>-<hash>/commits/<sid>.json   commit record: names the attempt, its clips and its failures
+    columns/<name>-<hash>/commits/<sid>.json   commit record: names the attempt, its clips and its failures,
+                                               and per clip and array a checksum and the chunk key
 
 A shard is written whole by one worker into a directory of its own attempt, then committed by one
 atomic JSON write (rename locally, a single PUT on object stores). Readers only follow commit
@@ -15,15 +16,22 @@ records, so a crash mid-shard leaves an invisible attempt that the next run redo
 attempts at the same shard never touch the same files. The error ledger is the union of the
 commit records' failures. A column is keyed by the hash of its producer config: a different
 config is a different column, never a silent reuse.
+
+Integrity: Zarr returns a missing chunk as its fill value and decodes a damaged one without
+complaint when its bytes still decompress, so the commit record carries, per clip and array, the
+CRC-32 of the clip's values as written (cheap to recompute on every read of one clip) and the
+chunk's key. `Column.read_row` checks them; records written before them read as "unverified".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -32,7 +40,7 @@ import numpy as np
 import zarr
 
 from pipeline.config import config_hash
-from pipeline.fs import filesystem, is_local, join, read_json, write_json_atomic
+from pipeline.fs import filesystem, is_local, join, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +48,37 @@ FORMAT_VERSION = 1
 SNAPSHOT_VERSION = 1
 
 
+CHECKSUM = "crc32"  # of each clip's array values as written (C order, schema dtype): ~6 GB/s, one pass per read
+
+
 class StoreError(RuntimeError):
     """The store is missing, inconsistent, or does not match what was asked of it."""
+
+
+def checksum(values: np.ndarray) -> str:
+    """CRC-32 (hex) of an array's bytes in C order: what a commit record holds per clip and array."""
+    return f"{zlib.crc32(np.ascontiguousarray(values).data):08x}"
+
+
+def read_json(fs: fsspec.AbstractFileSystem, path: str, required: tuple[str, ...] = ()) -> Any:
+    """A store JSON file, or a StoreError naming it (unreadable, not JSON, or missing a required key)."""
+    try:
+        with fs.open(path, "r") as f:
+            obj = json.load(f)
+    except FileNotFoundError as exc:
+        raise StoreError(f"{path}: missing") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path}: not valid JSON (truncated or damaged): {exc}") from exc
+    except OSError as exc:
+        raise StoreError(f"{path}: unreadable: {exc}") from exc
+    missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise StoreError(f"{path}: damaged, no {', '.join(repr(k) for k in missing)}")
+    return obj
+
+
+COMMIT_KEYS = ("attempt", "clips", "indices", "failed")
+COLUMN_KEYS = ("name", "hash", "config", "schema")
 
 
 @dataclass(frozen=True)
@@ -160,6 +197,26 @@ class Snapshot:
 
 
 @dataclass
+class ClipDamage:
+    """One damaged piece of a committed shard: a clip's array (key and array set) or a whole shard/file."""
+
+    column: str  # column dirname
+    shard: int | None
+    cause: str  # what is wrong, naming the file
+    key: str | None = None  # clip key (None: the whole shard or column)
+    array: str | None = None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def line(self) -> str:
+        where = f"{self.column}" + (f" shard {self.shard}" if self.shard is not None else "")
+        where += f" clip {self.key}" if self.key else ""
+        where += f" array {self.array}" if self.array else ""
+        return f"{where}: {self.cause}"
+
+
+@dataclass
 class ShardData:
     """One committed shard of a column: lazy Zarr arrays plus the per-clip records."""
 
@@ -167,6 +224,13 @@ class ShardData:
     arrays: dict[str, zarr.Array]
     records: list[dict]  # one per stored clip, in array order; each has "key" and "index" (snapshot position)
     failed: list[dict]
+    commit: dict = field(default_factory=dict)  # the commit record (checksums, chunk keys; none in old stores)
+    missing: dict = field(default_factory=dict)  # (array, row) -> path of a chunk the commit lists but the attempt lacks
+
+    @property
+    def verified(self) -> bool:
+        """Whether the commit holds checksums (stores written before them read unverified)."""
+        return "checksums" in self.commit
 
     def __len__(self) -> int:
         return len(self.records)
@@ -196,9 +260,16 @@ class Column:
         return join(self.store.path, "columns", self.dirname, *parts)
 
     def commit_record(self, shard: int) -> dict | None:
+        """The shard's commit record, None when not committed, a StoreError naming the file when damaged."""
         path = self._path("commits", f"{shard:05d}.json")
         fs = self.store.fs
-        return read_json(fs, path) if fs.exists(path) else None
+        return read_json(fs, path, COMMIT_KEYS) if fs.exists(path) else None
+
+    def uncommit(self, shard: int | None) -> None:
+        """Drop a (damaged) shard's commit (None: the column arrays'): its attempt becomes garbage, the shard pending."""
+        path = self._path("commits", "column.json" if shard is None else f"{shard:05d}.json")
+        if self.store.fs.exists(path):
+            self.store.fs.rm(path)
 
     def committed_shards(self) -> set[int]:
         fs, base = self.store.fs, self._path("commits")
@@ -222,9 +293,80 @@ class Column:
         record = self.commit_record(shard)
         if record is None:
             raise StoreError(f"shard {shard} of column {self.dirname} in {self.store.url} is not committed")
-        group = zarr.open_group(self._zarr_target(join("shards", record["attempt"])), mode="r", **self._zarr_kwargs())
-        arrays = {k: group[k] for k in self.schema}
-        return ShardData(shard, arrays, list(group.attrs["records"]), record["failed"])
+        attempt = join("shards", record["attempt"])
+        group = self._open_group(attempt)
+        arrays = {}
+        for k in self.schema:
+            try:
+                arrays[k] = group[k]
+            except Exception as exc:  # noqa: BLE001 - zarr raises KeyError, FileNotFoundError, ValueError, JSON errors
+                raise StoreError(f"{self._path(attempt, k, 'zarr.json')}: array '{k}' unreadable ({_why(exc)})") from exc
+        records = group.attrs.get("records")
+        if not isinstance(records, list) or len(records) != len(record["clips"]):
+            raise StoreError(f"{self._path(attempt, 'zarr.json')}: no clip records for the {len(record['clips'])} committed clips")
+        return ShardData(shard, arrays, list(records), record["failed"], record, self.missing_chunks(record))
+
+    def missing_chunks(self, record: dict) -> dict[tuple[str, int], str]:
+        """{(array, row): path} of the chunks a commit lists that its attempt lacks (one listing of the attempt).
+
+        A missing chunk reads as the fill value: for an all-zero clip even its checksum would agree.
+        Commits written before chunk lists have nothing to compare: {}.
+        """
+        if "chunks" not in record:
+            return {}
+        fs, attempt = self.store.fs, self._path("shards", record["attempt"])
+        present = {fs._strip_protocol(p) for p in fs.find(attempt)}
+        out = {}
+        for name, keys in record["chunks"].items():
+            for row, rel in enumerate(keys):
+                path = f"{attempt}/{name}/{rel}"
+                if fs._strip_protocol(path) not in present:
+                    out[(name, row)] = path
+        return out
+
+    def read_row(self, data: ShardData, name: str, row: int) -> np.ndarray:
+        """Array `name` of the clip at `row`, checked against the commit's checksum.
+
+        A StoreError names store, column, shard, clip, array and the cause: an unreadable chunk, a
+        missing chunk (Zarr would return its fill value), or values that are not the ones committed.
+        """
+        key = data.records[row].get("key") if row < len(data.records) else f"row {row}"
+        where = f"{self.store.url}: column {self.dirname}, shard {data.shard}, clip {key}, array {name}"
+        chunk = self.chunk_path(data, name, row)
+
+        def damaged(cause: str) -> StoreError:
+            err = StoreError(f"{where}: {cause}")
+            err.cause = cause  # what `inspect --verify` lists beside the clip and array
+            return err
+
+        if (name, row) in data.missing:
+            raise damaged(f"missing chunk {data.missing[(name, row)]}")
+        try:
+            values = np.asarray(data.arrays[name][row])
+        except Exception as exc:  # noqa: BLE001 - codec errors (blosc, zstd) come as RuntimeError/ValueError/...
+            raise damaged(f"unreadable chunk {chunk} ({_why(exc)})") from exc
+        sums = data.commit.get("checksums", {}).get(name)
+        if sums is not None:
+            if row >= len(sums):
+                raise damaged(f"commit record lists {len(sums)} checksums for {len(data.records)} clips")
+            got = checksum(values)
+            if got != sums[row]:
+                if not self.store.fs.exists(chunk):
+                    raise damaged(f"missing chunk {chunk}")
+                raise damaged(f"checksum mismatch in {chunk} (committed {sums[row]}, read {got})")
+        return values
+
+    def chunk_path(self, data: ShardData, name: str, row: int) -> str:
+        """Path of the chunk holding `row` of array `name` (one clip per chunk)."""
+        chunks = data.commit.get("chunks", {}).get(name)
+        rel = chunks[row] if chunks is not None and row < len(chunks) else "c/" + "/".join(["%d" % row] + ["0"] * len(self.schema[name].shape))
+        return self._path("shards", data.commit["attempt"], name, rel)
+
+    def _open_group(self, rel: str) -> zarr.Group:
+        try:
+            return zarr.open_group(self._zarr_target(rel), mode="r", **self._zarr_kwargs())
+        except Exception as exc:  # noqa: BLE001 - missing or garbled zarr.json, in whatever form zarr reports it
+            raise StoreError(f"{self._path(rel, 'zarr.json')}: group unreadable ({_why(exc)})") from exc
 
     def write_column_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Column-level arrays computed once (e.g. the empty-prompt embedding), committed like a shard.
@@ -234,9 +376,13 @@ class Column:
         """
         name = f"column.{uuid.uuid4().hex[:12]}.zarr"
         group = zarr.open_group(self._zarr_target(name), mode="w", **self._zarr_kwargs())
+        sums = {}
         for key, value in arrays.items():
-            group.create_array(key, data=np.asarray(value), compressors=_compressors())
-        write_json_atomic(self.store.fs, self._path("commits", "column.json"), {"attempt": name, "keys": sorted(arrays)})
+            value = np.asarray(value)
+            group.create_array(key, data=value, compressors=_compressors())
+            sums[key] = checksum(value)
+        record = {"attempt": name, "keys": sorted(arrays), "checksum": CHECKSUM, "checksums": sums}
+        write_json_atomic(self.store.fs, self._path("commits", "column.json"), record)
 
     def has_column_arrays(self) -> bool:
         return self.store.fs.exists(self._path("commits", "column.json"))
@@ -244,9 +390,19 @@ class Column:
     def column_arrays(self) -> dict[str, np.ndarray]:
         if not self.has_column_arrays():
             return {}
-        record = read_json(self.store.fs, self._path("commits", "column.json"))
-        group = zarr.open_group(self._zarr_target(record["attempt"]), mode="r", **self._zarr_kwargs())
-        return {k: np.asarray(group[k][...]) for k in group.array_keys()}
+        path = self._path("commits", "column.json")
+        record = read_json(self.store.fs, path, ("attempt", "keys"))
+        group = self._open_group(record["attempt"])
+        out = {}
+        for k in record["keys"]:
+            try:
+                out[k] = np.asarray(group[k][...])
+            except Exception as exc:  # noqa: BLE001 - missing/garbled metadata or chunk
+                raise StoreError(f"{self._path(record['attempt'], k)}: column array '{k}' unreadable ({_why(exc)})") from exc
+            want = record.get("checksums", {}).get(k)
+            if want is not None and checksum(out[k]) != want:
+                raise StoreError(f"{self._path(record['attempt'], k)}: column array '{k}' checksum mismatch (committed {want}, read {checksum(out[k])})")
+        return out
 
     def commit_records(self) -> dict[int, dict]:
         """Every commit record, each read once: {shard: record} (one round trip each on object stores)."""
@@ -328,10 +484,16 @@ class ShardWriter:
         self.name = f"{shard:05d}.{uuid.uuid4().hex[:12]}.zarr"
         self.group = zarr.open_group(column._zarr_target(join("shards", self.name)), mode="w", **column._zarr_kwargs())
         # one chunk per clip: streaming reads clip by clip
+        # write_empty_chunks: every clip gets a chunk file, even an all-zero one, so the commit can list
+        # them all and a missing file is damage (Zarr would silently read it as the fill value)
         self.arrays = {
-            key: self.group.create_array(key, shape=(capacity, *spec.shape), dtype=spec.dtype, chunks=(1, *spec.shape), compressors=_compressors())
+            key: self.group.create_array(
+                key, shape=(capacity, *spec.shape), dtype=spec.dtype, chunks=(1, *spec.shape), compressors=_compressors(),
+                config={"write_empty_chunks": True},
+            )
             for key, spec in column.schema.items()
         }
+        self.checksums: dict[str, list[str]] = {key: [] for key in column.schema}  # per row, of the values written
         self.capacity = capacity
         self.rows = 0
 
@@ -347,7 +509,9 @@ class ShardWriter:
             raise StoreError(f"shard {self.shard} of {self.column.dirname}: {self.rows + n} rows exceed its {self.capacity} clips")
         if n:
             for key, spec in self.column.schema.items():
-                self.arrays[key][self.rows : self.rows + n] = np.asarray(arrays[key]).astype(spec.dtype, copy=False)
+                block = np.asarray(arrays[key]).astype(spec.dtype, copy=False)
+                self.arrays[key][self.rows : self.rows + n] = block
+                self.checksums[key] += [checksum(row) for row in block]
         self.rows += n
 
     def commit(self, records: list[dict], failed: list[dict]) -> dict:
@@ -366,6 +530,12 @@ class ShardWriter:
             "failed": failed,
             "committed": time.time(),
             "column": self.column.dirname,
+            "checksum": CHECKSUM,
+            "checksums": self.checksums,
+            "chunks": {
+                key: [arr.metadata.encode_chunk_key((row,) + (0,) * (arr.ndim - 1)) for row in range(self.rows)]
+                for key, arr in self.arrays.items()
+            },
         }
         write_json_atomic(self.column.store.fs, self.column._path("commits", f"{self.shard:05d}.json"), record)
         return record
@@ -403,7 +573,9 @@ class FeatureStore:
     # -- corpus snapshot ------------------------------------------------------------------
     def snapshot(self) -> Snapshot | None:
         path = join(self.path, "corpus", "snapshot.json")
-        return Snapshot.from_json(read_json(self.fs, path)) if self.fs.exists(path) else None
+        if not self.fs.exists(path):
+            return None
+        return Snapshot.from_json(read_json(self.fs, path, ("source", "clips_per_shard", "clips")))
 
     def freeze_snapshot(self, snapshot: Snapshot) -> Snapshot:
         """Write the snapshot on first use; later runs must list the same corpus or be told why not."""
@@ -441,7 +613,7 @@ class FeatureStore:
         }
         path = join(self.path, "columns", f"{name}-{digest}", "column.json")
         if self.fs.exists(path):
-            existing = read_json(self.fs, path)
+            existing = read_json(self.fs, path, COLUMN_KEYS)
             if existing["schema"] != meta["schema"]:
                 raise StoreError(f"column {name}-{digest} in {self.url} has another schema: {existing['schema']}")
             return Column(self, existing)
@@ -456,7 +628,7 @@ class FeatureStore:
         for d in sorted(self.fs.ls(base, detail=False)):
             meta_path = join(d, "column.json")
             if self.fs.exists(meta_path):
-                out.append(Column(self, read_json(self.fs, meta_path)))
+                out.append(Column(self, read_json(self.fs, meta_path, COLUMN_KEYS)))
         return out
 
     def column(self, name: str, hash: str | None = None) -> Column:
@@ -501,7 +673,13 @@ def join_shard(columns: Iterable[Column], shard: int) -> tuple[list[dict], dict[
     snapshots: that is an error, never a silent misalignment.
     """
     columns = list(columns)
-    shards = [c.read_shard(shard) for c in columns]
+    records, shards, picks = join_shard_data(columns, [c.read_shard(shard) for c in columns])
+    return records, {c.name: s.arrays for c, s in zip(columns, shards)}, picks
+
+
+def join_shard_data(columns: list[Column], shards: list[ShardData]) -> tuple[list[dict], list[ShardData], list[list[int]]]:
+    """join_shard on shards already read (one per column): the ShardData carry the commits, for `Column.read_row`."""
+    shard = shards[0].shard if shards else -1
     rows_by_index = []
     for col, data in zip(columns, shards):
         rows = {}
@@ -520,7 +698,13 @@ def join_shard(columns: Iterable[Column], shard: int) -> tuple[list[dict], dict[
             picks[j].append(rows[index][0])
             merged.update(shards[j].records[rows[index][0]])
         records.append(merged)
-    return records, {c.name: s.arrays for c, s in zip(columns, shards)}, picks
+    return records, shards, picks
+
+
+def _why(exc: BaseException) -> str:
+    """One line for an exception from zarr/numcodecs/fsspec."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _compressors() -> list:

@@ -8,6 +8,11 @@ records and reads arrays one clip (one Zarr chunk) at a time. Every rank gets ex
 `batches_per_epoch()` batches, computed from the commit records alone, so uneven shards never
 leave one DDP rank waiting at the epoch's end. A position (epoch, batch) fully determines what
 comes next, which is how a resumed run continues the same trajectory.
+
+Every clip's arrays are checked against the CRC-32 in its commit record as they are read. A damaged
+clip (or a shard whose commit record or metadata cannot be read) stops the run with a StoreError
+naming store, column, shard, clip and array (on_corrupt="fail"), or is logged, counted and left
+out (on_corrupt="skip"): that epoch then yields fewer batches than `batches_per_epoch()` says.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from pipeline.store import Column, FeatureStore, StoreError, join_shard
+from pipeline.store import Column, FeatureStore, StoreError, join_shard_data
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +66,16 @@ class ClipStream:
         seed: int = 0,
         shuffle_buffer: int = 64,  # clips held per worker for shuffling
         num_workers: int = 0,
+        on_corrupt: str = "fail",  # fail | skip: what a damaged clip does (see the module docstring)
     ):
+        if on_corrupt not in ("fail", "skip"):
+            raise ValueError(f"on_corrupt must be fail or skip, got {on_corrupt!r}")
         self.store, self.columns, self.arrays = store, columns, arrays
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
-        self.num_workers = num_workers
+        self.num_workers, self.on_corrupt = num_workers, on_corrupt
+        # clips skipped as damaged, summed over this process and its DataLoader workers (shared memory)
+        self._skipped = _worker_context().Value("q", 0)
+        self._shard_keys: dict[int, list[str]] = {}  # shard -> its clip keys (snapshot), for messages
         # the rank wds.split_by_node will see (torch.distributed, or RANK/WORLD_SIZE): counts must agree with it
         self.rank, self.world_size = wds.utils.pytorch_worker_info()[:2]
         snapshots = {c.meta.get("snapshot") for c in columns}
@@ -74,11 +85,43 @@ class ClipStream:
         if not self.clip_counts:
             raise StoreError(f"no shard of {store.url} is committed in every column ({', '.join(c.dirname for c in columns)})")
 
+    @property
+    def skipped(self) -> int:
+        """Clips left out as damaged so far (on_corrupt=skip), over all epochs and workers."""
+        return self._skipped.value
+
+    def _skip(self, clips: int, exc: StoreError) -> None:
+        with self._skipped.get_lock():
+            self._skipped.value += clips
+        log.warning("skipped %d damaged clip(s) (on_corrupt=skip): %s", clips, exc)
+
     def _joined_counts(self) -> dict[int, int]:
         """Clips per shard present in every column, from the commit records (no array reads)."""
-        records = [c.commit_records() for c in self.columns]
+        records = [self._commit_records(c) for c in self.columns]
         shards = set.intersection(*(set(r) for r in records))
+        unverified = sorted({c.dirname for c, r in zip(self.columns, records) for rec in r.values() if "checksums" not in rec})
+        if unverified:
+            log.warning("%s: commit records of %s hold no checksums (written before them): reads are unverified", self.store.url, ", ".join(unverified))
         return {s: len(set.intersection(*(set(r[s]["indices"]) for r in records))) for s in sorted(shards)}
+
+    def _commit_records(self, column: Column) -> dict[int, dict]:
+        """A column's readable commit records; a damaged one fails the stream or (skip) drops its shard."""
+        out = {}
+        for shard in sorted(column.committed_shards()):
+            try:
+                out[shard] = column.commit_record(shard)
+            except StoreError as exc:
+                keys = self._keys_of(shard)
+                err = StoreError(f"{self.store.url}: column {column.dirname}, shard {shard} (clips {', '.join(keys)}): {exc}")
+                if self.on_corrupt == "fail":
+                    raise err from exc
+                self._skip(len(keys), err)
+        return out
+
+    def _keys_of(self, shard: int) -> list[str]:
+        if shard not in self._shard_keys:
+            self._shard_keys[shard] = [c["key"] for c in self.store.require_snapshot().shard_clips(shard)]
+        return self._shard_keys[shard]
 
     def shard_order(self, epoch: int) -> list[int]:
         """All shards in this epoch's order: the same on every rank, so the node split is disjoint."""
@@ -122,12 +165,26 @@ class ClipStream:
     def _read_shards(self, src: Iterator[dict]) -> Iterator[dict]:
         for item in src:
             shard = int(item["url"])
-            records, arrays, rows = join_shard(self.columns, shard)
+            try:
+                records, shards, rows = join_shard_data(self.columns, [c.read_shard(shard) for c in self.columns])
+            except StoreError as exc:  # a commit, group or array metadata unreadable: every clip of the shard
+                keys = self._keys_of(shard)
+                err = StoreError(f"{self.store.url}: shard {shard} (clips {', '.join(keys)}): {exc}")
+                if self.on_corrupt == "fail":
+                    raise err from exc
+                self._skip(self.clip_counts.get(shard, len(keys)), err)
+                continue
             for i, record in enumerate(records):
                 sample = {"__key__": record["key"], "index": record["index"]}
-                for j, col in enumerate(self.columns):
-                    for name in self.arrays.get(col.name, []):
-                        sample[name] = np.asarray(arrays[col.name][name][rows[j][i]])
+                try:
+                    for j, col in enumerate(self.columns):
+                        for name in self.arrays.get(col.name, []):
+                            sample[name] = col.read_row(shards[j], name, rows[j][i])  # checked against the commit
+                except StoreError as exc:
+                    if self.on_corrupt == "fail":
+                        raise
+                    self._skip(1, exc)
+                    continue
                 yield sample
 
     def epoch(self, position: StreamPosition) -> Iterator[dict]:
@@ -137,7 +194,20 @@ class ClipStream:
             self.dataset(position.epoch), batch_size=None, num_workers=self.num_workers, persistent_workers=False,
             multiprocessing_context=_worker_context() if self.num_workers else None,
         )
-        return itertools.islice(loader, position.batch, total)
+        return _one_line_errors(itertools.islice(loader, position.batch, total))
+
+
+def _one_line_errors(batches: Iterator[dict]) -> Iterator[dict]:
+    """A StoreError raised in a DataLoader worker comes back with the worker's traceback as its
+    message: give it back its own one-line message (the CLI prints it as is)."""
+    try:
+        yield from batches
+    except StoreError as exc:
+        text = str(exc)
+        if not text.startswith("Caught "):
+            raise
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        raise StoreError(last.split(": ", 1)[1] if ": " in last else last) from None
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:

@@ -36,8 +36,8 @@ class TrainingData:
     def columns(self) -> list[Column]:
         return [c for c in (self.teacher, self.encodings) if c is not None]
 
-    def stream(self, batch_size: int, seed: int, shuffle_buffer: int, num_workers: int) -> ClipStream:
-        return ClipStream(self.store, self.columns, self.arrays, batch_size, seed, shuffle_buffer, num_workers)
+    def stream(self, batch_size: int, seed: int, shuffle_buffer: int, num_workers: int, on_corrupt: str = "fail") -> ClipStream:
+        return ClipStream(self.store, self.columns, self.arrays, batch_size, seed, shuffle_buffer, num_workers, on_corrupt)
 
 
 def _select(store: FeatureStore, name: str, selector: str | None) -> Column:

@@ -188,7 +188,7 @@ class Trainer:
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         fp16 = self._autocast_dtype() == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 has fp32's range: no scaling
-        self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers)
+        self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers, cfg.data.on_corrupt)
         self.empty_prompt = self._empty_prompt()
         lat = self.data.encodings.schema["latents"].shape
         self.rotary = rotary_embedding(self.tconfig, lat[1], lat[2], lat[3], self.device)
@@ -301,6 +301,8 @@ class Trainer:
                 self.on_step(metrics)
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == last:
                 self.save()
+        if self.stream.skipped:
+            log.warning("left out %d damaged clip read(s) (data.on_corrupt=skip); `sam2videox inspect STORE --verify` lists them", self.stream.skipped)
         return history
 
     def finish(self) -> Path | None:
