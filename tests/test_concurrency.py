@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -117,30 +116,43 @@ def config(corpus: Path, **extra) -> ExtractConfig:
     return load_config(ExtractConfig, SAMPLE, small_overrides(corpus, **extra))
 
 
+RUN = """
+import json, os, sys, time
+from pipeline.config import load_config
+from pipeline.extract_config import ExtractConfig
+from pipeline.runner import run_extract
+cfg = load_config(ExtractConfig, sys.argv[1], json.loads(sys.argv[3]))
+open(f"{sys.argv[4]}.{os.getpid()}.ready", "w").close()
+while not os.path.exists(sys.argv[4]):  # start together: both list, claim and write at the same time
+    time.sleep(0.05)
+s = run_extract(cfg, sys.argv[2])
+print(json.dumps({"run": s.shards_run, "elsewhere": s.shards_elsewhere, "skipped": s.shards_skipped}))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_concurrent_runs_share_the_work(tmp_path, small_corpus):
-    from pipeline.runner import run_extract
-
+    """Two extract processes on one store (in-process workers): each shard is computed once, both exit 0."""
     url = str(tmp_path / "store")
-    cfg = config(small_corpus, **{"ray.num_workers": 0, "lease.poll_s": 0.2})
-    results, errors = {}, []
-
-    def run(name: str) -> None:
-        try:
-            results[name] = run_extract(cfg, url)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in "ab"]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    a, b = results["a"], results["b"]
-    assert sorted(a.shards_run + b.shards_run) == [0, 1, 2]  # each shard computed once, by one of them
-    assert a.shards_run and b.shards_run  # and both did some of it
+    overrides = small_overrides(small_corpus, **{"ray.num_workers": 0, "lease.poll_s": 0.2})
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RUN, str(SAMPLE), url, json.dumps(overrides), str(go)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+        for _ in range(2)
+    ]  # fmt: skip
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("go.*.ready"))) < 2:  # both imported and configured
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.1)
+    go.touch()
+    outs = [p.communicate(timeout=500) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    a, b = (json.loads(o[0].strip().splitlines()[-1]) for o in outs)
+    assert sorted(a["run"] + b["run"]) == [0, 1, 2], (a, b)  # each shard computed once, by one of them
+    print("shards run:", a, b)
     store = FeatureStore(url)
     for col in store.columns():
         assert col.committed_shards() == {0, 1, 2}
