@@ -3,7 +3,9 @@
 Each actor wraps a `ShardWorker` (models loaded once) and takes whole shards. Ray has no
 job-level resume, so the store's commit records are the record of finished work: a rerun skips
 committed shards, and a shard whose actor died is handed to a fresh actor (its half-written
-attempt stays invisible and is garbage-collected at the end).
+attempt stays invisible and is garbage-collected at the end). Workers claim shards (leases,
+pipeline/lease.py), so several runs on one store share the work; a shard another live run holds
+is looked at again every lease.poll_s until it is committed or its owner is gone.
 """
 
 from __future__ import annotations
@@ -332,10 +334,14 @@ def _init_ray(ray, cfg: ExtractConfig):
         except ConnectionError as exc:
             raise RayUnreachable(f"ray.address={cfg.ray.address}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         return True, None
-    from pipeline.ray_watchdog import start_watchdog
+    from pipeline.ray_watchdog import start_watchdog, stop_watchdog
 
     watchdog = start_watchdog()  # first: a driver killed during ray.init leaves nothing behind either
-    ray.init(include_dashboard=False, object_store_memory=cfg.ray.object_store_memory, log_to_driver=True)
+    try:
+        ray.init(include_dashboard=False, object_store_memory=cfg.ray.object_store_memory, log_to_driver=True)
+    except BaseException:
+        stop_watchdog(watchdog)
+        raise
     return True, watchdog
 
 
