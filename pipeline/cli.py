@@ -33,35 +33,35 @@ def extract(
     store: str = typer.Option(..., "--store", "-s", help="feature store: a folder or fsspec URL (s3://...)"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. teacher.feature=backbone ray.num_workers=4"),
     allow_failures: bool = typer.Option(False, "--allow-failures", help="exit 0 even if clips failed (they stay in the ledger)"),
+    append: bool = typer.Option(False, "--append", help="add clips new in the bucket to the store, as new shards after the existing ones"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Stage one: track every clip forward and backward with SAM2 and write the store's columns."""
-    from tqdm import tqdm
-
     from pipeline.extract_config import ExtractConfig
+    from pipeline.progress import Progress
     from pipeline.runner import ExtractFailed, run_extract
     from pipeline.store import StoreError
 
     _setup_logging(verbose)
     cfg = _load(ExtractConfig, config, overrides or [])
-    bar = tqdm(unit="clip", desc="extract", dynamic_ncols=True, disable=None)
+    bar = Progress("extract", "clip")
 
     def on_shard(report) -> None:
-        bar.update(report.clips)
         model = sum(report.model_s.values())
-        bar.set_postfix(shard=report.shard, failed=sum(len(v) for v in report.failed.values()), wall_model=f"{report.seconds / model:.2f}" if model else "-")
+        failed = len({row["key"] for rows in report.failed.values() for row in rows})
+        bar.update(report.clips, failed=failed, shard=report.shard, wall_model=f"{report.seconds / model:.2f}" if model else "-")
 
     def on_plan(clips: int) -> None:
-        bar.reset(total=clips)
+        bar.set_total(clips)
 
     try:
-        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan)
+        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=on_plan, append=append)
     except (ExtractFailed, StoreError, ValueError) as exc:
         bar.close()
         typer.secho(f"extract failed: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     bar.close()
-    if summary.shards_skipped == summary.shards:
+    if summary.shards_skipped == summary.shards and not summary.growth.appended:
         typer.echo(f"nothing to do: all {summary.shards} shards already committed in {summary.store} ({', '.join(cfg.columns)})")
     else:
         elsewhere = f", {summary.shards_elsewhere} committed meanwhile by another run" if summary.shards_elsewhere else ""
@@ -69,6 +69,14 @@ def extract(
             f"store {summary.store}: {summary.clips} clips in {summary.shards} shards; "
             f"ran {len(summary.shards_run)} shards ({summary.clips_processed} clips), skipped {summary.shards_skipped} already committed{elsewhere}, "
             f"{summary.worker_restarts} worker restarts, {summary.seconds:.1f} s"
+        )
+    growth = summary.growth
+    if growth.appended:
+        typer.echo(f"appended {growth.appended} new clips from {cfg.corpus.url} as shards {growth.first_new_shard}..{summary.shards - 1}")
+    if growth.unlisted and not append:
+        typer.secho(
+            f"{growth.unlisted} new clips in {cfg.corpus.url} are not in this store's snapshot; "
+            f"to add them, rerun this command with --append", fg="yellow",
         )
     if summary.shards_run:
         typer.echo(_timing_line(summary))
@@ -98,7 +106,8 @@ def _timing_line(summary) -> str:
 @app.command()
 def inspect(
     store: str = typer.Argument(..., help="feature store folder or URL"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (failed clips and duplicates included)"),
+    failures: bool = typer.Option(False, "--failures", help="list every failed clip: column, key, stage and reason"),
     pca: Optional[str] = typer.Option(None, "--pca", help="clip key (or @N, the Nth clip) to render as PCA colours"),
     out: Optional[Path] = typer.Option(None, "--out", help="output .mp4 or .png for --pca"),
     column: Optional[str] = typer.Option(None, "--column", help="teacher column name or name-hash (default: the only one)"),
@@ -117,8 +126,10 @@ def inspect(
             path = render_pca(fstore, pca, out, column or "teacher")
             typer.echo(f"wrote {path}")
             return
-        summary = fstore.summary()
-    except StoreError as exc:
+        from pipeline.inspect import store_report
+
+        summary = store_report(fstore)
+    except (StoreError, ValueError) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc
     except Exception as exc:
@@ -133,29 +144,43 @@ def inspect(
         return
     typer.echo(f"store {summary['store']}: {summary['clips']} clips, {summary['shards']} shards, {summary['failed']} failed")
     for col in summary["columns"]:
+        described = " ".join(f"{k.split('.', 1)[-1] if k.count('.') == 1 else k}={v}" for k, v in col["describe"].items())
         typer.echo(
             f"  {col['dir']}: {col['committed_shards']}/{summary['shards']} shards, {col['clips']} clips, "
-            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip"
+            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip" + (f"  [{described}]" if described else "")
         )
         for name, spec in col["arrays"].items():
             typer.echo(f"      {name:16s} {spec['dtype']:8s} {tuple(spec['shape'])}")
+    dupes = summary["duplicates"]
+    if dupes:
+        typer.echo(f"  duplicate files: {sum(len(v) for v in dupes.values())} clips are copies of others (corpus.dedupe=true keeps one)")
+        for first, copies in list(dupes.items())[:10]:
+            typer.echo(f"      {first} = {', '.join(copies)}")
+    rows = summary["failures"]
+    if failures:
+        for row in rows:
+            typer.echo(f"  FAILED {row['column']} {row['key']} [{row['stage']}]: {row['reason']}")
+    elif rows:
+        typer.echo(f"  {len(rows)} failures: list them with `sam2videox inspect {store} --failures`")
 
 
 def _run_distill(cfg, resume: bool, show_progress: bool) -> dict:
     """Train, export, and return the run summary (also written to <out>/summary.json on rank 0)."""
-    from tqdm import tqdm
+    import io
 
+    from pipeline.progress import Progress
     from stages.distill.trainer import Trainer
 
     trainer = Trainer(cfg, resume=resume)
-    bar = tqdm(total=cfg.train.steps, initial=trainer.step, unit="step", desc=Path(cfg.out).name, disable=None if show_progress and trainer.rank == 0 else True)
+    quiet = not show_progress or trainer.rank != 0
+    bar = Progress(Path(cfg.out).name, "step", total=cfg.train.steps, initial=trainer.step,
+                   stream=io.StringIO() if quiet else None, failures=False)
     waits, times = [], []
 
     def on_step(m) -> None:
         waits.append(m.data_seconds)
         times.append(m.seconds)
-        bar.update(1)
-        bar.set_postfix(loss=f"{m.loss:.4f}", data_wait=f"{sum(waits) / max(sum(times), 1e-9):.0%}")
+        bar.update(1, loss=f"{m.loss:.4f}", data_wait=f"{sum(waits) / max(sum(times), 1e-9):.0%}")
 
     trainer.on_step = on_step
     try:
@@ -197,6 +222,7 @@ def distill(
     from pipeline.distill_config import DistillConfig
     from pipeline.store import StoreError
     from stages.distill.memory_plan import MemoryPlanError
+    from stages.distill.resume import ResumeMismatch
 
     _setup_logging(verbose)
     extra = ([f"data.store={store}"] if store else []) + ([f"out={out}"] if out else [])
@@ -206,16 +232,18 @@ def distill(
         return
     try:
         summary = _run_distill(cfg, resume, show_progress=True)
-    except StoreError as exc:
-        typer.secho(f"store error: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
-    except MemoryPlanError as exc:
-        typer.secho(f"memory plan: {exc}", fg="red", err=True)
+    except (StoreError, MemoryPlanError, ResumeMismatch) as exc:  # one line, exit 2: the message names the fix
+        kind = {StoreError: "store error", MemoryPlanError: "memory plan", ResumeMismatch: "resume"}
+        typer.secho(f"{next(v for k, v in kind.items() if isinstance(exc, k))}: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     if summary["rank"] == 0:
-        final = summary["final"] or {}
+        final = summary["final"]
+        if final is None:  # a resume of a finished run
+            typer.echo(f"nothing to train: the run is already at step {summary['steps']} of {cfg.train.steps} "
+                       f"(raise train.steps to continue); exported: {summary['exported']}")
+            return
         typer.echo(
-            f"{summary['steps']} steps, loss {final.get('loss', float('nan')):.4f} {final.get('terms', {})}, "
+            f"{summary['steps']} steps, loss {final['loss']:.4f} {final['terms']}, "
             f"{summary['mean_step_seconds'] or 0:.3f} s/step, data wait {summary['data_wait_share'] or 0:.1%}; exported: {summary['exported']}"
         )
 

@@ -4,12 +4,15 @@ A bucket is a local folder or any fsspec URL (file://, s3://, memory://, ...). W
 (manifest.jsonl: one JSON object per line) the manifest is the truth; without one the bucket is
 listed recursively for video files, with captions from sidecar <stem>.txt files. Either way the
 result is sorted by key, so every process that lists the same bucket gets the same order, which is
-what the shard plan (pipeline/store.py) is built on. Listing never opens a video: a bad file is
-found, and recorded, by the worker that decodes it.
+what the shard plan (pipeline/store.py) is built on. Listing never decodes a video: a bad file is
+found, and recorded, by the worker that decodes it. It does read each listed file's first and last
+64 KiB (two range reads) for a content hash, so identical files under
+two keys are flagged in the snapshot (`duplicate_of`) or, with `corpus.dedupe`, kept once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -41,14 +44,28 @@ class ClipEntry:
     url: str  # local absolute path or full fsspec URL of the video
     caption: str  # text prompt of the student ("" when the corpus has none)
     prompt: dict | None = field(default=None, hash=False)  # manifest prompt: {"box"}, {"points","labels"} or {"mask": url}
+    content_hash: str | None = field(default=None, compare=False)  # see content_hash(); None when not hashed or unreadable
+    duplicate_of: str | None = field(default=None, compare=False)  # key of the first clip with the same content
+    duplicates: tuple[str, ...] = field(default=(), compare=False)  # keys dropped as copies of this one (corpus.dedupe)
 
     def to_json(self) -> dict:
-        return {"key": self.key, "url": self.url, "caption": self.caption, "prompt": self.prompt}
+        out = {"key": self.key, "url": self.url, "caption": self.caption, "prompt": self.prompt}
+        # only when set, so snapshots written before these fields existed keep their ids
+        if self.content_hash is not None:
+            out["content_hash"] = self.content_hash
+        if self.duplicate_of is not None:
+            out["duplicate_of"] = self.duplicate_of
+        if self.duplicates:
+            out["duplicates"] = list(self.duplicates)
+        return out
 
     @classmethod
     def from_json(cls, obj: dict | str) -> ClipEntry:
         d = json.loads(obj) if isinstance(obj, str) else obj
-        return cls(key=d["key"], url=d["url"], caption=d.get("caption", ""), prompt=d.get("prompt"))
+        return cls(
+            key=d["key"], url=d["url"], caption=d.get("caption", ""), prompt=d.get("prompt"),
+            content_hash=d.get("content_hash"), duplicate_of=d.get("duplicate_of"), duplicates=tuple(d.get("duplicates", ())),
+        )
 
 
 def list_corpus(cfg: CorpusConfig) -> list[ClipEntry]:
@@ -65,9 +82,85 @@ def list_corpus(cfg: CorpusConfig) -> list[ClipEntry]:
     if not entries:
         raise CorpusError(f"empty corpus: no clips in {where} (extensions: {', '.join(cfg.extensions)})")
     if cfg.limit is not None:
-        entries = entries[: cfg.limit]
+        entries = entries[: cfg.limit]  # before hashing: a smoke run on a huge bucket reads only its clips
+    if cfg.content_hash:
+        entries = mark_duplicates(entries, cfg)
     log.info("corpus %s: %d clips", where, len(entries))
     return entries
+
+
+HASH_SPAN = 64 << 10  # bytes hashed at each end of a file: under 1% of what decoding a clip reads
+
+
+def content_hash(fs: fsspec.AbstractFileSystem, path: str, size: int) -> str:
+    """sha256 of the file's size and its first and last 64 KiB (the whole file when <= 128 KiB).
+
+    Cheap on any bucket (two range reads, whatever the file size) and, for video files, as good
+    as a full hash at telling copies apart: containers put their index (an mp4's moov lists the
+    size of every frame) at one end and encoded frames at both, so two different clips of one
+    size agree on both ends essentially never. Edits confined to the middle of a file are not
+    seen, and it is no defence against crafted collisions.
+    """
+    h = hashlib.sha256(f"{size}:".encode())
+    if size <= 2 * HASH_SPAN:
+        h.update(fs.cat_file(path))
+    else:
+        h.update(fs.cat_file(path, start=0, end=HASH_SPAN))
+        h.update(fs.cat_file(path, start=size - HASH_SPAN, end=size))
+    return "sha256-ends:" + h.hexdigest()
+
+
+def mark_duplicates(entries: list[ClipEntry], cfg: CorpusConfig, known: dict[str, str] | None = None) -> list[ClipEntry]:
+    """Hash every entry; flag copies (duplicate_of the first key) or, with cfg.dedupe, keep one.
+
+    known: {content hash: key} of clips listed before (an append): a copy of one of them is
+    flagged as its duplicate, or dropped with cfg.dedupe.
+    """
+    import dataclasses
+
+    hashed: list[ClipEntry] = []
+    unreadable: list[str] = []
+    for e in entries:
+        try:
+            fs, path = filesystem(e.url, cfg.storage_options)
+            digest = content_hash(fs, path, fs.size(path))
+        except Exception as exc:  # missing, unreachable, no credentials: the worker that decodes it says why, per clip
+            log.debug("corpus: cannot hash %s: %s: %s", e.url, type(exc).__name__, exc)
+            unreadable.append(e.key)
+            digest = None
+        hashed.append(dataclasses.replace(e, content_hash=digest))
+    if unreadable:
+        log.warning("corpus %s: %d file(s) could not be read for their content hash (first: %s)", cfg.url, len(unreadable), unreadable[0])
+    first: dict[str, int] = {}  # hash -> position of its first clip
+    copies: dict[int, list[str]] = {}
+    out: list[ClipEntry] = []
+    known = known or {}
+    for e in hashed:
+        if e.content_hash in known:
+            if not cfg.dedupe:
+                out.append(dataclasses.replace(e, duplicate_of=known[e.content_hash]))
+            else:
+                log.info("corpus: %s dropped, a copy of %s (corpus.dedupe)", e.key, known[e.content_hash])
+            continue
+        if e.content_hash is None or e.content_hash not in first:
+            if e.content_hash is not None:
+                first[e.content_hash] = len(out)
+            out.append(e)
+            continue
+        kept = out[first[e.content_hash]]
+        if cfg.dedupe:
+            copies.setdefault(first[e.content_hash], []).append(e.key)
+        else:
+            out.append(dataclasses.replace(e, duplicate_of=kept.key))
+    for pos, keys in copies.items():
+        out[pos] = dataclasses.replace(out[pos], duplicates=tuple(keys))
+    dupes = sum(e.duplicate_of is not None for e in out) + sum(len(k) for k in copies.values())
+    if dupes:
+        log.warning(
+            "corpus %s: %d clip(s) are copies of other clips (same content hash)%s",
+            cfg.url, dupes, "; kept one of each (corpus.dedupe)" if cfg.dedupe else "; set corpus.dedupe=true to keep one of each",
+        )
+    return out
 
 
 def _to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:

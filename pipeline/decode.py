@@ -1,8 +1,14 @@
-"""Decode one clip: sample `num_frames` frames at `fps` by timestamp, resize to cover H x W, centre-crop.
+"""Decode one clip: sample `num_frames` frames at `fps` by timestamp, turn them upright, resize to cover H x W, centre-crop.
 
 Why this shape: the teacher (SAM2) and the student (CogVideoX) must see the same pixels, so every
 clip becomes exactly [F, H, W, 3] at the student's resolution, and the resize + crop geometry is
 kept so prompts given in source pixels (manifest boxes, points, masks) land on the same subject.
+
+Frames are stored upright: the container's display matrix (phones record portrait video as
+landscape frames plus a 90-degree rotation) is applied, and every source coordinate below
+(sizes, prompts, crop boxes) is in the upright frame a player shows. A clip whose aspect differs
+from H x W so much that the crop would lose more than `video.max_crop` of it is cropped anyway,
+padded, or skipped, as `video.fit` says; the record says which, and where the crop was.
 
 Frames are picked by presentation timestamp (the frame nearest to start + i / fps), so sources at
 any frame rate, variable ones included, give the same temporal sampling. Decoding stops at the last
@@ -66,11 +72,34 @@ class DecodedClip:
     frame_indices: list[int]  # source frame index (presentation order) of each sampled frame
     frame_times: list[float]  # seconds from the source's first frame, per sampled frame
     source_fps: float  # the stream's average rate (0.0 when the container does not say)
-    source_size: tuple[int, int]  # (H0, W0) of the source frames
-    scale_x: float  # resized width / W0 (the resize covers H x W with the aspect ratio kept)
+    source_size: tuple[int, int]  # (H0, W0) of the upright source frames
+    scale_x: float  # resized width / W0 (the resize covers H x W with the aspect ratio kept; fits inside it for "pad")
     scale_y: float  # resized height / H0
-    top: int  # rows cropped off the top of the resized frame
-    left: int  # columns cropped off the left of the resized frame
+    top: int  # rows cropped off the top of the resized frame (negative: rows of padding above it)
+    left: int  # columns cropped off the left of the resized frame (negative: columns of padding)
+    rotation: int = 0  # degrees the stored frames were turned (counter-clockwise) to stand upright
+    fit: str = "crop"  # "crop" or "pad": how the frame was brought to H x W
+    duration: float | None = None  # seconds, as the container declares it (None when it does not)
+
+    @property
+    def crop_box(self) -> list[float]:
+        """The output frame in upright source pixels [x0, y0, x1, y1] (beyond the source where padded)."""
+        h, w = self.size
+        return [self.left / self.scale_x, self.top / self.scale_y, (self.left + w) / self.scale_x, (self.top + h) / self.scale_y]
+
+    def record(self) -> dict:
+        """The clip's provenance for its store record: where every stored frame came from."""
+        return {
+            "source_fps": round(self.source_fps, 6),
+            "duration": None if self.duration is None else round(self.duration, 6),
+            "source_width": self.source_size[1],
+            "source_height": self.source_size[0],
+            "rotation": self.rotation,
+            "fit": self.fit,
+            "crop_box": [round(v, 3) for v in self.crop_box],
+            "frame_indices": list(self.frame_indices),
+            "frame_times": [round(t, 6) for t in self.frame_times],
+        }
 
     @property
     def size(self) -> tuple[int, int]:
@@ -99,9 +128,9 @@ class DecodedClip:
         if tuple(mask.shape) != self.source_size:
             raise ClipError(f"mask prompt is {mask.shape[0]}x{mask.shape[1]} but the video is {self.source_size[0]}x{self.source_size[1]}")
         h, w = self.size
-        rw, rh = _resized_size(self.source_size, (h, w))
-        img = Image.fromarray(mask.astype(np.uint8) * 255).resize((rw, rh), Image.Resampling.BILINEAR)
-        return np.asarray(img)[self.top : self.top + h, self.left : self.left + w] >= 128
+        rw, rh = round(self.source_size[1] * self.scale_x), round(self.source_size[0] * self.scale_y)
+        img = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((rw, rh), Image.Resampling.BILINEAR))
+        return _place(img, self.top, self.left, h, w) >= 128
 
     def map_prompt(self, prompt: dict, mask_loader: Callable[[str], np.ndarray] | None = None) -> dict:
         """Map a manifest prompt to output coordinates.
@@ -145,11 +174,29 @@ class DecodedClip:
         return mapped
 
 
-def _resized_size(source: tuple[int, int], out: tuple[int, int]) -> tuple[int, int]:
-    """(width, height) of the source resized, aspect kept, to cover out = (H, W)."""
+def _resized_size(source: tuple[int, int], out: tuple[int, int], fit: str = "crop") -> tuple[int, int]:
+    """(width, height) of the source resized, aspect kept, to cover out = (H, W) ("crop") or fit inside it ("pad")."""
     (h0, w0), (h, w) = source, out
+    if fit == "pad":
+        s = min(h / h0, w / w0)
+        return min(w, max(1, round(w0 * s))), min(h, max(1, round(h0 * s)))
     s = max(h / h0, w / w0)
     return max(w, round(w0 * s)), max(h, round(h0 * s))
+
+
+def crop_loss(source: tuple[int, int], out: tuple[int, int]) -> float:
+    """Share of the source frame (H0, W0) a centre crop to the aspect of out = (H, W) removes."""
+    a_src, a_out = source[1] / source[0], out[1] / out[0]
+    return 1.0 - min(a_src / a_out, a_out / a_src)
+
+
+def _place(img: np.ndarray, top: int, left: int, h: int, w: int) -> np.ndarray:
+    """The [h, w] window at (top, left) of img [rh, rw, ...]; parts outside img are zero (padding)."""
+    out = np.zeros((h, w, *img.shape[2:]), img.dtype)
+    y0, x0 = max(0, top), max(0, left)
+    y1, x1 = min(img.shape[0], top + h), min(img.shape[1], left + w)
+    out[y0 - top : y1 - top, x0 - left : x1 - left] = img[y0:y1, x0:x1]
+    return out
 
 
 @dataclass
@@ -182,7 +229,7 @@ def decode_clip(url: str, video: VideoConfig, storage_options: dict | None = Non
 
 def _open(source, fs, path: str, url: str) -> av.container.InputContainer:
     try:
-        return av.open(source, "r")
+        container = av.open(source, "r")
     except av.FFmpegError as e:
         with fs.open(path, "rb") as f:
             head = f.read(192)
@@ -190,6 +237,13 @@ def _open(source, fs, path: str, url: str) -> av.container.InputContainer:
         if ts or any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES):
             raise ClipError(f"corrupt or truncated video container ({_short(e)})", url) from e
         raise ClipError(f"not a video file: FFmpeg cannot read it ({_short(e)})", url) from e
+    # FFmpeg also opens still images (a PNG or JPEG renamed .mp4) as one-frame "videos": name them
+    # for what they are rather than report them as too short
+    fmt = container.format.name
+    if fmt == "image2" or fmt.endswith("_pipe"):
+        container.close()
+        raise ClipError(f"not a video file: a still image ({fmt.removesuffix('_pipe')})", url)
+    return container
 
 
 def _short(e: Exception) -> str:
@@ -210,7 +264,7 @@ def _decode(container: av.container.InputContainer, video: VideoConfig, url: str
     last, count = _sample(container, stream, sampler, rate)
     if sampler.done < video.num_frames:
         raise ClipError(_short_reason(last, count, rate, stream, container, video), url)
-    return sampler.result(rate)
+    return sampler.result(rate, _declared_duration(stream, container))
 
 
 def _sample(container, stream, sampler: _Sampler, rate: float) -> tuple[_Picked | None, int]:
@@ -244,8 +298,46 @@ def _sample(container, stream, sampler: _Sampler, rate: float) -> tuple[_Picked 
     return prev, count
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """How stored source frames become output frames: turn upright, resize, then crop or pad."""
+
+    rotation: int  # counter-clockwise degrees that stand the stored frame upright (0, 90, 180, 270)
+    stored: tuple[int, int]  # (H, W) as decoded
+    upright: tuple[int, int]  # (H0, W0) after the rotation
+    fit: str  # "crop" or "pad"
+    resized: tuple[int, int]  # (rw, rh): the upright frame resized, aspect kept
+    top: int  # offset of the output window in the resized frame (negative = padding)
+    left: int
+
+    @staticmethod
+    def of(frame: av.VideoFrame, video: VideoConfig, url: str) -> _Geometry:
+        # frame.rotation is FFmpeg's display-matrix angle (counter-clockwise): a phone's portrait
+        # clip says -90, i.e. turn the stored landscape frame 90 degrees clockwise to show it
+        rotation = int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+        stored = (frame.height, frame.width)
+        upright = stored[::-1] if rotation in (90, 270) else stored
+        out = (video.height, video.width)
+        loss = crop_loss(upright, out)
+        fit = "crop"
+        if loss > video.max_crop and video.fit != "crop":
+            if video.fit == "skip":
+                raise ClipError(
+                    f"aspect {upright[1]}x{upright[0]} differs from {out[1]}x{out[0]}: a crop would lose {loss:.0%} of the frame "
+                    f"(video.max_crop={video.max_crop:g}); skipped (video.fit=skip)",
+                    url,
+                )
+            fit = "pad"
+        rw, rh = _resized_size(upright, out, fit)
+        if fit == "pad":
+            top, left = -((out[0] - rh) // 2), -((out[1] - rw) // 2)
+        else:
+            top, left = (rh - out[0]) // 2, (rw - out[1]) // 2
+        return _Geometry(rotation, stored, upright, fit, (rw, rh), top, left)
+
+
 class _Sampler:
-    """Fills the output clip as frames are picked: RGB, resize to cover (H, W), centre-crop.
+    """Fills the output clip as frames are picked: RGB, upright, resize to cover (H, W), centre-crop (or pad).
 
     Converting at pick time means at most two source frames are alive at once, whatever the
     source resolution (49 held 4K frames would be ~600 MB).
@@ -257,7 +349,7 @@ class _Sampler:
         self.frames = np.empty((video.num_frames, video.height, video.width, 3), dtype=np.uint8)
         self.indices: list[int] = []
         self.times: list[float] = []
-        self.source_size: tuple[int, int] | None = None  # set by the first picked frame
+        self.geometry: _Geometry | None = None  # set by the first picked frame
 
     @property
     def done(self) -> int:
@@ -273,38 +365,44 @@ class _Sampler:
         self.times.append(p.time)
 
     def _convert(self, p: _Picked) -> np.ndarray:
+        if self.geometry is None:
+            self.geometry = _Geometry.of(p.frame, self.video, self.url)
+        g = self.geometry
         size = (p.frame.height, p.frame.width)
-        if self.source_size is None:
-            self.source_size = size
-            if p.frame.rotation:
-                log.warning("%s: rotation metadata (%s deg) is ignored; frames are used as stored", self.url, p.frame.rotation)
-        if size != self.source_size:
-            raise ClipError(f"frame size changes mid-stream ({self.source_size} -> {size})", self.url)
+        if size != g.stored:
+            raise ClipError(f"frame size changes mid-stream ({g.stored} -> {size})", self.url)
         if p.frame.is_corrupt:
             raise ClipError(f"corrupt stream: frame {p.index} decoded with errors", self.url)
         h, w = self.video.height, self.video.width
-        rw, rh = _resized_size(size, (h, w))
-        top, left = (rh - h) // 2, (rw - w) // 2
+        rw, rh = g.resized
+        sw, sh = (rh, rw) if g.rotation in (90, 270) else (rw, rh)  # the resize happens before the turn, in stored axes
         # one swscale pass does YUV -> RGB and the resize; area averaging is the good downscaler,
         # but it does not interpolate when upscaling, bicubic does
-        interpolation = "AREA" if rw <= size[1] else "BICUBIC"
-        rgb = p.frame.to_ndarray(width=rw, height=rh, format="rgb24", interpolation=interpolation)
-        return rgb[top : top + h, left : left + w]
+        interpolation = "AREA" if sw <= size[1] else "BICUBIC"
+        rgb = p.frame.to_ndarray(width=sw, height=sh, format="rgb24", interpolation=interpolation)
+        if g.rotation:
+            rgb = np.rot90(rgb, k=g.rotation // 90)  # np.rot90 turns counter-clockwise, as the display matrix does
+        if g.fit == "pad":
+            return _place(rgb, g.top, g.left, h, w)
+        return rgb[g.top : g.top + h, g.left : g.left + w]
 
-    def result(self, rate: float) -> DecodedClip:
-        assert self.source_size is not None  # result() follows a full set of picks
-        h, w = self.video.height, self.video.width
-        rw, rh = _resized_size(self.source_size, (h, w))
+    def result(self, rate: float, duration: float | None) -> DecodedClip:
+        g = self.geometry
+        assert g is not None  # result() follows a full set of picks
+        rw, rh = g.resized
         return DecodedClip(
             frames=self.frames,
             frame_indices=self.indices,
             frame_times=self.times,
             source_fps=rate,
-            source_size=self.source_size,
-            scale_x=rw / self.source_size[1],
-            scale_y=rh / self.source_size[0],
-            top=(rh - h) // 2,
-            left=(rw - w) // 2,
+            source_size=g.upright,
+            scale_x=rw / g.upright[1],
+            scale_y=rh / g.upright[0],
+            top=g.top,
+            left=g.left,
+            rotation=g.rotation,
+            fit=g.fit,
+            duration=duration,
         )
 
 

@@ -18,10 +18,14 @@ class CorpusConfig:
     extensions: list[str] = field(default_factory=lambda: ["mp4", "webm", "mov", "mkv"])
     limit: int | None = None  # take only the first N clips of the listing (smoke runs)
     storage_options: dict = field(default_factory=dict)  # passed to fsspec (e.g. endpoint_url for s3)
+    content_hash: bool = True  # hash each file (size + sha256 of its first and last MiB) to flag duplicate files
+    dedupe: bool = False  # keep only the first key (in sorted order) of each set of identical files
 
     def __post_init__(self) -> None:
         if self.clips_per_shard < 1:
             raise ValueError("clips_per_shard must be >= 1")
+        if self.dedupe and not self.content_hash:
+            raise ValueError("dedupe needs content_hash=true (duplicates are found by content hash)")
 
 
 @dataclass
@@ -31,12 +35,19 @@ class VideoConfig:
     start_sec: float = 0.0  # offset of the first sampled frame
     height: int = 480  # student resolution: resize (short side) then centre-crop
     width: int = 720
+    # a clip whose centre crop would lose more than max_crop of its (upright) frame, e.g. a portrait
+    # clip for a landscape student (9:16 -> 3:2 loses 62%), is handled by `fit`: crop it anyway,
+    # pad it (letterbox: resize to fit inside, black borders), or skip it into the ledger
+    fit: Literal["crop", "pad", "skip"] = "crop"
+    max_crop: float = 0.25  # share of the frame a crop may lose before `fit` applies (16:9 -> 3:2 loses 16%)
 
     def __post_init__(self) -> None:
         if self.num_frames < 2:
             raise ValueError("num_frames must be >= 2")
         if self.fps <= 0:
             raise ValueError("fps must be > 0")
+        if not 0 <= self.max_crop < 1:
+            raise ValueError(f"max_crop must be in [0, 1), got {self.max_crop}")
 
 
 @dataclass
@@ -73,6 +84,7 @@ class TeacherConfig:
     feature: Literal["maskmem", "memory_attention", "backbone"] = "maskmem"
     prompt: Literal["manifest", "auto", "center"] = "auto"  # manifest falls back to auto when a clip has none
     temporal: Literal["stride", "mean"] = "stride"  # latent frame i <- pixel frame 4i, or mean of its group
+    resample: Literal["antialias", "bilinear"] = "antialias"  # teacher maps -> token grid (stages/grid.py); keyed
     image_batch: int = 8  # frames per image-encoder batch (taken across the clips of a clip batch)
     clip_batch: int = 1  # clips tracked in lockstep (BidirectionalTracker.track_batch); same features, not hashed
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # autocast dtype on GPU (CPU runs fp32)

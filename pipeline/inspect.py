@@ -1,8 +1,10 @@
-"""Look inside a store: one clip's teacher features as PCA colours, beside its frames and mask.
+"""Look inside a store: what failed and why, what tells its columns apart, and one clip's teacher
+features as PCA colours beside its frames and mask.
 
-Panels per latent frame, left to right: the video frame, the subject mask over it, the forward
-features, the backward features (one PCA basis shared by both directions, so colours compare),
-and the fused LGF target (PCA of the k*k relation vectors; one fewer frame, the last is blank).
+Panels per latent frame, left to right (labelled above each): the video frame, the subject mask
+over it, the forward features, the backward features (one PCA basis shared by both directions,
+so colours compare), and the fused LGF target (PCA of the k*k relation vectors; one fewer
+frame, the last is blank).
 """
 
 from __future__ import annotations
@@ -14,9 +16,61 @@ import torch
 
 from pipeline.config import from_dict
 from pipeline.corpus import ClipEntry
-from pipeline.decode import decode_clip
+from pipeline.decode import ClipError, decode_clip
 from pipeline.extract_config import VideoConfig
 from pipeline.store import FeatureStore, StoreError
+
+
+# what tells two columns of one name apart at a glance, before any key that differs between them
+_DESCRIBE = {
+    "teacher": ("teacher.model", "teacher.feature", "teacher.prompt", "lgf.fusion"),
+    "encodings": ("encoders.model", "encoders.seed"),
+}
+PANEL_LABELS = ("frame", "mask", "forward", "backward", "LGF target")
+MAX_PNG_SIDE = 2400  # pixels: a 13-frame strip at 480x720 would otherwise be 6240x3600 (~8 MB)
+
+
+def _leaves(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def describe_columns(columns: list) -> dict[str, dict[str, object]]:
+    """{column dir: {config key: value}}: its distinguishing settings (feature, prompt, fusion for the
+    teacher) plus every producer-config key whose value differs between columns of the same name."""
+    leaves = {c.dirname: _leaves(c.producer_config) for c in columns}
+    out = {}
+    for c in columns:
+        keys = [k for k in _DESCRIBE.get(c.name, ()) if k in leaves[c.dirname]]
+        twins = [o for o in columns if o.name == c.name and o is not c]
+        for o in twins:
+            keys += [k for k in sorted(set(leaves[c.dirname]) | set(leaves[o.dirname]))
+                     if leaves[c.dirname].get(k) != leaves[o.dirname].get(k) and k not in keys]
+        out[c.dirname] = {k: leaves[c.dirname].get(k) for k in keys}
+    return out
+
+
+def store_report(store: FeatureStore) -> dict:
+    """store.summary() plus every failed clip (column, key, stage, reason), the duplicate files of the
+    snapshot, and each column's distinguishing config ("describe")."""
+    summary = store.summary()
+    columns = {c.dirname: c for c in store.columns()}
+    failures = []
+    for col in summary["columns"]:
+        for row in columns[col["dir"]].ledger():
+            failures.append({"column": col["dir"], "key": row["key"], "index": row.get("index"),
+                             "stage": row.get("stage"), "reason": row["reason"], "source": row.get("source")})
+    described = describe_columns(list(columns.values()))
+    for col in summary["columns"]:
+        col["describe"] = described[col["dir"]]
+    summary["failures"] = failures
+    summary["duplicates"] = store.require_snapshot().duplicates()
+    return summary
 
 
 def find_clip(store: FeatureStore, column_name: str, key: str):
@@ -24,7 +78,7 @@ def find_clip(store: FeatureStore, column_name: str, key: str):
     column = store.column(column_name)
     snapshot = store.require_snapshot()
     index = snapshot.find(key)
-    shard = index // snapshot.clips_per_shard
+    shard = snapshot.shard_of(index)
     data = column.read_shard(shard)
     rows = [r for r, rec in enumerate(data.records) if rec["index"] == index]
     if not rows:
@@ -72,19 +126,50 @@ def panels(store: FeatureStore, key: str, column_name: str = "teacher") -> np.nd
     return out
 
 
-def render_pca(store: FeatureStore, key: str, out: Path, column_name: str = "teacher", fps: float = 4.0) -> Path:
-    """Write the panels as an mp4 (one latent frame per video frame) or a PNG strip (frames stacked)."""
-    rows = panels(store, key, column_name)
+def label_rows(rows: np.ndarray) -> np.ndarray:
+    """uint8 [T, H, 5W, 3] -> [T, H + bar, 5W, 3]: each panel's name in a dark bar above it."""
+    from PIL import Image, ImageDraw
+
+    T, H, W5, _ = rows.shape
+    w = W5 // len(PANEL_LABELS)
+    bar = max(12, H // 16)
+    img = Image.new("RGB", (W5, bar), (24, 24, 24))
+    draw = ImageDraw.Draw(img)
+    for i, name in enumerate(PANEL_LABELS):
+        draw.text((i * w + 3, max(0, (bar - 11) // 2)), name, fill=(255, 255, 255))
+    header = np.broadcast_to(np.asarray(img), (T, bar, W5, 3))
+    return np.concatenate([header, rows], axis=1)
+
+
+def check_output(out: Path) -> str:
+    """The output kind ('png' or 'mp4') of --out, checked before any rendering; ValueError otherwise."""
+    kind = Path(out).suffix.lower().lstrip(".")
+    if kind not in ("png", "mp4"):
+        raise ValueError(f"--out {out}: unsupported output type '.{kind}'; use .mp4 (one latent frame per video frame) or .png (frames stacked)")
+    return kind
+
+
+def render_pca(store: FeatureStore, key: str, out: Path, column_name: str = "teacher", fps: float = 4.0, max_png_side: int = MAX_PNG_SIDE) -> Path:
+    """Write the labelled panels as an mp4 (one latent frame per video frame) or a PNG strip (frames
+    stacked, scaled down so its longer side is at most max_png_side). Raises ValueError for another
+    output type (before reading anything) and StoreError when the clip's source video cannot be decoded."""
     out = Path(out)
+    kind = check_output(out)
+    try:
+        rows = label_rows(panels(store, key, column_name))
+    except ClipError as exc:  # the source clip moved, or the bucket is unreachable: the store holds no frames
+        raise StoreError(f"cannot render clip '{key}': its source video {exc.url} cannot be decoded: {exc.reason}") from exc
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".png":
+    if kind == "png":
         from PIL import Image
 
-        Image.fromarray(np.concatenate(list(rows), axis=0)).save(out)
-    elif out.suffix.lower() == ".mp4":
-        write_mp4(out, rows, fps)
+        img = Image.fromarray(np.concatenate(list(rows), axis=0))
+        scale = max_png_side / max(img.size)
+        if scale < 1:  # area averaging keeps the PCA colours honest when shrinking
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
+        img.save(out, optimize=True)
     else:
-        raise ValueError(f"--out must end in .mp4 or .png, got {out}")
+        write_mp4(out, rows, fps)
     return out
 
 

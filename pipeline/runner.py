@@ -10,6 +10,7 @@ is looked at again every lease.poll_s until it is committed or its owner is gone
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from typing import Callable
 from pipeline.config import to_dict, from_dict
 from pipeline.corpus import list_corpus
 from pipeline.extract_config import ExtractConfig
+from pipeline.growth import Growth, grow
 from pipeline.producer import load_registry
 from pipeline.fs import credentials_hint, is_local, missing_credentials
 from pipeline.store import Column, FeatureStore, Snapshot, StoreError
@@ -58,6 +60,7 @@ class ExtractSummary:
     write_s: float = 0.0
     flush_s: float = 0.0
     load_s: float = 0.0
+    growth: Growth = field(default_factory=Growth)  # clips of the bucket beyond the snapshot (found / appended)
 
     @property
     def failed_keys(self) -> set[str]:
@@ -94,11 +97,16 @@ class ExtractSummary:
         }
 
 
-def prepare_store(cfg: ExtractConfig, store_url: str, registry: str) -> tuple[FeatureStore, Snapshot, dict[str, Column]]:
+def prepare_store(
+    cfg: ExtractConfig, store_url: str, registry: str, append: bool = False, growth: Growth | None = None
+) -> tuple[FeatureStore, Snapshot, dict[str, Column]]:
     """Validate the columns' configs, then freeze the corpus snapshot (first run only) and create the columns.
 
     Nothing is written before every column spec is computed: a config the columns refuse (a bad
     num_frames, a released SAM2 config without weights) must not bind a new store to its listing.
+    On a rerun the bucket is listed again: a changed corpus.limit is refused (unless `append`);
+    clips the snapshot lacks are counted into `growth`, and with `append` added to the snapshot
+    as new shards (pipeline/growth.py).
     """
     reg = load_registry(registry)
     specs = {name: reg.column_spec(name, cfg) for name in cfg.columns}
@@ -111,7 +119,9 @@ def prepare_store(cfg: ExtractConfig, store_url: str, registry: str) -> tuple[Fe
             snapshot = store.freeze_snapshot(Snapshot(cfg.corpus.url, cfg.corpus.clips_per_shard, [e.to_json() for e in entries]))
         else:
             _check_same_corpus(store, snapshot, cfg)
-            _check_listing(store, snapshot, cfg)
+            if not append:
+                _check_limit(store, snapshot, cfg)
+            snapshot = grow(store, snapshot, cfg, append, growth if growth is not None else Growth())
         columns = {name: store.create_column(name, s.config, s.schema, s.attrs) for name, s in specs.items()}
     except Exception as exc:
         _raise_if_credentials(exc, store_url, cfg)
@@ -140,27 +150,23 @@ def _check_same_corpus(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConf
         )
 
 
-def _check_listing(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig) -> None:
-    """The bucket listed now (with this run's corpus.limit) against the frozen snapshot: never a silent difference.
+def _check_limit(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig) -> None:
+    """A rerun whose corpus.limit lists other clips than the frozen snapshot is refused, never silently ignored.
 
-    The snapshot is what gets extracted. A different corpus.limit is refused (the user asked for
-    other clips than the store holds); clips added to or gone from the bucket are logged.
+    (Clips added to the bucket without a limit are growth: counted and appended by pipeline/growth.py.)
     """
-    listed = [e.key for e in list_corpus(cfg.corpus)]
-    frozen = [c["key"] for c in snapshot.clips]
-    if listed == frozen:
+    if cfg.corpus.limit is None:
         return
-    new, gone = len(set(listed) - set(frozen)), len(set(frozen) - set(listed))
-    if cfg.corpus.limit is not None:
+    listed = {e.key for e in list_corpus(dataclasses.replace(cfg.corpus, content_hash=False, dedupe=False))}
+    frozen = {c["key"] for c in snapshot.clips}
+    known = frozen | {k for c in snapshot.clips for k in c.get("duplicates", ())} | set(getattr(snapshot, "dropped", ()))
+    new, gone = len(listed - known), len(frozen - listed)
+    if new or gone:
         raise StoreError(
             f"corpus.limit={cfg.corpus.limit} lists {len(listed)} clips but {store.url} holds a snapshot of {len(frozen)} "
             f"({new} listed clips not in it, {gone} of its clips not listed): a store keeps the listing of its first run; "
-            f"use a new store for another corpus.limit, or drop corpus.limit to extract the store's own clips"
+            f"drop corpus.limit to extract the store's own clips, add --append to extend it, or use a new store"
         )
-    log.warning(
-        "%s lists %d clips not in the snapshot of %s and misses %d of its %d clips: this run extracts the snapshot only; "
-        "extract into a new store to include them", cfg.corpus.url, new, store.url, gone, len(frozen),
-    )
 
 
 def run_extract(
@@ -169,18 +175,21 @@ def run_extract(
     on_shard: Callable[[ShardReport], None] | None = None,
     registry: str = "stages.extract.columns",
     on_plan: Callable[[int], None] | None = None,
+    append: bool = False,
 ) -> ExtractSummary:
     """Extract every pending shard of the configured columns into the store at `store_url`.
 
     on_plan(clips) is called once with the number of clips about to be processed; on_shard after each shard.
+    append: add the bucket's clips that the store's snapshot lacks, as new shards (`extract --append`).
     """
     started = time.perf_counter()
     if cfg.ray.num_workers > 0 and cfg.ray.address:
         check_ray_address(cfg.ray.address, cfg.ray.connect_timeout_s)  # before anything is written to the store
-    store, snapshot, columns = prepare_store(cfg, store_url, registry)
+    growth = Growth()
+    store, snapshot, columns = prepare_store(cfg, store_url, registry, append, growth)
     every = set(range(snapshot.num_shards))
     todo = sorted(set().union(*(every - c.committed_shards() for c in columns.values())))
-    summary = ExtractSummary(store.url, len(snapshot.clips), snapshot.num_shards)
+    summary = ExtractSummary(store.url, len(snapshot.clips), snapshot.num_shards, growth=growth)
     summary.shards_skipped = snapshot.num_shards - len(todo)
     if on_plan is not None:
         on_plan(sum(len(snapshot.shard_range(s)) for s in todo))

@@ -188,7 +188,8 @@ class ShardWorker:
                     outputs[name][1].append({**base, "stage": "decode", "reason": d.error.reason})
                 continue
             k += 1
-            record = {**base, "caption": entry.caption, "frame_indices": list(d.clip.frame_indices)}
+            # provenance: source fps, duration, size, rotation, fit and crop box, frame indices and times
+            record = {**base, "caption": entry.caption, **d.clip.record()}
             for name in pending:
                 result = results[name][k]
                 if isinstance(result, BaseException):  # a failing clip must not take the shard down; the ledger says why

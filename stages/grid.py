@@ -57,12 +57,28 @@ def to_latent_frames(x: torch.Tensor, vae_temporal: int, mode: Literal["stride",
     raise ValueError(f"unknown temporal mode '{mode}'; valid: stride, mean")
 
 
-def to_token_grid(features: torch.Tensor, grid: TokenGrid, vae_temporal: int, mode: Literal["stride", "mean"] = "stride") -> torch.Tensor:
-    """Teacher maps [F, C, H', W'] per pixel frame -> [T, h, w, C] on the student's token grid (bilinear)."""
+def to_token_grid(
+    features: torch.Tensor,
+    grid: TokenGrid,
+    vae_temporal: int,
+    mode: Literal["stride", "mean"] = "stride",
+    resample: Literal["antialias", "bilinear"] = "antialias",
+) -> torch.Tensor:
+    """Teacher maps [F, C, H', W'] per pixel frame -> [T, h, w, C] on the student's token grid.
+
+    resample "antialias": a triangle filter whose support widens with the downscale factor (PIL's
+    bilinear resize; torch's antialias=True), so every teacher cell under a token contributes, as
+    the token's pixels all do in the student's patch. SAM2's 64x64 maps at 1024 -> 30x45 tokens is
+    a ~2x downscale where plain bilinear reads 4 cells per token and aliases. On upscaling both
+    are the same. "bilinear": the plain 4-tap interpolation, as columns extracted before
+    teacher.resample existed hold.
+    """
     x = to_latent_frames(features, vae_temporal, mode)
     if x.shape[0] != grid.frames:
         raise ValueError(f"{features.shape[0]} pixel frames give {x.shape[0]} latent frames, the grid has {grid.frames}")
-    x = F.interpolate(x.float(), size=(grid.height, grid.width), mode="bilinear", align_corners=False)
+    if resample not in ("antialias", "bilinear"):
+        raise ValueError(f"unknown resample '{resample}'; valid: antialias, bilinear")
+    x = F.interpolate(x.float(), size=(grid.height, grid.width), mode="bilinear", align_corners=False, antialias=resample == "antialias")
     return x.permute(0, 2, 3, 1).contiguous()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -207,7 +208,8 @@ def extract(store: str, corpus: Path, **extra):
 
 
 def one_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    """The error line of a refused run (the progress fallback's closing line aside), exit code 2."""
+    lines = [line for line in result.output.splitlines() if line.strip() and not re.fullmatch(r"extract: \d+ clips, .* elapsed", line)]
     assert result.exit_code == 2 and len(lines) == 1, result.output
     return lines[0]
 

@@ -203,3 +203,23 @@ def test_s3_bucket_through_moto(tmp_path):
         assert decoded.frames.shape == (9, 16, 24, 3) and decoded.frame_indices == list(range(9))
     finally:
         server.stop()
+
+
+def test_identical_files_are_flagged_or_deduplicated_by_content_hash(tmp_path):
+    big = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()  # > 128 KiB: hashed by its ends
+    _touch(tmp_path, "a.mp4", b"clip one")
+    _touch(tmp_path, "b.mp4", b"clip two")
+    _touch(tmp_path, "copies/a_again.mp4", b"clip one")
+    _touch(tmp_path, "z_copy.mp4", b"clip one")
+    _touch(tmp_path, "big.mp4", big)
+    _touch(tmp_path, "big_copy.mp4", big)
+    _touch(tmp_path, "big_edited_end.mp4", big[:-1] + bytes([big[-1] ^ 1]))  # one byte off, in the hashed tail
+    entries = {e.key: e for e in list_corpus(CorpusConfig(url=str(tmp_path)))}
+    assert entries["a"].content_hash == entries["copies/a_again"].content_hash != entries["b"].content_hash
+    assert {k: e.duplicate_of for k, e in entries.items() if e.duplicate_of} == {"copies/a_again": "a", "z_copy": "a", "big_copy": "big"}
+    assert entries["big_edited_end"].duplicate_of is None
+    assert ClipEntry.from_json(entries["z_copy"].to_json()).duplicate_of == "a"  # kept in the snapshot row
+    kept = {e.key: e for e in list_corpus(CorpusConfig(url=str(tmp_path), dedupe=True))}
+    assert sorted(kept) == ["a", "b", "big", "big_edited_end"]
+    assert kept["a"].duplicates == ("copies/a_again", "z_copy") and kept["big"].duplicates == ("big_copy",)
+    assert "content_hash" not in list_corpus(CorpusConfig(url=str(tmp_path), content_hash=False))[0].to_json()

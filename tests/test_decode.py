@@ -215,3 +215,82 @@ def test_min_duration_and_sample_times():
     assert min_duration(cfg) == pytest.approx(6.125)
     assert sample_times(cfg)[-1] == pytest.approx(6.0)
     assert sample_times(_cfg(3, fps=2, start=1.0)) == [1.0, 1.5, 2.0]
+
+
+def _marked(size: tuple[int, int], rotation: int | None = None, path: Path | None = None) -> Path:
+    """A clip whose stored frames are black with a white 8x8 block at the top-left corner, written
+    with the display matrix phones write (PyAV's set_display_rotation: counter-clockwise degrees;
+    a phone held upright records landscape frames with -90, 'turn 90 degrees clockwise to show')."""
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
+        s.options = {"crf": "1", "preset": "ultrafast", "threads": "1"}
+        if rotation is not None:
+            s.set_display_rotation(rotation)
+        for _ in range(4):
+            rgb = np.zeros((*size, 3), np.uint8)
+            rgb[:8, :8] = 255
+            c.mux(s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        c.mux(s.encode(None))
+    return path
+
+
+def _bright_corner(frame: np.ndarray) -> str:
+    h, w = frame.shape[:2]
+    quads = {"top-left": frame[: h // 2, : w // 2], "top-right": frame[: h // 2, w // 2 :],
+             "bottom-left": frame[h // 2 :, : w // 2], "bottom-right": frame[h // 2 :, w // 2 :]}
+    return max(quads, key=lambda q: quads[q].mean())
+
+
+@pytest.mark.parametrize(
+    "rotation, corner, turned",
+    # where the stored top-left block is shown: turned clockwise (phone portrait) it lands top-right;
+    # counter-clockwise bottom-left; upside down bottom-right
+    [(None, "top-left", 0), (-90, "top-right", 270), (90, "bottom-left", 90), (180, "bottom-right", 180)],
+)
+def test_display_rotation_is_applied_so_frames_are_stored_upright(tmp_path, rotation, corner, turned):
+    path = _marked((48, 32), rotation, tmp_path / "phone.mp4")  # stored 32 wide x 48 high
+    upright = (32, 48) if turned in (90, 270) else (48, 32)  # (H0, W0) as a player shows it
+    clip = decode_clip(str(path), _cfg(2, height=upright[0], width=upright[1]))  # same aspect: no crop
+    assert clip.rotation == turned and clip.source_size == upright
+    assert _bright_corner(clip.frames[0]) == corner
+    block = clip.frames[0].mean(axis=-1) > 128
+    assert 40 <= block.sum() <= 90  # the 8x8 block, whole: nothing cropped or stretched
+    rec = clip.record()
+    assert (rec["source_width"], rec["source_height"], rec["rotation"]) == (upright[1], upright[0], turned)
+
+
+def test_portrait_clip_is_cropped_padded_or_skipped_and_its_record_says_so(tmp_path):
+    path = _marked((96, 54), None, tmp_path / "portrait.mp4")  # 9:16 portrait, for a 3:2 landscape student
+    cropped = decode_clip(str(path), _cfg(2, height=32, width=48))  # default: fit=crop
+    rec = cropped.record()
+    assert rec["fit"] == "crop" and rec["source_width"] == 54 and rec["source_height"] == 96
+    x0, y0, x1, y1 = rec["crop_box"]  # the middle 36 rows of the 54-wide source: 62% of it is lost
+    assert (x0, x1) == pytest.approx((0, 54), abs=0.1) and (y0, y1) == pytest.approx((30, 66), abs=1)  # (to the resize's rounding)
+    assert rec["frame_indices"] == [0, 1] and rec["frame_times"] == pytest.approx([0, 0.125])
+    assert rec["source_fps"] == pytest.approx(8) and rec["duration"] == pytest.approx(0.5)
+    padded = decode_clip(str(path), VideoConfig(num_frames=2, height=32, width=48, fit="pad"))
+    assert padded.fit == "pad" and padded.record()["fit"] == "pad"
+    frame = padded.frames[0].mean(axis=-1)
+    # letterboxed: the whole 54x96 frame shrunk to 18x32 in the middle columns, black beside it
+    assert frame[:, :15].max() < 20 and frame[:, 33:].max() < 20
+    assert frame[:3, 15:18].mean() > 128  # the top-left block of the source, at the content's corner
+    x0, y0, x1, y1 = padded.crop_box
+    assert (y0, y1) == pytest.approx((0, 96)) and x0 < 0 < 54 < x1  # the output reaches past the source's sides
+    mask = np.zeros((96, 54), bool)
+    mask[:8, :8] = True
+    assert np.array_equal(padded.map_mask(mask)[:5, 15:20].any(axis=0), [True, True, True, False, False])
+    with pytest.raises(ClipError, match=r"aspect 54x96 differs from 48x32: a crop would lose 62% .*skipped \(video.fit=skip\)"):
+        decode_clip(str(path), VideoConfig(num_frames=2, height=32, width=48, fit="skip"))
+    # under the threshold fit does not apply: a 16:9 clip is cropped whatever fit says
+    wide = _marked((36, 64), None, tmp_path / "wide.mp4")
+    assert decode_clip(str(wide), VideoConfig(num_frames=2, height=32, width=48, fit="skip")).fit == "crop"
+
+
+def test_a_still_image_named_mp4_is_not_a_video(tmp_path):
+    for fmt in ("PNG", "JPEG"):
+        path = tmp_path / f"still_{fmt}.mp4"
+        Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(path, format=fmt)
+        with pytest.raises(ClipError) as info:
+            decode_clip(str(path), _cfg(9))
+        assert info.value.reason == f"not a video file: a still image ({'png' if fmt == 'PNG' else 'jpeg'})"

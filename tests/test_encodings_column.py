@@ -141,3 +141,15 @@ def test_config_keys_content_not_placement():
     assert encodings_spec(reseeded).config != base
     assert encodings_spec(_cfg(height=128)).config != base
     assert base["model"]["vae"]["block_out_channels"] == [8, 8, 16, 16]
+
+
+def test_caption_truncation_is_warned_once_and_recorded_per_clip(producer, clip, caplog):
+    import logging
+
+    producer.truncated = 0
+    with caplog.at_level(logging.INFO):
+        records = [producer.produce(clip, Entry(f"long{i}", "the dog runs on the grass " * 20))[1] for i in range(3)]
+    warned = [r for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warned) == 1 and "long0" in warned[0].getMessage() and warned[0].levelname == "WARNING"
+    assert all(r["caption_truncated"] > L for r in records) and producer.truncated == 3
+    assert "caption_truncated" not in producer.produce(clip, Entry("short", "a cat"))[1]

@@ -56,6 +56,8 @@ def test_cli_extract_and_inspect_json(tmp_path, small_corpus, ray_session):
     result = runner.invoke(app, ["extract", "--config", str(SAMPLE), "--store", store, *small_overrides(small_corpus)])
     assert result.exit_code == 0, result.output
     assert "extract: 6 clips in" in result.output and "wall/model" in result.output  # where the workers' time went
+    # no terminal here: progress comes as plain lines (done/total, rate, ETA, the run's failures)
+    assert "extract: 6/6 clips (100%), ETA 0s" in result.output and "clips/s, 0 failed" in result.output
     info = json.loads(runner.invoke(app, ["inspect", store, "--json"]).output)
     assert info["clips"] == 6 and info["shards"] == 3 and info["failed"] == 0
     cols = {c["name"]: c for c in info["columns"]}
@@ -72,7 +74,7 @@ def test_cli_extract_and_inspect_json(tmp_path, small_corpus, ray_session):
     from PIL import Image
 
     strip = Image.open(tmp_path / "pca.png")
-    assert strip.size == (5 * 96, 5 * 64)  # 5 panels wide, one row per latent frame
+    assert strip.size == (5 * 96, 5 * (64 + 12))  # 5 panels wide, one row per latent frame under a 12-px label bar
     assert (tmp_path / "pca.mp4").stat().st_size > 0
     missing = runner.invoke(app, ["inspect", store, "--pca", "nope", "--out", str(out)])
     assert missing.exit_code == 2 and "no clip 'nope'" in missing.output

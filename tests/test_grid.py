@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from stages.grid import latent_frame_groups, mask_to_token_grid, to_latent_frames, to_token_grid, token_grid
 
@@ -61,16 +62,56 @@ def _bilinear_reference(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return out
 
 
+def _triangle_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of an antialiased linear resize, by its definition: output pixel i
+    (centre (i + 0.5) * s in input pixels, s = n_in / n_out) averages the input pixels under a
+    triangle of half-width max(s, 1) around that centre, weights renormalised to sum to 1."""
+    s = n_in / n_out
+    support = max(s, 1.0)
+    w = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = (i + 0.5) * s
+        for k in range(n_in):
+            w[i, k] = max(0.0, 1.0 - abs(k + 0.5 - centre) / support)
+        w[i] /= w[i].sum()
+    return w
+
+
+def _antialias_reference(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Separable triangle-filter resize of [C, H, W] (rows, then columns), by loops."""
+    wy, wx = _triangle_weights(img.shape[1], out_h), _triangle_weights(img.shape[2], out_w)
+    return np.einsum("ik,ckl,jl->cij", wy, img.astype(np.float64), wx)
+
+
 @pytest.mark.parametrize("mode", ["stride", "mean"])
 def test_resize_of_varying_maps_matches_an_independent_reference(mode):
     grid = token_grid(9, 64, 96, 4, 8, 2)  # (3, 4, 6)
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((9, 3, 10, 14)).astype(np.float32)  # not a multiple of the grid
-    out = to_token_grid(torch.from_numpy(feats), grid, 4, mode).numpy()  # [T, h, w, C]
+    out = to_token_grid(torch.from_numpy(feats), grid, 4, mode).numpy()  # [T, h, w, C], antialiased by default
+    plain = to_token_grid(torch.from_numpy(feats), grid, 4, mode, resample="bilinear").numpy()
     groups = [[0], [1, 2, 3, 4], [5, 6, 7, 8]]
     for t, group in enumerate(groups):
         frame = feats[group[-1]] if mode == "stride" else feats[group].mean(0)
-        np.testing.assert_allclose(out[t], _bilinear_reference(frame, 4, 6).transpose(1, 2, 0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out[t], _antialias_reference(frame, 4, 6).transpose(1, 2, 0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(plain[t], _bilinear_reference(frame, 4, 6).transpose(1, 2, 0), rtol=1e-5, atol=1e-5)
+        # and a second, unrelated implementation: PIL's bilinear resize of float images is the same filter
+        pil = np.stack([np.asarray(Image.fromarray(c, mode="F").resize((6, 4), Image.Resampling.BILINEAR)) for c in frame])
+        np.testing.assert_allclose(out[t], pil.transpose(1, 2, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_antialiasing_suppresses_what_plain_bilinear_aliases():
+    """White noise on the teacher's cells, 4x downscaled: everything above the token grid's Nyquist
+    frequency should average out. Plain bilinear reads 2x2 cells per token and keeps much of it."""
+    grid = token_grid(1, 64, 64, 4, 8, 2)  # (1, 4, 4)
+    noise = torch.from_numpy(np.random.default_rng(2).standard_normal((1, 1, 64, 64)).astype(np.float32))
+    grid16 = token_grid(1, 256, 256, 4, 8, 2)  # (1, 16, 16): 64 -> 16
+    smooth, plain = to_token_grid(noise, grid16, 4), to_token_grid(noise, grid16, 4, resample="bilinear")
+    assert float(plain.std()) == pytest.approx(0.5, abs=0.1)  # the mean of 4 cells: std 1/2
+    assert float(smooth.std()) < 0.6 * float(plain.std())
+    # upscaling: no difference between the two
+    up = torch.randn(1, 2, 2, 3)
+    assert torch.allclose(to_token_grid(up, grid, 4), to_token_grid(up, grid, 4, resample="bilinear"), atol=1e-6)
 
 
 def test_mask_coverage_of_a_varying_mask_is_the_block_mean():

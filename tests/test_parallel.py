@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,10 +89,16 @@ def test_fsdp_full_finetune_resumes_loss_for_loss_and_exports_a_diffusers_folder
     split = overrides(student_store, tmp_path / "b", *extra)
     torchrun(tmp_path, "first", {"mode": "run", "overrides": split, "stop_at": 2})
     assert (tmp_path / "b/checkpoints/step-000002/.metadata").exists()  # a DCP checkpoint
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
     rest = torchrun(tmp_path, "rest", {"mode": "run", "overrides": split, "resume": True})
     assert [m["step"] for m in rest[0]["history"]] == [3, 4]
     assert [m["loss"] for m in rest[0]["history"]] == [m["loss"] for m in straight[0]["history"][2:]]
     assert_weights_close(rest[0]["weights"], straight[0]["weights"], atol=0)
+
+    # DCP reshards: the 2-rank checkpoint resumes on one rank (same weights, another data split from here)
+    one = torchrun(tmp_path, "one", {"mode": "run", "overrides": overrides(student_store, tmp_path / "c", *extra), "resume": True}, nproc=1)
+    assert [m["step"] for m in one[0]["history"]] == [3, 4]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in one[0]["history"])
 
     folder = Path(straight[0]["exported"])
     loaded = CogVideoXTransformer3DModel.from_pretrained(folder)

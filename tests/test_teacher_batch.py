@@ -97,3 +97,23 @@ def test_entries_without_prompt_use_auto(small_corpus, decoded):
     for (arrays, record), (ref_arrays, ref_record) in zip(out, alone):
         assert record["prompt_source"] == "auto" and record["prompt"] == ref_record["prompt"]
         assert_same_arrays(arrays, ref_arrays)
+
+
+def test_non_finite_teacher_values_fail_the_clip(small_corpus, decoded):
+    """A teacher whose weights overflow (here: one memory-encoder weight set to inf) gives NaN/Inf
+    features; the producer refuses them, so the worker puts the clip in the ledger with this reason."""
+    import torch
+
+    clips, entries = decoded
+    producer = TeacherProducer(config(small_corpus), "cpu")
+    with torch.no_grad():
+        next(producer.tracker.model.memory_encoder.parameters()).fill_(float("inf"))
+    with pytest.raises(ValueError, match=r"non-finite teacher values: 'fwd' has \d+ of \d+ non-finite"):
+        producer.produce(clips[0], entries[0])
+    out = producer.produce_batch(clips[:2], entries[:2])
+    assert all(isinstance(o, ValueError) and "non-finite teacher values" in str(o) for o in out)
+
+
+def test_resample_is_in_the_column_key(small_corpus):
+    a, b = teacher_spec(config(small_corpus)), teacher_spec(config(small_corpus, **{"teacher.resample": "bilinear"}))
+    assert a.config["teacher"]["resample"] == "antialias" and a.config != b.config

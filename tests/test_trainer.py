@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import ROOT
@@ -120,8 +121,11 @@ def test_store_with_another_grid_is_refused_before_training(tmp_path):
     teacher = {"fwd": ArraySpec((5, 4, 6, 16), "float16"), "bwd": ArraySpec((5, 4, 6, 16), "float16"),
                "lgf": ArraySpec((4, 4, 6, 49), "float16"), "mask": ArraySpec((5, 4, 6), "uint8")}
     store.create_column("teacher", {}, teacher, {"grid": [5, 4, 6], "channels": 16, "lgf": {"kernel": 7, "tau": 0.1, "offsets": [1], "fusion": "gram"}})
-    with pytest.raises(StoreError, match=r"teacher grid \(T, h, w\) = \(5, 4, 6\), but the student config gives \(5, 8, 12\)"):
+    with pytest.raises(StoreError, match=r"teacher grid \(T, h, w\) = \(5, 4, 6\), but the student config gives \(5, 8, 12\)") as info:
         Trainer(distill_config(str(tmp_path / "store"), tmp_path / "out"))
+    message = str(info.value)  # in pixels, with both ways out
+    assert "extracted from 17 frames of 64x96 pixels" in message and "trains on 17 frames of 128x192 pixels" in message
+    assert "video.height=128 video.width=192" in message and "data.encodings_column" in message
 
 
 @pytest.mark.parametrize("variant", ["t2v", "full_finetune"])
@@ -160,3 +164,26 @@ def test_distill_streams_from_s3_with_workers_and_resumes(student_store, moto_s3
     assert [r["loss"] for r in rows] == pytest.approx([m.loss for m in straight], rel=1e-6)
     ranks = [json.loads(line) for line in (tmp_path / "s3" / "ranks" / "rank-0.jsonl").read_text().splitlines()]
     assert [r["clips"] for r in ranks] == [m.clips for m in straight]
+
+
+def test_each_parameter_group_is_clipped_on_its_own_and_both_norms_are_logged(student_store, tmp_path):
+    trainer = Trainer(distill_config(student_store, tmp_path, "train.steps=1", "optim.grad_clip=1e-4"))
+    original = torch.nn.utils.clip_grads_with_norm_
+    clipped = {}
+
+    def spy(params, max_norm, total_norm, foreach=None):
+        original(params, max_norm, total_norm, foreach)
+        grads = [p.grad for p in params if p.grad is not None]
+        clipped[len(clipped)] = float(torch.nn.utils.get_total_norm(grads))
+
+    torch.nn.utils.clip_grads_with_norm_ = spy
+    try:
+        (m,) = trainer.run()
+    finally:
+        torch.nn.utils.clip_grads_with_norm_ = original
+        trainer.close()
+    assert set(m.grad_norms) == {"student", "projector"} and m.grad_norm == m.grad_norms["student"]
+    assert min(m.grad_norms.values()) > 1e-4  # both groups needed clipping
+    assert all(v == pytest.approx(1e-4, rel=1e-3) for v in clipped.values()) and len(clipped) == 2  # each to the limit
+    logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert logged["grad_norms"] == pytest.approx(m.grad_norms)

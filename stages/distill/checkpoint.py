@@ -81,13 +81,29 @@ def save_checkpoint(out_dir: Path, step: int, modules: dict[str, torch.nn.Module
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), **extra}
+    return commit(tmp, final, state, keep_last)
+
+
+def commit(tmp: Path, final: Path, state: dict, keep_last: int) -> Path:
+    """Write state.json (last: it marks a checkpoint complete), rename the folder into place, prune old ones."""
     (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in list_checkpoints(out_dir)[:-keep_last]:
+    for old in list_checkpoints(final.parent.parent)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale_temp(out_dir: Path) -> list[Path]:
+    """Delete the temporary folders of checkpoint writes a killed run left behind (called at start,
+    before this run writes any). Returns what was removed."""
+    root = Path(out_dir) / "checkpoints"
+    stale = sorted(root.glob(".tmp-*")) if root.exists() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed %s, left by an interrupted checkpoint write", path)
+    return stale
 
 
 def list_checkpoints(out_dir: Path) -> list[Path]:

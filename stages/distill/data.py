@@ -107,10 +107,26 @@ def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig) -
     if data.teacher is not None:
         tgrid = tuple(data.teacher.attrs.get("grid") or data.teacher.schema["mask"].shape)
         if tgrid != grid:
-            raise StoreMismatch(
-                f"{data.store.url} ({data.teacher.dirname}): teacher grid (T, h, w) = {tgrid}, "
-                f"but the student config gives {grid} for latents {tuple(lat[1:])}: re-extract for this student"
-            )
+            raise StoreMismatch(_grid_mismatch(data, transformer_config, tgrid, grid, tuple(lat[1:])))
     if cfg.tap.block >= transformer_config.num_layers:
         raise StoreMismatch(f"tap.block={cfg.tap.block} but the student has {transformer_config.num_layers} blocks")
     return grid
+
+
+def _grid_mismatch(data: TrainingData, transformer_config: Any, tgrid: tuple, grid: tuple, lat: tuple) -> str:
+    """The teacher/student grid mismatch in pixels, with the two ways out."""
+    attrs = data.encodings.attrs
+    spatial, temporal = int(attrs.get("spatial_compression", 8)), int(attrs.get("temporal_compression", 4))
+    token = spatial * transformer_config.patch_size  # pixels per token side
+    frames, height, width = (lat[0] - 1) * temporal + 1, lat[1] * spatial, lat[2] * spatial
+    video = data.teacher.producer_config.get("video") or {}
+    t_frames = video.get("num_frames", (tgrid[0] - 1) * temporal + 1)
+    t_height, t_width = video.get("height", tgrid[1] * token), video.get("width", tgrid[2] * token)
+    return (
+        f"{data.store.url} ({data.teacher.dirname}): teacher grid (T, h, w) = {tgrid}, but the student config gives {grid} "
+        f"for latents {lat}: the teacher was extracted from {t_frames} frames of {t_height}x{t_width} pixels, the student "
+        f"trains on {frames} frames of {height}x{width} pixels ({token}x{token} pixels per token). Either re-extract the "
+        f"teacher at the student's size (sam2videox extract ... video.num_frames={frames} video.height={height} "
+        f"video.width={width}), or train on encodings of {t_frames} frames at {t_height}x{t_width} (extract them, then "
+        f"data.encodings_column=<that column>) so the student's grid is the teacher's"
+    )

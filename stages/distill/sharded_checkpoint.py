@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from stages.distill.checkpoint import PREFIX, list_checkpoints
+from stages.distill.checkpoint import PREFIX, commit
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +56,7 @@ def save_sharded(out_dir: Path, step: int, model: torch.nn.Module, optimizer, sc
     save_file(_rng_state(), str(tmp / f"rng-rank{rank}.safetensors"))
     dist.barrier()
     if rank == 0:
-        state = {"step": step, "format": FORMAT, "scheduler": scheduler.state_dict(), **extra}
-        (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(out_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        commit(tmp, final, {"step": step, "format": FORMAT, "scheduler": scheduler.state_dict(), **extra}, keep_last)
     dist.barrier()
     return final
 

@@ -23,13 +23,14 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from torch import nn
 
 from pipeline.config import to_dict
 from pipeline.distill_config import DistillConfig, LossesConfig
 from pipeline.stream import StreamPosition
 from stages.distill import parallel
-from stages.distill.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from stages.distill.checkpoint import list_checkpoints, load_checkpoint, remove_stale_temp, save_checkpoint
 from stages.distill.data import check_fit, open_training_data
 from stages.distill.losses import diffusion_loss_from_output, feature_losses, prepare_diffusion_inputs
 from stages.distill.projector import Projector, ProjectorSpec
@@ -193,6 +194,8 @@ class Trainer:
         self.rotary = rotary_embedding(self.tconfig, lat[1], lat[2], lat[3], self.device)
         self.loss_context = self._loss_context()
         self.step, self.position = 0, StreamPosition()
+        if self.rank == 0:
+            remove_stale_temp(self.out)
         if resume:
             self._resume()
 
@@ -425,18 +428,24 @@ class Trainer:
             dist.barrier()
 
     def _resume(self) -> None:
+        """Continue from the newest checkpoint that loads (an unreadable newer one is skipped, with a warning)."""
+        from stages.distill.resume import ResumeMismatch, apply_optimizer_changes, compare
+
         found = list_checkpoints(self.out)
         if not found:
-            log.info("no checkpoint in %s: starting from step 0", self.out)
-            return
-        if self.sharded:
-            from stages.distill.sharded_checkpoint import load_sharded
-
-            state = load_sharded(found[-1], self.ddp, self.optimizer, self.lr_schedule)
+            raise ResumeMismatch(f"--resume: no checkpoint in {self.out / 'checkpoints'}; drop --resume to start a new run there")
+        for path in reversed(found):
+            saved, error = _read_state(path)
+            if saved is not None:
+                changed = compare(saved.get("config", {}), to_dict(self.cfg), str(path))  # refuses before loading
+                state, error = self._load_checkpoint(path)
+            if self._agree(error is None):
+                break
+            log.warning("checkpoint %s cannot be read (%s): trying the one before", path, error or "on another rank")
         else:
-            if json.loads((found[-1] / "state.json").read_text()).get("format") == "dcp":
-                raise ValueError(f"{found[-1]} was written by a sharded run: resume it with parallel.strategy=fsdp (or hsdp)")
-            state = load_checkpoint(found[-1], self._trainables(), self.optimizer, self.lr_schedule)
+            raise ResumeMismatch(f"--resume: no checkpoint in {self.out / 'checkpoints'} can be read (see the warnings above)")
+        if any(k.startswith("optim.") or k == "train.steps" for k in changed):
+            apply_optimizer_changes(self.optimizer, self.lr_schedule, self.cfg)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
@@ -444,7 +453,26 @@ class Trainer:
         _truncate_metrics(self.out / "ranks" / f"rank-{self.rank}.jsonl", self.step)
         if self.rank == 0:
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
-        log.info("resumed from %s at step %d, stream position %s", found[-1], self.step, state["position"])
+        log.info("resumed from %s at step %d, stream position %s", path, self.step, state["position"])
+
+    def _load_checkpoint(self, path: Path) -> tuple[dict | None, str | None]:
+        """(state.json, None) once `path` is loaded into model, optimizer and schedule; (None, cause) if it can't be."""
+        try:
+            if self.sharded:
+                from stages.distill.sharded_checkpoint import load_sharded
+
+                return load_sharded(path, self.ddp, self.optimizer, self.lr_schedule), None
+            return load_checkpoint(path, self._trainables(), self.optimizer, self.lr_schedule), None
+        except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as exc:  # truncated or missing files
+            return None, f"{type(exc).__name__}: {exc}"
+
+    def _agree(self, ok: bool) -> bool:
+        """True when every rank loaded its part (they must all continue from the same checkpoint)."""
+        if self.world == 1:
+            return ok
+        flag = torch.tensor([1 if ok else 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def _position_for_world(self, state: dict) -> StreamPosition:
         """The stream position to continue from; rescaled when the world size changed (sharded runs only)."""
@@ -493,8 +521,25 @@ class Trainer:
             self.model.tap.remove()
 
 
+def _read_state(path: Path) -> tuple[dict | None, str | None]:
+    try:
+        return json.loads((path / "state.json").read_text()), None
+    except (OSError, json.JSONDecodeError) as exc:
+        return None, f"state.json: {exc}"
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop logged steps after the checkpoint being resumed (they will be trained again)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+    """Drop logged steps after the checkpoint being resumed (they will be trained again), and a line a
+    kill left half-written."""
+    if not path.exists():
+        return
+    kept = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line) if line else None
+        except json.JSONDecodeError:
+            log.warning("%s:%d is not a complete JSON line (a write cut short): dropped", path, number)
+            continue
+        if row is not None and row["step"] <= step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))

@@ -355,6 +355,11 @@ def encode_image(
     return ImageEncoding(_to_fp16((mean + std * eps)[0], "image latents"), sigma, seed)
 
 
+def caption_tokens(enc: Encoders, text: str) -> int:
+    """Tokens of `text` untruncated (special tokens included): more than max_text_len means encode_prompt truncates it."""
+    return len(enc.tokenizer(text).input_ids)
+
+
 @torch.inference_mode()
 def encode_prompt(enc: Encoders, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """text -> (float16 [max_len, D] T5 last hidden state, uint8 [max_len] token mask).
@@ -365,8 +370,6 @@ def encode_prompt(enc: Encoders, text: str, max_len: int) -> tuple[np.ndarray, n
     tokens = enc.tokenizer(
         text, padding="max_length", max_length=max_len, truncation=True, add_special_tokens=True, return_tensors="pt"
     )
-    if len(enc.tokenizer(text).input_ids) > max_len:
-        log.info("caption truncated to %d tokens: %.60s...", max_len, text)
     hidden = enc.text_encoder(input_ids=tokens.input_ids.to(enc.device))[0]
     mask = tokens.attention_mask[0].numpy().astype(np.uint8)
     return _to_fp16(hidden[0], "prompt embeddings"), mask

@@ -24,6 +24,7 @@ from stages.extract.encoders import (
     Encoders,
     clip_seed,
     encode_image,
+    caption_tokens,
     encode_prompt,
     encode_video,
     load_encoders,
@@ -114,6 +115,7 @@ class EncodingsProducer:
             check_compute_dtype("encodings", self.spec.config["encoders"]["compute_dtype"], self.enc.dtype, self.enc.device)
         self._check_models()
         self.device = self.enc.device  # the worker synchronises it before reading its model timer
+        self.truncated = 0  # captions truncated so far: warned about once per worker, then only counted in records
         if e.compile:
             compile_modules("encoders", vae_compile_targets(self.enc.vae), self.enc.device)
 
@@ -141,6 +143,14 @@ class EncodingsProducer:
         seed = clip_seed(e.seed, entry.key)
         image = encode_image(self.enc, frames[0], seed, e.image_noise_sigma_mean, e.image_noise_sigma_std)
         embeds, mask = encode_prompt(self.enc, entry.caption or "", e.max_text_len)
+        tokens = caption_tokens(self.enc, entry.caption or "")
+        if tokens > e.max_text_len:
+            self.truncated += 1
+            if self.truncated == 1:  # once, not per clip: a corpus of long captions would flood the log
+                log.warning(
+                    "captions longer than encoders.max_text_len=%d tokens are truncated (first: %s, %d tokens); "
+                    "each such clip's record says caption_truncated", e.max_text_len, entry.key, tokens,
+                )
         arrays = {
             "latents": encode_video(self.enc, frames),
             "image_latents": image.latents,
@@ -151,4 +161,7 @@ class EncodingsProducer:
             if arrays[key].shape != spec.shape or arrays[key].dtype != np.dtype(spec.dtype):
                 got = f"{arrays[key].dtype}{arrays[key].shape}"
                 raise ValueError(f"clip {entry.key}: {key} is {got}, schema says {spec}")
-        return arrays, {"image_noise_sigma": image.sigma, "image_seed": seed}
+        record = {"image_noise_sigma": image.sigma, "image_seed": seed}
+        if tokens > e.max_text_len:
+            record["caption_truncated"] = tokens
+        return arrays, record

@@ -156,8 +156,8 @@ class TeacherProducer:
         """Per-frame features -> the column's arrays on the student's token grid, and the record."""
         cfg = self.cfg
         vt, mode = cfg.student.vae_temporal, cfg.teacher.temporal
-        fwd = to_token_grid(result.fwd, self.grid, vt, mode)
-        bwd = to_token_grid(result.bwd, self.grid, vt, mode)
+        fwd = to_token_grid(result.fwd, self.grid, vt, mode, cfg.teacher.resample)
+        bwd = to_token_grid(result.bwd, self.grid, vt, mode, cfg.teacher.resample)
         lgf = fuse(fwd[None], bwd[None], cfg.lgf.kernel, cfg.lgf.tau, cfg.lgf.offsets, cfg.lgf.fusion)[0]
         arrays = {
             "fwd": fwd.numpy().astype(np.float16),
@@ -165,6 +165,7 @@ class TeacherProducer:
             "lgf": lgf.numpy().astype(np.float16),
             "mask": mask_to_token_grid(result.masks_fwd, self.grid, vt).numpy(),
         }
+        _check_finite(arrays)
         record = {"prompt": result.prompt.to_record(), "prompt_source": source, "object_score": float(result.object_score)}
         return arrays, record
 
@@ -173,3 +174,16 @@ class TeacherProducer:
 
         options = self.cfg.corpus.storage_options
         return lambda url: load_prompt_mask(url, options)
+
+
+def _check_finite(arrays: dict[str, np.ndarray]) -> None:
+    """Refuse NaN or Inf teacher values (after the fp16 cast, which overflows past 65504): the clip
+    fails into the ledger instead of poisoning every loss that reads it."""
+    for key in ("fwd", "bwd", "lgf"):
+        bad = ~np.isfinite(arrays[key])
+        if bad.any():
+            nan = int(np.isnan(arrays[key]).sum())
+            raise ValueError(
+                f"non-finite teacher values: '{key}' has {int(bad.sum())} of {bad.size} non-finite "
+                f"({nan} NaN, {int(bad.sum()) - nan} Inf after the float16 cast)"
+            )
