@@ -62,11 +62,15 @@ def extract(
         typer.secho(f"extract failed: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     bar.close()
-    typer.echo(
-        f"store {summary.store}: {summary.clips} clips in {summary.shards} shards; "
-        f"ran {len(summary.shards_run)} shards ({summary.clips_processed} clips), skipped {summary.shards_skipped} already committed, "
-        f"{summary.worker_restarts} worker restarts, {summary.seconds:.1f} s"
-    )
+    if summary.shards_skipped == summary.shards and not summary.growth.appended:
+        typer.echo(f"nothing to do: all {summary.shards} shards already committed in {summary.store} ({', '.join(cfg.columns)})")
+    else:
+        elsewhere = f", {summary.shards_elsewhere} committed meanwhile by another run" if summary.shards_elsewhere else ""
+        typer.echo(
+            f"store {summary.store}: {summary.clips} clips in {summary.shards} shards; "
+            f"ran {len(summary.shards_run)} shards ({summary.clips_processed} clips), skipped {summary.shards_skipped} already committed{elsewhere}, "
+            f"{summary.worker_restarts} worker restarts, {summary.seconds:.1f} s"
+        )
     growth = summary.growth
     if growth.appended:
         typer.echo(f"appended {growth.appended} new clips from {cfg.corpus.url} as shards {growth.first_new_shard}..{summary.shards - 1}")
@@ -144,6 +148,13 @@ def inspect(
         summary = store_report(fstore)
     except (StoreError, ValueError) as exc:
         typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
+    except Exception as exc:
+        from pipeline.fs import credentials_hint, missing_credentials
+
+        if not missing_credentials(exc):
+            raise
+        typer.secho(credentials_hint(f"{store} (--storage-options)"), fg="red", err=True)
         raise typer.Exit(2) from exc
     if as_json:
         typer.echo(json.dumps(summary, indent=1))
@@ -334,7 +345,8 @@ def ablate(
     if only:
         unknown = set(only) - {f.stem for f in files}
         if unknown:
-            raise typer.BadParameter(f"unknown ablation(s) {sorted(unknown)}; valid: {', '.join(f.stem for f in files)}")
+            typer.secho(f"unknown ablation(s) {', '.join(sorted(unknown))} in {ablations}; valid: {', '.join(f.stem for f in files)}", fg="red", err=True)
+            raise typer.Exit(2)
         files = [f for f in files if f.stem in only]
     rows = {}
     for f in files:

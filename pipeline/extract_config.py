@@ -92,6 +92,10 @@ class TeacherConfig:
     mask_threshold: float = 0.0  # logit threshold of the predicted subject mask
     seed: int = 0  # random-weight init (no checkpoint): every worker must build the same teacher
     compile: bool = False  # torch.compile the image encoder and memory attention (CUDA only; ignored on CPU, not keyed)
+    # a released SAM2 config (sam2.1_hiera_*, sam2_hiera_*) without a checkpoint is refused unless this is
+    # set: random weights give meaningless targets. A permission, not content: not keyed (model, checkpoint
+    # and seed already key the weights)
+    allow_random_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.image_batch < 1:
@@ -122,10 +126,28 @@ class RayConfig:
     cpus_per_worker: float = 0.5  # fractional on small CPU nodes: whole CPUs starve Ray's own work
     max_shard_attempts: int = 3  # a shard whose worker died is redone elsewhere up to this many times
     object_store_memory: int | None = 200_000_000  # bytes, local Ray only
+    connect_timeout_s: float = 10.0  # ray.address: give up (one-line error, nothing written) when it does not answer in time
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
             raise ValueError(f"ray.num_workers must be >= 0 (0 = no Ray: one worker in this process), got {self.num_workers}")
+        if self.connect_timeout_s <= 0:
+            raise ValueError(f"ray.connect_timeout_s must be > 0, got {self.connect_timeout_s}")
+
+
+@dataclass
+class LeaseConfig:
+    """Claims on shards (pipeline/lease.py): how concurrent runs on one store share the work."""
+
+    seconds: float = 120.0  # an owner whose heartbeat is older than this is dead (its shard is taken over)
+    heartbeat_s: float = 15.0  # how often a worker renews its claims
+    poll_s: float = 2.0  # how often a run rechecks shards that another live run is writing
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_s < self.seconds:
+            raise ValueError(f"lease.heartbeat_s must be > 0 and below lease.seconds ({self.seconds}), got {self.heartbeat_s}")
+        if self.poll_s <= 0:
+            raise ValueError(f"lease.poll_s must be > 0, got {self.poll_s}")
 
 
 @dataclass
@@ -145,6 +167,7 @@ class ExtractConfig:
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
     columns: list[Literal["teacher", "encodings"]] = field(default_factory=lambda: ["teacher", "encodings"])
     ray: RayConfig = field(default_factory=RayConfig)
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
     allow_failures: bool = False  # exit 0 even when clips failed (they are in the ledger either way)
     debug: DebugConfig = field(default_factory=DebugConfig)
 

@@ -51,3 +51,23 @@ def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> Non
         os.replace(tmp, path)
     else:
         fs.pipe_file(path, blob.encode())
+
+
+def missing_credentials(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is botocore's "no credentials" (s3fs may wrap it)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if type(seen).__name__ in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def credentials_hint(urls: str) -> str:
+    """The one-line error for an object store reached without credentials."""
+    return (
+        f"no credentials for {urls}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or pass them as "
+        f'storage options ({{"key": ..., "secret": ...}}; {{"anon": true}} for a public bucket)'
+    )

@@ -3,14 +3,19 @@
 Each actor wraps a `ShardWorker` (models loaded once) and takes whole shards. Ray has no
 job-level resume, so the store's commit records are the record of finished work: a rerun skips
 committed shards, and a shard whose actor died is handed to a fresh actor (its half-written
-attempt stays invisible and is garbage-collected at the end).
+attempt stays invisible and is garbage-collected at the end). Workers claim shards (leases,
+pipeline/lease.py), so several runs on one store share the work; a shard another live run holds
+is looked at again every lease.poll_s until it is committed or its owner is gone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import socket
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,6 +26,7 @@ from pipeline.extract_config import ExtractConfig
 from pipeline.growth import Growth, grow
 from pipeline.integrity import readable_commit_records, verify_store
 from pipeline.producer import load_registry
+from pipeline.fs import credentials_hint, is_local, missing_credentials
 from pipeline.store import Column, FeatureStore, Snapshot, StoreError
 from pipeline.worker import ShardReport, ShardWorker
 
@@ -31,6 +37,10 @@ class ExtractFailed(RuntimeError):
     """Shards could not be completed (workers kept dying)."""
 
 
+class RayUnreachable(ExtractFailed):
+    """ray.address names a cluster that does not answer within ray.connect_timeout_s."""
+
+
 @dataclass
 class ExtractSummary:
     store: str
@@ -38,6 +48,7 @@ class ExtractSummary:
     shards: int
     shards_run: list[int] = field(default_factory=list)
     shards_skipped: int = 0
+    shards_elsewhere: int = 0  # shards another run on the same store committed while this one ran
     failed: dict[str, list[dict]] = field(default_factory=dict)  # column -> ledger rows (whole store)
     worker_restarts: int = 0
     seconds: float = 0.0
@@ -60,6 +71,9 @@ class ExtractSummary:
 
     def add(self, report: ShardReport) -> None:
         """Count one finished shard and its time figures."""
+        if report.skipped:  # another run committed it while this one waited
+            self.shards_elsewhere += 1
+            return
         self.shards_run.append(report.shard)
         self.clips_processed += report.clips
         self.worker_s += report.seconds
@@ -89,25 +103,44 @@ class ExtractSummary:
 def prepare_store(
     cfg: ExtractConfig, store_url: str, registry: str, append: bool = False, growth: Growth | None = None
 ) -> tuple[FeatureStore, Snapshot, dict[str, Column]]:
-    """Freeze the corpus snapshot (first run only) and create the requested columns.
+    """Validate the columns' configs, then freeze the corpus snapshot (first run only) and create the columns.
 
-    On a rerun the bucket is listed again: clips the snapshot lacks are counted into `growth`,
-    and with `append` added to the snapshot as new shards (pipeline/growth.py).
+    Nothing is written before every column spec is computed: a config the columns refuse (a bad
+    num_frames, a released SAM2 config without weights) must not bind a new store to its listing.
+    On a rerun the bucket is listed again: a changed corpus.limit is refused (unless `append`);
+    clips the snapshot lacks are counted into `growth`, and with `append` added to the snapshot
+    as new shards (pipeline/growth.py).
     """
-    store = FeatureStore(store_url, cfg.corpus.storage_options)
-    snapshot = store.snapshot()
-    if snapshot is None:
-        entries = list_corpus(cfg.corpus)
-        snapshot = store.freeze_snapshot(Snapshot(cfg.corpus.url, cfg.corpus.clips_per_shard, [e.to_json() for e in entries]))
-    else:
-        _check_same_corpus(store, snapshot, cfg)
-        snapshot = grow(store, snapshot, cfg, append, growth if growth is not None else Growth())
     reg = load_registry(registry)
-    columns = {}
-    for name in cfg.columns:
-        spec = reg.column_spec(name, cfg)
-        columns[name] = store.create_column(name, spec.config, spec.schema, spec.attrs)
+    specs = {name: reg.column_spec(name, cfg) for name in cfg.columns}
+    try:
+        store = FeatureStore(store_url, cfg.corpus.storage_options)
+        _check_store_path(store)
+        snapshot = store.snapshot()
+        if snapshot is None:
+            entries = list_corpus(cfg.corpus)
+            snapshot = store.freeze_snapshot(Snapshot(cfg.corpus.url, cfg.corpus.clips_per_shard, [e.to_json() for e in entries]))
+        else:
+            _check_same_corpus(store, snapshot, cfg)
+            if not append:
+                _check_limit(store, snapshot, cfg)
+            snapshot = grow(store, snapshot, cfg, append, growth if growth is not None else Growth())
+        columns = {name: store.create_column(name, s.config, s.schema, s.attrs) for name, s in specs.items()}
+    except Exception as exc:
+        _raise_if_credentials(exc, store_url, cfg)
+        raise
     return store, snapshot, columns
+
+
+def _check_store_path(store: FeatureStore) -> None:
+    if is_local(store.fs) and os.path.exists(store.path) and not os.path.isdir(store.path):
+        raise StoreError(f"store path {store.url} is a file, not a folder: name a new folder (or an existing store)")
+
+
+def _raise_if_credentials(exc: BaseException, store_url: str, cfg: ExtractConfig) -> None:
+    """botocore's NoCredentialsError (a traceback from deep in s3fs) -> StoreError, one line naming the URLs."""
+    if missing_credentials(exc):
+        raise StoreError(credentials_hint(f"{cfg.corpus.url} / {store_url} (corpus.storage_options)")) from exc
 
 
 def _check_same_corpus(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig) -> None:
@@ -117,6 +150,25 @@ def _check_same_corpus(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConf
         raise StoreError(
             f"{store.url} holds a snapshot of {snapshot.source} with {snapshot.clips_per_shard} clips per shard; "
             f"this run asks for {cfg.corpus.url} with {cfg.corpus.clips_per_shard} clips per shard: use a new store"
+        )
+
+
+def _check_limit(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig) -> None:
+    """A rerun whose corpus.limit lists other clips than the frozen snapshot is refused, never silently ignored.
+
+    (Clips added to the bucket without a limit are growth: counted and appended by pipeline/growth.py.)
+    """
+    if cfg.corpus.limit is None:
+        return
+    listed = {e.key for e in list_corpus(dataclasses.replace(cfg.corpus, content_hash=False, dedupe=False))}
+    frozen = {c["key"] for c in snapshot.clips}
+    known = frozen | {k for c in snapshot.clips for k in c.get("duplicates", ())} | set(getattr(snapshot, "dropped", ()))
+    new, gone = len(listed - known), len(frozen - listed)
+    if new or gone:
+        raise StoreError(
+            f"corpus.limit={cfg.corpus.limit} lists {len(listed)} clips but {store.url} holds a snapshot of {len(frozen)} "
+            f"({new} listed clips not in it, {gone} of its clips not listed): a store keeps the listing of its first run; "
+            f"drop corpus.limit to extract the store's own clips, add --append to extend it, or use a new store"
         )
 
 
@@ -138,6 +190,8 @@ def run_extract(
     the damaged shards then uncommitted and extracted again as new attempts.
     """
     started = time.perf_counter()
+    if cfg.ray.num_workers > 0 and cfg.ray.address:
+        check_ray_address(cfg.ray.address, cfg.ray.connect_timeout_s)  # before anything is written to the store
     growth = Growth()
     store, snapshot, columns = prepare_store(cfg, store_url, registry, append, growth)
     check = verify_store(store, full=repair, columns=columns.values())
@@ -160,49 +214,114 @@ def run_extract(
     summary.damaged, summary.repaired = damaged, repaired
     if on_plan is not None:
         on_plan(sum(len(snapshot.shard_range(s)) for s in todo))
+    run_id = uuid.uuid4().hex[:12]  # this run's lease owner id: its workers' claims say which run they belong to
     if todo:
-        log.info("%d of %d shards to extract (%s)", len(todo), snapshot.num_shards, ", ".join(cfg.columns))
+        log.info("%d of %d shards to extract (%s), run %s", len(todo), snapshot.num_shards, ", ".join(cfg.columns), run_id)
         if cfg.ray.num_workers == 0:
-            _run_in_process(cfg, store_url, todo, summary, on_shard, registry)
+            _run_in_process(cfg, store_url, todo, summary, on_shard, registry, run_id)
         else:
-            _run_on_ray(cfg, store_url, todo, summary, on_shard, registry)
+            _run_on_ray(cfg, store_url, todo, summary, on_shard, registry, run_id)
+    else:
+        log.info("nothing to do: all %d shards already committed (%s)", snapshot.num_shards, ", ".join(cfg.columns))
     for name, column in columns.items():
         summary.failed[name] = column.ledger(readable_commit_records(column))
-        if every <= column.committed_shards() and not damaged:  # a damaged commit's attempt is evidence: kept
-            column.collect_garbage()  # attempts left by dead workers
+        if not damaged:  # a damaged commit's attempt is evidence: kept until --repair
+            column.collect_garbage()  # attempts left by dead workers (a live run's leased attempts stay)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _run_in_process(cfg: ExtractConfig, store_url: str, todo: list[int], summary: ExtractSummary, on_shard, registry: str) -> None:
+def check_ray_address(address: str, timeout_s: float) -> None:
+    """Fail fast (RayUnreachable, one line) unless ray.address answers a TCP connect within timeout_s.
+
+    ray.init on an address nobody serves retries for minutes and prints its own log lines; this
+    probe runs before the store is touched. "auto" resolves to the cluster started on this node.
+    """
+    target = address
+    if address == "auto":
+        target = os.environ.get("RAY_ADDRESS") or _current_cluster()
+        if not target:
+            raise RayUnreachable("ray.address=auto: no Ray cluster runs on this node (start one with `ray start --head`, or set ray.address=null for a local Ray)")
+    hostport = target.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnreachable(f"ray.address={address}: expected host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
+        raise RayUnreachable(
+            f"ray.address={address}: no Ray cluster answers at {host}:{port} within ray.connect_timeout_s={timeout_s:g} ({reason}); "
+            f"start it, fix ray.address, or set ray.address=null for a local Ray"
+        ) from None
+
+
+def _current_cluster() -> str | None:
+    """The address `ray start --head` on this node recorded (Ray's own bookkeeping file)."""
+    import tempfile
+
+    path = os.path.join(os.environ.get("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "ray")), "ray_current_cluster")
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _run_in_process(
+    cfg: ExtractConfig, store_url: str, todo: list[int], summary: ExtractSummary, on_shard, registry: str, run_id: str
+) -> None:
     """ray.num_workers=0: one ShardWorker in this process takes every shard (a GPU box without Ray).
 
     A worker error stops the run (ExtractFailed); there is no worker to restart (a rerun resumes from the commits).
+    Shards another live run holds are checked again every lease.poll_s until committed (or taken over).
     """
-    worker = ShardWorker(cfg, store_url, cfg.corpus.storage_options, registry)
-    for shard in todo:
+    worker = ShardWorker(cfg, store_url, cfg.corpus.storage_options, registry, run_id=run_id)
+    queue, waiting = deque(todo), deque()
+    while queue or waiting:
+        if not queue:
+            time.sleep(cfg.lease.poll_s)
+            queue, waiting = waiting, deque()
+        shard = queue.popleft()
         try:
             report = worker.run_shard(shard)
         except Exception as exc:  # as a Ray worker's error: the run stops with its cause
             raise ExtractFailed(f"shard {shard}: {type(exc).__name__}: {exc}") from exc
-        summary.add(report)
-        if on_shard is not None:
-            on_shard(report)
+        _finish(report, summary, on_shard, waiting)
 
 
-def _run_on_ray(cfg: ExtractConfig, store_url: str, todo: list[int], summary: ExtractSummary, on_shard, registry: str) -> None:
+def _finish(report: ShardReport, summary: ExtractSummary, on_shard, waiting: deque) -> None:
+    """Count a worker's report; a shard with columns another run holds waits for another look."""
+    if report.busy:
+        waiting.append(report.shard)
+        if not report.ok:  # nothing done here this time
+            return
+    summary.add(report)
+    if on_shard is not None and not report.skipped:
+        on_shard(report)
+
+
+def _run_on_ray(
+    cfg: ExtractConfig, store_url: str, todo: list[int], summary: ExtractSummary, on_shard, registry: str, run_id: str
+) -> None:
     import ray  # imported here: the worker path must stay importable where Ray is not installed
     from ray.exceptions import RayActorError, RayTaskError
 
-    owns_ray = _init_ray(ray, cfg)
+    from pipeline.ray_watchdog import stop_watchdog
+
+    owns_ray, watchdog = _init_ray(ray, cfg)
     try:
         actor_cls = ray.remote(max_restarts=0, max_task_retries=0)(_RayShardWorker).options(
             num_cpus=cfg.ray.cpus_per_worker, num_gpus=cfg.ray.gpus_per_worker
         )
         cfg_json = to_dict(cfg)
-        queue, attempts, running = deque(todo), {s: 0 for s in todo}, {}
-        idle = [actor_cls.remote(cfg_json, store_url, cfg.corpus.storage_options, registry) for _ in range(min(cfg.ray.num_workers, len(todo)))]
-        while queue or running:
+        args = (cfg_json, store_url, cfg.corpus.storage_options, registry, run_id)
+        queue, waiting, attempts, running = deque(todo), deque(), {s: 0 for s in todo}, {}
+        idle = [actor_cls.remote(*args) for _ in range(min(cfg.ray.num_workers, len(todo)))]
+        while queue or running or waiting:
+            if not queue and not running:  # only shards another run holds are left: look again shortly
+                time.sleep(cfg.lease.poll_s)
+                queue, waiting = waiting, deque()
             while queue and idle:
                 actor, shard = idle.pop(), queue.popleft()
                 attempts[shard] += 1
@@ -219,36 +338,51 @@ def _run_on_ray(cfg: ExtractConfig, store_url: str, todo: list[int], summary: Ex
                 if attempts[shard] >= cfg.ray.max_shard_attempts:
                     raise ExtractFailed(f"shard {shard} failed {attempts[shard]} times: its worker died each time") from exc
                 queue.appendleft(shard)
-                idle.append(actor_cls.remote(cfg_json, store_url, cfg.corpus.storage_options, registry))
+                idle.append(actor_cls.remote(*args))
                 continue
             idle.append(actor)
-            summary.add(report)
-            if on_shard is not None:
-                on_shard(report)
+            if report.busy:
+                attempts[shard] -= 1  # waiting for another run is not a failed attempt
+            _finish(report, summary, on_shard, waiting)
     finally:
         if owns_ray:
             ray.shutdown()
+        stop_watchdog(watchdog)
 
 
-def _init_ray(ray, cfg: ExtractConfig) -> bool:
-    """Join the configured cluster, or start a local Ray in-process. True when this call started it."""
+def _init_ray(ray, cfg: ExtractConfig):
+    """Join the configured cluster, or start a local Ray in-process.
+
+    Returns (True when this call started or joined Ray, the watchdog that takes a local Ray down with
+    this process even if it is SIGKILLed, or None).
+    """
     if ray.is_initialized():
-        return False
+        return False, None
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=True)
-    else:
+        try:
+            ray.init(address=cfg.ray.address, log_to_driver=True)
+        except ConnectionError as exc:
+            raise RayUnreachable(f"ray.address={cfg.ray.address}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        return True, None
+    from pipeline.ray_watchdog import start_watchdog, stop_watchdog
+
+    watchdog = start_watchdog()  # first: a driver killed during ray.init leaves nothing behind either
+    try:
         ray.init(include_dashboard=False, object_store_memory=cfg.ray.object_store_memory, log_to_driver=True)
-    return True
+    except BaseException:
+        stop_watchdog(watchdog)
+        raise
+    return True, watchdog
 
 
 class _RayShardWorker:
     """Actor body: rebuilds the typed config (only JSON crosses the process boundary)."""
 
-    def __init__(self, cfg_json: dict, store_url: str, storage_options: dict, registry: str):
+    def __init__(self, cfg_json: dict, store_url: str, storage_options: dict, registry: str, run_id: str):
         logging.basicConfig(level=logging.INFO)
         cfg = from_dict(ExtractConfig, cfg_json, source="<extract config from driver>")
-        self.worker = ShardWorker(cfg, store_url, storage_options, registry)
+        self.worker = ShardWorker(cfg, store_url, storage_options, registry, run_id=run_id)
 
     def run_shard(self, shard: int) -> dict:
         return self.worker.run_shard(shard).to_json()

@@ -41,6 +41,7 @@ import zarr
 
 from pipeline.config import config_hash
 from pipeline.fs import filesystem, is_local, join, write_json_atomic
+from pipeline.lease import Lease, LeaseOwner, claim, lease_alive
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str, required: tuple[str, ...
 
 COMMIT_KEYS = ("attempt", "clips", "indices", "failed")
 COLUMN_KEYS = ("name", "hash", "config", "schema")
+
+
+class ShardBusy(StoreError):
+    """Another live run holds the claim on this shard of this column."""
 
 
 @dataclass(frozen=True)
@@ -285,9 +290,35 @@ class Column:
         writer.append(arrays)
         return writer.commit(records, failed)
 
-    def open_shard(self, shard: int, capacity: int) -> "ShardWriter":
-        """Start a new attempt at `shard` with room for `capacity` clips, written in pieces, then committed."""
-        return ShardWriter(self, shard, capacity)
+    def open_shard(self, shard: int, capacity: int, lease: Lease | None = None) -> "ShardWriter":
+        """Start a new attempt at `shard` with room for `capacity` clips, written in pieces, then committed.
+
+        `lease`: a claim from `claim()` (the attempt's name comes from it); without one this call
+        claims the shard for this process (ShardBusy when a live owner of another run holds it).
+        """
+        if lease is None:
+            lease = self.claim(shard, LeaseOwner.current(uuid.uuid4().hex[:12]))
+            if lease is None:
+                raise ShardBusy(f"shard {shard} of column {self.dirname} in {self.store.url} is being written by another run")
+        return ShardWriter(self, shard, capacity, lease)
+
+    def claim(self, shard: int, owner: LeaseOwner, lease_s: float = 60.0) -> Lease | None:
+        """Claim `shard` for a new attempt (see pipeline/lease.py); None while another live run holds it."""
+        attempt = f"{shard:05d}.{uuid.uuid4().hex[:12]}.zarr"
+        return claim(self.store.fs, self._path("claims", f"{shard:05d}.json"), shard, attempt, owner, lease_s)
+
+    def claims(self) -> dict[int, dict]:
+        """{shard: claim record} of every claim file (held, or left by a dead owner)."""
+        fs, base = self.store.fs, self._path("claims")
+        out = {}
+        for p in fs.ls(base, detail=False) if fs.exists(base) else []:
+            name = p.rsplit("/", 1)[-1]
+            if name.endswith(".json") and name[:-5].isdigit():
+                try:
+                    out[int(name[:-5])] = read_json(fs, p)
+                except (FileNotFoundError, ValueError):  # released or being replaced this instant
+                    continue
+        return out
 
     def read_shard(self, shard: int) -> ShardData:
         record = self.commit_record(shard)
@@ -413,19 +444,42 @@ class Column:
         records = self.commit_records() if records is None else records
         return [row for record in records.values() for row in record["failed"]]
 
-    def collect_garbage(self) -> int:
-        """Remove attempt directories no commit names (left by crashed workers). Returns how many."""
+    def collect_garbage(self, column_grace_s: float = 600.0) -> int:
+        """Remove attempt folders no commit and no live lease names (left by dead workers). Returns how many.
+
+        Safe while other runs write: an attempt is only removed when its lease's owner is gone. The
+        order matters: attempts are listed first, then claims, then commits, so an attempt that
+        appears, or commits, while this runs is seen as claimed or committed. Column-level attempts
+        (no lease: a few small arrays) are removed only when older than `column_grace_s`.
+        """
         fs = self.store.fs
-        live = {self.commit_record(s)["attempt"] for s in self.committed_shards()}
+        attempts = fs.ls(self._path("shards"), detail=False) if fs.exists(self._path("shards")) else []
+        columns = [p for p in fs.ls(self._path(), detail=False) if p.rsplit("/", 1)[-1].startswith("column.") and p.endswith(".zarr")]
+        claims = self.claims()
+        committed = self.committed_shards()
+        live = {self.commit_record(s)["attempt"] for s in committed}
         if self.has_column_arrays():
             live.add(read_json(fs, self._path("commits", "column.json"))["attempt"])
-        candidates = fs.ls(self._path("shards"), detail=False) if fs.exists(self._path("shards")) else []
-        candidates += [p for p in fs.ls(self._path(), detail=False) if p.rsplit("/", 1)[-1].startswith("column.") and p.endswith(".zarr")]
+        leased = {c["attempt"] for c in claims.values() if lease_alive(c)}
         removed = 0
-        for path in candidates:
-            if path.rsplit("/", 1)[-1] not in live:
+        for path in attempts:
+            name = path.rsplit("/", 1)[-1]
+            if name not in live and name not in leased:
                 fs.rm(path, recursive=True)
                 removed += 1
+        for path in columns:
+            if path.rsplit("/", 1)[-1] not in live and _age(fs, path) > column_grace_s:
+                fs.rm(path, recursive=True)
+                removed += 1
+        # claims of committed shards whose owner died between commit and release, and takeover markers
+        for shard, record in claims.items():
+            if shard in committed and not lease_alive(record):
+                fs.rm(self._path("claims", f"{shard:05d}.json"))
+        base = self._path("claims")
+        for path in fs.ls(base, detail=False) if fs.exists(base) else []:
+            name = path.rsplit("/", 1)[-1]
+            if name.endswith(".takeover") and name[:5].isdigit() and int(name[:5]) in committed:
+                fs.rm(path)
         return removed
 
     def _check_arrays(self, shard: int, arrays: dict[str, np.ndarray], n: int) -> None:
@@ -479,9 +533,9 @@ class ShardWriter:
     writes the commit record last; an attempt abandoned before it is garbage.
     """
 
-    def __init__(self, column: Column, shard: int, capacity: int):
-        self.column, self.shard = column, shard
-        self.name = f"{shard:05d}.{uuid.uuid4().hex[:12]}.zarr"
+    def __init__(self, column: Column, shard: int, capacity: int, lease: Lease):
+        self.column, self.shard, self.lease = column, shard, lease
+        self.name = lease.attempt
         self.group = zarr.open_group(column._zarr_target(join("shards", self.name)), mode="w", **column._zarr_kwargs())
         # one chunk per clip: streaming reads clip by clip
         # write_empty_chunks: every clip gets a chunk file, even an all-zero one, so the commit can list
@@ -522,6 +576,7 @@ class ShardWriter:
             for arr in self.arrays.values():
                 arr.resize((self.rows, *arr.shape[1:]))
         self.group.attrs["records"] = records
+        self._check_intact()
         record = {
             "shard": self.shard,
             "attempt": self.name,
@@ -538,7 +593,23 @@ class ShardWriter:
             },
         }
         write_json_atomic(self.column.store.fs, self.column._path("commits", f"{self.shard:05d}.json"), record)
+        self.lease.release()
         return record
+
+    def _check_intact(self) -> None:
+        """Refuse to commit an attempt whose lease is no longer ours or whose folder lost an array:
+        a commit record must never name data that is not all there."""
+        fs = self.column.store.fs
+        base = self.column._path("shards", self.name)
+        missing = [key for key in ("", *self.column.schema) if not fs.exists(join(base, key, "zarr.json") if key else join(base, "zarr.json"))]
+        problem = self.lease.check()
+        if missing:
+            problem = f"arrays {', '.join(m or '<group>' for m in missing)} are missing from it" + (f" and {problem}" if problem else "")
+        if problem:
+            raise StoreError(
+                f"shard {self.shard} of column {self.column.dirname} in {self.column.store.url}: attempt {self.name} "
+                f"not committed: {problem}; rerun extract to redo the shard"
+            )
 
 
 class FeatureStore:
@@ -705,6 +776,18 @@ def _why(exc: BaseException) -> str:
     """One line for an exception from zarr/numcodecs/fsspec."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _age(fs: fsspec.AbstractFileSystem, path: str) -> float:
+    """Seconds since a Zarr group folder was written (its zarr.json); 0 when unknown (never old enough to remove)."""
+    try:
+        info = fs.info(join(path, "zarr.json"))
+    except FileNotFoundError:
+        return float("inf")  # no group metadata: an attempt that never got started
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+    if mtime is None:
+        return 0.0
+    return time.time() - (mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime))
 
 
 def _compressors() -> list:

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ from pipeline.decode import DecodedClip, decode_clip
 from pipeline.extract_config import ExtractConfig
 from pipeline.fs import join
 from pipeline.overlap import BackgroundWriter, ClipPrefetcher, Decoded
+from pipeline.lease import Lease, LeaseKeeper, LeaseOwner
 from pipeline.producer import ColumnProducer, load_registry
 from pipeline.store import Column, FeatureStore
 
@@ -33,7 +35,8 @@ class ShardReport:
     ok: dict[str, int] = field(default_factory=dict)  # column -> clips written
     failed: dict[str, list[dict]] = field(default_factory=dict)  # column -> ledger rows
     seconds: float = 0.0  # wall time of run_shard
-    skipped: bool = False  # every requested column was already committed
+    skipped: bool = False  # every requested column was already committed (or became so while we waited)
+    busy: list[str] = field(default_factory=list)  # columns whose shard another live run holds: retry later
     # where the wall time went; decode and write run in background threads, so they overlap the model
     model_s: dict[str, float] = field(default_factory=dict)  # column -> seconds in its producer (CUDA synchronised)
     decode_s: float = 0.0  # decoding, in the prefetch thread
@@ -55,8 +58,11 @@ class ShardWorker:
     flushed, so a worker killed at any point leaves no commit for a partly written shard.
     """
 
-    def __init__(self, cfg: ExtractConfig, store_url: str, storage_options: dict | None = None, registry: str = "stages.extract.columns"):
+    def __init__(
+        self, cfg: ExtractConfig, store_url: str, storage_options: dict | None = None, registry: str = "stages.extract.columns", run_id: str | None = None
+    ):
         self.cfg = cfg
+        self.run_id = run_id or uuid.uuid4().hex[:12]  # the extraction run this worker belongs to (lease owner)
         self.store = FeatureStore(store_url, storage_options)
         self.snapshot = self.store.require_snapshot()
         self.registry = load_registry(registry)
@@ -83,15 +89,48 @@ class ShardWorker:
         started = time.perf_counter()
         report = ShardReport(shard)
         pending = [n for n, c in self.columns.items() if c.commit_record(shard) is None]
-        if not pending:
-            report.skipped = True
+        leases = self._claim(shard, pending, report)
+        if not leases:
+            report.skipped = not report.busy
             return report
+        try:
+            with LeaseKeeper(leases.values(), self.cfg.lease.heartbeat_s):
+                self._run_claimed(shard, leases, report, started)
+        except BaseException:
+            for lease in leases.values():  # another run may take the shard at once (a killed worker's lease expires instead)
+                try:
+                    lease.release()
+                except Exception:  # the original error matters more
+                    pass
+            raise
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _claim(self, shard: int, pending: list[str], report: ShardReport) -> dict[str, Lease]:
+        """Claim `shard` in each pending column; columns another live run holds go to report.busy."""
+        owner = LeaseOwner.current(self.run_id)
+        leases: dict[str, Lease] = {}
+        for name in pending:
+            column = self.columns[name]
+            lease = column.claim(shard, owner, self.cfg.lease.seconds)
+            if lease is None:
+                report.busy.append(name)
+            elif column.commit_record(shard) is not None:  # committed by another run between our check and our claim
+                lease.release()
+            else:
+                leases[name] = lease
+        if report.busy:
+            log.info("shard %d: %s being written by another run; will check again", shard, ", ".join(report.busy))
+        return leases
+
+    def _run_claimed(self, shard: int, leases: dict[str, Lease], report: ShardReport, started: float) -> None:
+        pending = list(leases)
         for name in pending:  # models load here, outside the per-clip guard: a bad checkpoint or device stops the run
             self.producer(name)
         report.load_s = time.perf_counter() - started
         report.model_s = {n: 0.0 for n in pending}
         items = [(i, ClipEntry.from_json(self.snapshot.clips[i])) for i in self.snapshot.shard_range(shard)]
-        writers = {n: self.columns[n].open_shard(shard, len(items)) for n in pending}
+        writers = {n: self.columns[n].open_shard(shard, len(items), leases[n]) for n in pending}
         outputs = {n: ([], []) for n in pending}  # column -> (records, failed)
         decode = self._decoder(pending)
         with ClipPrefetcher(items, decode, ahead=2 * self.clip_batch) as clips, BackgroundWriter() as writer:
@@ -110,12 +149,10 @@ class ShardWorker:
                     extra = self.producer(name).column_arrays()
                     if extra:
                         column.write_column_arrays(extra)
-                writers[name].commit(records, failed)
+                writers[name].commit(records, failed)  # checks the attempt is whole and its lease ours, then releases it
                 report.ok[name], report.failed[name] = len(records), failed
             report.write_s = writer.busy_s + time.perf_counter() - t - report.flush_s
             report.decode_s, report.wait_s = clips.decode_s, clips.wait_s
-        report.seconds = time.perf_counter() - started
-        return report
 
     def _decoder(self, pending: list[str]):
         video, options = self.cfg.video, self.cfg.corpus.storage_options

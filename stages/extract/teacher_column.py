@@ -31,7 +31,8 @@ from stages.lgf import fuse
 log = logging.getLogger(__name__)
 
 # teacher settings that change speed, not content (beyond float reassociation), so not the column key
-_NOT_KEYED = ("device", "image_batch", "clip_batch", "compile")
+# (allow_random_weights: a permission; the weights are keyed by model, checkpoint and seed)
+_NOT_KEYED = ("device", "image_batch", "clip_batch", "compile", "allow_random_weights")
 
 
 def student_grid(cfg: ExtractConfig) -> TokenGrid:
@@ -41,6 +42,7 @@ def student_grid(cfg: ExtractConfig) -> TokenGrid:
 
 def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
     """Name, hashed producer config and schema of the teacher column, without loading SAM2."""
+    check_weights(cfg)
     grid = student_grid(cfg)
     channels = feature_channels(cfg.teacher.model, cfg.teacher.feature)
     pairs = sum(grid.frames - o for o in cfg.lgf.offsets)
@@ -61,6 +63,16 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
     }
     attrs = {"grid": list(grid.shape), "channels": channels, "mask_scale": 255, "lgf": to_dict(cfg.lgf)}
     return ColumnSpec("teacher", config, schema, attrs)
+
+
+def check_weights(cfg: ExtractConfig) -> None:
+    """A released SAM2 config with random weights gives meaningless targets: refuse unless asked for."""
+    t = cfg.teacher
+    if t.checkpoint is None and t.model != "tiny" and not t.allow_random_weights:
+        raise ValueError(
+            f"teacher.checkpoint is null for the released SAM2 config '{t.model}': set teacher.checkpoint to its released "
+            f"weights (a .pt file), or teacher.allow_random_weights=true for a random-weight test run"
+        )
 
 
 class TeacherProducer:

@@ -46,6 +46,7 @@ def extract_config(args: argparse.Namespace, compiled: bool) -> ExtractConfig:
     gpu = args.device.startswith("cuda")
     overrides = [
         f"corpus.url={ensure_sample_corpus()}", f"corpus.limit={args.clips}", "ray.num_workers=0",
+        "teacher.allow_random_weights=true",  # --set teacher.model=sam2.1_hiera_* times a released architecture, random weights
         f"teacher.device={args.device}", f"encoders.device={args.device}", f"ray.gpus_per_worker={1 if gpu else 0}",
         f"ray.cpus_per_worker={args.threads}", f"teacher.compile={str(compiled).lower()}", f"encoders.compile={str(compiled).lower()}",
         *([f"teacher.dtype={args.dtype}", f"encoders.dtype={args.dtype}"] if args.dtype else []), *args.set,

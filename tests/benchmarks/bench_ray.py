@@ -57,7 +57,7 @@ def extract_config(args: argparse.Namespace, workers: int = 1, clips: int | None
     overrides = [
         f"corpus.url={ensure_sample_corpus()}", f"corpus.limit={clips or args.clips}", f"corpus.clips_per_shard={args.clips_per_shard}",
         f"video.num_frames={args.frames}", "teacher.device=cpu", "encoders.device=cpu", "columns=[teacher,encodings]",
-        f"ray.num_workers={workers}",
+        f"ray.num_workers={workers}", "teacher.allow_random_weights=true",  # timing runs: random weights by design
     ]  # fmt: skip
     return load_config(ExtractConfig, REPO / "configs" / "extract" / "sample.yaml", overrides)
 

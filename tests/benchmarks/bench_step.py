@@ -379,7 +379,8 @@ def build_store(root: Path, clips: int, frames: int) -> tuple[str, float]:
 
     corpus = ensure_sample_corpus()
     overrides = [f"corpus.url={corpus}", f"corpus.limit={clips}", f"video.num_frames={frames}",
-                 "teacher.device=cpu", "encoders.device=cpu", "columns=[teacher,encodings]"]  # fmt: skip
+                 "teacher.device=cpu", "encoders.device=cpu", "columns=[teacher,encodings]",
+                 "teacher.allow_random_weights=true"]  # fmt: skip
     cfg = load_config(ExtractConfig, REPO / "configs" / "extract" / "sample.yaml", overrides)
     url = str(root / "store")
     start = time.perf_counter()
