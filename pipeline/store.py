@@ -316,7 +316,7 @@ class Column:
             if name.endswith(".json") and name[:-5].isdigit():
                 try:
                     out[int(name[:-5])] = read_json(fs, p)
-                except (FileNotFoundError, ValueError):  # released or being replaced this instant
+                except (FileNotFoundError, ValueError, StoreError):  # released or being replaced this instant
                     continue
         return out
 
