@@ -39,18 +39,27 @@ def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> Non
 
     Local: write a temp file beside it, fsync, rename. Object stores: a single PUT is atomic.
     """
-    blob = json.dumps(obj, indent=1, sort_keys=True, default=str)
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
+    blob = json_blob(obj)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     if is_local(fs):
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "w") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(write_temp_beside(path, blob), path)
     else:
         fs.pipe_file(path, blob.encode())
+
+
+def json_blob(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True, default=str)
+
+
+def write_temp_beside(path: str, blob: str) -> str:
+    """Local disk: `blob` in a uniquely named, fsynced temp file next to `path`; returns its name
+    (the caller renames or links it into place, so readers never see a partial file)."""
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
 
 
 def missing_credentials(exc: BaseException) -> bool:

@@ -29,13 +29,12 @@ import os
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import fsspec
 
-from pipeline.fs import is_local, read_json, write_json_atomic
+from pipeline.fs import is_local, json_blob, read_json, write_json_atomic, write_temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +87,10 @@ def lease_alive(claim: dict, now: float | None = None) -> bool:
 
 def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> bool:
     """Write JSON at `path` only if nothing is there; True when this call created it."""
-    blob = json.dumps(obj, indent=1, sort_keys=True, default=str)
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
+    blob = json_blob(obj)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     if is_local(fs):
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "w") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = write_temp_beside(path, blob)
         try:
             os.link(tmp, path)  # atomic, fails if the name exists; the file is complete when it appears
             return True
