@@ -29,9 +29,25 @@ class Growth:
     first_new_shard: int | None = None  # number of the first shard they fill
 
 
-def grow(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig, append: bool, growth: Growth) -> Snapshot:
-    """Count the bucket's clips the snapshot lacks; with `append`, add them. Returns the (new) snapshot."""
-    new = unlisted_clips(snapshot, cfg)
+def bucket_listing(cfg: ExtractConfig) -> list[ClipEntry]:
+    """The bucket's clips as cfg lists them, names only (no file is read for hashing)."""
+    return list_corpus(dataclasses.replace(cfg.corpus, content_hash=False, dedupe=False))
+
+
+def known_keys(snapshot: Snapshot) -> set[str]:
+    """Keys the snapshot accounts for: its clips, their flagged copies, and copies dropped by corpus.dedupe."""
+    return {c["key"] for c in snapshot.clips} | {k for c in snapshot.clips for k in c.get("duplicates", ())} | set(snapshot.dropped)
+
+
+def grow(
+    store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig, append: bool, growth: Growth, listing: list[ClipEntry]
+) -> Snapshot:
+    """Count the listed clips the snapshot lacks; with `append`, add them. Returns the (new) snapshot.
+
+    listing: `bucket_listing(cfg)`, listed once by the caller (the corpus.limit check reads it too).
+    """
+    have = known_keys(snapshot)
+    new = [e for e in listing if e.key not in have]  # a dropped copy's key is known: it never comes back as new
     growth.unlisted = len(new)
     if new and append:
         grown = append_clips(store, snapshot, cfg, new)
@@ -42,15 +58,6 @@ def grow(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig, append: bo
     if new:
         log.warning("%d new clips in %s are not in the snapshot of %s; rerun with --append to add them", len(new), cfg.corpus.url, store.url)
     return snapshot
-
-
-def unlisted_clips(snapshot: Snapshot, cfg: ExtractConfig) -> list[ClipEntry]:
-    """Clips of the bucket (as cfg lists it) whose keys are not in the snapshot, sorted by key."""
-    listing = list_corpus(dataclasses.replace(cfg.corpus, content_hash=False, dedupe=False))
-    have = {c["key"] for c in snapshot.clips}
-    # a key dropped as a copy (corpus.dedupe) is known too: it must not come back as new
-    have |= {k for c in snapshot.clips for k in c.get("duplicates", ())} | set(snapshot.dropped)
-    return [e for e in listing if e.key not in have]
 
 
 def append_clips(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig, new: list[ClipEntry]) -> Snapshot:

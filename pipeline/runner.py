@@ -10,7 +10,6 @@ is looked at again every lease.poll_s until it is committed or its owner is gone
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
@@ -23,7 +22,7 @@ from typing import Callable
 from pipeline.config import to_dict, from_dict
 from pipeline.corpus import list_corpus
 from pipeline.extract_config import ExtractConfig
-from pipeline.growth import Growth, grow
+from pipeline.growth import Growth, bucket_listing, grow, known_keys
 from pipeline.integrity import readable_commit_records, verify_store
 from pipeline.producer import load_registry
 from pipeline.fs import credentials_hint, is_local, missing_credentials
@@ -122,9 +121,10 @@ def prepare_store(
             snapshot = store.freeze_snapshot(Snapshot(cfg.corpus.url, cfg.corpus.clips_per_shard, [e.to_json() for e in entries]))
         else:
             _check_same_corpus(store, snapshot, cfg)
+            listing = bucket_listing(cfg)  # one listing serves the limit check and the growth count
             if not append:
-                _check_limit(store, snapshot, cfg)
-            snapshot = grow(store, snapshot, cfg, append, growth if growth is not None else Growth())
+                _check_limit(store, snapshot, cfg, listing)
+            snapshot = grow(store, snapshot, cfg, append, growth if growth is not None else Growth(), listing)
         columns = {name: store.create_column(name, s.config, s.schema, s.attrs) for name, s in specs.items()}
     except Exception as exc:
         _raise_if_credentials(exc, store_url, cfg)
@@ -153,17 +153,16 @@ def _check_same_corpus(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConf
         )
 
 
-def _check_limit(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig) -> None:
+def _check_limit(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig, listing: list) -> None:
     """A rerun whose corpus.limit lists other clips than the frozen snapshot is refused, never silently ignored.
 
     (Clips added to the bucket without a limit are growth: counted and appended by pipeline/growth.py.)
     """
     if cfg.corpus.limit is None:
         return
-    listed = {e.key for e in list_corpus(dataclasses.replace(cfg.corpus, content_hash=False, dedupe=False))}
+    listed = {e.key for e in listing}
     frozen = {c["key"] for c in snapshot.clips}
-    known = frozen | {k for c in snapshot.clips for k in c.get("duplicates", ())} | set(getattr(snapshot, "dropped", ()))
-    new, gone = len(listed - known), len(frozen - listed)
+    new, gone = len(listed - known_keys(snapshot)), len(frozen - listed)
     if new or gone:
         raise StoreError(
             f"corpus.limit={cfg.corpus.limit} lists {len(listed)} clips but {store.url} holds a snapshot of {len(frozen)} "
