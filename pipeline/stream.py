@@ -90,10 +90,13 @@ class ClipStream:
         """Clips left out as damaged so far (on_corrupt=skip), over all epochs and workers."""
         return self._skipped.value
 
-    def _skip(self, clips: int, exc: StoreError) -> None:
+    def _damaged(self, err: StoreError, clips: int, cause: BaseException | None = None) -> None:
+        """on_corrupt=fail: raise `err`; skip: log it and count `clips` as left out."""
+        if self.on_corrupt == "fail":
+            raise err from cause
         with self._skipped.get_lock():
             self._skipped.value += clips
-        log.warning("skipped %d damaged clip(s) (on_corrupt=skip): %s", clips, exc)
+        log.warning("skipped %d damaged clip(s) (on_corrupt=skip): %s", clips, err)
 
     def _joined_counts(self) -> dict[int, int]:
         """Clips per shard present in every column, from the commit records (no array reads)."""
@@ -112,10 +115,7 @@ class ClipStream:
                 out[shard] = column.commit_record(shard)
             except StoreError as exc:
                 keys = self._keys_of(shard)
-                err = StoreError(f"{self.store.url}: column {column.dirname}, shard {shard} (clips {', '.join(keys)}): {exc}")
-                if self.on_corrupt == "fail":
-                    raise err from exc
-                self._skip(len(keys), err)
+                self._damaged(StoreError(f"{self.store.url}: column {column.dirname}, shard {shard} (clips {', '.join(keys)}): {exc}"), len(keys), exc)
         return out
 
     def _keys_of(self, shard: int) -> list[str]:
@@ -169,10 +169,7 @@ class ClipStream:
                 records, shards, rows = join_shard_data(self.columns, [c.read_shard(shard) for c in self.columns])
             except StoreError as exc:  # a commit, group or array metadata unreadable: every clip of the shard
                 keys = self._keys_of(shard)
-                err = StoreError(f"{self.store.url}: shard {shard} (clips {', '.join(keys)}): {exc}")
-                if self.on_corrupt == "fail":
-                    raise err from exc
-                self._skip(self.clip_counts.get(shard, len(keys)), err)
+                self._damaged(StoreError(f"{self.store.url}: shard {shard} (clips {', '.join(keys)}): {exc}"), self.clip_counts.get(shard, len(keys)), exc)
                 continue
             for i, record in enumerate(records):
                 sample = {"__key__": record["key"], "index": record["index"]}
@@ -180,10 +177,8 @@ class ClipStream:
                     for j, col in enumerate(self.columns):
                         for name in self.arrays.get(col.name, []):
                             sample[name] = col.read_row(shards[j], name, rows[j][i])  # checked against the commit
-                except StoreError as exc:
-                    if self.on_corrupt == "fail":
-                        raise
-                    self._skip(1, exc)
+                except StoreError as exc:  # read_row's message names store, column, shard, clip and array
+                    self._damaged(exc, 1)
                     continue
                 yield sample
 

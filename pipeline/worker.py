@@ -71,8 +71,7 @@ class ShardWorker:
             name: self.store.create_column(name, s.config, s.schema, s.attrs) for name, s in self.specs.items()
         }
         self._producers: dict[str, ColumnProducer] = {}
-        # clips per producer call: the teacher tracks clip_batch clips in lockstep (1 until that lands)
-        self.clip_batch = max(1, int(getattr(cfg.teacher, "clip_batch", 1)))
+        self.clip_batch = cfg.teacher.clip_batch  # clips per producer call: the teacher tracks them in lockstep
         import torch
 
         # intra-op threads = the worker's CPU share, in or out of Ray: the same config gives the same
