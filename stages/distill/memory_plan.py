@@ -39,23 +39,6 @@ AUTOCAST_MIX = 1.25  # under bf16 autocast some kept tensors stay fp32 (norm out
 CUDA_CONTEXT_BYTES = 600 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces, not in torch's allocator
 FRAGMENTATION = 1.10  # caching-allocator slack on top of live tensors
 
-# transformer/config.json of hub models the plan knows without a download (diffusers keys)
-KNOWN_TRANSFORMERS: dict[str, dict[str, Any]] = {
-    "THUDM/CogVideoX-5b-I2V": {
-        "activation_fn": "gelu-approximate", "attention_bias": True, "attention_head_dim": 64, "dropout": 0.0,
-        "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 32, "max_text_seq_length": 226,
-        "norm_elementwise_affine": True, "norm_eps": 1e-05, "num_attention_heads": 48, "num_layers": 42,
-        "out_channels": 16, "patch_size": 2, "sample_frames": 49, "sample_height": 60, "sample_width": 90,
-        "spatial_interpolation_scale": 1.875, "temporal_compression_ratio": 4, "temporal_interpolation_scale": 1.0,
-        "text_embed_dim": 4096, "time_embed_dim": 512, "timestep_activation_fn": "silu",
-        "use_learned_positional_embeddings": True, "use_rotary_positional_embeddings": True,
-    },
-}
-KNOWN_TRANSFORMERS["THUDM/CogVideoX-5b"] = {
-    **KNOWN_TRANSFORMERS["THUDM/CogVideoX-5b-I2V"], "in_channels": 16, "use_learned_positional_embeddings": False,
-}
-
-
 class MemoryPlanError(ValueError):
     """The configured run cannot fit the GPU; the message gives the figures and the fix."""
 
@@ -121,7 +104,7 @@ class MemoryPlan:
 
 def transformer_config(model: str) -> dict[str, Any]:
     """The transformer config of `student.model` without loading weights: tiny, a local folder, or a known hub id."""
-    from stages.distill.student import TINY, tiny_transformer_config
+    from stages.distill.student import KNOWN_TRANSFORMERS, TINY, tiny_transformer_config
 
     if model == TINY:
         return tiny_transformer_config("i2v")

@@ -42,6 +42,23 @@ COGVIDEOX_5B_SCHEDULER: dict[str, Any] = {
 }
 
 
+# transformer/config.json of THUDM/CogVideoX-5b-I2V (diffusers keys; unlisted keys take diffusers' defaults)
+COGVIDEOX_5B_I2V_TRANSFORMER: dict[str, Any] = {
+    "activation_fn": "gelu-approximate", "attention_bias": True, "attention_head_dim": 64, "dropout": 0.0,
+    "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 32, "max_text_seq_length": 226,
+    "norm_elementwise_affine": True, "norm_eps": 1e-05, "num_attention_heads": 48, "num_layers": 42,
+    "out_channels": 16, "patch_size": 2, "sample_frames": 49, "sample_height": 60, "sample_width": 90,
+    "spatial_interpolation_scale": 1.875, "temporal_compression_ratio": 4, "temporal_interpolation_scale": 1.0,
+    "text_embed_dim": 4096, "time_embed_dim": 512, "timestep_activation_fn": "silu",
+    "use_learned_positional_embeddings": True, "use_rotary_positional_embeddings": True,
+}
+# hub ids whose transformer config is known without a download (memory plans, benchmarks)
+KNOWN_TRANSFORMERS: dict[str, dict[str, Any]] = {
+    "THUDM/CogVideoX-5b-I2V": COGVIDEOX_5B_I2V_TRANSFORMER,
+    "THUDM/CogVideoX-5b": {**COGVIDEOX_5B_I2V_TRANSFORMER, "in_channels": 16, "use_learned_positional_embeddings": False},
+}
+
+
 def tiny_transformer_config(task: str = "i2v") -> dict[str, Any]:
     """A 3-block CogVideoX (2 heads x 16, text width 32) with the 5B-I2V's switches.
 

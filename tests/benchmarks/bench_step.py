@@ -56,6 +56,7 @@ from pipeline.distill_config import LoRAConfig, LossesConfig, StudentConfig  # n
 from stages.distill.trainer import LossContext, distill_loss, step_seed  # noqa: E402
 from stages.distill.projector import Projector, ProjectorSpec  # noqa: E402
 from stages.distill.student import (  # noqa: E402
+    COGVIDEOX_5B_I2V_TRANSFORMER,
     COGVIDEOX_5B_SCHEDULER,
     configure_student,
     rotary_embedding,
@@ -64,34 +65,6 @@ from stages.distill.student import (  # noqa: E402
 from stages.distill.tap import FeatureTap  # noqa: E402
 from stages.lgf import lgf_probs  # noqa: E402
 
-# THUDM/CogVideoX-5b-I2V transformer/config.json (diffusers format); unlisted keys take diffusers' defaults.
-COGVIDEOX_5B_I2V_TRANSFORMER: dict[str, Any] = {
-    "activation_fn": "gelu-approximate",
-    "attention_bias": True,
-    "attention_head_dim": 64,
-    "dropout": 0.0,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 32,
-    "max_text_seq_length": 226,
-    "norm_elementwise_affine": True,
-    "norm_eps": 1e-05,
-    "num_attention_heads": 48,
-    "num_layers": 42,
-    "out_channels": 16,
-    "patch_size": 2,
-    "sample_frames": 49,
-    "sample_height": 60,
-    "sample_width": 90,
-    "spatial_interpolation_scale": 1.875,
-    "temporal_compression_ratio": 4,
-    "temporal_interpolation_scale": 1.0,
-    "text_embed_dim": 4096,
-    "time_embed_dim": 512,
-    "timestep_activation_fn": "silu",
-    "use_learned_positional_embeddings": True,
-    "use_rotary_positional_embeddings": True,
-}
 LGF_SETTINGS = {"kernel": 7, "tau": 0.1, "offsets": [1], "fusion": "gram"}  # method.md defaults = the stored target's
 
 
