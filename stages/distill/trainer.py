@@ -337,18 +337,17 @@ class Trainer:
             if gathered is None:
                 gathered = {k: v.detach().cpu() for k, v in transformer.state_dict().items()}
             else:
-                gathered = {k[len("transformer."):]: v for k, v in gathered.items() if k.startswith("transformer.")}
+                gathered = _submodule_state(gathered, "transformer")
             save_full_transformer(transformer.config, gathered, out, dtype)
             return out
         out = self.out / "lora"
         if gathered is None:
             return export_lora(transformer, out, self.model.projector, info)
-        student = {k[len("transformer."):]: v for k, v in gathered.items() if k.startswith("transformer.")}
         projector = None
         if self.model.projector is not None:
             projector = Projector(self.model.projector.spec)
-            projector.load_state_dict({k[len("projector."):]: v for k, v in gathered.items() if k.startswith("projector.")})
-        return write_lora(lora_from_trainable_state(student), transformer.peft_config["default"].to_dict(), out, projector, info)
+            projector.load_state_dict(_submodule_state(gathered, "projector"))
+        return write_lora(lora_from_trainable_state(_submodule_state(gathered, "transformer")), transformer.peft_config["default"].to_dict(), out, projector, info)
 
     def train_step(self, source: Iterator[tuple[dict, float]]) -> StepMetrics:
         cfg, started, waited = self.cfg, time.perf_counter(), 0.0
@@ -521,6 +520,12 @@ class Trainer:
             self._tb.close()
         if self.model.tap is not None:
             self.model.tap.remove()
+
+
+def _submodule_state(state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The entries of a DistillModel state dict under `name.`, with that prefix removed."""
+    prefix = f"{name}."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _read_state(path: Path) -> tuple[dict | None, str | None]:
