@@ -68,7 +68,8 @@ def assert_weights_close(a: dict, b: dict, atol: float) -> None:
 def test_two_ranks_match_one_rank_with_the_same_global_batch(student_store, tmp_path, strategy):
     steps = 3
     extra = [f"parallel.strategy={strategy}"] + (["parallel.shard_size=1"] if strategy == "hsdp" else [])  # 2 replicas x 1
-    ranks = torchrun(tmp_path, strategy, {"mode": "fixed", "steps": steps, "overrides": overrides(student_store, tmp_path / "run", *extra)})
+    ranks = torchrun(tmp_path, strategy, {"mode": "fixed", "steps": steps, "export": True,
+                                          "overrides": overrides(student_store, tmp_path / "run", *extra)})
     ref, ref_weights = one_rank_fixed(student_store, tmp_path / "one", steps, "optim.accumulation=2")
     # every rank logs the global batch's loss, equal to one rank accumulating the same two micro-batches
     for r in ranks:
@@ -77,6 +78,14 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(student_store, tmp_
     assert_weights_close(ranks[0]["weights"], ref_weights, atol=2e-5)
     moved = sum((ranks[0]["weights"][k] != 0).any().item() for k in ref_weights if "lora_B" in k)
     assert moved > 0  # LoRA B starts at zero: training changed it
+    # the export (gathered on rank 0 under FSDP) is the trained LoRA, as the stock loader reads it
+    from diffusers import CogVideoXImageToVideoPipeline
+
+    exported = CogVideoXImageToVideoPipeline.lora_state_dict(ranks[0]["exported"])
+    lora = {k.replace(".default.", "."): v for k, v in ranks[0]["weights"].items() if "lora_" in k}
+    assert sorted(exported) == sorted(lora)
+    for k, v in exported.items():
+        torch.testing.assert_close(v.float(), lora[k], atol=0, rtol=0, msg=k)
 
 
 def test_fsdp_full_finetune_resumes_loss_for_loss_and_exports_a_diffusers_folder(student_store, tmp_path):
