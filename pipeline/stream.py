@@ -23,13 +23,14 @@ import logging
 import multiprocessing
 import multiprocessing.context
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
+from pipeline.quantize import dequantize, quantized_arrays, scale_name
 from pipeline.store import Column, FeatureStore, StoreError, join_shard_data
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,14 @@ class ClipStream:
         shuffle_buffer: int = 64,  # clips held per worker for shuffling
         num_workers: int = 0,
         on_corrupt: str = "fail",  # fail | skip: what a damaged clip does (see the module docstring)
+        exclude: Collection[str] = (),  # clip keys never streamed nor counted (held-out clips, filtered clips)
     ):
         if on_corrupt not in ("fail", "skip"):
             raise ValueError(f"on_corrupt must be fail or skip, got {on_corrupt!r}")
         self.store, self.columns, self.arrays = store, columns, arrays
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.num_workers, self.on_corrupt = num_workers, on_corrupt
+        self.exclude = frozenset(exclude)
         # clips skipped as damaged, summed over this process and its DataLoader workers (shared memory)
         self._skipped = _worker_context().Value("q", 0)
         self._shard_keys: dict[int, list[str]] = {}  # shard -> its clip keys (snapshot), for messages
@@ -105,7 +108,15 @@ class ClipStream:
         unverified = sorted({c.dirname for c, r in zip(self.columns, records) for rec in r.values() if "checksums" not in rec})
         if unverified:
             log.warning("%s: commit records of %s hold no checksums (written before them): reads are unverified", self.store.url, ", ".join(unverified))
-        return {s: len(set.intersection(*(set(r[s]["indices"]) for r in records))) for s in sorted(shards)}
+        excluded = self._excluded_indices()
+        counts = {s: len(set.intersection(*(set(r[s]["indices"]) for r in records)) - excluded) for s in sorted(shards)}
+        return {s: n for s, n in counts.items() if n > 0}
+
+    def _excluded_indices(self) -> set[int]:
+        """Snapshot indices of the excluded keys (the commit records list indices, not keys)."""
+        if not self.exclude:
+            return set()
+        return {i for i, c in enumerate(self.store.require_snapshot().clips) if c["key"] in self.exclude}
 
     def _commit_records(self, column: Column) -> dict[int, dict]:
         """A column's readable commit records; a damaged one fails the stream or (skip) drops its shard."""
@@ -172,11 +183,13 @@ class ClipStream:
                 self._damaged(StoreError(f"{self.store.url}: shard {shard} (clips {', '.join(keys)}): {exc}"), self.clip_counts.get(shard, len(keys)), exc)
                 continue
             for i, record in enumerate(records):
+                if record["key"] in self.exclude:
+                    continue
                 sample = {"__key__": record["key"], "index": record["index"]}
                 try:
                     for j, col in enumerate(self.columns):
                         for name in self.arrays.get(col.name, []):
-                            sample[name] = col.read_row(shards[j], name, rows[j][i])  # checked against the commit
+                            sample[name] = _read(col, shards[j], name, rows[j][i])
                 except StoreError as exc:  # read_row's message names store, column, shard, clip and array
                     self._damaged(exc, 1)
                     continue
@@ -190,6 +203,14 @@ class ClipStream:
             multiprocessing_context=_worker_context() if self.num_workers else None,
         )
         return _one_line_errors(itertools.islice(loader, position.batch, total))
+
+
+def _read(col: Column, data, name: str, row: int) -> np.ndarray:
+    """One clip's array, checked against the commit; a quantised one comes back dequantised (float32)."""
+    values = col.read_row(data, name, row)
+    if name in quantized_arrays(col.attrs):
+        values = dequantize(values, col.read_row(data, scale_name(name), row))
+    return values
 
 
 def _one_line_errors(batches: Iterator[dict]) -> Iterator[dict]:

@@ -88,3 +88,28 @@ def test_workers_stream_from_s3(store, moto_s3):
     local = keys_of(make(store, num_workers=2, batch_size=1))
     stream = make(remote, num_workers=2, batch_size=1)  # reads commit records in this process first
     assert keys_of(stream) == local and len(local) == sum(SIZES)
+
+
+def test_excluded_keys_are_neither_streamed_nor_counted(store):
+    gone = {"c00", "c01", "c02", "c04"}  # all of shard 0, one of shard 1
+    stream = make(store, exclude=gone, batch_size=1)
+    assert 0 not in stream.clip_counts and stream.clip_counts[1] == 1
+    keys = keys_of(stream)
+    assert len(keys) == stream.batches_per_epoch() == sum(SIZES) - 4
+    assert not gone & set(keys)
+
+
+def test_quantized_arrays_come_back_dequantized(tmp_path):
+    from pipeline.quantize import QUANT_INT8, quantize
+
+    store = FeatureStore(str(tmp_path / "q"))
+    store.freeze_snapshot(Snapshot("/x", 2, [{"key": f"c{i}", "url": f"/x/{i}.mp4", "caption": "", "prompt": None} for i in range(2)]))
+    feats = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
+    q, scale = quantize(feats)
+    col = store.create_column("teacher", {}, {"fwd": ArraySpec((3, 8), "int8"), "fwd_scale": ArraySpec((3, 1), "float32")}, {"quantized": {"fwd": QUANT_INT8}})
+    col.write_shard(0, {"fwd": q, "fwd_scale": scale}, [{"key": f"c{i}", "index": i} for i in range(2)], [])
+    stream = ClipStream(store, [store.column("teacher")], {"teacher": ["fwd"]}, batch_size=2, shuffle_buffer=1)
+    (batch,) = list(stream.epoch(StreamPosition()))
+    assert batch["fwd"].dtype.is_floating_point
+    order = [int(k[1:]) for k in batch["keys"]]
+    np.testing.assert_allclose(batch["fwd"].numpy(), feats[order], atol=float(scale.max()) / 2 + 1e-6)

@@ -8,7 +8,7 @@ runs without a feature loss, so every ablation trains on exactly the same clips.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 from pipeline.distill_config import DistillConfig
 from pipeline.store import Column, FeatureStore, StoreError
@@ -36,8 +36,10 @@ class TrainingData:
     def columns(self) -> list[Column]:
         return [c for c in (self.teacher, self.encodings) if c is not None]
 
-    def stream(self, batch_size: int, seed: int, shuffle_buffer: int, num_workers: int, on_corrupt: str = "fail") -> ClipStream:
-        return ClipStream(self.store, self.columns, self.arrays, batch_size, seed, shuffle_buffer, num_workers, on_corrupt)
+    def stream(
+        self, batch_size: int, seed: int, shuffle_buffer: int, num_workers: int, on_corrupt: str = "fail", exclude: Collection[str] = ()
+    ) -> ClipStream:
+        return ClipStream(self.store, self.columns, self.arrays, batch_size, seed, shuffle_buffer, num_workers, on_corrupt, exclude)
 
 
 def _select(store: FeatureStore, name: str, selector: str | None) -> Column:
