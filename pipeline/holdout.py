@@ -20,12 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.store import StoreError
+
 RULE = "sha256(key)[:8] as little-endian uint64 / 2**64 < fraction; at least the lowest-hash key when fraction > 0; plus explicit keys"
 FILENAME = "holdout.json"
 
 
-class HoldoutError(ValueError):
-    """A held-out split that cannot be made (unknown explicit keys, every clip held out) or read."""
+class HoldoutError(StoreError):
+    """A held-out split that cannot be made (unknown explicit keys, every clip held out) or read.
+
+    A StoreError, so the CLI prints it as one line (it is about the store's clip keys)."""
 
 
 def key_position(key: str) -> float:
