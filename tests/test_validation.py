@@ -111,3 +111,31 @@ def test_no_held_out_clip_means_no_validation(store, tmp_path):
     trainer.run()
     assert read_holdout(tmp_path / "none").keys == []
     assert read_metrics(tmp_path / "none" / "metrics.jsonl", "val") == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_rank_fsdp_validates_without_hanging(store, tmp_path):
+    """FSDP2 on 2 gloo ranks: validation inside the run (every step) and after it; both ranks agree."""
+    from test_parallel import overrides, torchrun
+
+    extra = ["parallel.strategy=fsdp", "data.holdout=0.3", "eval.every=1", "train.steps=2", "train.caption_dropout=0.0"]
+    ranks = torchrun(tmp_path, "fsdp-val", {"mode": "run", "validate": True, "overrides": overrides(store, tmp_path / "run", *extra)})
+    assert ranks[0]["val"] == ranks[1]["val"] and {"diff", "lgf", "lgf_projected", "repa_cos"} <= set(ranks[0]["val"])
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl", "val")
+    assert [r["step"] for r in rows] == [1, 2]  # rank 0 alone writes them
+    assert rows[-1]["terms"] == pytest.approx(ranks[0]["val"], rel=1e-6)
+
+
+def test_cli_run_reports_its_split_and_validation(store, tmp_path):
+    run = tmp_path / "cli"
+    args = ["-c", str(SAMPLE), "-s", store, "-o", str(run), "data.num_workers=0", "train.batch_size=1", "train.steps=4",
+            "train.checkpoint_every=100", "eval.every=2", "data.holdout=0.2"]
+    result = CliRunner().invoke(app, ["distill", *args])
+    assert result.exit_code == 0, result.output
+    report = CliRunner().invoke(app, ["report", "--store", store, "--run", str(run), "--out", str(tmp_path / "summary.md")])
+    assert report.exit_code == 0, report.output
+    text = (tmp_path / "summary.md").read_text()
+    held = len(read_holdout(run).keys)
+    assert f"held out: {held} of 8 clips" in text and "validation on" in text and "step 2:" in text and "step 4:" in text
+    assert "n/a: mask_iou" in text

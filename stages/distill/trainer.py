@@ -318,7 +318,7 @@ class Trainer:
                 self._log(metrics)
             if self.on_step is not None:
                 self.on_step(metrics)
-            if self.validator is not None and self.validator.due(self.step, last):
+            if self.validator is not None and self.validator.due(self.step):
                 self.validator.run(self.step, self._writer() if self.rank == 0 else None)
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == last:
                 self.save()

@@ -1,6 +1,6 @@
 """Validation during training: the student on the held-out clips, at fixed timesteps and fixed noise.
 
-Every `eval.every` steps (and at the last step) the trainer calls `Validator.run(step)`. For each of a
+Every `eval.every` steps the trainer calls `Validator.run(step)`. For each of a
 fixed list of held-out clips (the first `eval.max_clips` keys of <run>/holdout.json, sorted) and each
 t in `eval.timesteps`, one forward of the student in eval mode without grad, with every random draw
 (posterior sample, noise) from a generator seeded by (eval.seed, clip key, t): two runs, or two
@@ -92,9 +92,10 @@ class Validator:
         if not self.keys:
             log.warning("eval.every=%d but the run holds out no clip (data.holdout=0, no data.holdout_keys): validation is off", e.every)
 
-    def due(self, step: int, last: int) -> bool:
+    def due(self, step: int) -> bool:
+        """Every eval.every optimiser steps (a multiple of it; so a resumed run validates where a straight one does)."""
         every = self.cfg.eval.every
-        return bool(self.clips) and every > 0 and (step % every == 0 or step == last)
+        return bool(self.clips) and every > 0 and step % every == 0
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
