@@ -139,3 +139,20 @@ def test_cli_run_reports_its_split_and_validation(store, tmp_path):
     held = len(read_holdout(run).keys)
     assert f"held out: {held} of 8 clips" in text and "validation on" in text and "step 2:" in text and "step 4:" in text
     assert "n/a: mask_iou" in text
+
+
+def test_resume_refuses_another_split_but_applies_eval_changes():
+    from pipeline.config import to_dict
+    from stages.distill.resume import ResumeMismatch, compare
+
+    saved = to_dict(load_config(DistillConfig, SAMPLE))
+    assert compare(saved, to_dict(load_config(DistillConfig, SAMPLE, ["eval.every=3", "eval.max_clips=1"])), "ckpt")
+    with pytest.raises(ResumeMismatch, match=r"data\.holdout: 0\.05 -> 0\.2"):
+        compare(saved, to_dict(load_config(DistillConfig, SAMPLE, ["data.holdout=0.2"])), "ckpt")
+    # a checkpoint from before the split trained on every clip: it resumes with data.holdout=0 only
+    old = {k: v for k, v in saved.items() if k != "eval"}
+    old["data"] = {k: v for k, v in saved["data"].items() if k not in ("holdout", "holdout_keys")}
+    assert compare(old, to_dict(load_config(DistillConfig, SAMPLE, ["data.holdout=0"])), "ckpt") == {
+        "eval.every": (None, 10), "eval.max_clips": (None, 2), "eval.seed": (None, 0), "eval.timesteps": (None, [100, 500, 900])}
+    with pytest.raises(ResumeMismatch, match=r"data\.holdout: 0\.0 -> 0\.05"):
+        compare(old, saved, "ckpt")
