@@ -156,3 +156,34 @@ def test_resume_refuses_another_split_but_applies_eval_changes():
         "eval.every": (None, 10), "eval.max_clips": (None, 2), "eval.seed": (None, 0), "eval.timesteps": (None, [100, 500, 900])}
     with pytest.raises(ResumeMismatch, match=r"data\.holdout: 0\.0 -> 0\.05"):
         compare(old, saved, "ckpt")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sample_videos_from_held_out_first_frames_leave_training_unchanged(student_store, tmp_path):
+    """eval.sample_every: the stock I2V pipeline around the trained transformer writes an mp4 per
+    held-out clip; the VAE/T5 come and go, and the training trajectory is the one without samples."""
+    import av
+
+    common = ("train.steps=2", "eval.every=0", "data.holdout=0.3")
+    plain = Trainer(config(student_store, tmp_path / "plain", *common)).run()
+    trainer = Trainer(config(student_store, tmp_path / "s", *common, "eval.sample_every=1", "eval.sample_steps=2", "eval.sample_guidance=1.0"))
+    encoders_before = live_encoders()
+    sampled = trainer.run()
+    assert [m.loss for m in sampled] == [m.loss for m in plain] and trainer.model.training
+    assert live_encoders() <= encoders_before  # the VAE and T5 were released after each sampling
+    key = sorted(read_holdout(tmp_path / "s").keys)[0]
+    for step in (1, 2):
+        with av.open(str(tmp_path / "s" / "samples" / f"step-{step:06d}" / f"{key}.mp4")) as container:
+            assert len([f for f in container.decode(video=0)]) > 1
+
+
+def live_encoders() -> int:
+    """VAEs and T5 encoders alive in this process."""
+    import gc
+
+    from diffusers import AutoencoderKLCogVideoX
+    from transformers import T5EncoderModel
+
+    gc.collect()
+    return sum(isinstance(o, (AutoencoderKLCogVideoX, T5EncoderModel)) for o in gc.get_objects())
