@@ -126,14 +126,23 @@ def inspect(
     column: Optional[str] = typer.Option(None, "--column", help="teacher column name or name-hash (default: the only one)"),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://..."}\''),
     verify: bool = typer.Option(False, "--verify", help="read every committed clip and check it against its commit; exit 1 if damaged"),
+    teacher_stats: bool = typer.Option(False, "--teacher-stats", help="what the teacher column fuses: KL(P_fwd||P_bwd), KL(P_fused||P_fwd), mask IoU, scores, areas, KL to other teacher columns"),
+    threshold: float = typer.Option(0.01, "--threshold", help="--teacher-stats: per-token KL(P_fused||P_fwd) above which a fused relation counts as differing"),
 ) -> None:
-    """Summarise a store, check it (--verify), or render one clip's teacher features (--pca KEY --out FILE)."""
+    """Summarise a store, check it (--verify), report what its teacher fuses (--teacher-stats), or render one clip's teacher features (--pca KEY --out FILE)."""
     from pipeline.store import FeatureStore, StoreError
 
     try:
         fstore = FeatureStore(store, json.loads(storage_options) if storage_options else None)
         if verify:
             _verify(fstore, as_json)
+            return
+        if teacher_stats:
+            from pipeline.teacher_stats import format_stats
+            from pipeline.teacher_stats import teacher_stats as compute_stats
+
+            stats = compute_stats(fstore, column, threshold)
+            typer.echo(json.dumps(stats, indent=1) if as_json else "\n".join(format_stats(stats)))
             return
         if pca is not None:
             from pipeline.inspect import render_pca
@@ -164,7 +173,8 @@ def inspect(
         described = " ".join(f"{k.split('.', 1)[-1] if k.count('.') == 1 else k}={v}" for k, v in col["describe"].items())
         typer.echo(
             f"  {col['dir']}: {col['committed_shards']}/{summary['shards']} shards, {col['clips']} clips, "
-            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip" + (f"  [{described}]" if described else "")
+            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip stored ({col['schema_bytes_per_clip'] / 1e6:.2f} uncompressed)"
+            + (f"  [{described}]" if described else "")
         )
         for name, spec in col["arrays"].items():
             typer.echo(f"      {name:16s} {spec['dtype']:8s} {tuple(spec['shape'])}")

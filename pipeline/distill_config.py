@@ -65,7 +65,7 @@ class TapConfig:
 class ProjectorConfig:
     hidden: int = 2048  # width of the hidden layers (REPA-style MLP)
     layers: int = 2  # hidden layers: 2 gives D -> 2048 -> 2048 -> C_teacher
-    out_channels: int | None = None  # None: the teacher column's channel count (64 for maskmem)
+    out_channels: int | None = None  # None: the teacher column's channel count (256: memory_attention of released SAM2; 64 maskmem)
 
     def __post_init__(self) -> None:
         if self.hidden < 1:

@@ -387,6 +387,20 @@ class Column:
                 raise damaged(f"checksum mismatch in {chunk} (committed {sums[row]}, read {got})")
         return values
 
+    def read_dequantized(self, data: ShardData, name: str, row: int) -> np.ndarray:
+        """`read_row`, with an array the column stores quantised (attrs "quantized": int8 plus
+        `<name>_scale`, pipeline/quantize.py) dequantised to float32; any other array as stored."""
+        from pipeline.quantize import dequantize, quantized_arrays, scale_name
+
+        values = self.read_row(data, name, row)
+        if name in quantized_arrays(self.attrs):
+            values = dequantize(values, self.read_row(data, scale_name(name), row))
+        return values
+
+    def schema_bytes_per_clip(self) -> int:
+        """Bytes of one clip's arrays as the schema defines them (uncompressed): sum of prod(shape) * itemsize."""
+        return schema_bytes(self.schema)
+
     def chunk_path(self, data: ShardData, name: str, row: int) -> str:
         """Path of the chunk holding `row` of array `name` (one clip per chunk)."""
         chunks = data.commit.get("chunks", {}).get(name)
@@ -512,6 +526,7 @@ class Column:
             "failed": len(self.ledger(records)),
             "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype} for k, v in self.schema.items()},
             "bytes_per_clip": self.bytes_per_clip(records),
+            "schema_bytes_per_clip": self.schema_bytes_per_clip(),
             "config": self.producer_config,
         }
 
@@ -732,7 +747,13 @@ class FeatureStore:
             "failed": len(failed_keys),
             "columns": cols,
             "bytes_per_clip": sum(c["bytes_per_clip"] for c in cols),
+            "schema_bytes_per_clip": sum(c["schema_bytes_per_clip"] for c in cols),
         }
+
+
+def schema_bytes(schema: dict[str, ArraySpec]) -> int:
+    """Uncompressed bytes of one clip under `schema` (what a column's producer writes before compression)."""
+    return sum(int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize for spec in schema.values())
 
 
 def join_shard(columns: Iterable[Column], shard: int) -> tuple[list[dict], dict[str, dict[str, zarr.Array]], list[list[int]]]:

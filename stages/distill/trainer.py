@@ -243,7 +243,7 @@ class Trainer:
         lat = self.data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
         text = self.data.encodings.schema["prompt_embeds"].shape[0]
         plan = plan_memory(self.cfg, self.world, latent_shape=tuple(lat[1:]), text_len=text,
-                           teacher_channels=self.data.teacher_channels or 64)
+                           teacher_channels=self.data.teacher_channels or 256)
         if plan.total > capacity:
             raise MemoryPlanError(plan.refusal(capacity))
         log.info("memory plan: %.1f GiB of %.1f GiB per GPU", plan.total / 2**30, capacity / 2**30)
