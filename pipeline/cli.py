@@ -246,6 +246,7 @@ def _run_distill(cfg, resume: bool, show_progress: bool) -> dict:
         "data_wait_share": sum(waits) / sum(times) if times else None,
         "exported": str(exported) if exported else None,
         "teacher_column": trainer.data.teacher.dirname if trainer.data.teacher else None,
+        "filter": trainer.filter.to_json(),  # data.filter: clips dropped per rule, and which
     }
     if trainer.rank == 0:
         (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

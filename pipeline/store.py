@@ -332,10 +332,23 @@ class Column:
                 arrays[k] = group[k]
             except Exception as exc:  # noqa: BLE001 - zarr raises KeyError, FileNotFoundError, ValueError, JSON errors
                 raise StoreError(f"{self._path(attempt, k, 'zarr.json')}: array '{k}' unreadable ({_why(exc)})") from exc
+        records = self._clip_records(group, record, attempt)
+        return ShardData(shard, arrays, records, record["failed"], record, self.missing_chunks(record))
+
+    def shard_records(self, shard: int) -> list[dict]:
+        """The per-clip records of a committed shard (its group's attrs) without opening any array:
+        what a metadata-only reader (the teacher-quality filter) needs."""
+        record = self.commit_record(shard)
+        if record is None:
+            raise StoreError(f"shard {shard} of column {self.dirname} in {self.store.url} is not committed")
+        attempt = join("shards", record["attempt"])
+        return self._clip_records(self._open_group(attempt), record, attempt)
+
+    def _clip_records(self, group: zarr.Group, record: dict, attempt: str) -> list[dict]:
         records = group.attrs.get("records")
         if not isinstance(records, list) or len(records) != len(record["clips"]):
             raise StoreError(f"{self._path(attempt, 'zarr.json')}: no clip records for the {len(record['clips'])} committed clips")
-        return ShardData(shard, arrays, list(records), record["failed"], record, self.missing_chunks(record))
+        return list(records)
 
     def missing_chunks(self, record: dict) -> dict[tuple[str, int], str]:
         """{(array, row): path} of the chunks a commit lists that its attempt lacks (one listing of the attempt).

@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.store import Column, FeatureStore, StoreError
+from stages.extract.teacher_column import QUALITY_KEYS  # the per-clip record["quality"] keys
 from stages.lgf import lgf_probs, valid_neighbours
 
 log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.01  # nats: per-token KL(P_fused || P_fwd) above which the fused relation "differs"
-QUALITY_KEYS = ("iou_fwd_bwd", "object_score_fwd", "object_score_bwd", "presence_min",
-                "area_fwd_min", "area_bwd_min", "area_fwd_mean", "area_bwd_mean")
 
 
 def is_teacher_column(column: Column) -> bool:

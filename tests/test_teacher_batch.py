@@ -16,7 +16,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.corpus import ClipEntry, list_corpus
 from pipeline.decode import ClipError, decode_clip
 from pipeline.extract_config import ExtractConfig
-from stages.extract.teacher_column import TeacherProducer, teacher_spec
+from stages.extract.teacher_column import QUALITY_KEYS, TeacherProducer, teacher_spec
 
 SAMPLE = ROOT / "configs/extract/sample.yaml"
 
@@ -79,6 +79,10 @@ def test_column_with_clip_batch_2_equals_clip_batch_1(small_corpus, decoded, one
         assert_same_arrays(arrays, ref_arrays)
         assert record["prompt"] == ref_record["prompt"] and record["prompt_source"] == "manifest"
         assert record["object_score"] == pytest.approx(ref_record["object_score"], abs=1e-4)
+        assert tuple(record["quality"]) == QUALITY_KEYS
+        assert record["quality"]["object_score_fwd"] == pytest.approx(record["object_score"])
+        for key in QUALITY_KEYS:
+            assert record["quality"][key] == pytest.approx(ref_record["quality"][key], abs=1e-3), key
 
 
 def test_a_bad_clip_fails_alone(small_corpus, decoded, one_by_one):

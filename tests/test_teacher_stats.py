@@ -87,7 +87,9 @@ def test_maskmem_directions_coincide_where_masks_agree_memory_attention_do_not(s
     assert mm["feature_diff_fwd_bwd"] > 1.5 * mm["feature_diff_fwd_bwd_masks_agree"]
     for s in (mm, ma):
         assert s["kl_fwd_bwd"] > 0 and s["kl_fwd_bwd_masks_agree"] > 0 and s["kl_fused_fwd"] > 0 and s["object_score"]["n"] == 6
-        assert 0 < s["fused_differs_fraction"] < 1 and s["quality"] == "n/a"  # no quality records in this store
+        assert 0 < s["fused_differs_fraction"] < 1 and s["quality_clips"] == 6
+        assert s["quality"]["iou_fwd_bwd"]["n"] == 6 and 0 <= s["quality"]["iou_fwd_bwd"]["min"] <= s["quality"]["iou_fwd_bwd"]["max"] <= 1
+        assert {"object_score_bwd", "area_fwd_mean", "area_bwd_min", "presence_min"} <= set(s["quality"])
     # the other teacher column of the same grid is compared through the stored fused targets
     (other,) = mm["other_columns"]
     assert other["column"] == columns["memory_attention"] and other["clips"] == 6 and other["kl_this_other"] > 0
@@ -105,3 +107,28 @@ def test_plain_output_threshold_and_column_errors(store):
     assert several.exit_code == 2 and "needs --column" in several.output and "Traceback" not in several.output
     bad = runner.invoke(app, ["inspect", url, "--teacher-stats", "--column", columns["maskmem"], "--threshold", "0"])
     assert bad.exit_code == 2 and "--threshold must be > 0" in bad.output
+
+
+def test_a_store_written_before_reads_with_n_a(tmp_path):
+    """A float16 teacher column without mask_bwd nor quality records (written before both): the
+    relation statistics come from its float16 fwd/bwd, the rest is n/a."""
+    import numpy as np
+
+    from pipeline.store import ArraySpec, Snapshot
+    from stages.lgf import fuse
+
+    store = FeatureStore(str(tmp_path / "s"))
+    store.freeze_snapshot(Snapshot("/x", 2, [{"key": f"c{i}", "url": f"/x/{i}.mp4", "caption": "", "prompt": None} for i in range(2)]))
+    rng = np.random.default_rng(0)
+    fwd, bwd = (rng.standard_normal((2, 3, 5, 6, 8)).astype(np.float16) for _ in range(2))
+    lgf = {"kernel": 3, "tau": 0.1, "offsets": [1], "fusion": "gram"}
+    target = fuse(torch.from_numpy(fwd).float(), torch.from_numpy(bwd).float(), 3, 0.1).numpy().astype(np.float16)
+    col = store.create_column("teacher", {"old": True}, {"fwd": ArraySpec((3, 5, 6, 8), "float16"), "bwd": ArraySpec((3, 5, 6, 8), "float16"),
+                                                         "lgf": ArraySpec((2, 5, 6, 9), "float16"), "mask": ArraySpec((3, 5, 6), "uint8")}, {"lgf": lgf})
+    col.write_shard(0, {"fwd": fwd, "bwd": bwd, "lgf": target, "mask": np.zeros((2, 3, 5, 6), np.uint8)},
+                    [{"key": f"c{i}", "index": i, "object_score": 0.9} for i in range(2)], [])
+    out = stats(str(tmp_path / "s"), "teacher")
+    assert out["clips"] == 2 and out["kl_fwd_bwd"] > 0.01 and out["kl_fused_fwd"] > 0
+    assert out["kl_fwd_bwd_masks_agree"] is None and out["quality"] == "n/a" and out["object_score"]["mean"] == pytest.approx(0.9)
+    plain = CliRunner().invoke(app, ["inspect", str(tmp_path / "s"), "--teacher-stats"])
+    assert plain.exit_code == 0 and "n/a (no per-clip quality records" in plain.output and "n/a: no mask_bwd" in plain.output

@@ -183,7 +183,12 @@ class TeacherProducer:
         }
         _check_finite(arrays)
         arrays = quantize_features(arrays)
-        record = {"prompt": result.prompt.to_record(), "prompt_source": source, "object_score": float(result.object_score)}
+        record = {
+            "prompt": result.prompt.to_record(),
+            "prompt_source": source,
+            "object_score": float(result.object_score),
+            "quality": teacher_quality(result),
+        }
         return arrays, record
 
     def _mask_loader(self):
@@ -199,6 +204,50 @@ def quantize_features(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for name in QUANTIZED:
         out[name], out[scale_name(name)] = quantize(arrays[name])
     return out
+
+
+QUALITY_KEYS = (
+    "object_score_fwd",
+    "object_score_bwd",
+    "presence_min",
+    "area_fwd_min",
+    "area_bwd_min",
+    "area_fwd_mean",
+    "area_bwd_mean",
+    "iou_fwd_bwd",
+)
+
+
+def teacher_quality(result: TrackResult) -> dict[str, float]:
+    """The clip's teacher-quality summary (scalars only, it goes into the commit record):
+    what stage two's data.filter and `inspect --teacher-stats` read, so no array is opened.
+
+    object_score_fwd/bwd: mean presence (sigmoid of SAM2's object-score logit) of each pass;
+    presence_min: the lowest presence over frames and both passes (a frame where SAM2 says the
+        subject is gone);
+    area_*: each pass's mask area as a fraction of the frame, min and mean over frames;
+    iou_fwd_bwd: mean over frames of IoU(masks_fwd[t], masks_bwd[t]), a frame where both masks
+        are empty counting as 1 (the passes agree there is no subject).
+    """
+    fwd = result.masks_fwd.flatten(1).bool()  # [F, H*W]
+    bwd = result.masks_bwd.flatten(1).bool()
+    pixels = fwd.shape[1]
+    area_fwd = fwd.sum(1).double() / pixels  # [F]
+    area_bwd = bwd.sum(1).double() / pixels
+    inter = (fwd & bwd).sum(1).double()
+    union = (fwd | bwd).sum(1).double()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    p_fwd, p_bwd = result.presence_fwd.double(), result.presence_bwd.double()
+    return {
+        "object_score_fwd": float(p_fwd.mean()),
+        "object_score_bwd": float(p_bwd.mean()),
+        "presence_min": float(torch.minimum(p_fwd.min(), p_bwd.min())),
+        "area_fwd_min": float(area_fwd.min()),
+        "area_bwd_min": float(area_bwd.min()),
+        "area_fwd_mean": float(area_fwd.mean()),
+        "area_bwd_mean": float(area_bwd.mean()),
+        "iou_fwd_bwd": float(iou.mean()),
+    }
 
 
 def _check_finite(arrays: dict[str, np.ndarray]) -> None:
