@@ -471,6 +471,12 @@ def report(
     for col in store_info["columns"]:
         lines.append(f"  - column `{col['dir']}`: {col['clips']} clips, {col['bytes_per_clip'] / 1e3:.1f} kB/clip, arrays "
                      + ", ".join(f"{k} {tuple(v['shape'])} {v['dtype']}" for k, v in col["arrays"].items()))
+    from stages.extract.teacher_column import real_size_bytes_per_clip
+
+    real = real_size_bytes_per_clip()
+    store_info["teacher_bytes_per_clip_real_size"] = sum(real.values())
+    lines.append(f"- teacher bytes per clip at the real size (49x480x720, SAM 2.1 Hiera-L, default feature; from the schema): "
+                 f"{sum(real.values()) / 1e6:.2f} MB (" + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in real.items()) + ")")
     lines += [
         f"- training: {train['steps']} steps on {train['world_size']} rank(s), {train['mean_step_seconds']:.3f} s/step, "
         f"data wait {train['data_wait_share']:.1%} of step time",

@@ -7,8 +7,8 @@ distribution over the k*k window of one token pair (t, t+o):
 - kl_fwd_bwd: mean KL(P_fwd || P_bwd), the relations of each direction alone (from dequantised
   fwd/bwd). Near 0 means the backward pass adds nothing to fuse.
 - kl_fwd_bwd_masks_agree: the same over the token pairs whose neighbourhood (the k x k window, at t
-  and at t+o) has the same subject mask in both passes (mask vs mask_bwd, binarised at half
-  coverage); None for columns without mask_bwd. A feature that only reads the frame and the pass's
+  and at t+o) has the same subject mask in both passes (mask vs mask_bwd coverage, to 2/255);
+  None for columns without mask_bwd. A feature that only reads the frame and the pass's
   own mask (maskmem) coincides there; one that carries the pass's past (memory_attention) need not.
 - feature_diff_fwd_bwd (and _masks_agree): mean |f_fwd - f_bwd| / |f_fwd| per token, the same
   question asked of the features rather than of their relations.
@@ -35,6 +35,7 @@ from stages.lgf import lgf_probs, valid_neighbours
 
 log = logging.getLogger(__name__)
 
+AGREE_TOLERANCE = 2  # of 255: token coverages this close count as the same mask (resampling rounding)
 DEFAULT_THRESHOLD = 0.01  # nats: per-token KL(P_fused || P_fwd) above which the fused relation "differs"
 
 
@@ -55,10 +56,15 @@ def _pair_frames(frames: int, offsets: list[int]) -> tuple[list[int], list[int]]
     return first, [t + o for o in offsets for t in range(frames - o)]
 
 
-def masks_agree(mask: np.ndarray, mask_bwd: np.ndarray, kernel: int, offsets: list[int]) -> torch.Tensor:
-    """Bool [T', h, w]: relation (t, p) whose k x k neighbourhood at t and at t+o has the same binary
-    mask (coverage >= half) in both passes. mask, mask_bwd: uint8 [T, h, w]."""
-    differ = torch.from_numpy(((mask >= 128) != (mask_bwd >= 128)).astype(np.float32))[:, None]
+def masks_agree(mask: np.ndarray, mask_bwd: np.ndarray, kernel: int, offsets: list[int], tolerance: int = AGREE_TOLERANCE) -> torch.Tensor:
+    """Bool [T', h, w]: relation (t, p) whose k x k neighbourhood at t and at t+o has the same mask
+    coverage in both passes (to `tolerance` of 255). mask, mask_bwd: uint8 [T, h, w].
+
+    Coverage, not the binarised mask: a token half covered in one pass and 60% in the other holds
+    different masks, and so different memory-encoder inputs (a binarised comparison counts it as
+    agreeing and lets boundary differences into the "masks agree" figures)."""
+    gap = np.abs(mask.astype(np.int16) - mask_bwd.astype(np.int16))
+    differ = torch.from_numpy((gap > tolerance).astype(np.float32))[:, None]
     near = F.max_pool2d(differ, kernel, 1, kernel // 2)[:, 0] > 0  # [T, h, w]: a differing token within the window
     first, second = _pair_frames(mask.shape[0], offsets)
     return ~(near[first] | near[second])

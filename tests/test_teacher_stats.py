@@ -12,20 +12,24 @@ everywhere with it (measured: |f_fwd - f_bwd| / |f_fwd| ~ 0.16 where the masks a
 ~0.02 with confident logits). A trained SAM2's logits are confident (|logit| >> 1 away from the
 boundary), so the test scales the last layer of the decoder's mask hypernetworks by 50 (the same
 masks, confident logits) and loads that as a SAM2 checkpoint through `teacher.checkpoint`.
-It measures where the masks agree (mask vs mask_bwd, each relation's whole k x k window, see
-pipeline/teacher_stats.py).
+It measures where the masks agree: relations whose k x k window, at t and t+1, has the same token
+mask coverage in both passes (mask vs mask_bwd, to 2/255; pipeline/teacher_stats.py), with tau 0.02
+(the tiny model's features are smooth: at the default tau 0.1 every relation is near uniform and all
+KLs are ~1e-3 whatever the feature).
 
-What the tiny model shows, and what it does not: the features show the fact (where the masks agree,
-|f_fwd - f_bwd| / |f_fwd| is ~0.05 for maskmem against ~0.2 for memory_attention), their LGF
-relations do not clearly: KL(P_fwd || P_bwd) where the masks agree is of one order for both (tau 0.02:
-0.09 vs 0.08 on this 4x6 grid; 0.02-0.03 vs 0.04-0.05 on a 16x24 grid at image_size 256). Why:
-(1) the random one-layer memory attention moves each pass's features by a spatially smooth
-component, which shifts every cosine of a window alike and leaves the softmax over the window
-nearly unchanged; (2) the memory encoder's fuser (two CXBlocks, 7x7 depthwise convs) spreads a mask
-difference over +-6 feature cells, the whole 4x4 feature map of image_size 64, so the residual
-maskmem difference is not confined to where the token masks differ. So the test asserts the
-feature-level fact and that the relation statistics are reported, not a relation gap the tiny
-model does not have; the real checkpoint's figures come from `inspect --teacher-stats` on a real store.
+Measured here (6 clips, 4x6 token grid, 13% of relations where the masks agree):
+  where the masks agree   |f_fwd - f_bwd| / |f_fwd|   KL(P_fwd || P_bwd)
+  maskmem                  0.018                        0.0094
+  memory_attention         0.152                        0.027
+Over all relations maskmem differs more (0.12; KL 0.16): where the masks differ, so does maskmem.
+Binarised masks (coverage >= half) are not enough: they count a token covered 50% in one pass and
+60% in the other as agreeing, and the memory encoder (a 7x7 depthwise conv over the whole 4x4 feature
+map of image_size 64) spreads such differences (binarised: 0.054 vs 0.225, KL 0.093 vs 0.079).
+What is left of the tiny model's gap sits at the clip's ends (per latent frame at image_size 128,
+memory_attention differs by ~1 at frame 0 and ~0.6 at the last frame, ~0.01 between them): there one pass has no
+past (the prompted frame takes backbone + no-memory embedding, or the raw backbone under a mask
+prompt) while the other has the whole clip; in between, the synthetic clips change so little and a
+random memory attention reads its memory so weakly that both passes read nearly the same thing.
 """
 
 from __future__ import annotations
@@ -81,10 +85,12 @@ def test_maskmem_directions_coincide_where_masks_agree_memory_attention_do_not(s
     assert mm["clips"] == ma["clips"] == 6 and mm["feature"] == "maskmem" and ma["feature"] == "memory_attention"
     # the same masks (same decoder, same prompts) in both columns: the same agreeing relations
     assert mm["masks_agree_fraction"] == pytest.approx(ma["masks_agree_fraction"], abs=0.02) and mm["masks_agree_fraction"] > 0.05
-    # features: maskmem nearly equal where the masks agree, memory_attention not (measured 0.054 vs 0.225)
-    assert mm["feature_diff_fwd_bwd_masks_agree"] < 0.1 and ma["feature_diff_fwd_bwd_masks_agree"] > 3 * mm["feature_diff_fwd_bwd_masks_agree"], (mm, ma)
-    # where the masks disagree maskmem differs too: the restriction is what removes its difference
-    assert mm["feature_diff_fwd_bwd"] > 1.5 * mm["feature_diff_fwd_bwd_masks_agree"]
+    # features: maskmem nearly equal where the masks agree, memory_attention not (measured 0.018 vs 0.152)
+    assert mm["feature_diff_fwd_bwd_masks_agree"] < 0.05 and ma["feature_diff_fwd_bwd_masks_agree"] > 5 * mm["feature_diff_fwd_bwd_masks_agree"], (mm, ma)
+    # relations: KL(P_fwd || P_bwd) where the masks agree clearly larger for memory_attention (measured 0.027 vs 0.0094)
+    assert ma["kl_fwd_bwd_masks_agree"] > 2 * mm["kl_fwd_bwd_masks_agree"], (mm, ma)
+    # where the masks differ maskmem differs too: the restriction is what removes its difference
+    assert mm["feature_diff_fwd_bwd"] > 3 * mm["feature_diff_fwd_bwd_masks_agree"] and mm["kl_fwd_bwd"] > 5 * mm["kl_fwd_bwd_masks_agree"]
     for s in (mm, ma):
         assert s["kl_fwd_bwd"] > 0 and s["kl_fwd_bwd_masks_agree"] > 0 and s["kl_fused_fwd"] > 0 and s["object_score"]["n"] == 6
         assert 0 < s["fused_differs_fraction"] < 1 and s["quality_clips"] == 6

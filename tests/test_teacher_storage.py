@@ -14,7 +14,7 @@ from pipeline.extract_config import ExtractConfig, LGFConfig
 from pipeline.quantize import QUANT_INT8, dequantize, quantize
 from pipeline.store import ArraySpec, FeatureStore, Snapshot, schema_bytes
 from pipeline.teacher_stats import relation_kl
-from stages.extract.teacher_column import quantize_features, teacher_spec
+from stages.extract.teacher_column import quantize_features, real_size_bytes_per_clip, teacher_spec
 from stages.lgf import fuse, valid_neighbours
 
 LIMIT_BYTES = 12_000_000  # issue 10: teacher bytes per clip at 49x480x720 with fwd and bwd kept
@@ -31,6 +31,7 @@ def test_real_size_teacher_column_fits_12_mb_from_the_schema():
     total = schema_bytes(spec.schema)
     assert total == 2 * (13 * 30 * 45 * 256 + 13 * 30 * 45 * 4) + 12 * 30 * 45 * 49 * 2 + 2 * 13 * 30 * 45 == 10_748_700
     assert total <= LIMIT_BYTES
+    assert sum(real_size_bytes_per_clip().values()) == total  # the figure `sam2videox report` prints
 
 
 def realistic_features(shape: tuple[int, ...], seed: int) -> np.ndarray:

@@ -80,6 +80,16 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
     return ColumnSpec("teacher", config, schema, attrs)
 
 
+def real_size_bytes_per_clip() -> dict[str, int]:
+    """{array: bytes} of one teacher clip at the real size (ExtractConfig defaults: SAM 2.1 Hiera-L, the
+    default feature, 49x480x720), from the schema alone: no SAM2, no extraction."""
+    from dataclasses import replace
+
+    cfg = ExtractConfig()
+    spec = teacher_spec(replace(cfg, teacher=replace(cfg.teacher, allow_random_weights=True)))
+    return {k: int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for k, v in spec.schema.items()}
+
+
 def check_weights(cfg: ExtractConfig) -> None:
     """A released SAM2 config with random weights gives meaningless targets: refuse unless asked for."""
     t = cfg.teacher
