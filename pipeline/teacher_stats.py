@@ -94,19 +94,21 @@ class _Mean:
 
 def teacher_stats(store: FeatureStore, column: str | None = None, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """The statistics above for one teacher column (`column`: name or name-hash; default: the only
-    teacher column). Raises StoreError naming what exists when the column is ambiguous or not a teacher's."""
+    column named "teacher", else the only teacher column). Raises StoreError naming what exists when
+    the column is ambiguous or not a teacher's, ValueError for a threshold <= 0."""
+    if threshold <= 0:
+        raise ValueError(f"--threshold must be > 0, got {threshold}")
     teachers = [c for c in store.columns() if is_teacher_column(c)]
     if column is None:
-        if len(teachers) != 1:
+        sam2 = [c for c in teachers if c.name == "teacher"]  # beside other teacher columns (image_teacher), the SAM2 one
+        if len(sam2) != 1 and len(teachers) != 1:
             names = ", ".join(c.dirname for c in teachers) or "none"
             raise StoreError(f"{store.url}: --teacher-stats needs --column when there is not exactly one teacher column (found: {names})")
-        col = teachers[0]
+        col = sam2[0] if len(sam2) == 1 else teachers[0]
     else:
         col = store.column(column)
         if not is_teacher_column(col):
             raise StoreError(f"{store.url}: '{column}' is not a teacher column (teacher columns: {', '.join(c.dirname for c in teachers) or 'none'})")
-    if threshold <= 0:
-        raise ValueError(f"--threshold must be > 0, got {threshold}")
     lgf = col.attrs["lgf"]
     kernel, tau, offsets = int(lgf["kernel"]), float(lgf["tau"]), list(lgf["offsets"])
     has_features = "fwd" in col.schema and "bwd" in col.schema
@@ -118,11 +120,12 @@ def teacher_stats(store: FeatureStore, column: str | None = None, threshold: flo
     scores: list[float] = []
     clips, with_quality = 0, 0
     records = col.commit_records()
+    other_shards = {o.dirname: o.committed_shards() for o in others}
     for shard in sorted(records):
         data = col.read_shard(shard)
         other_rows = {}
         for o in others:
-            if shard in o.committed_shards():
+            if shard in other_shards[o.dirname]:
                 od = o.read_shard(shard)
                 other_rows[o.dirname] = (o, od, {rec["index"]: r for r, rec in enumerate(od.records)})
         for row, rec in enumerate(data.records):

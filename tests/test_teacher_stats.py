@@ -138,3 +138,14 @@ def test_a_store_written_before_reads_with_n_a(tmp_path):
     assert out["kl_fwd_bwd_masks_agree"] is None and out["quality"] == "n/a" and out["object_score"]["mean"] == pytest.approx(0.9)
     plain = CliRunner().invoke(app, ["inspect", str(tmp_path / "s"), "--teacher-stats"])
     assert plain.exit_code == 0 and "n/a (no per-clip quality records" in plain.output and "n/a: no mask_bwd" in plain.output
+    # an image-only teacher column (LGF from one stack, no fwd/bwd): compared through the stored targets
+    image = store.create_column("image_teacher", {"model": "x"}, {"lgf": ArraySpec((2, 5, 6, 9), "float16")}, {"lgf": lgf})
+    single = fuse(torch.from_numpy(fwd).float(), torch.from_numpy(fwd).float(), 3, 0.1).numpy().astype(np.float16)
+    image.write_shard(0, {"lgf": single}, [{"key": f"c{i}", "index": i} for i in range(2)], [])
+    both = stats(str(tmp_path / "s"), "teacher")
+    (other,) = both["other_columns"]
+    assert other["column"] == image.dirname and other["clips"] == 2 and other["kl_this_other"] > 0 and other["kl_other_this"] > 0
+    default = json.loads(CliRunner().invoke(app, ["inspect", str(tmp_path / "s"), "--teacher-stats", "--json"]).output)
+    assert default["column"] == col.dirname  # the SAM2 column, beside the image teacher
+    alone = stats(str(tmp_path / "s"), "image_teacher")
+    assert alone["kl_fwd_bwd"] is None and alone["other_columns"][0]["kl_this_other"] == pytest.approx(other["kl_other_this"])
