@@ -109,6 +109,11 @@ def test_plain_output_threshold_and_column_errors(store):
     assert "KL(P_fwd || P_bwd)" in plain.output and "where the passes' masks agree" in plain.output
     assert "per-token KL > 0.5" in plain.output and f"vs {columns['maskmem']}" in plain.output
     assert stats(url, columns["memory_attention"], "--threshold", "100")["fused_differs_fraction"] == 0.0
+    info = json.loads(runner.invoke(app, ["inspect", url, "--json"]).output)
+    for c in info["columns"]:  # 5x4x6 tokens: int8 fwd/bwd (16 or 32 channels) + fp32 scales, fp16 lgf, two uint8 masks
+        channels = 16 if c["describe"]["teacher.feature"] == "maskmem" else 32
+        assert c["schema_bytes_per_clip"] == 2 * 120 * (channels + 4) + 4 * 24 * 49 * 2 + 2 * 120 and c["bytes_per_clip"] > 0
+    assert "uncompressed)" in runner.invoke(app, ["inspect", url]).output
     several = runner.invoke(app, ["inspect", url, "--teacher-stats"])
     assert several.exit_code == 2 and "needs --column" in several.output and "Traceback" not in several.output
     bad = runner.invoke(app, ["inspect", url, "--teacher-stats", "--column", columns["maskmem"], "--threshold", "0"])
