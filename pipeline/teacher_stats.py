@@ -166,7 +166,8 @@ def teacher_stats(store: FeatureStore, column: str | None = None, threshold: flo
     q = {k: _distribution(v) for k, v in quality.items()} if with_quality else "n/a"
     return {
         "column": col.dirname,
-        "feature": col.producer_config.get("teacher", {}).get("feature"),
+        # SAM2 columns name their feature; an image-only teacher (image_teacher) its model
+        "feature": col.producer_config.get("teacher", {}).get("feature") or col.attrs.get("model"),
         "clips": clips,
         "lgf": {"kernel": kernel, "tau": tau, "offsets": offsets, "fusion": lgf.get("fusion")},
         "threshold": {"kl_fused_fwd": threshold},
