@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -114,9 +115,10 @@ class Validator:
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
-        """{"step", "split": "val", "clips", "terms": {...}, "n/a": [...]}: the same on every rank."""
+        """{"step", "split": "val", "clips", "terms": {...}, "n/a": [...], "seconds"}: terms the same on every rank."""
         e, ctx = self.cfg.eval, self.ctx
         projector = ctx.projector
+        started = time.perf_counter()
         was_training = self.model.training
         self.model.eval()  # LoRA dropout off
         # runs without a projector have no tap of their own: attach one for the validation forwards
@@ -149,7 +151,8 @@ class Validator:
         terms = {k: sum(v) / len(v) for k, v in sums.items()}
         terms["diff"] = sum(terms[f"diff@{t}"] for t in e.timesteps) / len(e.timesteps)
         possible = ["lgf", "lgf_projected", "repa_cos", "mask_iou"]
-        return {"step": step, "split": "val", "clips": len(self.clips), "terms": terms, "n/a": [k for k in possible if k not in terms]}
+        return {"step": step, "split": "val", "clips": len(self.clips), "terms": terms, "n/a": [k for k in possible if k not in terms],
+                "seconds": time.perf_counter() - started}  # wall time of this validation (its cost beside the steps')
 
     def _teacher_terms(self, sums: dict, features: torch.Tensor, batch: dict, projector: Any) -> None:
         """Teacher agreement of one forward: tapped tokens [1, T, h, w, D], batch holds the teacher arrays."""
