@@ -323,6 +323,11 @@ class DistillConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     out: str = "runs/distill"  # run folder: checkpoints, logs, the exported LoRA
 
+    def __post_init__(self) -> None:
+        late = [t for t in self.eval.timesteps if t >= self.diffusion.timesteps]
+        if late:  # validation measures the timesteps the run trains on
+            raise ValueError(f"eval.timesteps {late} must be < diffusion.timesteps ({self.diffusion.timesteps})")
+
 
 # Tiny preset for tests and the demo: every size shrunk, every switch kept. Build it with
 # `pipeline.config.from_dict(DistillConfig, TINY)`. The tiny student's latent grid is 16x24

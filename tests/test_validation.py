@@ -59,7 +59,8 @@ def test_explicit_keys_not_in_the_store_are_refused_in_one_line(store, tmp_path)
 
 
 @pytest.mark.parametrize("override, message", [("data.holdout=1.0", "data.holdout"), ("eval.every=-1", "eval.every"),
-                                               ("eval.timesteps=[]", "eval.timesteps")])
+                                               ("eval.timesteps=[]", "eval.timesteps"),
+                                               ("diffusion.timesteps=500", r"eval.timesteps \[500, 900\] must be < diffusion")])
 def test_config_is_validated(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(DistillConfig, SAMPLE, [override])
