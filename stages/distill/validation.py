@@ -44,10 +44,12 @@ log = logging.getLogger(__name__)
 TEACHER_ARRAYS = ("lgf", "fwd", "bwd", "mask")  # whichever of these the teacher column holds
 
 
-def read_clips(data: TrainingData, keys: list[str]) -> list[dict]:
+def read_clips(data: TrainingData, keys: list[str], on_corrupt: str = "fail") -> list[dict]:
     """The held-out clips as batches of one ({"keys": [key], array: [1, ...] tensor}), dequantised.
 
     Read with the stream's joined read_row path (checksums checked), shard by shard, in `keys` order.
+    A damaged clip or shard raises (on_corrupt="fail") or is logged and left out (on_corrupt="skip"),
+    as the training stream does with data.on_corrupt.
     """
     snapshot = data.store.require_snapshot()
     arrays = {"encodings": data.arrays["encodings"]}
@@ -57,21 +59,37 @@ def read_clips(data: TrainingData, keys: list[str]) -> list[dict]:
     for key in keys:
         by_shard.setdefault(snapshot.shard_of(snapshot.find(key)), []).append(key)
     found: dict[str, dict] = {}
+    damaged: list[str] = []
+
+    def left_out(which: list[str], exc: StoreError) -> None:
+        if on_corrupt == "fail":
+            raise exc
+        damaged.extend(which)
+        log.warning("validation leaves out damaged held-out clip(s) %s (data.on_corrupt=skip): %s", ", ".join(which), exc)
+
     for shard, wanted in sorted(by_shard.items()):
-        records, shards, rows = join_shard_data(data.columns, [c.read_shard(shard) for c in data.columns])
+        try:
+            records, shards, rows = join_shard_data(data.columns, [c.read_shard(shard) for c in data.columns])
+        except StoreError as exc:
+            left_out(wanted, exc)
+            continue
         for i, record in enumerate(records):
             if record["key"] not in wanted:
                 continue
             sample = {"__key__": record["key"], "index": record["index"]}
-            for j, col in enumerate(data.columns):
-                for name in arrays.get(col.name, []):
-                    sample[name] = _read(col, shards[j], name, rows[j][i])
+            try:
+                for j, col in enumerate(data.columns):
+                    for name in arrays.get(col.name, []):
+                        sample[name] = _read(col, shards[j], name, rows[j][i])
+            except StoreError as exc:
+                left_out([record["key"]], exc)
+                continue
             found[record["key"]] = collate([sample])
-    missing = [k for k in keys if k not in found]
+    missing = [k for k in keys if k not in found and k not in damaged]
     if missing:
         raise StoreError(f"{data.store.url}: held-out clip(s) {', '.join(missing)} are not committed in every column "
                          f"({', '.join(c.dirname for c in data.columns)}): validation cannot read them")
-    return [found[k] for k in keys]
+    return [found[k] for k in keys if k in found]
 
 
 class Validator:
@@ -88,7 +106,7 @@ class Validator:
             raise ValueError(f"eval.timesteps {late} are past the scheduler's {num_train} training timesteps (0..{num_train - 1})")
         self.cfg, self.ctx, self.forward, self.model, self.rank, self.out = cfg, ctx, forward, model, rank, Path(out)
         self.keys = sorted(held_out)[: e.max_clips]
-        self.clips = read_clips(data, self.keys) if self.keys and e.every > 0 else []
+        self.clips = read_clips(data, self.keys, cfg.data.on_corrupt) if self.keys and e.every > 0 else []
         self.data = data
         self.column_lgf = data.column_lgf
         self.has_teacher = data.teacher is not None
