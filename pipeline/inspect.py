@@ -25,6 +25,7 @@ from pipeline.store import FeatureStore, StoreError
 _DESCRIBE = {
     "teacher": ("teacher.model", "teacher.feature", "teacher.prompt", "lgf.fusion"),
     "encodings": ("encoders.model", "encoders.seed"),
+    "image_teacher": ("image_teacher.model", "image_teacher.layer", "image_teacher.image_size"),
 }
 PANEL_LABELS = ("frame", "mask", "forward", "backward", "LGF target")
 MAX_PNG_SIDE = 2400  # pixels: a 13-frame strip at 480x720 would otherwise be 6240x3600 (~8 MB)
