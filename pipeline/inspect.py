@@ -108,6 +108,8 @@ def _upsample(img: np.ndarray, h: int, w: int) -> np.ndarray:
 def panels(store: FeatureStore, key: str, column_name: str = "teacher") -> np.ndarray:
     """uint8 [T, H, 5W, 3]: one row of panels per latent frame."""
     column, data, row, entry = find_clip(store, column_name, key)
+    if "bwd" not in column.schema or "mask" not in column.schema:  # the image teacher: one stack, no mask
+        raise StoreError(f"--pca renders a SAM2 teacher column (fwd, bwd, mask, lgf); {column.dirname} holds {', '.join(column.schema)}")
     # read_row checks each array against its commit: a damaged clip is a StoreError naming it, not a picture of the damage
     fwd, bwd = column.read_row(data, "fwd", row).astype(np.float32), column.read_row(data, "bwd", row).astype(np.float32)
     lgf, mask = column.read_row(data, "lgf", row).astype(np.float32), column.read_row(data, "mask", row)

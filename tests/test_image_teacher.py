@@ -239,3 +239,13 @@ def test_ablate_dino_on_the_demo_store(student_store, tmp_path):
     assert set(rows) == {"dino", "repa"} and set(rows["dino"]["terms"]) == {"diff", "lgf"}
     run = json.loads((tmp_path / "abl" / "dino" / "summary.json").read_text())
     assert run["teacher_column"].startswith("image_teacher-")
+
+
+def test_inspect_lists_the_column_and_refuses_its_pca_in_one_line(two_stage_store, tmp_path):
+    url, _, _ = two_stage_store
+    runner = CliRunner()
+    info = json.loads(runner.invoke(app, ["inspect", url, "--json"]).output)
+    col = next(c for c in info["columns"] if c["name"] == "image_teacher")
+    assert col["describe"] == {"image_teacher.model": "tiny", "image_teacher.layer": None, "image_teacher.image_size": 112}
+    result = runner.invoke(app, ["inspect", url, "--pca", "@0", "--column", "image_teacher", "--out", str(tmp_path / "p.png")])
+    assert result.exit_code == 2 and "--pca renders a SAM2 teacher column" in result.output and "Traceback" not in result.output
