@@ -249,3 +249,17 @@ def test_inspect_lists_the_column_and_refuses_its_pca_in_one_line(two_stage_stor
     assert col["describe"] == {"image_teacher.model": "tiny", "image_teacher.layer": None, "image_teacher.image_size": 112}
     result = runner.invoke(app, ["inspect", url, "--pca", "@0", "--column", "image_teacher", "--out", str(tmp_path / "p.png")])
     assert result.exit_code == 2 and "--pca renders a SAM2 teacher column" in result.output and "Traceback" not in result.output
+
+
+def test_layer_picks_a_block_output():
+    """layer N: block N's output (hidden_states[N], before the final LayerNorm); null: last_hidden_state."""
+    from stages.extract.image_teacher_column import patch_features
+
+    net = tiny_net()
+    x = torch.randn(2, 3, 56, 84, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = net(pixel_values=x, output_hidden_states=True)
+        first, last = patch_features(net, x, 1, (4, 6)), patch_features(net, x, None, (4, 6))
+    torch.testing.assert_close(first, out.hidden_states[1][:, 1:].reshape(2, 4, 6, 32).permute(0, 3, 1, 2))
+    torch.testing.assert_close(last, out.last_hidden_state[:, 1:].reshape(2, 4, 6, 32).permute(0, 3, 1, 2))
+    assert not torch.allclose(first, last)
