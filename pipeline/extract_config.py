@@ -107,6 +107,44 @@ class TeacherConfig:
 
 
 @dataclass
+class ImageTeacherConfig:
+    """The image-only baseline teacher (`image_teacher` column): DINOv2 patch features per frame.
+
+    Frames are resized whole (no crop) so the short side is `image_size` and the long side keeps the
+    aspect ratio, both rounded to the patch size; the patch grid then covers the frame. The features
+    go onto the student's token grid with the SAM2 teacher's mapping (teacher.temporal, teacher.resample).
+    """
+
+    # a folder or hub id loaded with transformers' Dinov2Model.from_pretrained, or "tiny" (a 2-layer,
+    # 32-channel random Dinov2Config built in code, seeded: tests and the demo)
+    model: str = "facebook/dinov2-base"
+    revision: str | None = None  # hub revision (branch, tag or commit) of a hub id
+    image_size: int = 448  # short side in pixels fed to DINOv2, a multiple of its patch size (14)
+    layer: int | None = None  # None: last_hidden_state (after the final LayerNorm); N: the output of block N (1-based)
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # autocast dtype on GPU (CPU runs fp32)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    image_batch: int = 16  # frames per forward (speed only, not keyed)
+    seed: int = 0  # random-weight init (tiny, or random_weights): every worker must build the same model
+    # build the model's architecture with seeded random weights instead of loading them (benchmarks and
+    # dry runs at the real size); refused for anything but "tiny" unless allow_random_weights is set
+    random_weights: bool = False
+    allow_random_weights: bool = False  # a permission, not content: not keyed
+
+    def __post_init__(self) -> None:
+        if self.image_batch < 1:
+            raise ValueError(f"image_teacher.image_batch must be >= 1, got {self.image_batch}")
+        if self.image_size < 1:
+            raise ValueError(f"image_teacher.image_size must be >= 1, got {self.image_size}")
+        if self.layer is not None and self.layer < 1:
+            raise ValueError(f"image_teacher.layer must be >= 1 (a block, 1-based) or null (last hidden state), got {self.layer}")
+        if self.random_weights and self.model != "tiny" and not self.allow_random_weights:
+            raise ValueError(
+                f"image_teacher.random_weights=true for '{self.model}' gives meaningless targets: set "
+                f"image_teacher.allow_random_weights=true for a random-weight test run"
+            )
+
+
+@dataclass
 class EncodersConfig:
     model: str = "THUDM/CogVideoX-5b-I2V"  # diffusers-format folder or hub id (vae/, text_encoder/, tokenizer/), or "tiny"
     max_text_len: int = 226  # T5 tokens
@@ -167,7 +205,9 @@ class ExtractConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     lgf: LGFConfig = field(default_factory=LGFConfig)
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
-    columns: list[Literal["teacher", "encodings"]] = field(default_factory=lambda: ["teacher", "encodings"])
+    image_teacher: ImageTeacherConfig = field(default_factory=ImageTeacherConfig)
+    # image_teacher (the DINOv2 baseline) is opt-in: add it to a store's columns later without re-extracting the others
+    columns: list[Literal["teacher", "encodings", "image_teacher"]] = field(default_factory=lambda: ["teacher", "encodings"])
     ray: RayConfig = field(default_factory=RayConfig)
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     allow_failures: bool = False  # exit 0 even when clips failed (they are in the ledger either way)
@@ -175,4 +215,4 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         if not self.columns:
-            raise ValueError("columns must name at least one of: teacher, encodings")
+            raise ValueError("columns must name at least one of: teacher, encodings, image_teacher")

@@ -80,7 +80,8 @@ class ShardWorker:
 
     def producer(self, name: str) -> ColumnProducer:
         if name not in self._producers:
-            device = self.cfg.teacher.device if name == "teacher" else self.cfg.encoders.device  # the producer resolves "auto"
+            # each column's own device setting; the producer resolves "auto"
+            device = {"teacher": self.cfg.teacher.device, "image_teacher": self.cfg.image_teacher.device}.get(name, self.cfg.encoders.device)
             self._producers[name] = self.registry.make_producer(name, self.cfg, device)
         return self._producers[name]
 

@@ -13,7 +13,7 @@ from typing import Any, Collection
 from pipeline.distill_config import DistillConfig
 from pipeline.store import Column, FeatureStore, StoreError
 from pipeline.stream import ClipStream
-from stages.distill.losses import lgf_key
+from stages.distill.losses import stored_lgf_fits
 from stages.distill.student import token_grid
 
 
@@ -42,22 +42,54 @@ class TrainingData:
         return ClipStream(self.store, self.columns, self.arrays, batch_size, seed, shuffle_buffer, num_workers, on_corrupt, exclude)
 
 
+# columns a run can train against (data.teacher_column): SAM2's two-pass `teacher` (the default) and
+# the DINOv2 image-only baseline `image_teacher` (one stack, stored as `fwd`; stages/extract/image_teacher_column.py)
+TEACHER_COLUMNS = ("teacher", "image_teacher")
+
+
 def _select(store: FeatureStore, name: str, selector: str | None) -> Column:
     if selector is None:
         return store.column(name)
     return store.column(selector) if selector.startswith(f"{name}-") else store.column(name, selector)
 
 
+def select_teacher(store: FeatureStore, selector: str | None) -> Column:
+    """The teacher column of data.teacher_column: None -> `teacher`; a column name (teacher, image_teacher),
+    a dirname (<name>-<hash>) or a hash prefix of either."""
+    if selector is None or selector in TEACHER_COLUMNS:
+        return store.column(selector or "teacher")
+    name = selector.split("-", 1)[0]
+    if "-" in selector and name in TEACHER_COLUMNS:
+        return store.column(selector)
+    found = [c for c in store.columns() if c.name in TEACHER_COLUMNS and c.hash.startswith(selector)]
+    if len(found) == 1:
+        return found[0]
+    have = ", ".join(c.dirname for c in store.columns() if c.name in TEACHER_COLUMNS) or "none"
+    what = "matches no" if not found else f"matches {len(found)}"
+    raise StoreError(f"data.teacher_column={selector!r} {what} teacher column in {store.url} (teacher columns: {have}); "
+                     f"name one as teacher, image_teacher or <name>-<hash>")
+
+
+def directions(teacher: Column) -> int:
+    """2 for SAM2's fwd/bwd column, 1 for a single-stack column (image_teacher: `fwd` only, no mask)."""
+    return int(teacher.attrs.get("directions", 2))
+
+
 def open_training_data(cfg: DistillConfig) -> TrainingData:
     store = FeatureStore(cfg.data.store, cfg.data.storage_options)
     store.require_snapshot()
     encodings = _select(store, "encodings", cfg.data.encodings_column)
-    has_teacher = any(c.name == "teacher" for c in store.columns())
-    teacher = _select(store, "teacher", cfg.data.teacher_column) if has_teacher or cfg.losses.needs_projector else None
+    has_teacher = cfg.data.teacher_column is not None or any(c.name == "teacher" for c in store.columns())
+    teacher = select_teacher(store, cfg.data.teacher_column) if has_teacher or cfg.losses.needs_projector else None
     arrays = {"encodings": ["latents", "prompt_embeds"] + (["image_latents"] if cfg.student.task == "i2v" else [])}
     column_lgf = teacher.attrs.get("lgf") if teacher is not None else None
     if teacher is not None:
-        arrays["teacher"] = teacher_arrays(cfg, column_lgf)
+        if cfg.losses.mask.weight > 0 and "mask" not in teacher.schema:
+            raise StoreError(
+                f"{store.url} ({teacher.dirname}): losses.mask needs SAM2's subject mask, which the {teacher.name} column "
+                f"does not hold: train the mask baseline against the SAM2 teacher column (data.teacher_column=teacher)"
+            )
+        arrays[teacher.name] = teacher_arrays(cfg, column_lgf, directions(teacher))
     return TrainingData(
         store, encodings, teacher, arrays,
         scaling_factor=float(encodings.attrs["scaling_factor"]),
@@ -78,14 +110,19 @@ def image_scale(attrs: dict) -> float:
     return 1.0 / factor if attrs.get("invert_scale_latents", False) else factor
 
 
-def teacher_arrays(cfg: DistillConfig, column_lgf: dict | None) -> list[str]:
-    """Only what the active losses read: the stored target when its LGF settings are the run's."""
+def teacher_arrays(cfg: DistillConfig, column_lgf: dict | None, directions: int = 2) -> list[str]:
+    """Only what the active losses read: the stored target when its LGF settings are the run's.
+
+    A single-stack column (directions 1) has `fwd` only: its target is recomputed from that one
+    stack, and REPA's "mean" teacher is that stack (losses.teacher_target / repa_teacher).
+    """
     losses, wanted = cfg.losses, []
+    stacks = ["fwd", "bwd"] if directions == 2 else ["fwd"]
     if losses.lgf.weight > 0:
-        stored_fits = column_lgf is not None and lgf_key(column_lgf) == lgf_key(losses.lgf)
-        wanted += ["lgf"] if stored_fits else ["fwd", "bwd"]
+        stored_fits = column_lgf is not None and stored_lgf_fits(column_lgf, losses.lgf)
+        wanted += ["lgf"] if stored_fits else stacks
     if losses.repa.weight > 0:
-        wanted += ["fwd"] + (["bwd"] if losses.repa.teacher == "mean" else [])
+        wanted += ["fwd"] + (["bwd"] if losses.repa.teacher == "mean" and directions == 2 else [])
     if losses.mask.weight > 0:
         wanted += ["mask"]
     return sorted(set(wanted))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.extract_config import ExtractConfig
 from pipeline.producer import ColumnProducer, ColumnSpec
 
-COLUMNS = ("teacher", "encodings")
+COLUMNS = ("teacher", "encodings", "image_teacher")
 
 
 def compute_dtype(dtype: str, device: str, gpus_per_worker: float) -> str:
@@ -37,6 +37,10 @@ def column_spec(name: str, cfg: ExtractConfig) -> ColumnSpec:
         from stages.extract.encodings_column import encodings_spec
 
         return encodings_spec(cfg)
+    if name == "image_teacher":
+        from stages.extract.image_teacher_column import image_teacher_spec
+
+        return image_teacher_spec(cfg)
     raise ValueError(f"unknown column '{name}'; valid: {', '.join(COLUMNS)}")
 
 
@@ -49,4 +53,8 @@ def make_producer(name: str, cfg: ExtractConfig, device: str) -> ColumnProducer:
         from stages.extract.encodings_column import EncodingsProducer
 
         return EncodingsProducer(cfg, device)
+    if name == "image_teacher":
+        from stages.extract.image_teacher_column import ImageTeacherProducer
+
+        return ImageTeacherProducer(cfg, device)
     raise ValueError(f"unknown column '{name}'; valid: {', '.join(COLUMNS)}")
