@@ -222,6 +222,8 @@ def test_distill_against_the_image_teacher(student_store, tmp_path):
 
     trainer = Trainer(cfg)
     assert trainer.model.projector.spec.out_dim == 32  # follows the column, not SAM2's width
+    # data.filter reads the SAM2 column's quality records: every ablation on the store trains on the same clips
+    assert trainer.filter.column == data.store.column("teacher").dirname
     metrics = trainer.run()
     assert [m.step for m in metrics] == [1, 2] and set(metrics[0].terms) == {"diff", "lgf"}
     assert all(np.isfinite(m.terms["lgf"]) and m.terms["lgf"] > 0 for m in metrics)

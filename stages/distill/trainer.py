@@ -32,7 +32,7 @@ from pipeline.stream import StreamPosition
 from stages.distill import parallel
 from stages.distill.checkpoint import list_checkpoints, load_checkpoint, remove_stale_temp, save_checkpoint
 from stages.distill.data import check_fit, open_training_data
-from stages.distill.teacher_filter import filtered_keys
+from stages.distill.teacher_filter import filtered_keys, quality_column
 from stages.distill.losses import diffusion_loss_from_output, feature_losses, prepare_diffusion_inputs
 from stages.distill.projector import Projector, ProjectorSpec
 from stages.devices import resolve_device, resolve_dtype
@@ -170,7 +170,7 @@ class Trainer:
         self.data = open_training_data(cfg)
         # decided from the store alone: every rank excludes the same clips (before the model loads: a
         # filter that drops every clip fails fast); other exclusions are unioned with its keys below
-        self.filter = filtered_keys(cfg.data.filter, self.data.teacher, self.data.store.url)
+        self.filter = filtered_keys(cfg.data.filter, quality_column(self.data.store, self.data.teacher), self.data.store.url)
         if self.rank == 0:
             log.info("%s", self.filter.line())
         self._check_precision()
