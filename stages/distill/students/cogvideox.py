@@ -17,6 +17,18 @@ from stages.distill import student as cogvideox
 from stages.distill.students import Geometry, Student
 
 
+# transformer/config.json of THUDM/CogVideoX1.5-5B-I2V (T2V: in_channels 16, no ofs embedding): temporal patch 2
+COGVIDEOX_15_5B_I2V_TRANSFORMER: dict[str, Any] = {
+    **cogvideox.COGVIDEOX_5B_I2V_TRANSFORMER, "ofs_embed_dim": 512, "patch_bias": False, "patch_size_t": 2,
+    "sample_frames": 81, "sample_height": 300, "sample_width": 300, "use_learned_positional_embeddings": False,
+}
+# vae/config.json of CogVideoX 1.5: 4 blocks (8x spatial), 4x temporal, image latents divided by the factor
+COGVIDEOX_15_VAE: dict[str, Any] = {
+    "block_out_channels": [128, 256, 256, 512], "latent_channels": 16, "temporal_compression_ratio": 4,
+    "scaling_factor": 0.7, "invert_scale_latents": True,
+}
+
+
 def _defaults(cls: type) -> dict[str, Any]:
     sig = inspect.signature(cls.__init__)
     return {n: p.default for n, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
