@@ -177,3 +177,24 @@ def test_wan_student_refuses_a_cogvideox_store(student_store, tmp_path):
         f"data.store={student_store}", f"out={tmp_path / 'run'}", f"student.model={TINY_WAN}", "student.task=t2v", "data.num_workers=0"])
     with pytest.raises(StoreMismatch, match="made with the cogvideox VAE/text encoder, the student is wan"):
         Trainer(cfg)
+
+
+def test_stage_one_grid_follows_from_student_model(tmp_path):
+    """extract's student.model: the teacher grid from the model's config files (a CogVideoX 1.5 folder of
+    config.json only, written from meta-device models), and a contradicting explicit number is refused."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+
+    from stages.extract.teacher_column import student_grid
+
+    folder = tmp_path / "CogVideoX1.5-5B-I2V"
+    with torch.device("meta"):
+        CogVideoXTransformer3DModel.from_config(COGVIDEOX_15_5B_I2V_TRANSFORMER).save_config(folder / "transformer")
+        AutoencoderKLCogVideoX.from_config(COGVIDEOX_15_VAE).save_config(folder / "vae")
+    video = ["video.num_frames=81", "video.height=768", "video.width=1360"]
+    cfg = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", [f"student.model={folder}", *video])
+    assert student_grid(cfg).shape == (11, 48, 85)
+    wan = load_config(ExtractConfig, ROOT / "configs/extract/sample_wan.yaml")
+    assert student_grid(wan).shape == (13, 8, 12)  # 49 frames of 128x192
+    bad = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", [f"student.model={folder}", "student.patch_size=4", *video])
+    with pytest.raises(ValueError, match="student.patch_size=4 but the configs of student.model=.* give 2"):
+        student_grid(bad)

@@ -54,8 +54,11 @@ def wan_encodings_spec(cfg: ExtractConfig) -> ColumnSpec:
         raise ValueError(f"video.num_frames={video.num_frames} must be {geo.temporal}k+1 for the Wan VAE")
     if video.height % geo.spatial or video.width % geo.spatial:
         raise ValueError(f"video size {video.height}x{video.width} must be a multiple of {geo.spatial} for the Wan VAE")
-    if (cfg.student.vae_spatial, cfg.student.vae_temporal) != (geo.spatial, geo.temporal):
-        raise ValueError(f"student.vae_spatial/vae_temporal = {cfg.student.vae_spatial}/{cfg.student.vae_temporal} but the "
+    from stages.extract.student_geometry import resolve_student_geometry
+
+    student = resolve_student_geometry(cfg)
+    if (student.vae_spatial, student.vae_temporal) != (geo.spatial, geo.temporal):
+        raise ValueError(f"student.vae_spatial/vae_temporal = {student.vae_spatial}/{student.vae_temporal} but the "
                          f"Wan VAE of {enc.model} compresses {geo.spatial}x spatially and {geo.temporal}x in time")
     t, h, w = geo.latent_frames(video.num_frames), video.height // geo.spatial, video.width // geo.spatial
     c, length, text_dim = geo.latent_channels, enc.max_text_len, int(text_config["d_model"])

@@ -148,5 +148,39 @@ def infer_family(model: str, family: str | None = None) -> str:
     return family_of_class(_Any.load_config(model, subfolder="transformer").get("_class_name", ""))
 
 
+def model_configs(model: str, family: str | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(family, transformer config, VAE config) of a student model: config files only, no weights.
+
+    "tiny" / "tiny-wan" give the tiny presets' configs; a folder or hub id its transformer/ and vae/
+    config.json (a student folder without vae/ cannot say its compression: pass a full model folder).
+    """
+    family = infer_family(model, family)
+    if model == "tiny":
+        from stages.distill.student import tiny_transformer_config
+        from stages.extract.encoders import TINY_VAE_CONFIG
+
+        return family, tiny_transformer_config(), dict(TINY_VAE_CONFIG)
+    if model == "tiny-wan":
+        from stages.distill.students.wan import tiny_transformer_config as tiny_wan
+        from stages.extract.encoders_wan import TINY_WAN_VAE_CONFIG
+
+        return family, tiny_wan(), dict(TINY_WAN_VAE_CONFIG)
+    from diffusers import ConfigMixin
+
+    class _Any(ConfigMixin):
+        config_name = "config.json"
+
+    try:
+        return family, dict(_Any.load_config(model, subfolder="transformer")), dict(_Any.load_config(model, subfolder="vae"))
+    except (OSError, EnvironmentError) as exc:
+        raise ValueError(f"student.model={model!r}: cannot read transformer/config.json and vae/config.json ({exc})") from None
+
+
+def geometry_of(model: str, family: str | None = None) -> Geometry:
+    """The token-grid geometry of a student model, from its configs (see model_configs)."""
+    family, transformer, vae = model_configs(model, family)
+    return get_student(family).geometry(transformer, vae)
+
+
 def student_for(model: str, family: str | None = None) -> Student:
     return get_student(infer_family(model, family))
