@@ -198,3 +198,16 @@ def test_stage_one_grid_follows_from_student_model(tmp_path):
     bad = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", [f"student.model={folder}", "student.patch_size=4", *video])
     with pytest.raises(ValueError, match="student.patch_size=4 but the configs of student.model=.* give 2"):
         student_grid(bad)
+
+
+def test_memory_plan_of_the_wan_configs():
+    """`sam2videox plan` for the shipped Wan 2.1 configs: built on the meta device from the known config."""
+    from stages.distill.memory_plan import plan_memory
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/wan21_t2v_14b.yaml", ["parallel.strategy=fsdp"])
+    lora = plan_memory(cfg, 8)
+    assert lora.tokens == 21 * 30 * 52  # video tokens only (text is cross-attended)
+    full = plan_memory(load_config(DistillConfig, ROOT / "configs/distill/wan21_t2v_14b.yaml",
+                                   ["parallel.strategy=fsdp", "student.full_finetune=true"]), 8)
+    assert 14.0e9 < full.params < 14.5e9 and full.trainable == full.params
+    assert lora.params - lora.trainable == full.params and full.total > lora.total  # LoRA adds its own weights
