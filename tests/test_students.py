@@ -168,6 +168,16 @@ def test_tiny_wan_end_to_end(wan_store, tmp_path):
         modules[name].weight.data += meta["lora_alpha"] / meta["r"] * state[key.replace("lora_A", "lora_B")] @ state[key]
     torch.testing.assert_close(with_lora, _run(merged), atol=1e-5, rtol=1e-4)
 
+    # the CLI samples a Wan run through the stock text-to-video pipeline, from the clip's caption
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "sample.mp4"
+    result = CliRunner().invoke(app, ["generate", "--run", str(tmp_path / "run"), "--store", wan_store, "--out", str(out), "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 0 and "17 frames 128x192" in result.output
+
 
 def test_wan_student_refuses_a_cogvideox_store(student_store, tmp_path):
     from stages.distill.data import StoreMismatch
