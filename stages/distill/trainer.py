@@ -36,7 +36,7 @@ from stages.distill.losses import feature_losses
 from stages.distill.projector import Projector, ProjectorSpec
 from stages.devices import resolve_device, resolve_dtype
 from stages.distill.student import configure_student
-from stages.distill.students import Student, student_for
+from stages.distill.students import Student, get_student, student_for
 from stages.distill.tap import FeatureTap
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict
     forward: a DistillModel (or its DDP wrapper): model kwargs -> (v prediction, tapped features).
     """
     batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    student = ctx.student or student_for("tiny")  # None: CogVideoX
+    student = ctx.student or get_student("cogvideox")  # None: CogVideoX (callers built before the interface)
     inputs = student.prepare_inputs(ctx, batch, generator)
     autocast = torch.autocast("cuda", dtype=ctx.autocast_dtype) if ctx.autocast_dtype else contextlib.nullcontext()
     with autocast:
