@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-
 logger = logging.getLogger(__name__)
 
 

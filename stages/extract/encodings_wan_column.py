@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from diffusers import AutoencoderKLWan
+
 from pipeline.extract_config import ExtractConfig
 from pipeline.producer import ColumnSpec
 from pipeline.store import ArraySpec
@@ -43,7 +45,13 @@ def is_wan_encoders(model: str) -> bool:
     path = Path(model) / "vae" / "config.json"
     if path.is_file():
         return json.loads(path.read_text()).get("_class_name") == "AutoencoderKLWan"
-    return "wan" in model.lower().split("/")[-1].split("-")[0]  # hub ids: Wan-AI/Wan2.1-...
+    name = model.split("/")[-1].lower()
+    if name.startswith(("wan", "cogvideo")):  # the published hub ids say it: Wan-AI/Wan2.1-..., THUDM/CogVideoX...
+        return name.startswith("wan")
+    try:  # another hub id: its vae/config.json (cached or fetched; config only)
+        return AutoencoderKLWan.load_config(model, subfolder="vae").get("_class_name") == "AutoencoderKLWan"
+    except (OSError, ValueError):
+        return False
 
 
 def wan_encodings_spec(cfg: ExtractConfig) -> ColumnSpec:
