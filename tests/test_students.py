@@ -221,3 +221,11 @@ def test_memory_plan_of_the_wan_configs():
                                    ["parallel.strategy=fsdp", "student.full_finetune=true"]), 8)
     assert 14.0e9 < full.params < 14.5e9 and full.trainable == full.params
     assert lora.params - lora.trainable == full.params and full.total > lora.total  # LoRA adds its own weights
+
+
+@pytest.mark.parametrize("name, grid", [("wan21_t2v_480p.yaml", (21, 30, 52)), ("cogvideox15_i2v.yaml", (11, 48, 85))])
+def test_shipped_real_extract_configs_give_the_students_grid(name, grid):
+    """The real extract configs name their student; the teacher grid follows from its published configs (offline)."""
+    from stages.extract.teacher_column import student_grid
+
+    assert student_grid(load_config(ExtractConfig, ROOT / "configs/extract" / name)).shape == grid

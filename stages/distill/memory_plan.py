@@ -127,6 +127,10 @@ def transformer_config(model: str) -> dict[str, Any]:
         return tiny_wan()
     if model in WAN_KNOWN:
         return dict(WAN_KNOWN[model])
+    from stages.distill.students.cogvideox import COGVIDEOX_15_KNOWN
+
+    if model in COGVIDEOX_15_KNOWN:
+        return dict(COGVIDEOX_15_KNOWN[model])
     path = Path(model) / "transformer" / "config.json"
     if path.exists():
         return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
@@ -176,7 +180,9 @@ def plan_memory(
         if family == "wan":
             latent_shape = (21, 60, 104)  # 81 frames of 480x832 through the Wan 2.1 VAE
         else:
-            latent_shape = ((c.sample_frames - 1) // c.temporal_compression_ratio + 1, c.sample_height, c.sample_width)
+            # CogVideoX 1.5's sample size is its RoPE limit (300x300), not a video size: plan its 768x1360
+            size = (96, 170) if c.patch_size_t else (c.sample_height, c.sample_width)
+            latent_shape = ((c.sample_frames - 1) // c.temporal_compression_ratio + 1, *size)
     frames, h, w = student.token_grid(c, latent_shape)
     video_tokens = frames * h * w
     # CogVideoX attends over text + video tokens jointly; Wan's blocks carry video tokens only (text enters by cross-attention)

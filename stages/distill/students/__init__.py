@@ -137,6 +137,13 @@ def infer_family(model: str, family: str | None = None) -> str:
         return "cogvideox"
     if model.startswith("tiny-"):
         return infer_family(model, model.removeprefix("tiny-"))
+    from stages.distill.students.cogvideox import COGVIDEOX_15_KNOWN
+    from stages.distill.students.wan import KNOWN_TRANSFORMERS as WAN_KNOWN
+
+    if model in WAN_KNOWN:
+        return "wan"
+    if model in COGVIDEOX_15_KNOWN:
+        return "cogvideox"
     path = Path(model) / "transformer" / "config.json"
     if path.is_file():
         return family_of_class(json.loads(path.read_text()).get("_class_name", ""))
@@ -165,6 +172,13 @@ def model_configs(model: str, family: str | None = None) -> tuple[str, dict[str,
         from stages.extract.encoders_wan import TINY_WAN_VAE_CONFIG
 
         return family, tiny_wan(), dict(TINY_WAN_VAE_CONFIG)
+    from stages.distill.students.cogvideox import COGVIDEOX_15_KNOWN, COGVIDEOX_15_VAE
+    from stages.distill.students.wan import KNOWN_TRANSFORMERS as WAN_KNOWN, WAN21_VAE
+
+    if model in WAN_KNOWN:  # published configs known without a download
+        return family, dict(WAN_KNOWN[model]), dict(WAN21_VAE)
+    if model in COGVIDEOX_15_KNOWN:
+        return family, dict(COGVIDEOX_15_KNOWN[model]), dict(COGVIDEOX_15_VAE)
     from diffusers import ConfigMixin
 
     class _Any(ConfigMixin):

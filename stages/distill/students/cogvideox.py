@@ -22,6 +22,10 @@ COGVIDEOX_15_5B_I2V_TRANSFORMER: dict[str, Any] = {
     **cogvideox.COGVIDEOX_5B_I2V_TRANSFORMER, "ofs_embed_dim": 512, "patch_bias": False, "patch_size_t": 2,
     "sample_frames": 81, "sample_height": 300, "sample_width": 300, "use_learned_positional_embeddings": False,
 }
+COGVIDEOX_15_KNOWN: dict[str, dict[str, Any]] = {
+    "THUDM/CogVideoX1.5-5B-I2V": COGVIDEOX_15_5B_I2V_TRANSFORMER,
+    "THUDM/CogVideoX1.5-5B": {**COGVIDEOX_15_5B_I2V_TRANSFORMER, "in_channels": 16, "ofs_embed_dim": None},
+}
 # vae/config.json of CogVideoX 1.5: 4 blocks (8x spatial), 4x temporal, image latents divided by the factor
 COGVIDEOX_15_VAE: dict[str, Any] = {
     "block_out_channels": [128, 256, 256, 512], "latent_channels": 16, "temporal_compression_ratio": 4,
