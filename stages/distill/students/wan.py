@@ -1,7 +1,8 @@
 """Wan 2.1 text-to-video (diffusers WanTransformer3DModel) behind the student interface.
 
-Objective: rectified flow as the reference Wan training and diffusers-based trainers (finetrainers'
-Wan specification, diffusers' flow-matching scripts) do it:
+Objective: rectified flow as finetrainers' Wan training and diffusers' flow-matching scripts do it
+(weighting "none"; DiffSynth-Studio's Wan SFT instead draws t from its 1000 training timesteps, shift 5, and
+weights the loss by a bell-shaped table over t -- not implemented here):
     x0 = (z - latents_mean) / latents_std    z ~ the stored VAE posterior; mean/std per channel (VAE config)
     u ~ U(0, 1);  index = floor(u * N);  sigma = scheduler.sigmas[index], t = scheduler.timesteps[index]
         with scheduler = FlowMatchEulerDiscreteScheduler(N = num_train_timesteps, shift = the model
