@@ -58,6 +58,10 @@ class StudentGridConfig:
     vae_temporal: int = 4  # VAE temporal compression (latent frames = 1 + (F - 1) / 4)
     patch_size: int = 2  # transformer spatial patch size
     patch_size_t: int | None = None  # temporal patch size (CogVideoX 1.5); None = 1
+    # The student model (diffusers folder / hub id with transformer/ and vae/, or "tiny" / "tiny-wan"): when set,
+    # the four fields above are derived from its configs (stages/extract/student_geometry.py) and a value set
+    # here that disagrees is refused. None: the fields as written.
+    model: str | None = None
 
 
 @dataclass

@@ -14,7 +14,6 @@ from pipeline.distill_config import DistillConfig
 from pipeline.store import Column, FeatureStore, StoreError
 from pipeline.stream import ClipStream
 from stages.distill.losses import stored_lgf_fits
-from stages.distill.student import token_grid
 
 
 class StoreMismatch(StoreError):
@@ -128,27 +127,35 @@ def teacher_arrays(cfg: DistillConfig, column_lgf: dict | None, directions: int 
     return sorted(set(wanted))
 
 
-def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig) -> tuple[int, int, int]:
-    """Refuse, before any step, a store whose shapes do not fit the student. Returns the token grid."""
+def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig, student: Any = None) -> tuple[int, int, int]:
+    """Refuse, before any step, a store whose shapes do not fit the student. Returns the token grid.
+
+    student: the family (stages/distill/students); None = CogVideoX.
+    """
+    if student is None:
+        from stages.distill.students.cogvideox import CogVideoXStudent
+
+        student = CogVideoXStudent()
     lat = data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
     where = f"{data.store.url} ({data.encodings.dirname})"
     if lat[0] != 2 * transformer_config.out_channels:
         raise StoreMismatch(f"{where}: latents have {lat[0] // 2} channels, the student predicts {transformer_config.out_channels}")
-    grid = token_grid(transformer_config, lat[1:])
-    if transformer_config.use_learned_positional_embeddings and tuple(lat[2:]) != (transformer_config.sample_height, transformer_config.sample_width):
-        raise StoreMismatch(
-            f"{where}: latent grid {lat[2]}x{lat[3]} but the student's learned positional embeddings are "
-            f"{transformer_config.sample_height}x{transformer_config.sample_width}"
-        )
+    vae = data.encodings.attrs.get("vae_family", "cogvideox")
+    if vae != student.family:
+        raise StoreMismatch(f"{where}: the encodings were made with the {vae} VAE/text encoder, the student is {student.family}")
+    problem = student.check_latent_grid(transformer_config, lat[1:])
+    if problem:
+        raise StoreMismatch(f"{where}: {problem}")
+    grid = student.token_grid(transformer_config, lat[1:])
     text = data.encodings.schema["prompt_embeds"].shape
-    if text[1] != transformer_config.text_embed_dim:
-        raise StoreMismatch(f"{where}: prompt embeddings are {text[1]} wide, the student takes {transformer_config.text_embed_dim}")
+    if text[1] != student.text_dim(transformer_config):
+        raise StoreMismatch(f"{where}: prompt embeddings are {text[1]} wide, the student takes {student.text_dim(transformer_config)}")
     if data.teacher is not None:
         tgrid = tuple(data.teacher.attrs.get("grid") or data.teacher.schema["mask"].shape)
         if tgrid != grid:
             raise StoreMismatch(_grid_mismatch(data, transformer_config, tgrid, grid, tuple(lat[1:])))
-    if cfg.tap.block >= transformer_config.num_layers:
-        raise StoreMismatch(f"tap.block={cfg.tap.block} but the student has {transformer_config.num_layers} blocks")
+    if cfg.tap.block >= student.num_blocks(transformer_config):
+        raise StoreMismatch(f"tap.block={cfg.tap.block} but the student has {student.num_blocks(transformer_config)} blocks")
     return grid
 
 
@@ -156,7 +163,8 @@ def _grid_mismatch(data: TrainingData, transformer_config: Any, tgrid: tuple, gr
     """The teacher/student grid mismatch in pixels, with the two ways out."""
     attrs = data.encodings.attrs
     spatial, temporal = int(attrs.get("spatial_compression", 8)), int(attrs.get("temporal_compression", 4))
-    token = spatial * transformer_config.patch_size  # pixels per token side
+    patch = transformer_config.patch_size  # CogVideoX: an int; Wan: (t, h, w)
+    token = spatial * (patch[-1] if isinstance(patch, (list, tuple)) else patch)  # pixels per token side
     frames, height, width = (lat[0] - 1) * temporal + 1, lat[1] * spatial, lat[2] * spatial
     video = data.teacher.producer_config.get("video") or {}
     t_frames = video.get("num_frames", (tgrid[0] - 1) * temporal + 1)

@@ -34,6 +34,10 @@ def column_spec(name: str, cfg: ExtractConfig) -> ColumnSpec:
 
         return teacher_spec(cfg)
     if name == "encodings":
+        from stages.extract.encodings_wan_column import is_wan_encoders, wan_encodings_spec
+
+        if is_wan_encoders(cfg.encoders.model):  # one column name per store; its content follows the student family
+            return wan_encodings_spec(cfg)
         from stages.extract.encodings_column import encodings_spec
 
         return encodings_spec(cfg)
@@ -50,6 +54,10 @@ def make_producer(name: str, cfg: ExtractConfig, device: str) -> ColumnProducer:
 
         return TeacherProducer(cfg, device)
     if name == "encodings":
+        from stages.extract.encodings_wan_column import WanEncodingsProducer, is_wan_encoders
+
+        if is_wan_encoders(cfg.encoders.model):
+            return WanEncodingsProducer(cfg, device)
         from stages.extract.encodings_column import EncodingsProducer
 
         return EncodingsProducer(cfg, device)

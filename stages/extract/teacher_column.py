@@ -47,8 +47,20 @@ QUANTIZED = {"fwd": QUANT_INT8, "bwd": QUANT_INT8}
 
 
 def student_grid(cfg: ExtractConfig) -> TokenGrid:
-    s, v = cfg.student, cfg.video
+    from stages.extract.student_geometry import resolve_student_geometry
+
+    s, v = resolve_student_geometry(cfg), cfg.video
     return token_grid(v.num_frames, v.height, v.width, s.vae_temporal, s.vae_spatial, s.patch_size, s.patch_size_t)
+
+
+def _student_key(cfg: ExtractConfig) -> dict:
+    """The student geometry the column is keyed by: the resolved grid numbers, not which model gave them
+    (a column made for student.model=X equals one made with X's numbers written out; unset model keeps old keys)."""
+    from stages.extract.student_geometry import resolve_student_geometry
+
+    key = to_dict(resolve_student_geometry(cfg))
+    key.pop("model", None)
+    return key
 
 
 def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
@@ -63,7 +75,7 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
     config = {
         "teacher": teacher,
         "video": to_dict(cfg.video),
-        "student": to_dict(cfg.student),
+        "student": _student_key(cfg),
         "lgf": to_dict(cfg.lgf),
         "quantized": dict(QUANTIZED),
     }
@@ -107,6 +119,9 @@ class TeacherProducer:
     def __init__(self, cfg: ExtractConfig, device: str):
         self.cfg = cfg
         self.grid = student_grid(cfg)
+        from stages.extract.student_geometry import resolve_student_geometry
+
+        self.vae_temporal = resolve_student_geometry(cfg).vae_temporal
         t = cfg.teacher
         dev = self.device = resolve_device(device)
         model = build_sam2(t.model, t.checkpoint, t.image_size, device=dev, seed=t.seed if t.checkpoint is None else None)
@@ -180,7 +195,7 @@ class TeacherProducer:
     def _arrays(self, result: TrackResult, source: str) -> tuple[dict[str, np.ndarray], dict]:
         """Per-frame features -> the column's arrays on the student's token grid, and the record."""
         cfg = self.cfg
-        vt, mode = cfg.student.vae_temporal, cfg.teacher.temporal
+        vt, mode = self.vae_temporal, cfg.teacher.temporal
         fwd = to_token_grid(result.fwd, self.grid, vt, mode, cfg.teacher.resample)
         bwd = to_token_grid(result.bwd, self.grid, vt, mode, cfg.teacher.resample)
         lgf = fuse(fwd[None], bwd[None], cfg.lgf.kernel, cfg.lgf.tau, cfg.lgf.offsets, cfg.lgf.fusion)[0]
