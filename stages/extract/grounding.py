@@ -41,6 +41,8 @@ TINY = "tiny"
 class NoSubjectFound(ValueError):
     """The detector found no box for the clip's subject (or the clip has no caption to ask with)."""
 
+    verdict = True  # a finding about the clip, not a bug: the worker logs one line, no traceback
+
 
 @dataclass(frozen=True)
 class Detection:
