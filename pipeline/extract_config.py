@@ -83,7 +83,7 @@ class GroundingConfig:
 
     model: str = "IDEA-Research/grounding-dino-base"  # folder or hub id (from_pretrained), or "tiny" (random, offline)
     box_threshold: float = 0.35  # the best box must score above this, else the clip fails ("no subject found")
-    text_threshold: float = 0.25  # tokens scoring above this name the box's label (recorded, not a filter)
+    text_threshold: float = 0.25  # query tokens scoring above this for the box are its label (recorded as prompt.label, not a filter)
     # the text query: "caption" = the whole caption; "nouns" = the first of `nouns` (in list order) that the
     # caption contains as a word, else the caption. Lower-cased and period-terminated either way
     phrase: Literal["caption", "nouns"] = "caption"

@@ -120,6 +120,7 @@ def test_threshold_hits_become_box_prompts_and_misses_name_score_threshold_and_q
             assert det.score > CAPTION_THRESHOLD
             assert prompt.source == "grounded" and prompt.kind == "box" and prompt.box == det.box
             assert prompt.to_record()["phrase"] == det.phrase and prompt.score == det.score
+            assert prompt.to_record()["label"] == det.label and det.label  # the matched query tokens
     # a clip without a caption fails alone, with its own reason; the others are unaffected
     again = detector.prompts(frames[:2], ["", entries[1].caption])
     assert isinstance(again[0], NoSubjectFound) and "no caption" in str(again[0])
@@ -213,7 +214,7 @@ def _check_hits(url: str, dets: dict, failed: set[str]) -> None:
     assert set(records) == set(dets) - failed
     for key, rec in records.items():
         assert rec["prompt_source"] == "grounded"
-        assert rec["prompt"]["kind"] == "box" and rec["prompt"]["phrase"] == dets[key].phrase
+        assert rec["prompt"]["kind"] == "box" and rec["prompt"]["phrase"] == dets[key].phrase and rec["prompt"]["label"] == dets[key].label
         np.testing.assert_allclose(rec["prompt"]["box"], dets[key].box, atol=1e-3)
         assert rec["prompt"]["score"] == pytest.approx(dets[key].score, abs=1e-5)
 
@@ -252,3 +253,32 @@ def test_grounded_extraction_on_a_manifest_free_corpus_with_captions_only(tmp_pa
         assert f"< box_threshold 0.75 for '{dets[key].phrase}'" in ledger[key]
         assert dets[key].phrase in {"figure.", "animal.", "blob."}
     _check_hits(url, dets, misses | {uncaptioned})
+
+
+def test_producer_grounds_the_same_through_produce_and_produce_batch(small_corpus, frames0):
+    """TeacherProducer with prompt=grounded: the detector is built once with the producer; a batch
+    of clips is grounded in one pass and gives produce()'s records; a miss fails only its clip."""
+    from stages.extract.teacher_column import TeacherProducer
+
+    overrides = small_overrides(small_corpus, **{
+        "teacher.device": "cpu", "teacher.prompt": "grounded", "teacher.grounding.model": "tiny",
+        "teacher.grounding.box_threshold": CAPTION_THRESHOLD, "teacher.clip_batch": 2,
+    })
+    cfg = load_config(ExtractConfig, SAMPLE, overrides)
+    entries = list_corpus(cfg.corpus)[:4]
+    clips = [decode_clip(e.url, cfg.video) for e in entries]
+    producer = TeacherProducer(cfg, "cpu")
+    assert isinstance(producer.detector, GroundingDetector)
+    batched = producer.produce_batch(clips, entries)
+    assert {type(r) for r in batched} == {tuple, NoSubjectFound}  # hits and misses in one batch
+    for clip, entry, got in zip(clips, entries, batched):
+        if isinstance(got, Exception):
+            with pytest.raises(NoSubjectFound, match=f"< box_threshold 0.8 for '{subject_phrase(entry.caption)}'"):
+                producer.produce(clip, entry)
+            continue
+        arrays, record = producer.produce(clip, entry)
+        ours, ref = record["prompt"], got[1]["prompt"]
+        assert record["prompt_source"] == "grounded" and ours["phrase"] == ref["phrase"] and ours["kind"] == "box"
+        assert ours["score"] == pytest.approx(ref["score"], abs=1e-5)  # a batch of 4 vs 1: float reassociation only
+        np.testing.assert_allclose(ours["box"], ref["box"], atol=1e-3)
+        np.testing.assert_allclose(arrays["lgf"].astype(np.float32), got[0]["lgf"].astype(np.float32), atol=2e-3)

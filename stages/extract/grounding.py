@@ -148,7 +148,7 @@ class GroundingDetector:
         x0, y0, x1, y1 = detection.box
         if x1 - x0 < 1 or y1 - y0 < 1:
             raise NoSubjectFound(f"no subject found: best box {[round(v, 1) for v in detection.box]} for {detection.phrase!r} is under a pixel wide or high inside the frame")
-        return Prompt(source="grounded", box=detection.box, score=detection.score, phrase=detection.phrase)
+        return Prompt(source="grounded", box=detection.box, score=detection.score, phrase=detection.phrase, label=detection.label)
 
     def prompts(self, frames: list[np.ndarray], captions: list[str]) -> list[Prompt | Exception]:
         """One box Prompt per (frame 0, caption), or the NoSubjectFound that clip fails with."""

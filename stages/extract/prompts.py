@@ -38,7 +38,8 @@ class Prompt:
     A box and points together are one prompt (SAM2 takes the box as two leading corner points,
     as `add_new_points_or_box(points=..., box=...)` does). mask: bool np.ndarray [H, W] at frame
     resolution, never combined with the others. score: auto_prompt's or the detector's score, else None.
-    phrase: the text query a grounded box was found with (stages/extract/grounding.py), else None.
+    phrase, label: the text query a grounded box was found with and the query tokens the detector
+    matched to it (stages/extract/grounding.py), else None.
     """
 
     source: PromptSource
@@ -48,6 +49,7 @@ class Prompt:
     mask: np.ndarray | None = None
     score: float | None = None
     phrase: str | None = None
+    label: str | None = None
 
     def __post_init__(self) -> None:
         if self.source not in _SOURCES:
@@ -75,6 +77,8 @@ class Prompt:
         rec: dict[str, Any] = {"source": self.source, "kind": self.kind, "score": self.score}
         if self.phrase is not None:
             rec["phrase"] = self.phrase
+        if self.label is not None:
+            rec["label"] = self.label
         if self.box is not None:
             rec["box"] = [float(v) for v in self.box]
         if self.points is not None:
