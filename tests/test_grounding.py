@@ -79,6 +79,9 @@ def test_tiny_tokenizer_is_offline_bert_like(detector):
     # Grounding DINO splits phrases at BERT's hard-coded ids: the tiny vocabulary keeps them
     assert (vocab["[CLS]"], vocab["[SEP]"], vocab["."], vocab["?"]) == (101, 102, 1012, 1029)
     assert sorted(vocab.values()) == list(range(len(vocab)))
+    # the backbone is transformers' own Swin (AutoBackbone from the config): no timm, no pretrained download
+    assert type(detector.model.model.backbone.conv_encoder.model).__name__ == "SwinBackbone"
+    assert not getattr(detector.model.config, "use_timm_backbone", False) and not getattr(detector.model.config, "use_pretrained_backbone", False)
     ids = detector.processor.tokenizer("a zebra-like thing.").input_ids
     assert ids[0] == 101 and ids[-2:] == [1012, 102] and vocab["[UNK]"] not in ids  # unknown words fall back to pieces
 
