@@ -72,6 +72,15 @@ plan: install
 ablate: install
 	$(CLI) ablate --config $(DISTILL_CONFIG) --store $(STORE) --out $(OUT)/ablations $(ARGS)
 
+# Caption-grounded prompts (teacher.prompt=grounded) on the sample corpus with the tiny, random Grounding DINO:
+# clips whose best box scores under the threshold are not tracked; `inspect --failures` lists them and why.
+.PHONY: demo-grounded
+demo-grounded: export OMP_NUM_THREADS ?= 1
+demo-grounded: sample
+	$(CLI) extract --config configs/extract/sample.yaml --store $(DEMO)/grounded columns=[teacher] teacher.prompt=grounded \
+	  teacher.grounding.model=tiny teacher.grounding.box_threshold=0.8 allow_failures=true $(ARGS)
+	$(CLI) inspect $(DEMO)/grounded --failures
+
 # The whole method on the sample corpus with tiny models: extract, distil, export, sample a video.
 demo: export OMP_NUM_THREADS ?= 1
 demo: sample

@@ -81,6 +81,33 @@ class LGFConfig:
 
 
 @dataclass
+class GroundingConfig:
+    """The zero-shot detector of `teacher.prompt: grounded` (stages/extract/grounding.py): Grounding DINO
+    finds the caption's subject on frame 0 and its best box prompts SAM2. Keyed only when prompt=grounded."""
+
+    model: str = "IDEA-Research/grounding-dino-base"  # folder or hub id (from_pretrained), or "tiny" (random, offline)
+    box_threshold: float = 0.35  # the best box must score above this, else the clip fails ("no subject found")
+    text_threshold: float = 0.25  # query tokens scoring above this for the box are its label (recorded as prompt.label, not a filter)
+    # the text query: "caption" = the whole caption; "nouns" = the first of `nouns` (in list order) that the
+    # caption contains as a word, else the caption. Lower-cased and period-terminated either way
+    phrase: Literal["caption", "nouns"] = "caption"
+    nouns: list[str] = field(default_factory=list)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # on GPU; CPU runs fp32
+    device: str = "auto"  # auto = the teacher's device (not keyed)
+    batch: int = 8  # frames per detector forward (frame 0 of that many clips; not keyed)
+    seed: int = 0  # random weights of the "tiny" preset
+
+    def __post_init__(self) -> None:
+        for name in ("box_threshold", "text_threshold"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"teacher.grounding.{name} must be in [0, 1) (a sigmoid score), got {getattr(self, name)}")
+        if self.phrase == "nouns" and not [n for n in self.nouns if n.strip()]:
+            raise ValueError("teacher.grounding.phrase=nouns needs a non-empty teacher.grounding.nouns list")
+        if self.batch < 1:
+            raise ValueError(f"teacher.grounding.batch must be >= 1, got {self.batch}")
+
+
+@dataclass
 class TeacherConfig:
     model: str = "sam2.1_hiera_l"  # SAM2 config name (sam2.1_hiera_{t,s,b+,l}, sam2_hiera_*) or "tiny"
     checkpoint: str | None = None  # path/URL of a SAM2 checkpoint ({"model": state_dict}); None = random weights
@@ -88,7 +115,9 @@ class TeacherConfig:
     # memory_attention (the memory-conditioned feature): the only one that carries each pass's past, so the
     # only one whose forward and backward differ beyond where their masks differ (README "Teacher feature")
     feature: Literal["maskmem", "memory_attention", "backbone"] = "memory_attention"
-    prompt: Literal["manifest", "auto", "center"] = "auto"  # manifest falls back to auto when a clip has none
+    # manifest falls back to auto when a clip has none; grounded: Grounding DINO's box for the caption (teacher.grounding)
+    prompt: Literal["manifest", "auto", "center", "grounded"] = "auto"
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
     temporal: Literal["stride", "mean"] = "stride"  # latent frame i <- pixel frame 4i, or mean of its group
     resample: Literal["antialias", "bilinear"] = "antialias"  # teacher maps -> token grid (stages/grid.py); keyed
     image_batch: int = 8  # frames per image-encoder batch (taken across the clips of a clip batch)
