@@ -22,8 +22,11 @@ NNODES      ?= 1
 NODE_RANK   ?= 0
 MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
-DEMO   ?= out/demo
-DISTILL_CONFIG ?= configs/distill/sample.yaml
+# STUDENT=wan: the demo with a tiny Wan 2.1 T2V student (configs/*/sample_wan.yaml) instead of CogVideoX
+STUDENT ?= cogvideox
+SAMPLE_SUFFIX := $(if $(filter wan,$(STUDENT)),_wan,)
+DEMO   ?= out/demo$(subst _,-,$(SAMPLE_SUFFIX))
+DISTILL_CONFIG ?= configs/distill/sample$(SAMPLE_SUFFIX).yaml
 
 export TQDM_DISABLE ?=
 export RAY_AUTH_MODE ?= disabled
@@ -69,10 +72,19 @@ plan: install
 ablate: install
 	$(CLI) ablate --config $(DISTILL_CONFIG) --store $(STORE) --out $(OUT)/ablations $(ARGS)
 
+# Caption-grounded prompts (teacher.prompt=grounded) on the sample corpus with the tiny, random Grounding DINO:
+# clips whose best box scores under the threshold are not tracked; `inspect --failures` lists them and why.
+.PHONY: demo-grounded
+demo-grounded: export OMP_NUM_THREADS ?= 1
+demo-grounded: sample
+	$(CLI) extract --config configs/extract/sample.yaml --store $(DEMO)/grounded columns=[teacher] teacher.prompt=grounded \
+	  teacher.grounding.model=tiny teacher.grounding.box_threshold=0.8 allow_failures=true $(ARGS)
+	$(CLI) inspect $(DEMO)/grounded --failures
+
 # The whole method on the sample corpus with tiny models: extract, distil, export, sample a video.
 demo: export OMP_NUM_THREADS ?= 1
 demo: sample
-	$(CLI) extract --config configs/extract/sample.yaml --store $(DEMO)/store
+	$(CLI) extract --config configs/extract/sample$(SAMPLE_SUFFIX).yaml --store $(DEMO)/store
 	$(CLI) inspect $(DEMO)/store
 	$(CLI) inspect $(DEMO)/store --pca @0 --out $(DEMO)/teacher_pca.mp4
 	$(CLI) distill --config $(DISTILL_CONFIG) --store $(DEMO)/store --out $(DEMO)/run

@@ -404,7 +404,7 @@ def generate(
     seed: int = typer.Option(0, "--seed"),
     no_lora: bool = typer.Option(False, "--no-lora", help="sample the base model (for comparison)"),
 ) -> None:
-    """Sample a video with the stock diffusers image-to-video pipeline + the run's LoRA."""
+    """Sample a video with the stock diffusers pipeline of the run's student (CogVideoX I2V, Wan T2V) + its LoRA."""
     from pipeline.config import from_dict
     from pipeline.corpus import ClipEntry
     from pipeline.decode import decode_clip
@@ -429,14 +429,24 @@ def generate(
     except StoreError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc
-    first = decode_clip(entry.url, video, fstore.storage_options).frames[0]
     enc_cfg = enc_col.producer_config["encoders"]
-    pipe = build_pipeline(
-        info["config"]["student"]["model"], enc_cfg["model"], None if no_lora else run / "lora", sampling.device, sampling.dtype
-    )
-    frames = sample_video(
-        pipe, first, entry.caption, video.num_frames, sampling.steps, guidance, seed, enc_cfg["max_text_len"], dynamic_cfg
-    )
+    student_cfg = info["config"]["student"]
+    lora = None if no_lora else run / "lora"
+    from stages.distill.students import infer_family
+
+    if infer_family(student_cfg["model"], student_cfg.get("family")) == "wan":  # text-to-video: the caption alone
+        from stages.distill.students.wan import build_wan_pipeline
+        from stages.generate import sample_text_video
+
+        pipe = build_wan_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype)
+        frames = sample_text_video(pipe, entry.caption or "", video.num_frames, video.height, video.width, sampling.steps,
+                                   guidance, seed, enc_cfg["max_text_len"])
+    else:
+        first = decode_clip(entry.url, video, fstore.storage_options).frames[0]
+        pipe = build_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype)
+        frames = sample_video(
+            pipe, first, entry.caption, video.num_frames, sampling.steps, guidance, seed, enc_cfg["max_text_len"], dynamic_cfg
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_mp4(out, frames, video.fps)
     ran = len(pipe.scheduler.timesteps)  # what the scheduler really stepped through

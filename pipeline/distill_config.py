@@ -44,6 +44,8 @@ class LoRAConfig:
 class StudentConfig:
     model: str = "THUDM/CogVideoX-5b-I2V"  # diffusers-format folder or hub id (transformer/, scheduler/), or "tiny"
     task: Literal["i2v", "t2v"] = "i2v"  # i2v: first-frame latent concatenated on channels (in_channels 32)
+    # cogvideox | wan; None: from the model ("tiny" = cogvideox, "tiny-wan", or transformer/config.json's class)
+    family: Literal["cogvideox", "wan"] | None = None
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # frozen base weights on GPU (CPU runs fp32)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     lora: LoRAConfig = field(default_factory=LoRAConfig)

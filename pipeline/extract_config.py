@@ -58,6 +58,10 @@ class StudentGridConfig:
     vae_temporal: int = 4  # VAE temporal compression (latent frames = 1 + (F - 1) / 4)
     patch_size: int = 2  # transformer spatial patch size
     patch_size_t: int | None = None  # temporal patch size (CogVideoX 1.5); None = 1
+    # The student model (diffusers folder / hub id with transformer/ and vae/, or "tiny" / "tiny-wan"): when set,
+    # the four fields above are derived from its configs (stages/extract/student_geometry.py) and a value set
+    # here that disagrees is refused. None: the fields as written.
+    model: str | None = None
 
 
 @dataclass
@@ -77,6 +81,33 @@ class LGFConfig:
 
 
 @dataclass
+class GroundingConfig:
+    """The zero-shot detector of `teacher.prompt: grounded` (stages/extract/grounding.py): Grounding DINO
+    finds the caption's subject on frame 0 and its best box prompts SAM2. Keyed only when prompt=grounded."""
+
+    model: str = "IDEA-Research/grounding-dino-base"  # folder or hub id (from_pretrained), or "tiny" (random, offline)
+    box_threshold: float = 0.35  # the best box must score above this, else the clip fails ("no subject found")
+    text_threshold: float = 0.25  # query tokens scoring above this for the box are its label (recorded as prompt.label, not a filter)
+    # the text query: "caption" = the whole caption; "nouns" = the first of `nouns` (in list order) that the
+    # caption contains as a word, else the caption. Lower-cased and period-terminated either way
+    phrase: Literal["caption", "nouns"] = "caption"
+    nouns: list[str] = field(default_factory=list)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # on GPU; CPU runs fp32
+    device: str = "auto"  # auto = the teacher's device (not keyed)
+    batch: int = 8  # frames per detector forward (frame 0 of that many clips; not keyed)
+    seed: int = 0  # random weights of the "tiny" preset
+
+    def __post_init__(self) -> None:
+        for name in ("box_threshold", "text_threshold"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"teacher.grounding.{name} must be in [0, 1) (a sigmoid score), got {getattr(self, name)}")
+        if self.phrase == "nouns" and not [n for n in self.nouns if n.strip()]:
+            raise ValueError("teacher.grounding.phrase=nouns needs a non-empty teacher.grounding.nouns list")
+        if self.batch < 1:
+            raise ValueError(f"teacher.grounding.batch must be >= 1, got {self.batch}")
+
+
+@dataclass
 class TeacherConfig:
     model: str = "sam2.1_hiera_l"  # SAM2 config name (sam2.1_hiera_{t,s,b+,l}, sam2_hiera_*) or "tiny"
     checkpoint: str | None = None  # path/URL of a SAM2 checkpoint ({"model": state_dict}); None = random weights
@@ -84,7 +115,9 @@ class TeacherConfig:
     # memory_attention (the memory-conditioned feature): the only one that carries each pass's past, so the
     # only one whose forward and backward differ beyond where their masks differ (README "Teacher feature")
     feature: Literal["maskmem", "memory_attention", "backbone"] = "memory_attention"
-    prompt: Literal["manifest", "auto", "center"] = "auto"  # manifest falls back to auto when a clip has none
+    # manifest falls back to auto when a clip has none; grounded: Grounding DINO's box for the caption (teacher.grounding)
+    prompt: Literal["manifest", "auto", "center", "grounded"] = "auto"
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
     temporal: Literal["stride", "mean"] = "stride"  # latent frame i <- pixel frame 4i, or mean of its group
     resample: Literal["antialias", "bilinear"] = "antialias"  # teacher maps -> token grid (stages/grid.py); keyed
     image_batch: int = 8  # frames per image-encoder batch (taken across the clips of a clip batch)
@@ -104,6 +137,44 @@ class TeacherConfig:
             raise ValueError("image_batch must be >= 1")
         if self.clip_batch < 1:
             raise ValueError("clip_batch must be >= 1")
+
+
+@dataclass
+class ImageTeacherConfig:
+    """The image-only baseline teacher (`image_teacher` column): DINOv2 patch features per frame.
+
+    Frames are resized whole (no crop) so the short side is `image_size` and the long side keeps the
+    aspect ratio, both rounded to the patch size; the patch grid then covers the frame. The features
+    go onto the student's token grid with the SAM2 teacher's mapping (teacher.temporal, teacher.resample).
+    """
+
+    # a folder or hub id loaded with transformers' Dinov2Model.from_pretrained, or "tiny" (a 2-layer,
+    # 32-channel random Dinov2Config built in code, seeded: tests and the demo)
+    model: str = "facebook/dinov2-base"
+    revision: str | None = None  # hub revision (branch, tag or commit) of a hub id
+    image_size: int = 448  # short side in pixels fed to DINOv2, a multiple of its patch size (14)
+    layer: int | None = None  # None: last_hidden_state (after the final LayerNorm); N: the output of block N (1-based)
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # autocast dtype on GPU (CPU runs fp32)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    image_batch: int = 16  # frames per forward (speed only, not keyed)
+    seed: int = 0  # random-weight init (tiny, or random_weights): every worker must build the same model
+    # build the model's architecture with seeded random weights instead of loading them (benchmarks and
+    # dry runs at the real size); refused for anything but "tiny" unless allow_random_weights is set
+    random_weights: bool = False
+    allow_random_weights: bool = False  # a permission, not content: not keyed
+
+    def __post_init__(self) -> None:
+        if self.image_batch < 1:
+            raise ValueError(f"image_teacher.image_batch must be >= 1, got {self.image_batch}")
+        if self.image_size < 1:
+            raise ValueError(f"image_teacher.image_size must be >= 1, got {self.image_size}")
+        if self.layer is not None and self.layer < 1:
+            raise ValueError(f"image_teacher.layer must be >= 1 (a block, 1-based) or null (last hidden state), got {self.layer}")
+        if self.random_weights and self.model != "tiny" and not self.allow_random_weights:
+            raise ValueError(
+                f"image_teacher.random_weights=true for '{self.model}' gives meaningless targets: set "
+                f"image_teacher.allow_random_weights=true for a random-weight test run"
+            )
 
 
 @dataclass
@@ -167,7 +238,9 @@ class ExtractConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     lgf: LGFConfig = field(default_factory=LGFConfig)
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
-    columns: list[Literal["teacher", "encodings"]] = field(default_factory=lambda: ["teacher", "encodings"])
+    image_teacher: ImageTeacherConfig = field(default_factory=ImageTeacherConfig)
+    # image_teacher (the DINOv2 baseline) is opt-in: add it to a store's columns later without re-extracting the others
+    columns: list[Literal["teacher", "encodings", "image_teacher"]] = field(default_factory=lambda: ["teacher", "encodings"])
     ray: RayConfig = field(default_factory=RayConfig)
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     allow_failures: bool = False  # exit 0 even when clips failed (they are in the ledger either way)
@@ -175,4 +248,4 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         if not self.columns:
-            raise ValueError("columns must name at least one of: teacher, encodings")
+            raise ValueError("columns must name at least one of: teacher, encodings, image_teacher")

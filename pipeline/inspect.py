@@ -25,6 +25,7 @@ from pipeline.store import FeatureStore, StoreError
 _DESCRIBE = {
     "teacher": ("teacher.model", "teacher.feature", "teacher.prompt", "lgf.fusion"),
     "encodings": ("encoders.model", "encoders.seed"),
+    "image_teacher": ("image_teacher.model", "image_teacher.layer", "image_teacher.image_size"),
 }
 PANEL_LABELS = ("frame", "mask", "forward", "backward", "LGF target")
 MAX_PNG_SIDE = 2400  # pixels: a 13-frame strip at 480x720 would otherwise be 6240x3600 (~8 MB)
@@ -107,6 +108,8 @@ def _upsample(img: np.ndarray, h: int, w: int) -> np.ndarray:
 def panels(store: FeatureStore, key: str, column_name: str = "teacher") -> np.ndarray:
     """uint8 [T, H, 5W, 3]: one row of panels per latent frame."""
     column, data, row, entry = find_clip(store, column_name, key)
+    if "bwd" not in column.schema or "mask" not in column.schema:  # the image teacher: one stack, no mask
+        raise StoreError(f"--pca renders a SAM2 teacher column (fwd, bwd, mask, lgf); {column.dirname} holds {', '.join(column.schema)}")
     # read_row checks each array against its commit: a damaged clip is a StoreError naming it, not a picture of the damage
     fwd, bwd = column.read_dequantized(data, "fwd", row).astype(np.float32), column.read_dequantized(data, "bwd", row).astype(np.float32)
     lgf, mask = column.read_row(data, "lgf", row).astype(np.float32), column.read_row(data, "mask", row)

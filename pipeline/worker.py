@@ -80,7 +80,8 @@ class ShardWorker:
 
     def producer(self, name: str) -> ColumnProducer:
         if name not in self._producers:
-            device = self.cfg.teacher.device if name == "teacher" else self.cfg.encoders.device  # the producer resolves "auto"
+            # each column's own device setting; the producer resolves "auto"
+            device = {"teacher": self.cfg.teacher.device, "image_teacher": self.cfg.image_teacher.device}.get(name, self.cfg.encoders.device)
             self._producers[name] = self.registry.make_producer(name, self.cfg, device)
         return self._producers[name]
 
@@ -192,7 +193,10 @@ class ShardWorker:
             for name in pending:
                 result = results[name][k]
                 if isinstance(result, BaseException):  # a failing clip must not take the shard down; the ledger says why
-                    log.error("clip %s failed in column %s:\n%s", entry.key, name, "".join(traceback.format_exception(result)))
+                    if getattr(result, "verdict", False):  # a finding about the clip (no subject found), not a bug: one line
+                        log.warning("clip %s skipped in column %s: %s", entry.key, name, result)
+                    else:
+                        log.error("clip %s failed in column %s:\n%s", entry.key, name, "".join(traceback.format_exception(result)))
                     outputs[name][1].append({**base, "stage": name, "reason": f"{type(result).__name__}: {result}"})
                     continue
                 arrays, extra = result

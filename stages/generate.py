@@ -108,3 +108,30 @@ def sample_video(
         output_type="np",
     ).frames[0]
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+
+
+def sample_text_video(
+    pipe,
+    prompt: str,
+    num_frames: int,
+    height: int,
+    width: int,
+    steps: int = 8,
+    guidance_scale: float = 5.0,
+    seed: int = 0,
+    max_text_len: int = 512,
+) -> np.ndarray:
+    """uint8 [F, H, W, 3] frames from `prompt` through a stock text-to-video pipeline (WanPipeline)."""
+    out = pipe(
+        prompt=prompt,
+        negative_prompt="",
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(seed),
+        max_sequence_length=max_text_len,
+        output_type="np",
+    ).frames[0]
+    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)

@@ -17,6 +17,10 @@ import torch
 import torch.nn.functional as F
 
 Fusion = Literal["gram", "probs", "feature", "forward", "backward"]
+# the fusion a single-stack column (the image teacher) records: with one stack x, fuse(x, x, ...) is
+# lgf_probs(x) for every fusion mode (gram: 0.5 (G + G) = G exactly; probs: 0.5 (P + P) = P; feature:
+# 0.5 (x + x) = x; forward / backward: x), so there is nothing to fuse and the run's fusion is moot
+SINGLE_STACK = "single"
 _MASKED = -1e4  # logit of an out-of-image neighbour: exp() underflows to 0, no NaN when a row is all masked
 
 

@@ -61,7 +61,7 @@ def test_cli_extract_and_inspect_json(tmp_path, small_corpus, ray_session):
     info = json.loads(runner.invoke(app, ["inspect", store, "--json"]).output)
     assert info["clips"] == 6 and info["shards"] == 3 and info["failed"] == 0
     cols = {c["name"]: c for c in info["columns"]}
-    assert set(cols) == {"teacher", "encodings"}
+    assert set(cols) == {"teacher", "encodings", "image_teacher"}  # the demo config lists the DINOv2 baseline too
     teacher = cols["teacher"]
     assert teacher["clips"] == 6 and teacher["arrays"]["fwd"]["shape"][:3] == [5, 4, 6]  # 17 frames, 64x96 -> 5x4x6
     assert teacher["arrays"]["lgf"]["shape"] == [4, 4, 6, 49]
@@ -138,7 +138,7 @@ def test_bad_inputs_go_to_the_ledger(copy_corpus, tmp_path, sample_generator, ra
     assert len(set(ledger.values())) == 4  # each says what is wrong with it
     assert "short" in ledger["z_short"] and ("empty" in ledger["z_empty"] or "zero" in ledger["z_empty"])
     info = json.loads(runner.invoke(app, ["inspect", store, "--json"]).output)
-    assert info["failed"] == 4 and {c["name"]: c["clips"] for c in info["columns"]} == {"teacher": 6, "encodings": 6}
+    assert info["failed"] == 4 and {c["name"]: c["clips"] for c in info["columns"]} == {"teacher": 6, "encodings": 6, "image_teacher": 6}
     assert runner.invoke(app, [*args, "--allow-failures"]).exit_code == 0
 
 
@@ -183,7 +183,7 @@ def test_clip_failing_in_one_column_is_excluded_from_joined_reads(copy_corpus, t
     assert [r["key"] for r in summary.failed["teacher"]] == [rows[1]["key"]] and summary.failed["encodings"] == []
     assert "missing.png" in summary.failed["teacher"][0]["reason"]
     info = json.loads(CliRunner().invoke(app, ["inspect", url, "--json"]).output)
-    assert {c["name"]: (c["clips"], c["failed"]) for c in info["columns"]} == {"teacher": (5, 1), "encodings": (6, 0)}
+    assert {c["name"]: (c["clips"], c["failed"]) for c in info["columns"]} == {"teacher": (5, 1), "encodings": (6, 0), "image_teacher": (6, 0)}
     store = FeatureStore(url)
     stream = ClipStream(store, [store.column("teacher"), store.column("encodings")], {"encodings": ["prompt_mask"]}, batch_size=1)
     keys = [k for b in stream.epoch(StreamPosition()) for k in b["keys"]]

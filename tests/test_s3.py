@@ -30,7 +30,7 @@ def test_corpus_and_store_on_s3(s3_bucket, ray_session):
     store = FeatureStore("s3://bucket/store", options)
     summary = store.summary()
     assert summary["clips"] == 4 and summary["failed"] == 0
-    assert {c["name"]: c["clips"] for c in summary["columns"]} == {"teacher": 4, "encodings": 4}
+    assert {c["name"]: c["clips"] for c in summary["columns"]} == {"teacher": 4, "encodings": 4, "image_teacher": 4}
     assert fs.exists("bucket/store/corpus/snapshot.json")
     teacher = store.column("teacher").read_shard(1)
     assert teacher.arrays["fwd"].shape[0] == 2 and teacher.records[0]["source"].startswith("s3://bucket/clips/")

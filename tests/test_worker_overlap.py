@@ -137,7 +137,7 @@ def test_in_process_run_matches_ray_and_reports_timings(tmp_path, small_corpus, 
     ray = run_extract(config(small_corpus), str(tmp_path / "ray"))
     for summary in (inproc, ray):
         t = summary.timing()
-        assert t["clips"] == 6 and set(summary.model_s) == {"teacher", "encodings"}
+        assert t["clips"] == 6 and set(summary.model_s) == {"teacher", "encodings", "image_teacher"}
         assert t["model_s"] > 0 and t["wall_over_model"] >= 1.0 and t["decode_s"] > 0 and t["write_s"] > 0
     a, b = FeatureStore(str(tmp_path / "inproc")), FeatureStore(str(tmp_path / "ray"))
     for col in a.columns():

@@ -13,8 +13,7 @@ from typing import Any, Collection
 from pipeline.distill_config import DistillConfig
 from pipeline.store import Column, FeatureStore, StoreError
 from pipeline.stream import ClipStream
-from stages.distill.losses import lgf_key
-from stages.distill.student import token_grid
+from stages.distill.losses import stored_lgf_fits
 
 
 class StoreMismatch(StoreError):
@@ -42,22 +41,54 @@ class TrainingData:
         return ClipStream(self.store, self.columns, self.arrays, batch_size, seed, shuffle_buffer, num_workers, on_corrupt, exclude)
 
 
+# columns a run can train against (data.teacher_column): SAM2's two-pass `teacher` (the default) and
+# the DINOv2 image-only baseline `image_teacher` (one stack, stored as `fwd`; stages/extract/image_teacher_column.py)
+TEACHER_COLUMNS = ("teacher", "image_teacher")
+
+
 def _select(store: FeatureStore, name: str, selector: str | None) -> Column:
     if selector is None:
         return store.column(name)
     return store.column(selector) if selector.startswith(f"{name}-") else store.column(name, selector)
 
 
+def select_teacher(store: FeatureStore, selector: str | None) -> Column:
+    """The teacher column of data.teacher_column: None -> `teacher`; a column name (teacher, image_teacher),
+    a dirname (<name>-<hash>) or a hash prefix of either."""
+    if selector is None or selector in TEACHER_COLUMNS:
+        return store.column(selector or "teacher")
+    name = selector.split("-", 1)[0]
+    if "-" in selector and name in TEACHER_COLUMNS:
+        return store.column(selector)
+    found = [c for c in store.columns() if c.name in TEACHER_COLUMNS and c.hash.startswith(selector)]
+    if len(found) == 1:
+        return found[0]
+    have = ", ".join(c.dirname for c in store.columns() if c.name in TEACHER_COLUMNS) or "none"
+    what = "matches no" if not found else f"matches {len(found)}"
+    raise StoreError(f"data.teacher_column={selector!r} {what} teacher column in {store.url} (teacher columns: {have}); "
+                     f"name one as teacher, image_teacher or <name>-<hash>")
+
+
+def directions(teacher: Column) -> int:
+    """2 for SAM2's fwd/bwd column, 1 for a single-stack column (image_teacher: `fwd` only, no mask)."""
+    return int(teacher.attrs.get("directions", 2))
+
+
 def open_training_data(cfg: DistillConfig) -> TrainingData:
     store = FeatureStore(cfg.data.store, cfg.data.storage_options)
     store.require_snapshot()
     encodings = _select(store, "encodings", cfg.data.encodings_column)
-    has_teacher = any(c.name == "teacher" for c in store.columns())
-    teacher = _select(store, "teacher", cfg.data.teacher_column) if has_teacher or cfg.losses.needs_projector else None
+    has_teacher = cfg.data.teacher_column is not None or any(c.name == "teacher" for c in store.columns())
+    teacher = select_teacher(store, cfg.data.teacher_column) if has_teacher or cfg.losses.needs_projector else None
     arrays = {"encodings": ["latents", "prompt_embeds"] + (["image_latents"] if cfg.student.task == "i2v" else [])}
     column_lgf = teacher.attrs.get("lgf") if teacher is not None else None
     if teacher is not None:
-        arrays["teacher"] = teacher_arrays(cfg, column_lgf)
+        if cfg.losses.mask.weight > 0 and "mask" not in teacher.schema:
+            raise StoreError(
+                f"{store.url} ({teacher.dirname}): losses.mask needs SAM2's subject mask, which the {teacher.name} column "
+                f"does not hold: train the mask baseline against the SAM2 teacher column (data.teacher_column=teacher)"
+            )
+        arrays[teacher.name] = teacher_arrays(cfg, column_lgf, directions(teacher))
     return TrainingData(
         store, encodings, teacher, arrays,
         scaling_factor=float(encodings.attrs["scaling_factor"]),
@@ -78,40 +109,53 @@ def image_scale(attrs: dict) -> float:
     return 1.0 / factor if attrs.get("invert_scale_latents", False) else factor
 
 
-def teacher_arrays(cfg: DistillConfig, column_lgf: dict | None) -> list[str]:
-    """Only what the active losses read: the stored target when its LGF settings are the run's."""
+def teacher_arrays(cfg: DistillConfig, column_lgf: dict | None, directions: int = 2) -> list[str]:
+    """Only what the active losses read: the stored target when its LGF settings are the run's.
+
+    A single-stack column (directions 1) has `fwd` only: its target is recomputed from that one
+    stack, and REPA's "mean" teacher is that stack (losses.teacher_target / repa_teacher).
+    """
     losses, wanted = cfg.losses, []
+    stacks = ["fwd", "bwd"] if directions == 2 else ["fwd"]
     if losses.lgf.weight > 0:
-        stored_fits = column_lgf is not None and lgf_key(column_lgf) == lgf_key(losses.lgf)
-        wanted += ["lgf"] if stored_fits else ["fwd", "bwd"]
+        stored_fits = column_lgf is not None and stored_lgf_fits(column_lgf, losses.lgf)
+        wanted += ["lgf"] if stored_fits else stacks
     if losses.repa.weight > 0:
-        wanted += ["fwd"] + (["bwd"] if losses.repa.teacher == "mean" else [])
+        wanted += ["fwd"] + (["bwd"] if losses.repa.teacher == "mean" and directions == 2 else [])
     if losses.mask.weight > 0:
         wanted += ["mask"]
     return sorted(set(wanted))
 
 
-def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig) -> tuple[int, int, int]:
-    """Refuse, before any step, a store whose shapes do not fit the student. Returns the token grid."""
+def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig, student: Any = None) -> tuple[int, int, int]:
+    """Refuse, before any step, a store whose shapes do not fit the student. Returns the token grid.
+
+    student: the family (stages/distill/students); None = CogVideoX.
+    """
+    if student is None:
+        from stages.distill.students.cogvideox import CogVideoXStudent
+
+        student = CogVideoXStudent()
     lat = data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
     where = f"{data.store.url} ({data.encodings.dirname})"
     if lat[0] != 2 * transformer_config.out_channels:
         raise StoreMismatch(f"{where}: latents have {lat[0] // 2} channels, the student predicts {transformer_config.out_channels}")
-    grid = token_grid(transformer_config, lat[1:])
-    if transformer_config.use_learned_positional_embeddings and tuple(lat[2:]) != (transformer_config.sample_height, transformer_config.sample_width):
-        raise StoreMismatch(
-            f"{where}: latent grid {lat[2]}x{lat[3]} but the student's learned positional embeddings are "
-            f"{transformer_config.sample_height}x{transformer_config.sample_width}"
-        )
+    vae = data.encodings.attrs.get("vae_family", "cogvideox")
+    if vae != student.family:
+        raise StoreMismatch(f"{where}: the encodings were made with the {vae} VAE/text encoder, the student is {student.family}")
+    problem = student.check_latent_grid(transformer_config, lat[1:])
+    if problem:
+        raise StoreMismatch(f"{where}: {problem}")
+    grid = student.token_grid(transformer_config, lat[1:])
     text = data.encodings.schema["prompt_embeds"].shape
-    if text[1] != transformer_config.text_embed_dim:
-        raise StoreMismatch(f"{where}: prompt embeddings are {text[1]} wide, the student takes {transformer_config.text_embed_dim}")
+    if text[1] != student.text_dim(transformer_config):
+        raise StoreMismatch(f"{where}: prompt embeddings are {text[1]} wide, the student takes {student.text_dim(transformer_config)}")
     if data.teacher is not None:
         tgrid = tuple(data.teacher.attrs.get("grid") or data.teacher.schema["mask"].shape)
         if tgrid != grid:
             raise StoreMismatch(_grid_mismatch(data, transformer_config, tgrid, grid, tuple(lat[1:])))
-    if cfg.tap.block >= transformer_config.num_layers:
-        raise StoreMismatch(f"tap.block={cfg.tap.block} but the student has {transformer_config.num_layers} blocks")
+    if cfg.tap.block >= student.num_blocks(transformer_config):
+        raise StoreMismatch(f"tap.block={cfg.tap.block} but the student has {student.num_blocks(transformer_config)} blocks")
     return grid
 
 
@@ -119,7 +163,8 @@ def _grid_mismatch(data: TrainingData, transformer_config: Any, tgrid: tuple, gr
     """The teacher/student grid mismatch in pixels, with the two ways out."""
     attrs = data.encodings.attrs
     spatial, temporal = int(attrs.get("spatial_compression", 8)), int(attrs.get("temporal_compression", 4))
-    token = spatial * transformer_config.patch_size  # pixels per token side
+    patch = transformer_config.patch_size  # CogVideoX: an int; Wan: (t, h, w)
+    token = spatial * (patch[-1] if isinstance(patch, (list, tuple)) else patch)  # pixels per token side
     frames, height, width = (lat[0] - 1) * temporal + 1, lat[1] * spatial, lat[2] * spatial
     video = data.teacher.producer_config.get("video") or {}
     t_frames = video.get("num_frames", (tgrid[0] - 1) * temporal + 1)

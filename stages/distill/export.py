@@ -36,6 +36,7 @@ def export_lora(
     info: dict[str, Any] | None = None,
     adapter_name: str = "default",
     dtype: torch.dtype | None = None,
+    pipeline_class: Any = CogVideoXImageToVideoPipeline,
 ) -> Path:
     """Write the transformer's LoRA adapter (and optionally the projector) to `out_dir`.
 
@@ -49,7 +50,7 @@ def export_lora(
         )
     state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
     metadata = transformer.peft_config[adapter_name].to_dict()
-    return write_lora(state, metadata, out_dir, projector, info, dtype)
+    return write_lora(state, metadata, out_dir, projector, info, dtype, pipeline_class)
 
 
 def lora_from_trainable_state(state: dict[str, torch.Tensor], adapter_name: str = "default") -> dict[str, torch.Tensor]:
@@ -66,12 +67,17 @@ def write_lora(
     projector: Projector | None = None,
     info: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    pipeline_class: Any = CogVideoXImageToVideoPipeline,
 ) -> Path:
-    """Write LoRA tensors (peft keys, no adapter name) + their LoraConfig metadata in the diffusers format."""
+    """Write LoRA tensors (peft keys, no adapter name) + their LoraConfig metadata in the diffusers format.
+
+    pipeline_class: the stock pipeline whose `save_lora_weights` writes the file (its family's loader
+    mixin: CogVideoX's by default, WanPipeline for a Wan student).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in state.items()}
-    CogVideoXImageToVideoPipeline.save_lora_weights(
+    pipeline_class.save_lora_weights(
         out_dir, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata
     )
     if projector is not None:

@@ -23,7 +23,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 
 from stages.distill.student import rotary_embedding
-from stages.lgf import fuse, lgf_kl
+from stages.lgf import SINGLE_STACK, fuse, lgf_kl, lgf_probs
 
 # ----------------------------------------------------------------------------------------- L_diff
 
@@ -227,15 +227,32 @@ def lgf_key(cfg: Any) -> tuple[int, float, tuple[int, ...], str]:
     return int(get("kernel")), float(get("tau")), tuple(int(o) for o in get("offsets")), str(get("fusion"))
 
 
+def single_stack(column_lgf: Any) -> bool:
+    """A column of one feature stack (the image teacher) records fusion "single" (stages.lgf.SINGLE_STACK)."""
+    return column_lgf is not None and lgf_key(column_lgf)[3] == SINGLE_STACK
+
+
+def stored_lgf_fits(column_lgf: Any, run_lgf: Any) -> bool:
+    """Whether the column's stored `lgf` is this run's target: same (kernel, tau, offsets, fusion), or
+    same (kernel, tau, offsets) for a single stack, where every fusion mode gives the same target."""
+    if single_stack(column_lgf):
+        return lgf_key(column_lgf)[:3] == lgf_key(run_lgf)[:3]
+    return lgf_key(column_lgf) == lgf_key(run_lgf)
+
+
 def teacher_target(batch: Mapping[str, torch.Tensor], run_lgf: Any, column_lgf: Any) -> torch.Tensor:
     """Teacher LGF probabilities [B, T', h, w, k*k] for this run's LGF settings, fp32.
 
     The stored `lgf` when the run's (kernel, tau, offsets, fusion) equal the column's; otherwise
     recomputed from the stored fwd/bwd features with stages.lgf.fuse (a sweep needs no re-extraction).
+    A single-stack column (image teacher: `fwd` only) recomputes lgf_probs(fwd): on one stack every
+    fusion mode is that (fuse(x, x, ...) == lgf_probs(x)), so the run's fusion is moot there.
     """
     kernel, tau, offsets, fusion = lgf_key(run_lgf)
-    if column_lgf is not None and lgf_key(column_lgf) == (kernel, tau, offsets, fusion) and batch.get("lgf") is not None:
+    if column_lgf is not None and stored_lgf_fits(column_lgf, run_lgf) and batch.get("lgf") is not None:
         return batch["lgf"].float()
+    if single_stack(column_lgf):
+        return lgf_probs(batch["fwd"], kernel, tau, offsets)
     return fuse(batch["fwd"], batch["bwd"], kernel, tau, offsets, fusion)
 
 
@@ -244,6 +261,8 @@ def repa_teacher(batch: Mapping[str, torch.Tensor], mode: str = "fwd") -> torch.
     if mode == "fwd":
         return batch["fwd"].float()
     if mode == "mean":
+        if "bwd" not in batch:  # a single-stack column (image teacher; data.teacher_arrays reads no bwd): its one stack
+            return batch["fwd"].float()
         return 0.5 * (batch["fwd"].float() + batch["bwd"].float())
     raise ValueError(f"unknown REPA teacher {mode!r}; valid: fwd, mean")
 

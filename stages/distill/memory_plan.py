@@ -102,12 +102,35 @@ class MemoryPlan:
         )
 
 
+def plan_family(model: str, family: str | None = None) -> str:
+    """The student family of `student.model` for a plan, without a download for the known hub ids."""
+    from stages.distill.students import infer_family
+    from stages.distill.students.wan import KNOWN_TRANSFORMERS as WAN_KNOWN
+
+    if family:
+        return infer_family(model, family)
+    if model in WAN_KNOWN:
+        return "wan"
+    if model == "tiny" or model.startswith("tiny-") or (Path(model) / "transformer" / "config.json").exists():
+        return infer_family(model)
+    return "cogvideox"  # the CogVideoX hub ids (KNOWN_TRANSFORMERS of student.py) and the default
+
+
 def transformer_config(model: str) -> dict[str, Any]:
     """The transformer config of `student.model` without loading weights: tiny, a local folder, or a known hub id."""
     from stages.distill.student import KNOWN_TRANSFORMERS, TINY, tiny_transformer_config
+    from stages.distill.students.wan import KNOWN_TRANSFORMERS as WAN_KNOWN, TINY_WAN, tiny_transformer_config as tiny_wan
 
     if model == TINY:
         return tiny_transformer_config("i2v")
+    if model == TINY_WAN:
+        return tiny_wan()
+    if model in WAN_KNOWN:
+        return dict(WAN_KNOWN[model])
+    from stages.distill.students.cogvideox import COGVIDEOX_15_KNOWN
+
+    if model in COGVIDEOX_15_KNOWN:
+        return dict(COGVIDEOX_15_KNOWN[model])
     path = Path(model) / "transformer" / "config.json"
     if path.exists():
         return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
@@ -130,11 +153,17 @@ def plan_memory(
     teacher_channels: int = 256,
 ) -> MemoryPlan:
     """Plan a DistillConfig on `world` GPUs. latent_shape (T, H8, W8) and text_len default to the model's
-    sample size; teacher_channels is the projector's output (256: memory_attention of the released SAM2 models, the default feature)."""
-    from diffusers import CogVideoXTransformer3DModel
+    sample size (Wan: 81 frames of 480x832 and 512 text tokens); teacher_channels is the projector's output
+    (256: memory_attention of the released SAM2 models, the default feature). A Wan plan uses the CogVideoX block
+    coefficients (an estimate: a Wan block's saved tensors were not measured; its text sits in cross-attention, not
+    in the token count)."""
+    from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
 
-    from stages.distill.student import configure_student, token_grid
+    from stages.distill.student import configure_student
+    from stages.distill.students import get_student
 
+    family = plan_family(cfg.student.model, getattr(cfg.student, "family", None))
+    student = get_student(family)
     config = {**transformer_config(cfg.student.model), **(transformer_overrides or {})}
     if cfg.student.task == "t2v":
         config["in_channels"] = config.get("out_channels") or config["in_channels"]
@@ -143,16 +172,22 @@ def plan_memory(
     try:  # built in the student dtype directly (a cast after the fact makes diffusers warn)
         torch.set_default_dtype(dtype)
         with torch.device("meta"):
-            transformer = CogVideoXTransformer3DModel.from_config(config)
+            transformer = (WanTransformer3DModel if family == "wan" else CogVideoXTransformer3DModel).from_config(config)
             configure_student(transformer, _without_attention(cfg.student))
     finally:
         torch.set_default_dtype(default)
     c = transformer.config
     if latent_shape is None:
-        latent_shape = ((c.sample_frames - 1) // c.temporal_compression_ratio + 1, c.sample_height, c.sample_width)
-    frames, h, w = token_grid(c, latent_shape)
+        if family == "wan":
+            latent_shape = (21, 60, 104)  # 81 frames of 480x832 through the Wan 2.1 VAE
+        else:
+            # CogVideoX 1.5's sample size is its RoPE limit (300x300), not a video size: plan its 768x1360
+            size = (96, 170) if c.patch_size_t else (c.sample_height, c.sample_width)
+            latent_shape = ((c.sample_frames - 1) // c.temporal_compression_ratio + 1, *size)
+    frames, h, w = student.token_grid(c, latent_shape)
     video_tokens = frames * h * w
-    tokens = video_tokens + (text_len or c.max_text_seq_length)
+    # CogVideoX attends over text + video tokens jointly; Wan's blocks carry video tokens only (text enters by cross-attention)
+    tokens = video_tokens + (0 if family == "wan" else (text_len or c.max_text_seq_length))
     width = c.num_attention_heads * c.attention_head_dim
 
     params = sum(p.numel() for p in transformer.parameters())
@@ -171,9 +206,10 @@ def plan_memory(
     plan.grads = trained * 4 // group + (trained * 4 if cfg.parallel.strategy == "ddp" and world > 1 else 0)
     plan.optimizer = trained * 8 // group
     if sharded:
-        block = max(sum(p.numel() for p in b.parameters()) for b in transformer.transformer_blocks)
-        block_trained = max(sum(p.numel() for p in b.parameters() if p.requires_grad) for b in transformer.transformer_blocks)
-        root = params - sum(p.numel() for b in transformer.transformer_blocks for p in b.parameters())
+        blocks = student.blocks(transformer)
+        block = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+        block_trained = max(sum(p.numel() for p in b.parameters() if p.requires_grad) for b in blocks)
+        root = params - sum(p.numel() for b in blocks for p in b.parameters())
         plan.gathered = (2 * block + root) * compute_bytes + block_trained * 4
     elif cfg.student.full_finetune and compute_bytes == 2:
         plan.autocast = trainable * 2

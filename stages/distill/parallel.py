@@ -70,7 +70,7 @@ def wrap(
     ensure_process_group(device)
     mesh = device_mesh(strategy, world, device, shard_size)
     blocks = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for block in model.transformer.transformer_blocks:
+    for block in _blocks(model.transformer):
         fully_shard(block, mesh=mesh, mp_policy=blocks, reshard_after_forward=reshard_after_forward)
     if model.projector is not None:
         # The projector is small and scores the loss: it computes in fp32, and stays gathered from its
@@ -79,7 +79,7 @@ def wrap(
         register_fsdp_forward_method(model.projector, "mask_logits")
     fully_shard(model, mesh=mesh, mp_policy=blocks, reshard_after_forward=reshard_after_forward)
     log.info("FSDP2 (%s) over %d ranks: %d blocks sharded, all-gather %s", strategy, world,
-             len(model.transformer.transformer_blocks), param_dtype or "param dtype")
+             len(_blocks(model.transformer)), param_dtype or "param dtype")
     return model
 
 
@@ -112,3 +112,9 @@ def full_tensor(value: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def _blocks(transformer: nn.Module) -> nn.ModuleList:
+    """The transformer's block list, each block one FSDP unit: CogVideoX `transformer_blocks`, Wan `blocks`."""
+    blocks = getattr(transformer, "transformer_blocks", None)
+    return blocks if blocks is not None else transformer.blocks

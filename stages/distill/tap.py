@@ -21,8 +21,6 @@ from typing import Any
 
 import torch
 
-from stages.distill.student import token_grid
-
 logger = logging.getLogger(__name__)
 
 
@@ -34,8 +32,15 @@ class FeatureTap:
     Use as a context manager, or call remove() when done.
     """
 
-    def __init__(self, transformer: torch.nn.Module, block: int):
-        blocks = transformer.transformer_blocks
+    def __init__(self, transformer: torch.nn.Module, block: int, student: Any = None):
+        # student: the family (stages/distill/students) saying where the blocks are, what a block returns
+        # and the input layout; None = CogVideoX
+        if student is None:
+            from stages.distill.students.cogvideox import CogVideoXStudent
+
+            student = CogVideoXStudent()
+        self._student = student
+        blocks = student.blocks(transformer)
         if not 0 <= block < len(blocks):
             raise ValueError(
                 f"tap block {block} is out of range: the transformer has {len(blocks)} blocks (0..{len(blocks) - 1})"
@@ -80,20 +85,20 @@ class FeatureTap:
     def _on_transformer_start(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if _in_backward():
             return  # a checkpoint recompute never re-enters the top-level forward, but be safe
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # [B, T, C, H8, W8]
-        self._grid = token_grid(self._config, hidden.shape[1:2] + hidden.shape[3:5])
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # [B, T, C, H8, W8] (CogVideoX)
+        self._grid = self._student.input_grid(self._config, hidden)
         self._grad_expected = torch.is_grad_enabled()
         self._features = None
         self.captures = 0
         self.ignored = 0
 
-    def _on_block_end(self, module: torch.nn.Module, args: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def _on_block_end(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         if _in_backward() or self.captures > 0:
             self.ignored += 1
             return
         if self._grid is None:
             raise RuntimeError("the tapped block ran outside a transformer forward; the token grid is unknown")
-        video = output[0]  # [B, T*h*w, D]
+        video = self._student.video_tokens(output)  # [B, T*h*w, D]
         frames, h, w = self._grid
         if video.shape[1] != frames * h * w:
             raise RuntimeError(f"block {self.block} returned {video.shape[1]} video tokens, expected {frames}x{h}x{w}")

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from pipeline.distill_config import FilterConfig
-from pipeline.store import Column, StoreError
+from pipeline.store import Column, FeatureStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,20 @@ def failed_rules(cfg: FilterConfig, quality: dict) -> list[str]:
     if cfg.min_iou is not None and q["iou_fwd_bwd"] < cfg.min_iou:
         failed.append("iou")
     return failed
+
+
+def quality_column(store: FeatureStore, teacher: Column | None) -> Column | None:
+    """The column whose clip records the filter reads: the SAM2 teacher column.
+
+    A run trained against another teacher column (the image-only DINO baseline) reads the store's one
+    SAM2 `teacher` column instead, so every ablation on a store trains on the same clips. With none or
+    several SAM2 teacher columns and a non-SAM2 column selected, the selected column is used (it has no
+    quality records: every clip is kept, with the warning below).
+    """
+    if teacher is not None and teacher.name == "teacher":
+        return teacher
+    sam2 = [c for c in store.columns() if c.name == "teacher"]
+    return sam2[0] if len(sam2) == 1 else teacher
 
 
 def filtered_keys(cfg: FilterConfig, teacher: Column | None, store_url: str) -> FilterResult:

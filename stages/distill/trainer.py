@@ -32,11 +32,12 @@ from pipeline.stream import StreamPosition
 from stages.distill import parallel
 from stages.distill.checkpoint import list_checkpoints, load_checkpoint, remove_stale_temp, save_checkpoint
 from stages.distill.data import check_fit, open_training_data
-from stages.distill.teacher_filter import filtered_keys
-from stages.distill.losses import diffusion_loss_from_output, feature_losses, prepare_diffusion_inputs
+from stages.distill.teacher_filter import filtered_keys, quality_column
+from stages.distill.losses import feature_losses
 from stages.distill.projector import Projector, ProjectorSpec
 from stages.devices import resolve_device, resolve_dtype
-from stages.distill.student import configure_student, load_student, rotary_embedding
+from stages.distill.student import configure_student
+from stages.distill.students import Student, get_student, student_for
 from stages.distill.tap import FeatureTap
 
 log = logging.getLogger(__name__)
@@ -63,13 +64,13 @@ class StepMetrics:
 class DistillModel(nn.Module):
     """Transformer + projector in one module, so DDP sees every trainable parameter in one forward."""
 
-    def __init__(self, transformer: nn.Module, projector: Projector | None, tap_block: int):
+    def __init__(self, transformer: nn.Module, projector: Projector | None, tap_block: int, student: Student | None = None):
         super().__init__()
         self.transformer, self.projector = transformer, projector
-        self.tap = FeatureTap(transformer, tap_block) if projector is not None else None
+        self.tap = FeatureTap(transformer, tap_block, student) if projector is not None else None
 
     def forward(self, model_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(v prediction [B, T, C, h, w], tapped block-L tokens [B, T, h, w, D] or None)."""
+        """(prediction in the family's layout (CogVideoX: v [B, T, C, h, w]), tapped block-L tokens [B, T, h, w, D] or None)."""
         out = self.transformer(**model_kwargs)[0]
         return out, (self.tap.pop() if self.tap is not None else None)
 
@@ -101,6 +102,9 @@ class LossContext:
     # DDP's reducer needs every trainable parameter in every backward; FSDP's hooks do not (False there)
     touch_unused: bool = True
     image_scale: float | None = None  # image latents' factor: None = scaling_factor; 1 / it for CogVideoX 1.5
+    student: Student | None = None  # the family (training objective); None = CogVideoX
+    latents_mean: torch.Tensor | None = None  # [C] per-channel latent normalisation (Wan VAE), else None
+    latents_std: torch.Tensor | None = None
 
 
 def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict, generator: torch.Generator, step: int):
@@ -109,16 +113,12 @@ def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict
     forward: a DistillModel (or its DDP wrapper): model kwargs -> (v prediction, tapped features).
     """
     batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    inputs = prepare_diffusion_inputs(
-        ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.scaling_factor, generator,
-        task=ctx.task, image_latents=batch.get("image_latents"), image_scale=ctx.image_scale, timesteps=ctx.timesteps,
-        image_dropout=ctx.image_dropout, empty_prompt_embeds=ctx.empty_prompt,
-        caption_dropout=ctx.caption_dropout, rotary=ctx.rotary, dtype=ctx.dtype,
-    )
+    student = ctx.student or get_student("cogvideox")  # None: CogVideoX (callers built before the interface)
+    inputs = student.prepare_inputs(ctx, batch, generator)
     autocast = torch.autocast("cuda", dtype=ctx.autocast_dtype) if ctx.autocast_dtype else contextlib.nullcontext()
     with autocast:
         output, features = forward(inputs.model_kwargs)
-    l_diff, _ = diffusion_loss_from_output(ctx.scheduler, output, inputs)
+    l_diff, _ = student.loss_from_output(ctx, output, inputs)
     total, terms = l_diff, {"diff": l_diff.item()}
     weights: dict[str, float] = {}
     if ctx.projector is not None:
@@ -170,14 +170,15 @@ class Trainer:
         self.data = open_training_data(cfg)
         # decided from the store alone: every rank excludes the same clips (before the model loads: a
         # filter that drops every clip fails fast); other exclusions are unioned with its keys below
-        self.filter = filtered_keys(cfg.data.filter, self.data.teacher, self.data.store.url)
+        self.filter = filtered_keys(cfg.data.filter, quality_column(self.data.store, self.data.teacher), self.data.store.url)
         if self.rank == 0:
             log.info("%s", self.filter.line())
         self._check_precision()
         self._check_memory()
         dtype = resolve_dtype(cfg.student.dtype, self.device)
-        transformer, self.scheduler = load_student(cfg.student.model, cfg.student.task, dtype, self.device)
-        self.grid = check_fit(self.data, transformer.config, cfg)  # before anything is trained
+        self.student = student_for(cfg.student.model, cfg.student.family)
+        transformer, self.scheduler = self.student.load(cfg.student.model, cfg.student.task, dtype, self.device)
+        self.grid = check_fit(self.data, transformer.config, cfg, self.student)  # before anything is trained
         self.tconfig = transformer.config
         # peft draws LoRA A from the global RNG: seed it, on every device the model may be on, inside a fork
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
@@ -185,7 +186,7 @@ class Trainer:
             configure_student(transformer, cfg.student)
         self.input_dtype = transformer.dtype  # of the model inputs: the base dtype (fp32 for a full fine-tune)
         projector = self._build_projector(transformer) if cfg.losses.needs_projector else None
-        self.model = DistillModel(transformer, projector, cfg.tap.block).to(self.device)
+        self.model = DistillModel(transformer, projector, cfg.tap.block, self.student).to(self.device)
         p = cfg.parallel
         # FSDP replaces the parameters by sharded ones: wrap first, then give the optimizer what it made
         self.ddp = parallel.wrap(self.model, p.strategy, self.world, self.device, self._autocast_dtype(), p.shard_size, p.reshard_after_forward)
@@ -199,7 +200,7 @@ class Trainer:
         self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers, cfg.data.on_corrupt, exclude)
         self.empty_prompt = self._empty_prompt()
         lat = self.data.encodings.schema["latents"].shape
-        self.rotary = rotary_embedding(self.tconfig, lat[1], lat[2], lat[3], self.device)
+        self.rotary = self.student.rotary(self.tconfig, lat[1:], self.device)
         self.loss_context = self._loss_context()
         self.validator = self._validator() if cfg.eval.every > 0 or cfg.eval.sample_every > 0 else None
         self.step, self.position = 0, StreamPosition()
@@ -287,7 +288,9 @@ class Trainer:
             self.tconfig, self.scheduler, c.losses, c.student.task, self.data.scaling_factor, c.diffusion.timesteps,
             c.diffusion.image_dropout, c.train.caption_dropout, self.empty_prompt, self.rotary, self.data.column_lgf,
             self.input_dtype, self.device, self._autocast_dtype(), self.model.projector,
-            touch_unused=not self.sharded, image_scale=self.data.image_scale,
+            touch_unused=not self.sharded, image_scale=self.data.image_scale, student=self.student,
+            latents_mean=_vector(self.data.encodings.attrs.get("latents_mean"), self.device),
+            latents_std=_vector(self.data.encodings.attrs.get("latents_std"), self.device),
         )
 
     def _trainables(self) -> dict[str, nn.Module]:
@@ -368,13 +371,14 @@ class Trainer:
             save_full_transformer(transformer.config, gathered, out, dtype)
             return out
         out = self.out / "lora"
+        pipeline = self.student.pipeline_class(self.cfg.student.task)
         if gathered is None:
-            return export_lora(transformer, out, self.model.projector, info)
+            return export_lora(transformer, out, self.model.projector, info, pipeline_class=pipeline)
         projector = None
         if self.model.projector is not None:
             projector = Projector(self.model.projector.spec)
             projector.load_state_dict(_submodule_state(gathered, "projector"))
-        return write_lora(lora_from_trainable_state(_submodule_state(gathered, "transformer")), transformer.peft_config["default"].to_dict(), out, projector, info)
+        return write_lora(lora_from_trainable_state(_submodule_state(gathered, "transformer")), transformer.peft_config["default"].to_dict(), out, projector, info, pipeline_class=pipeline)
 
     def train_step(self, source: Iterator[tuple[dict, float]]) -> StepMetrics:
         cfg, started, waited = self.cfg, time.perf_counter(), 0.0
@@ -547,6 +551,11 @@ class Trainer:
             self._tb.close()
         if self.model.tap is not None:
             self.model.tap.remove()
+
+
+def _vector(values: Any, device: torch.device) -> torch.Tensor | None:
+    """A column attr list (e.g. latents_mean) as an fp32 tensor on `device`; None stays None."""
+    return None if values is None else torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)
 
 
 def _submodule_state(state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.extract_config import ExtractConfig
 from pipeline.producer import ColumnProducer, ColumnSpec
 
-COLUMNS = ("teacher", "encodings")
+COLUMNS = ("teacher", "encodings", "image_teacher")
 
 
 def compute_dtype(dtype: str, device: str, gpus_per_worker: float) -> str:
@@ -34,9 +34,17 @@ def column_spec(name: str, cfg: ExtractConfig) -> ColumnSpec:
 
         return teacher_spec(cfg)
     if name == "encodings":
+        from stages.extract.encodings_wan_column import is_wan_encoders, wan_encodings_spec
+
+        if is_wan_encoders(cfg.encoders.model):  # one column name per store; its content follows the student family
+            return wan_encodings_spec(cfg)
         from stages.extract.encodings_column import encodings_spec
 
         return encodings_spec(cfg)
+    if name == "image_teacher":
+        from stages.extract.image_teacher_column import image_teacher_spec
+
+        return image_teacher_spec(cfg)
     raise ValueError(f"unknown column '{name}'; valid: {', '.join(COLUMNS)}")
 
 
@@ -46,7 +54,15 @@ def make_producer(name: str, cfg: ExtractConfig, device: str) -> ColumnProducer:
 
         return TeacherProducer(cfg, device)
     if name == "encodings":
+        from stages.extract.encodings_wan_column import WanEncodingsProducer, is_wan_encoders
+
+        if is_wan_encoders(cfg.encoders.model):
+            return WanEncodingsProducer(cfg, device)
         from stages.extract.encodings_column import EncodingsProducer
 
         return EncodingsProducer(cfg, device)
+    if name == "image_teacher":
+        from stages.extract.image_teacher_column import ImageTeacherProducer
+
+        return ImageTeacherProducer(cfg, device)
     raise ValueError(f"unknown column '{name}'; valid: {', '.join(COLUMNS)}")

@@ -65,7 +65,9 @@ def encodings_spec(cfg: ExtractConfig) -> ColumnSpec:
 
 
 def _check_geometry(cfg: ExtractConfig, geo) -> None:
-    video, student = cfg.video, cfg.student
+    from stages.extract.student_geometry import resolve_student_geometry
+
+    video, student = cfg.video, resolve_student_geometry(cfg)
     if (video.num_frames - 1) % geo.temporal:
         raise ValueError(f"video.num_frames={video.num_frames} must be {geo.temporal}k+1 for this VAE")
     if video.height % geo.spatial or video.width % geo.spatial:

@@ -24,8 +24,8 @@ from stages.extract.sam2_model import FrameFeatures, SAM2VideoPredictor, encode_
 
 logger = logging.getLogger(__name__)
 
-PromptSource = Literal["manifest", "auto", "center"]
-_SOURCES = ("manifest", "auto", "center")
+PromptSource = Literal["manifest", "auto", "center", "grounded"]
+_SOURCES = ("manifest", "auto", "center", "grounded")
 _SPEC_KEYS = {"box", "points", "labels", "mask"}
 
 
@@ -33,11 +33,13 @@ _SPEC_KEYS = {"box", "points", "labels", "mask"}
 class Prompt:
     """One subject prompt on one frame: a box, points (+labels), a box with points, or a mask.
 
-    source: where it came from ("manifest" | "auto" | "center").
+    source: where it came from ("manifest" | "auto" | "center" | "grounded").
     box: [x0, y0, x1, y1] pixels. points: [[x, y], ...] pixels, labels: 1 positive / 0 negative.
     A box and points together are one prompt (SAM2 takes the box as two leading corner points,
     as `add_new_points_or_box(points=..., box=...)` does). mask: bool np.ndarray [H, W] at frame
-    resolution, never combined with the others. score: auto_prompt's score, else None.
+    resolution, never combined with the others. score: auto_prompt's or the detector's score, else None.
+    phrase, label: the text query a grounded box was found with and the query tokens the detector
+    matched to it (stages/extract/grounding.py), else None.
     """
 
     source: PromptSource
@@ -46,6 +48,8 @@ class Prompt:
     labels: list[int] | None = None
     mask: np.ndarray | None = None
     score: float | None = None
+    phrase: str | None = None
+    label: str | None = None
 
     def __post_init__(self) -> None:
         if self.source not in _SOURCES:
@@ -71,6 +75,10 @@ class Prompt:
     def to_record(self) -> dict[str, Any]:
         """JSON-able summary; a mask is summarised by shape, bbox [x0, y0, x1, y1] and area."""
         rec: dict[str, Any] = {"source": self.source, "kind": self.kind, "score": self.score}
+        if self.phrase is not None:
+            rec["phrase"] = self.phrase
+        if self.label is not None:
+            rec["label"] = self.label
         if self.box is not None:
             rec["box"] = [float(v) for v in self.box]
         if self.points is not None:

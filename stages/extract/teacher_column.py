@@ -47,8 +47,20 @@ QUANTIZED = {"fwd": QUANT_INT8, "bwd": QUANT_INT8}
 
 
 def student_grid(cfg: ExtractConfig) -> TokenGrid:
-    s, v = cfg.student, cfg.video
+    from stages.extract.student_geometry import resolve_student_geometry
+
+    s, v = resolve_student_geometry(cfg), cfg.video
     return token_grid(v.num_frames, v.height, v.width, s.vae_temporal, s.vae_spatial, s.patch_size, s.patch_size_t)
+
+
+def _student_key(cfg: ExtractConfig) -> dict:
+    """The student geometry the column is keyed by: the resolved grid numbers, not which model gave them
+    (a column made for student.model=X equals one made with X's numbers written out; unset model keeps old keys)."""
+    from stages.extract.student_geometry import resolve_student_geometry
+
+    key = to_dict(resolve_student_geometry(cfg))
+    key.pop("model", None)
+    return key
 
 
 def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
@@ -58,12 +70,15 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
     channels = feature_channels(cfg.teacher.model, cfg.teacher.feature)
     pairs = sum(grid.frames - o for o in cfg.lgf.offsets)
     k2 = cfg.lgf.kernel**2
-    teacher = {k: v for k, v in to_dict(cfg.teacher).items() if k not in _NOT_KEYED}
+    # grounding is keyed only when prompt=grounded: other prompt modes keep the keys they had before it existed
+    teacher = {k: v for k, v in to_dict(cfg.teacher).items() if k not in (*_NOT_KEYED, "grounding")}
     teacher["compute_dtype"] = compute_dtype(cfg.teacher.dtype, cfg.teacher.device, cfg.ray.gpus_per_worker)
+    if cfg.teacher.prompt == "grounded":
+        teacher["grounding"] = _grounding_key(cfg)
     config = {
         "teacher": teacher,
         "video": to_dict(cfg.video),
-        "student": to_dict(cfg.student),
+        "student": _student_key(cfg),
         "lgf": to_dict(cfg.lgf),
         "quantized": dict(QUANTIZED),
     }
@@ -90,6 +105,16 @@ def real_size_bytes_per_clip() -> dict[str, int]:
     return {k: int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for k, v in spec.schema.items()}
 
 
+def _grounding_key(cfg: ExtractConfig) -> dict:
+    """The detector settings that change content (device and batch are speed), with the dtype it
+    really computes in, as for the teacher."""
+    g = cfg.teacher.grounding
+    key = {k: v for k, v in to_dict(g).items() if k not in ("device", "batch", "dtype")}
+    device = cfg.teacher.device if g.device == "auto" else g.device
+    key["compute_dtype"] = compute_dtype(g.dtype, device, cfg.ray.gpus_per_worker)
+    return key
+
+
 def check_weights(cfg: ExtractConfig) -> None:
     """A released SAM2 config with random weights gives meaningless targets: refuse unless asked for."""
     t = cfg.teacher
@@ -107,6 +132,9 @@ class TeacherProducer:
     def __init__(self, cfg: ExtractConfig, device: str):
         self.cfg = cfg
         self.grid = student_grid(cfg)
+        from stages.extract.student_geometry import resolve_student_geometry
+
+        self.vae_temporal = resolve_student_geometry(cfg).vae_temporal
         t = cfg.teacher
         dev = self.device = resolve_device(device)
         model = build_sam2(t.model, t.checkpoint, t.image_size, device=dev, seed=t.seed if t.checkpoint is None else None)
@@ -115,6 +143,14 @@ class TeacherProducer:
         if t.compile:
             compile_modules("teacher", sam2_compile_targets(model), dev)
         self.tracker = BidirectionalTracker(model, feature=t.feature, image_batch=t.image_batch, dtype=dtype, mask_threshold=t.mask_threshold)
+        self.detector = None  # Grounding DINO, loaded once per worker for prompt=grounded
+        if t.prompt == "grounded":
+            from stages.extract.grounding import GroundingDetector
+
+            gdev = dev if t.grounding.device == "auto" else resolve_device(t.grounding.device)
+            self.detector = GroundingDetector(t.grounding, gdev)
+            declared = _grounding_key(cfg)["compute_dtype"]
+            check_compute_dtype("teacher (grounding detector)", declared, self.detector.dtype, gdev)
 
     def column_arrays(self) -> dict[str, np.ndarray]:
         return {}
@@ -135,9 +171,14 @@ class TeacherProducer:
         """
         out: list[tuple[dict[str, np.ndarray], dict] | Exception | None] = [None] * len(clips)
         ready: list[tuple[int, torch.Tensor, Prompt | None, str]] = []
+        try:
+            grounded = self._ground(clips, entries)  # one batched detector pass over every clip's frame 0
+        except Exception as exc:  # each clip is grounded alone in _prompt: only a clip that fails alone fails
+            log.warning("grounding a batch of %d clips failed (%s: %s): grounding them one at a time", len(clips), type(exc).__name__, exc)
+            grounded = [None] * len(clips)
         for i, (clip, entry) in enumerate(zip(clips, entries, strict=True)):
             try:
-                prompt, source = self._prompt(clip, entry)
+                prompt, source = self._prompt(clip, entry, grounded[i])
                 ready.append((i, torch.from_numpy(clip.frames), prompt, source))
             except Exception as exc:  # this clip's prompt (or frames) only
                 out[i] = exc
@@ -168,9 +209,21 @@ class TeacherProducer:
         except Exception as exc:
             return exc
 
-    def _prompt(self, clip, entry) -> tuple[Prompt | None, str]:
-        """The clip's forward prompt in frame pixels (None: the tracker computes it) and its source."""
+    def _ground(self, clips: list, entries: list) -> list[Prompt | Exception | None]:
+        """Grounded box prompts (or the NoSubjectFound of a clip), one per clip; Nones when not grounded."""
+        if self.detector is None:
+            return [None] * len(clips)
+        return self.detector.prompts([c.frames[0] for c in clips], [e.caption for e in entries])
+
+    def _prompt(self, clip, entry, grounded: Prompt | Exception | None = None) -> tuple[Prompt | None, str]:
+        """The clip's forward prompt in frame pixels (None: the tracker computes it) and its source.
+        grounded: the clip's detector result when produce_batch already ran it for the whole batch."""
         source = self.cfg.teacher.prompt
+        if source == "grounded":
+            found = grounded if grounded is not None else self._ground([clip], [entry])[0]
+            if isinstance(found, Exception):
+                raise found
+            return found, source
         if source == "manifest":
             if entry.prompt:
                 return manifest_prompt(clip.map_prompt(entry.prompt, self._mask_loader())), source
@@ -180,7 +233,7 @@ class TeacherProducer:
     def _arrays(self, result: TrackResult, source: str) -> tuple[dict[str, np.ndarray], dict]:
         """Per-frame features -> the column's arrays on the student's token grid, and the record."""
         cfg = self.cfg
-        vt, mode = cfg.student.vae_temporal, cfg.teacher.temporal
+        vt, mode = self.vae_temporal, cfg.teacher.temporal
         fwd = to_token_grid(result.fwd, self.grid, vt, mode, cfg.teacher.resample)
         bwd = to_token_grid(result.bwd, self.grid, vt, mode, cfg.teacher.resample)
         lgf = fuse(fwd[None], bwd[None], cfg.lgf.kernel, cfg.lgf.tau, cfg.lgf.offsets, cfg.lgf.fusion)[0]

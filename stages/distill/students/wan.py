@@ -1,0 +1,235 @@
+"""Wan 2.1 text-to-video (diffusers WanTransformer3DModel) behind the student interface.
+
+Objective: rectified flow as finetrainers' Wan training and diffusers' flow-matching scripts do it
+(weighting "none"; DiffSynth-Studio's Wan SFT instead draws t from its 1000 training timesteps, shift 5, and
+weights the loss by a bell-shaped table over t -- not implemented here):
+    x0 = (z - latents_mean) / latents_std    z ~ the stored VAE posterior; mean/std per channel (VAE config)
+    u ~ U(0, 1);  index = floor(u * N);  sigma = scheduler.sigmas[index], t = scheduler.timesteps[index]
+        with scheduler = FlowMatchEulerDiscreteScheduler(N = num_train_timesteps, shift = the model
+        folder's flow_shift) -- the shifted sigmas sigma' = s u / (1 + (s - 1) u) WanPipeline samples with;
+    x_t = (1 - sigma) x0 + sigma eps;   the transformer predicts v = eps - x0 from (x_t, t = 1000 sigma);
+    L_diff = mean over the batch of mean((v_pred - (eps - x0))^2)   (loss weight 1, "none" weighting).
+Layouts: Wan takes and returns [B, C, T, H8, W8] (channels first; CogVideoX is [B, T, C, ...]), its
+blocks return the video tokens alone [B, T*h*w, D], ordered (frame, row, column), and it computes its
+RoPE inside the forward. The exported LoRA is read by the stock `WanPipeline.load_lora_weights`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.training_utils import compute_density_for_timestep_sampling
+from diffusers.utils.torch_utils import randn_tensor
+
+from stages.distill.students import Geometry, Student
+
+TINY_WAN = "tiny-wan"
+TINY_SEED = 0
+
+# transformer/config.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers and -14B (memory plans; no download)
+WAN21_T2V_1_3B_TRANSFORMER: dict[str, Any] = {
+    "added_kv_proj_dim": None, "attention_head_dim": 128, "cross_attn_norm": True, "eps": 1e-06, "ffn_dim": 8960,
+    "freq_dim": 256, "image_dim": None, "in_channels": 16, "num_attention_heads": 12, "num_layers": 30,
+    "out_channels": 16, "patch_size": [1, 2, 2], "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024,
+    "text_dim": 4096,
+}
+WAN21_T2V_14B_TRANSFORMER: dict[str, Any] = {**WAN21_T2V_1_3B_TRANSFORMER, "num_attention_heads": 40, "num_layers": 40, "ffn_dim": 13824}
+# The Wan 2.1 VAE (vae/config.json of every Wan 2.1 model): 8x spatial, 4x temporal, 16 channels
+WAN21_VAE: dict[str, Any] = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                             "temperal_downsample": [False, True, True]}
+# The scheduler folder of the Wan 2.1 Diffusers checkpoints: UniPC on flow sigmas, shift 3.0 (480P)
+WAN21_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "prediction_type": "flow_prediction",
+                                   "use_flow_sigmas": True, "flow_shift": 3.0}
+KNOWN_TRANSFORMERS: dict[str, dict[str, Any]] = {
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": WAN21_T2V_1_3B_TRANSFORMER,
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": WAN21_T2V_14B_TRANSFORMER,
+}
+
+
+def tiny_transformer_config() -> dict[str, Any]:
+    """A 3-block Wan 2.1 T2V (2 heads x 12, FFN 64, text width 32 = the tiny UMT5's), patch (1, 2, 2)."""
+    return {
+        "patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 16,
+        "out_channels": 16, "text_dim": 32, "freq_dim": 32, "ffn_dim": 64, "num_layers": 3,
+        "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 64,
+    }
+
+
+@dataclass
+class FlowInputs:
+    """One training forward of a flow-matching student."""
+
+    model_kwargs: dict[str, Any]  # transformer(**model_kwargs)[0]: the v prediction [B, C, T, H8, W8]
+    clean: torch.Tensor  # x0 [B, C, T, H8, W8] fp32, normalised
+    noise: torch.Tensor  # eps, same shape
+    sigmas: torch.Tensor  # [B]
+    timesteps: torch.Tensor  # [B] float, 1000 * sigma
+
+    @property
+    def target(self) -> torch.Tensor:
+        return self.noise - self.clean
+
+
+def training_scheduler(scheduler_config: Mapping[str, Any]) -> FlowMatchEulerDiscreteScheduler:
+    """The flow-matching noise schedule a Wan folder's scheduler config implies (its shift, its N)."""
+    shift = scheduler_config.get("flow_shift") or scheduler_config.get("shift") or 1.0
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(scheduler_config.get("num_train_timesteps", 1000)), shift=float(shift))
+
+
+def build_tiny_transformer() -> WanTransformer3DModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        return WanTransformer3DModel(**tiny_transformer_config())
+
+
+def prepare_flow_inputs(
+    transformer_config: Any,
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    latent_params: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    latents_mean: torch.Tensor,
+    latents_std: torch.Tensor,
+    generator: torch.Generator | None,
+    *,
+    empty_prompt_embeds: torch.Tensor | None = None,
+    caption_dropout: float = 0.0,
+    weighting: str = "uniform",
+    dtype: torch.dtype = torch.float32,
+) -> FlowInputs:
+    """Sample x0, sigma, eps and build the transformer's inputs (see the module docstring).
+
+    latent_params: [B, 2C, T, H8, W8] stored posterior (mean | logvar), unnormalised. latents_mean/std: [C].
+    Random draws, in order, from `generator`: posterior eps, u, noise, caption-dropout uniforms.
+    """
+    from stages.distill.losses import _caption_dropout, _rand_device
+
+    device = latent_params.device
+    batch = latent_params.shape[0]
+    z = DiagonalGaussianDistribution(latent_params.float()).sample(generator)  # [B, C, T, H8, W8]
+    shape = (1, -1, 1, 1, 1)
+    clean = (z - latents_mean.to(z).view(shape)) / latents_std.to(z).view(shape)
+    if clean.shape[1] != transformer_config.out_channels or transformer_config.in_channels != clean.shape[1]:
+        raise ValueError(f"latents have {clean.shape[1]} channels; the Wan T2V transformer takes "
+                         f"{transformer_config.in_channels} and predicts {transformer_config.out_channels}")
+    u = compute_density_for_timestep_sampling(weighting, batch, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
+                                              device=_rand_device(generator), generator=generator)
+    n = len(scheduler.timesteps)  # N training sigmas, 1 down to 1/N before the shift (no terminal 0 until set_timesteps)
+    index = (u * n).long().clamp(0, n - 1)
+    sigmas = scheduler.sigmas[index].to(device=device, dtype=torch.float32)
+    timesteps = scheduler.timesteps[index].to(device=device, dtype=torch.float32)
+    noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=clean.dtype)
+    s = sigmas.view(-1, 1, 1, 1, 1)
+    noisy = (1.0 - s) * clean + s * noise
+    text = _caption_dropout(prompt_embeds, empty_prompt_embeds, caption_dropout, generator)
+    kwargs = {"hidden_states": noisy.to(dtype), "timestep": timesteps, "encoder_hidden_states": text.to(dtype), "return_dict": False}
+    return FlowInputs(kwargs, clean, noise, sigmas, timesteps)
+
+
+def flow_loss_from_output(model_output: torch.Tensor, inputs: FlowInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(L_diff, aux): aux "per_sample" [B] (detached), "timesteps" [B], "weights" [B] (ones)."""
+    per_sample = (model_output.float() - inputs.target).square().flatten(1).mean(1)
+    weights = torch.ones_like(per_sample)
+    return (weights * per_sample).mean(), {"per_sample": per_sample.detach(), "timesteps": inputs.timesteps, "weights": weights}
+
+
+class WanStudent(Student):
+    family = "wan"
+    transformer_class = "WanTransformer3DModel"
+    pipeline_classes = {"t2v": "WanPipeline"}
+
+    def load(self, model: str, task: str, dtype: torch.dtype, device: str | torch.device):
+        if task != "t2v":
+            raise ValueError(f"{model}: student.task={task!r}, but only Wan 2.1 text-to-video (task t2v) is supported so far")
+        if model == TINY_WAN:
+            transformer, scheduler_config = build_tiny_transformer(), dict(WAN21_SCHEDULER)
+        else:
+            transformer = WanTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
+            scheduler_config = dict(UniPCMultistepScheduler.load_config(model, subfolder="scheduler"))
+        if transformer.config.in_channels != transformer.config.out_channels:
+            raise ValueError(f"{model} is an image-to-video Wan (in_channels {transformer.config.in_channels}); "
+                             "only text-to-video Wan students are supported so far")
+        if transformer.dtype != dtype:
+            transformer.to(dtype=dtype)
+        transformer.to(device=device)
+        return transformer, training_scheduler(scheduler_config)
+
+    def save_tiny(self, directory: str | Path, task: str = "t2v") -> Path:
+        directory = Path(directory)
+        build_tiny_transformer().save_pretrained(directory / "transformer")
+        UniPCMultistepScheduler(**WAN21_SCHEDULER).save_pretrained(directory / "scheduler")
+        return directory
+
+    def geometry(self, transformer_config: Mapping[str, Any], vae_config: Mapping[str, Any]) -> Geometry:
+        from stages.extract.encoders_wan import WanVaeGeometry
+
+        vae = WanVaeGeometry.from_config(vae_config)
+        p_t, p_h, p_w = (int(p) for p in dict(transformer_config).get("patch_size", (1, 2, 2)))
+        if p_h != p_w:
+            raise ValueError(f"patch_size {[p_t, p_h, p_w]}: non-square spatial patches are not supported")
+        return Geometry(vae.spatial, vae.temporal, p_h, p_t)
+
+    def _patch(self, config: Any) -> tuple[int, int, int]:
+        p_t, p_h, p_w = (int(p) for p in config.patch_size)
+        return p_t, p_h, p_w
+
+    def token_grid(self, transformer_config: Any, latent_shape: Sequence[int]) -> tuple[int, int, int]:
+        frames, height, width = (int(s) for s in latent_shape[-3:])
+        p_t, p_h, p_w = self._patch(transformer_config)
+        if frames % p_t or height % p_h or width % p_w:
+            raise ValueError(f"latent {frames}x{height}x{width} is not divisible by the patch size {[p_t, p_h, p_w]}")
+        return frames // p_t, height // p_h, width // p_w
+
+    def input_grid(self, transformer_config: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+        return self.token_grid(transformer_config, hidden_states.shape[2:5])  # [B, C, T, H8, W8]
+
+    def text_dim(self, transformer_config: Any) -> int:
+        return int(transformer_config.text_dim)
+
+    def check_latent_grid(self, transformer_config: Any, latent_shape: Sequence[int]) -> str | None:
+        try:
+            self.token_grid(transformer_config, latent_shape)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
+        return transformer.blocks
+
+    def video_tokens(self, block_output: Any) -> torch.Tensor:
+        return block_output  # a Wan block returns the video tokens [B, T*h*w, D] alone
+
+    def prepare_inputs(self, ctx: Any, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> FlowInputs:
+        if ctx.latents_mean is None or ctx.latents_std is None:
+            raise ValueError("a Wan student needs the encodings column's latents_mean/latents_std attrs (a Wan-VAE store)")
+        return prepare_flow_inputs(
+            ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.latents_mean, ctx.latents_std,
+            generator, empty_prompt_embeds=ctx.empty_prompt, caption_dropout=ctx.caption_dropout, dtype=ctx.dtype,
+        )
+
+    def loss_from_output(self, ctx: Any, output: torch.Tensor, inputs: FlowInputs):
+        return flow_loss_from_output(output, inputs)
+
+
+def build_wan_pipeline(student_model: str, encoders_model: str, lora_dir: str | Path | None, device: str = "cpu",
+                       dtype: torch.dtype = torch.float32):
+    """The stock diffusers WanPipeline from a student (folder, hub id or "tiny-wan") and its encoders."""
+    from diffusers import WanPipeline
+
+    from stages.extract.encoders_wan import load_wan_encoders
+
+    student = WanStudent()
+    transformer, _ = student.load(student_model, "t2v", dtype, device)
+    enc = load_wan_encoders(encoders_model, dtype, device)
+    if student_model == TINY_WAN:
+        scheduler = UniPCMultistepScheduler(**WAN21_SCHEDULER)
+    else:
+        scheduler = UniPCMultistepScheduler.from_pretrained(student_model, subfolder="scheduler")
+    pipe = WanPipeline(tokenizer=enc.tokenizer, text_encoder=enc.text_encoder, vae=enc.vae, transformer=transformer, scheduler=scheduler)
+    if lora_dir is not None:
+        pipe.load_lora_weights(str(lora_dir))
+    return pipe.to(device)

@@ -1,0 +1,198 @@
+"""The Wan 2.1 VAE (AutoencoderKLWan) and UMT5 text encoder: loading, and the encodings stage one stores.
+
+Stage two never loads these models. What differs from CogVideoX (stages/extract/encoders.py):
+- the VAE normalises latents per channel with `latents_mean` / `latents_std` from its config
+  (x0 = (z - mean) / std, as WanPipeline inverts at decode) instead of one scaling factor; the store
+  keeps the unnormalised posterior and the two vectors as column attrs, the student applies them;
+- the prompt is encoded WITH the attention mask and its padding positions zeroed, as
+  WanPipeline._get_t5_prompt_embeds does (CogVideoX encodes padded text without a mask).
+
+Models come from a diffusers folder / hub id (`vae/`, `text_encoder/`, `tokenizer/`) or the "tiny-wan"
+preset: the real architectures with random weights at toy width, saved and loaded in diffusers format.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan
+from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+
+from pipeline.config import config_hash
+from stages.devices import resolve_device, resolve_dtype
+from stages.extract.encoders import _pixels, _to_fp16, _tiny_pieces, cache_root, tiny_tokenizer
+
+log = logging.getLogger(__name__)
+
+TINY_WAN = "tiny-wan"
+TINY_WAN_VERSION = 1  # bump when the preset changes (cache folder name and column hash)
+
+# The Wan 2.1 VAE's structure (4 stages, temporal downsampling in the last two: 8x spatial, 4x temporal,
+# 16 channels) at toy width; latents_mean/std keep diffusers' defaults, which are Wan 2.1's values.
+TINY_WAN_VAE_CONFIG: dict[str, Any] = {
+    "base_dim": 8,
+    "z_dim": 16,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+}
+
+# A UMT5 encoder (gated-GELU, per-layer relative attention) at toy width.
+TINY_UMT5_CONFIG: dict[str, Any] = {
+    "d_model": 32,
+    "d_kv": 8,
+    "d_ff": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 8,
+    "relative_attention_max_distance": 32,
+    "feed_forward_proj": "gated-gelu",
+    "dropout_rate": 0.0,
+    "tie_word_embeddings": False,
+    "is_encoder_decoder": False,
+    "use_cache": False,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
+
+
+@dataclass
+class WanEncoders:
+    vae: AutoencoderKLWan
+    text_encoder: UMT5EncoderModel
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.text_encoder.config.d_model)
+
+
+@dataclass(frozen=True)
+class WanVaeGeometry:
+    latent_channels: int
+    spatial: int
+    temporal: int
+    latents_mean: tuple[float, ...]
+    latents_std: tuple[float, ...]
+
+    @staticmethod
+    def from_config(config: Mapping[str, Any]) -> "WanVaeGeometry":
+        """From vae/config.json; the compression as WanPipeline reads it (scale_factor_*), else from the stages."""
+        full = {**_vae_defaults(), **dict(config)}
+        down = list(full["temperal_downsample"])
+        temporal = full.get("scale_factor_temporal") or 2 ** sum(bool(d) for d in down)
+        spatial = full.get("scale_factor_spatial") or 2 ** len(down)
+        return WanVaeGeometry(int(full["z_dim"]), int(spatial), int(temporal),
+                              tuple(float(v) for v in full["latents_mean"]), tuple(float(v) for v in full["latents_std"]))
+
+    def latent_frames(self, num_frames: int) -> int:
+        return (num_frames - 1) // self.temporal + 1
+
+
+def _vae_defaults() -> dict[str, Any]:
+    import inspect
+
+    sig = inspect.signature(AutoencoderKLWan.__init__)
+    return {n: p.default for n, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def tiny_umt5_config() -> dict[str, Any]:
+    return {**TINY_UMT5_CONFIG, "vocab_size": len(_tiny_pieces())}
+
+
+def read_wan_configs(model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(vae config, text-encoder config) of `model` from config files only (or the tiny preset)."""
+    if model == TINY_WAN:
+        return dict(TINY_WAN_VAE_CONFIG), tiny_umt5_config()
+    vae = AutoencoderKLWan.load_config(model, subfolder="vae")
+    text, _ = UMT5Config.get_config_dict(model, subfolder="text_encoder")
+    return ({k: v for k, v in vae.items() if not k.startswith("_")},
+            {k: v for k, v in text.items() if not k.startswith("_") and k != "transformers_version"})
+
+
+def save_tiny_wan_encoders(directory: str | Path, seed: int = 0) -> Path:
+    directory = Path(directory)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKLWan(**TINY_WAN_VAE_CONFIG)
+        text = UMT5EncoderModel(UMT5Config(**tiny_umt5_config()))
+    vae.save_pretrained(directory / "vae")
+    text.save_pretrained(directory / "text_encoder")
+    tiny_tokenizer().save_pretrained(directory / "tokenizer")
+    return directory
+
+
+def tiny_wan_encoders_dir(seed: int = 0) -> Path:
+    """The tiny-wan preset's folder in the cache, built on first use (atomic rename, as tiny_encoders_dir)."""
+    preset = {"vae": TINY_WAN_VAE_CONFIG, "umt5": tiny_umt5_config(), "seed": seed, "v": TINY_WAN_VERSION}
+    final = cache_root() / f"tiny-wan-encoders-{config_hash(preset)}"
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        save_tiny_wan_encoders(tmp, seed)
+        tmp.chmod(0o755)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_wan_encoders(model: str, dtype: str | torch.dtype = "bfloat16", device: str | torch.device = "auto") -> WanEncoders:
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    source = str(tiny_wan_encoders_dir()) if model == TINY_WAN else model
+    # The Wan VAE runs in fp32 in diffusers' examples (its causal-conv caches are precision sensitive)
+    vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+    text = UMT5EncoderModel.from_pretrained(source, subfolder="text_encoder", dtype=dt)
+    tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
+    vae = vae.to(dev).eval().requires_grad_(False)
+    text = text.to(dev).eval().requires_grad_(False)
+    return WanEncoders(vae, text, tokenizer, dev, dt)
+
+
+@torch.inference_mode()
+def encode_video_wan(enc: WanEncoders, frames: np.ndarray) -> np.ndarray:
+    """uint8 [F, H, W, 3] -> float16 [2*C, T, H/8, W/8]: the posterior [mean | logvar], unnormalised."""
+    x = _pixels(frames, enc)  # [1, 3, F, H, W] in [-1, 1]
+    params = enc.vae.encode(x.to(enc.vae.dtype)).latent_dist.parameters
+    return _to_fp16(params[0], "video latents")
+
+
+def _prompt_clean(text: str) -> str:
+    """WanPipeline's prompt_clean without ftfy (not a dependency here): html unescape + whitespace."""
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
+
+
+@torch.inference_mode()
+def encode_prompt_wan(enc: WanEncoders, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """text -> (float16 [max_len, D], uint8 [max_len] mask): as WanPipeline._get_t5_prompt_embeds.
+
+    Encoded with the attention mask; positions after the prompt's tokens are set to zero.
+    """
+    tokens = enc.tokenizer(
+        [_prompt_clean(text)], padding="max_length", max_length=max_len, truncation=True,
+        add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
+    )
+    mask = tokens.attention_mask
+    hidden = enc.text_encoder(tokens.input_ids.to(enc.device), mask.to(enc.device)).last_hidden_state[0]
+    length = int(mask.gt(0).sum())
+    hidden = torch.cat([hidden[:length], hidden.new_zeros(max_len - length, hidden.shape[1])])
+    return _to_fp16(hidden, "prompt embeddings"), mask[0].numpy().astype(np.uint8)

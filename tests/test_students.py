@@ -1,0 +1,231 @@
+"""The student interface: families, geometry from configs, and a tiny Wan 2.1 T2V end to end.
+
+The Wan end-to-end test runs the real path: stage one (in-process) writes a store with the Wan
+encodings column (AutoencoderKLWan posteriors, UMT5 embeddings) beside the SAM2 teacher column, stage
+two trains the tiny WanTransformer3DModel a few steps with L_diff + LGF, the LoRA is exported, and
+the stock diffusers WanPipeline loads it: its output changes, and equals the output of the base model
+with the LoRA merged into its weights by hand (W + alpha / r * B A).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from conftest import ROOT
+from pipeline.config import load_config
+from pipeline.distill_config import DistillConfig
+from pipeline.extract_config import ExtractConfig
+from stages.distill.students import get_student, infer_family, student_for
+from stages.distill.students.cogvideox import COGVIDEOX_15_5B_I2V_TRANSFORMER, COGVIDEOX_15_VAE
+from stages.distill.students.wan import (
+    TINY_WAN,
+    WAN21_SCHEDULER,
+    WAN21_T2V_14B_TRANSFORMER,
+    WAN21_VAE,
+    build_wan_pipeline,
+    prepare_flow_inputs,
+    training_scheduler,
+)
+
+
+def _on_meta(cls, config: dict):
+    """Build a diffusers model from a config dict on the meta device (no weights) and return its config."""
+    with torch.device("meta"):
+        return cls.from_config(config).config
+
+
+def test_wan21_480p_teacher_grid_follows_from_the_configs():
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    wan = get_student("wan")
+    geo = wan.geometry(_on_meta(WanTransformer3DModel, WAN21_T2V_14B_TRANSFORMER), _on_meta(AutoencoderKLWan, WAN21_VAE))
+    assert (geo.vae_spatial, geo.vae_temporal, geo.patch_size, geo.patch_size_t) == (8, 4, 2, 1)
+    # 81 frames -> 21 latent frames; 480x832 -> 60x104 latents -> 30x52 tokens
+    assert geo.token_grid(81, 480, 832).shape == (21, 30, 52)
+    # the same grid the student computes from a stored latent and from a transformer input
+    cfg = _on_meta(WanTransformer3DModel, WAN21_T2V_14B_TRANSFORMER)
+    assert wan.token_grid(cfg, (21, 60, 104)) == (21, 30, 52)
+    assert wan.input_grid(cfg, torch.empty(1, 16, 21, 60, 104, device="meta")) == (21, 30, 52)
+
+
+def test_cogvideox15_teacher_grid_follows_from_the_configs():
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+
+    cog = get_student("cogvideox")
+    tcfg = _on_meta(CogVideoXTransformer3DModel, COGVIDEOX_15_5B_I2V_TRANSFORMER)
+    geo = cog.geometry(tcfg, _on_meta(AutoencoderKLCogVideoX, COGVIDEOX_15_VAE))
+    assert (geo.vae_spatial, geo.vae_temporal, geo.patch_size, geo.patch_size_t) == (8, 4, 2, 2)
+    # 81 frames -> 21 latent frames, padded to 22 for temporal patch 2 -> 11; 768x1360 -> 96x170 -> 48x85
+    assert geo.token_grid(81, 768, 1360).shape == (11, 48, 85)
+    assert cog.token_grid(tcfg, (21, 96, 170)) == (11, 48, 85)
+
+
+def test_family_comes_from_the_name_or_the_saved_config(tmp_path):
+    assert infer_family("tiny") == "cogvideox" and infer_family(TINY_WAN) == "wan"
+    get_student("wan").save_tiny(tmp_path / "wan")
+    get_student("cogvideox").save_tiny(tmp_path / "cog", "t2v")
+    assert infer_family(str(tmp_path / "wan")) == "wan"
+    assert infer_family(str(tmp_path / "cog")) == "cogvideox"
+    assert infer_family(str(tmp_path / "wan"), "cogvideox") == "cogvideox"  # student.family wins
+    with pytest.raises(ValueError, match="unknown student family 'ltx'"):
+        infer_family("tiny", "ltx")
+    # the saved tiny folder loads to the same weights as the preset
+    a, sched = student_for(str(tmp_path / "wan")).load(str(tmp_path / "wan"), "t2v", torch.float32, "cpu")
+    b, _ = student_for(TINY_WAN).load(TINY_WAN, "t2v", torch.float32, "cpu")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert sched.config.shift == WAN21_SCHEDULER["flow_shift"]
+    with pytest.raises(ValueError, match="only Wan 2.1 text-to-video"):
+        get_student("wan").load(TINY_WAN, "i2v", torch.float32, "cpu")
+
+
+def test_wan_flow_matching_inputs():
+    """x_t = (1 - sigma) x0 + sigma eps with the shifted sigmas, t = 1000 sigma, target eps - x0, x0 normalised."""
+    from stages.distill.students.wan import build_tiny_transformer
+
+    config = build_tiny_transformer().config
+    scheduler = training_scheduler(WAN21_SCHEDULER)
+    params = torch.randn(64, 32, 2, 4, 4)
+    params[:, 16:] = -30.0  # ~zero posterior variance: z = mean
+    mean, std = torch.linspace(-1, 1, 16), torch.linspace(0.5, 2, 16)
+    inputs = prepare_flow_inputs(config, scheduler, params, torch.randn(64, 8, 32), mean, std, torch.Generator().manual_seed(0))
+    x0 = (params[:, :16] - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    torch.testing.assert_close(inputs.clean, x0, atol=1e-5, rtol=0)
+    s = inputs.sigmas.view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(inputs.model_kwargs["hidden_states"], (1 - s) * inputs.clean + s * inputs.noise)
+    torch.testing.assert_close(inputs.timesteps, inputs.sigmas * 1000, atol=1e-3, rtol=0)
+    torch.testing.assert_close(inputs.target, inputs.noise - inputs.clean)
+    # shift 3: sigma = 3u / (1 + 2u) puts most samples at high noise (the median u = 0.5 maps to 0.75)
+    assert inputs.sigmas.median() > 0.6 and inputs.sigmas.min() > 0 and inputs.sigmas.max() <= 1
+
+
+def test_wan_prompt_embeddings_are_the_pipelines():
+    """Stage one's UMT5 encoding equals WanPipeline.encode_prompt (mask, zeroed padding)."""
+    from stages.extract.encoders_wan import encode_prompt_wan, load_wan_encoders
+
+    enc = load_wan_encoders(TINY_WAN, "float32", "cpu")
+    pipe = build_wan_pipeline(TINY_WAN, TINY_WAN, None)
+    ours, mask = encode_prompt_wan(enc, "a dog runs on the grass", 16)
+    theirs, _ = pipe.encode_prompt("a dog runs on the grass", do_classifier_free_guidance=False, max_sequence_length=16)
+    np.testing.assert_allclose(ours.astype(np.float32), theirs[0].float().numpy(), atol=2e-3, rtol=2e-3)
+    assert mask.sum() < 16 and not ours[mask.sum():].any()
+
+
+@pytest.fixture(scope="module")
+def wan_store(tmp_path_factory, sample_generator) -> str:
+    """4 clips of 17 frames at 128x192: the Wan encodings column + the teacher column, in-process (no Ray)."""
+    from pipeline.runner import run_extract
+
+    corpus = tmp_path_factory.mktemp("wancorpus") / "clips"
+    sample_generator.generate(corpus, clips=4, frames=17, fps=8)
+    url = str(tmp_path_factory.mktemp("wanstore") / "store")
+    cfg = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", [
+        f"corpus.url={corpus}", "corpus.clips_per_shard=2", "video.num_frames=17", "teacher.image_size=64",
+        f"encoders.model={TINY_WAN}", "ray.num_workers=0"])
+    assert run_extract(cfg, url).failed_keys == set()
+    return url
+
+
+def _run(pipe) -> torch.Tensor:
+    return pipe("a dog runs", negative_prompt="", height=64, width=96, num_frames=5, num_inference_steps=2, guidance_scale=3.0,
+                generator=torch.Generator().manual_seed(0), max_sequence_length=16, output_type="latent").frames
+
+
+def test_tiny_wan_end_to_end(wan_store, tmp_path):
+    from pipeline.store import FeatureStore
+    from stages.distill.trainer import Trainer
+
+    enc = FeatureStore(wan_store).column("encodings")
+    assert enc.attrs["vae_family"] == "wan" and len(enc.attrs["latents_std"]) == 16
+    assert enc.schema["latents"].shape == (32, 5, 16, 24) and "image_latents" not in enc.schema
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
+        f"data.store={wan_store}", f"out={tmp_path / 'run'}", f"student.model={TINY_WAN}", "student.task=t2v",
+        "data.num_workers=0", "train.steps=3", "train.checkpoint_every=100", "train.caption_dropout=0.5"])
+    trainer = Trainer(cfg)
+    history = trainer.run()
+    assert trainer.grid == (5, 8, 12)
+    assert all(np.isfinite(m.terms["diff"]) and m.terms["lgf"] > 0 for m in history)
+    lora = trainer.finish()
+    trainer.close()
+
+    base, with_lora = _run(build_wan_pipeline(TINY_WAN, TINY_WAN, None)), _run(build_wan_pipeline(TINY_WAN, TINY_WAN, lora))
+    assert (with_lora - base).abs().max() > 1e-3  # the stock loader applied the trained LoRA
+    # merged by hand from the file: W + alpha / r * B A
+    with safe_open(str(lora / "pytorch_lora_weights.safetensors"), "pt") as f:
+        meta = {k.removeprefix("transformer."): v for k, v in json.loads(f.metadata()["lora_adapter_metadata"]).items()}
+    state = load_file(str(lora / "pytorch_lora_weights.safetensors"))
+    merged = build_wan_pipeline(TINY_WAN, TINY_WAN, None)
+    modules = dict(merged.transformer.named_modules())
+    pairs = [k for k in state if k.endswith("lora_A.weight")]
+    assert len(pairs) == 3 * 2 * 4  # 3 blocks x (self, cross attention) x (q, k, v, out)
+    for key in pairs:
+        name = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+        modules[name].weight.data += meta["lora_alpha"] / meta["r"] * state[key.replace("lora_A", "lora_B")] @ state[key]
+    torch.testing.assert_close(with_lora, _run(merged), atol=1e-5, rtol=1e-4)
+
+    # the CLI samples a Wan run through the stock text-to-video pipeline, from the clip's caption
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "sample.mp4"
+    result = CliRunner().invoke(app, ["generate", "--run", str(tmp_path / "run"), "--store", wan_store, "--out", str(out), "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 0 and "17 frames 128x192" in result.output
+
+
+def test_wan_student_refuses_a_cogvideox_store(student_store, tmp_path):
+    from stages.distill.data import StoreMismatch
+    from stages.distill.trainer import Trainer
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
+        f"data.store={student_store}", f"out={tmp_path / 'run'}", f"student.model={TINY_WAN}", "student.task=t2v", "data.num_workers=0"])
+    with pytest.raises(StoreMismatch, match="made with the cogvideox VAE/text encoder, the student is wan"):
+        Trainer(cfg)
+
+
+def test_stage_one_grid_follows_from_student_model(tmp_path):
+    """extract's student.model: the teacher grid from the model's config files (a CogVideoX 1.5 folder of
+    config.json only, written from meta-device models), and a contradicting explicit number is refused."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+
+    from stages.extract.teacher_column import student_grid
+
+    folder = tmp_path / "CogVideoX1.5-5B-I2V"
+    with torch.device("meta"):
+        CogVideoXTransformer3DModel.from_config(COGVIDEOX_15_5B_I2V_TRANSFORMER).save_config(folder / "transformer")
+        AutoencoderKLCogVideoX.from_config(COGVIDEOX_15_VAE).save_config(folder / "vae")
+    video = ["video.num_frames=81", "video.height=768", "video.width=1360"]
+    cfg = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", [f"student.model={folder}", *video])
+    assert student_grid(cfg).shape == (11, 48, 85)
+    wan = load_config(ExtractConfig, ROOT / "configs/extract/sample_wan.yaml")
+    assert student_grid(wan).shape == (13, 8, 12)  # 49 frames of 128x192
+    bad = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", [f"student.model={folder}", "student.patch_size=4", *video])
+    with pytest.raises(ValueError, match="student.patch_size=4 but the configs of student.model=.* give 2"):
+        student_grid(bad)
+
+
+def test_memory_plan_of_the_wan_configs():
+    """`sam2videox plan` for the shipped Wan 2.1 configs: built on the meta device from the known config."""
+    from stages.distill.memory_plan import plan_memory
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/wan21_t2v_14b.yaml", ["parallel.strategy=fsdp"])
+    lora = plan_memory(cfg, 8)
+    assert lora.tokens == 21 * 30 * 52  # video tokens only (text is cross-attended)
+    full = plan_memory(load_config(DistillConfig, ROOT / "configs/distill/wan21_t2v_14b.yaml",
+                                   ["parallel.strategy=fsdp", "student.full_finetune=true"]), 8)
+    assert 14.0e9 < full.params < 14.5e9 and full.trainable == full.params
+    assert lora.params - lora.trainable == full.params and full.total > lora.total  # LoRA adds its own weights
+
+
+@pytest.mark.parametrize("name, grid", [("wan21_t2v_480p.yaml", (21, 30, 52)), ("cogvideox15_i2v.yaml", (11, 48, 85))])
+def test_shipped_real_extract_configs_give_the_students_grid(name, grid):
+    """The real extract configs name their student; the teacher grid follows from its published configs (offline)."""
+    from stages.extract.teacher_column import student_grid
+
+    assert student_grid(load_config(ExtractConfig, ROOT / "configs/extract" / name)).shape == grid
