@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from stages.evaluate.structure_metrics import DIRECTIONS, area_stability, components, fragmentation, mask_consistency, presence, structure_metrics
-from conftest import load_sample_generator
 
 FRAMES = 17  # break starts at frame 6: 11 broken frames, enough for every break's cycle
 # metric -> the breaks it must separate from the intact twin on every subject kind
@@ -25,9 +24,9 @@ def _disc(h: int, w: int, cx: float, cy: float, r: float) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def twin_scores():
+def twin_scores(sample_generator):
     """{(clip index, break): structure_metrics(true masks, frames)} for one clip of each subject kind."""
-    gen = load_sample_generator()
+    gen = sample_generator
     scores = {}
     for index in range(3):
         for broken in ("intact",) + gen.BREAKS:
