@@ -120,7 +120,12 @@ def parse_results(path: Path) -> VBenchResult:
 def run_vbench(videos_dir: Path, prompts: dict[str, str], out_dir: Path, name: str = "samples",
                env: Path = DEFAULT_ENV, dimensions: tuple[str, ...] = CUSTOM_DIMENSIONS, i2v: bool = False,
                device: str = "cuda", timeout_s: float | None = None) -> VBenchResult | None:
-    """Score the mp4s in videos_dir (prompts: file name -> caption) with VBench; None (logged) when skipped."""
+    """Score the mp4s in videos_dir with VBench; None (logged) when skipped.
+
+    prompts: file name -> caption for EVERY video in videos_dir (vbench asserts that); results and
+    vbench's own full_info JSON go to out_dir. Written against vbench 0.1.5's source (`make vbench-env`
+    pins it); not run in this project's tests, which have no VBench weights.
+    """
     reason = skip_reason(env, dimensions)
     if reason:
         log.warning(reason)
@@ -130,7 +135,11 @@ def run_vbench(videos_dir: Path, prompts: dict[str, str], out_dir: Path, name: s
     out_dir.mkdir(parents=True, exist_ok=True)
     args_path = out_dir / f"{name}_vbench_args.json"
     args_path.write_text(json.dumps({"device": device, "out": str(out_dir), "videos": str(videos_dir), "name": name, "prompts": prompts, "dimensions": dims}))
-    proc = subprocess.run([str(env_python(env)), "-c", _RUNNER, str(args_path)], capture_output=True, text=True, timeout=timeout_s)
+    try:
+        proc = subprocess.run([str(env_python(env)), "-c", _RUNNER, str(args_path)], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        log.warning("VBench skipped: its run took longer than %s s", timeout_s)
+        return None
     results = out_dir / f"{name}_eval_results.json"
     if proc.returncode != 0 or not results.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
