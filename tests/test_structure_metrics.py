@@ -64,16 +64,17 @@ def test_plain_iou_of_a_moving_disc():
     assert mask_consistency(np.stack([a, b])) == pytest.approx(expected)
 
 
-def test_flow_warping_follows_a_moving_textured_disc():
-    """A textured disc moving 3 px/frame: flow-warped IoU is close to 1, plain IoU is not."""
+@pytest.mark.parametrize("k", [1, 5])  # k=5: 200 x 400, above FLOW_MAX_SIDE, flow at reduced size and upscaled
+def test_flow_warping_follows_a_moving_textured_disc(k):
+    """A textured disc moving 3k px/frame: flow-warped IoU is close to 1, plain IoU is not."""
     rng = np.random.default_rng(0)
-    tex = (rng.random((40, 80, 3)) * 255).astype(np.uint8)
-    tex = np.asarray(__import__("cv2").GaussianBlur(tex, (5, 5), 1.0))
+    tex = (rng.random((40 * k, 80 * k, 3)) * 255).astype(np.uint8)
+    tex = np.asarray(__import__("cv2").GaussianBlur(tex, (5 * k, 5 * k), 1.0 * k))
     masks, frames = [], []
     for t in range(5):
-        m = _disc(40, 80, 20 + 3 * t, 20, 9)
-        frame = np.full((40, 80, 3), 40, np.uint8)
-        frame[m] = np.roll(tex, 3 * t, axis=1)[m]  # the texture moves with the disc
+        m = _disc(40 * k, 80 * k, (20 + 3 * t) * k, 20 * k, 9 * k)
+        frame = np.full((40 * k, 80 * k, 3), 40, np.uint8)
+        frame[m] = np.roll(tex, 3 * t * k, axis=1)[m]  # the texture moves with the disc
         masks.append(m)
         frames.append(frame)
     masks, frames = np.stack(masks), np.stack(frames)

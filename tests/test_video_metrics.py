@@ -44,13 +44,14 @@ def test_dynamic_degree_is_the_share_of_moving_pairs():
     assert 0 < DYNAMIC_THRESHOLD < 0.1
 
 
-def test_warping_error_is_small_for_a_known_shift_and_large_for_noise():
-    video = _panning()
+@pytest.mark.parametrize("h, w", [(48, 64), (120, 400)])  # the second is above FLOW_MAX_SIDE: flow at reduced size
+def test_warping_error_is_small_for_a_known_shift_and_large_for_noise(h, w):
+    video = _panning(h=h, w=w)
     raw = flicker(video)  # what the error would be without any motion compensation
     warped = warping_error(video)
     assert warped < 0.25 * raw, (warped, raw)
     rng = np.random.default_rng(1)
-    noise = (rng.random((6, 48, 64, 3)) * 255).astype(np.uint8)  # no motion explains independent noise
+    noise = (rng.random((6, h, w, 3)) * 255).astype(np.uint8)  # no motion explains independent noise
     assert warping_error(noise) > 5 * warped
 
 

@@ -4,7 +4,8 @@ The masks come from the project's SAM2 teacher tracking the subject through a ge
 evaluate command), or from the sample-corpus generator's true masks (the tests, and the structure-
 broken twins that give these metrics their ground truth). Directions (also in `DIRECTIONS`):
 - mask_consistency (higher is better, in [0, 1]): mean IoU between mask t+1 and mask t carried onto
-  frame t+1 by Farneback flow computed on the frames (without frames: plain IoU of consecutive masks).
+  frame t+1 by Farneback flow computed on the frames (without frames: plain IoU of consecutive masks);
+  flow at reduced size (long side <= video_metrics.FLOW_MAX_SIDE), upscaled to the masks' size.
   A body part that jumps, a shape that stretches or a subject that blinks out lowers it.
   Pairs where both masks are empty are skipped (absence is `presence`'s business); if exactly one is
   empty the pair scores 0.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from stages.evaluate.video_metrics import farneback, warp_backward
+from stages.evaluate.video_metrics import downscale, farneback, flow_size, warp_backward
 
 MIN_PRESENT_PIXELS = 4  # a mask with fewer pixels counts as "subject absent"
 MIN_COMPONENT_PIXELS = 4  # components at most this small are speckle regardless of the mask's area
@@ -50,7 +51,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def mask_consistency(masks: np.ndarray, frames: np.ndarray | None = None) -> float:
     """Mean flow-warped IoU of consecutive masks (plain IoU without frames); see the module docstring."""
     masks, frames = _check(masks, frames)
-    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames] if frames is not None else None
+    h, w = masks.shape[1:]
+    small = flow_size(h, w)  # flow at reduced size, then scaled back up to the masks' size
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in downscale(frames, small)] if frames is not None else None
+    scale = np.array([w / small[1], h / small[0]], np.float32)
     scores = []
     for t in range(len(masks) - 1):
         a, b = masks[t], masks[t + 1]
@@ -58,6 +62,8 @@ def mask_consistency(masks: np.ndarray, frames: np.ndarray | None = None) -> flo
             continue
         if grey is not None:
             back = farneback(grey[t + 1], grey[t])  # flow t+1 -> t: where each pixel of t+1 came from
+            if back.shape[:2] != (h, w):
+                back = cv2.resize(back, (w, h), interpolation=cv2.INTER_LINEAR) * scale
             a = warp_backward(a.astype(np.float32), back) >= 0.5  # mask t on frame t+1's grid
         scores.append(_iou(a, b))
     return float(np.mean(scores)) if scores else 1.0
