@@ -3,6 +3,7 @@ structure-broken twins: each metric separates the intact clip from the break it 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -69,7 +70,7 @@ def test_flow_warping_follows_a_moving_textured_disc(k):
     """A textured disc moving 3k px/frame: flow-warped IoU is close to 1, plain IoU is not."""
     rng = np.random.default_rng(0)
     tex = (rng.random((40 * k, 80 * k, 3)) * 255).astype(np.uint8)
-    tex = np.asarray(__import__("cv2").GaussianBlur(tex, (5 * k, 5 * k), 1.0 * k))
+    tex = np.asarray(cv2.GaussianBlur(tex, (5 * k, 5 * k), 1.0 * k))
     masks, frames = [], []
     for t in range(5):
         m = _disc(40 * k, 80 * k, (20 + 3 * t) * k, 20 * k, 9 * k)

@@ -19,6 +19,12 @@ DIRECTIONS: dict[str, str] = {
     **structure_metrics.DIRECTIONS,
     **{f"vbench_{k}": v for k, v in vbench_adapter.DIRECTIONS.items()},
     "fvd": "lower",
+    # held-out validation columns (stages/distill/validation.py terms as val/<term>; val/diff@<t> too)
+    "val/diff": "lower",
+    "val/lgf": "lower",
+    "val/lgf_projected": "lower",
+    "val/repa_cos": "higher",
+    "val/mask_iou": "higher",
 }
 ARROWS = {"higher": "↑", "lower": "↓"}
 
@@ -33,7 +39,7 @@ def _direction(metric: str, directions: dict[str, str]) -> str | None:
     for suffix, d in directions.items():  # "val/mask_consistency" or "structure.presence" inherit the base metric's
         if metric.endswith(("/" + suffix, "." + suffix)):
             return d
-    if metric.startswith(("val/loss", "val/l_", "loss")):
+    if metric.startswith("val/diff@"):  # L_diff at one fixed timestep
         return "lower"
     return None
 
