@@ -272,7 +272,9 @@ class Trainer:
     def _validator(self):
         from stages.distill.validation import Validator
 
-        return Validator(self.cfg, self.data, self.holdout.keys, self.loss_context, self.ddp, self.model, self.rank, self.out)
+        # a held-out clip the teacher filter drops is not validated on either (its teacher target is what was judged bad)
+        keys = sorted(set(self.holdout.keys) - set(self.filter.keys))
+        return Validator(self.cfg, self.data, keys, self.loss_context, self.ddp, self.model, self.rank, self.out)
 
     def _empty_prompt(self) -> torch.Tensor | None:
         extra = self.data.encodings.column_arrays()
