@@ -185,7 +185,18 @@ def _add_fvd(rows, samples, clips, backbone_name: str, device) -> dict:
 
 
 def _add_vbench(rows, samples_dir: Path, names: list[str]) -> dict:
-    raise NotImplementedError  # wired once stages/evaluate/vbench_adapter.py lands
+    """VBench scores per model through the adapter (its own env); {"skipped": why} when it cannot run."""
+    try:
+        from stages.evaluate import vbench_adapter
+    except ModuleNotFoundError as exc:
+        if exc.name != "stages.evaluate.vbench_adapter":
+            raise
+        return {"skipped": "the VBench adapter (stages/evaluate/vbench_adapter.py) is not installed in this checkout"}
+    return _vbench_rows(vbench_adapter, rows, samples_dir, names)
+
+
+def _vbench_rows(adapter, rows, samples_dir: Path, names: list[str]) -> dict:
+    raise NotImplementedError  # the adapter's call, once stages/evaluate/vbench_adapter.py lands
 
 
 def _validation(run: Path) -> dict[str, float]:
@@ -198,8 +209,10 @@ def _validation(run: Path) -> dict[str, float]:
                 row = json.loads(line)
             except ValueError:
                 continue  # a torn last line (killed run): the rows before it stand
-            if row.get("split") == "val":
+            if row.get("split") == "val" or any(str(k).startswith("val/") for k in row):
                 last = row
     if last is None:
         return {}
-    return {f"val/{k}": float(v) for k, v in last.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
+    flat = {**last, **(last.get("terms") or {})} if isinstance(last.get("terms"), dict) else last
+    return {(k if k.startswith("val/") else f"val/{k}"): float(v) for k, v in flat.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch", "seconds")}
