@@ -59,6 +59,8 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
     """Sample, measure, report. EvaluateError (one line) for bad input, before any model is built."""
     t_start = time.perf_counter()
     runs = resolve_runs(opts.runs)
+    if opts.clips is not None and opts.clips < 1:
+        raise EvaluateError(f"--clips must be >= 1, got {opts.clips}")
     if not runs and not opts.base:
         raise EvaluateError("nothing to evaluate: give --runs RUN ... and/or --base")
     try:
@@ -78,7 +80,7 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
         raise EvaluateError(f"no held-out clips in {opts.store} for these runs (their holdout.json lists none): "
                             f"train with data.holdout > 0, or pass --holdout-key KEY")
     if opts.clips is not None:
-        keys = keys[: max(1, opts.clips)]
+        keys = keys[: opts.clips]
     teacher = teacher_config(teacher_raw) if teacher_raw is not None else None
     clips = load_clips(store, keys, video, teacher.prompt if teacher else "manifest")
     students = {r.student_model for r in runs}
