@@ -215,12 +215,36 @@ class DataConfig:
     # a clip whose arrays fail their commit checksum (or whose shard cannot be read): fail stops the
     # run naming store, column, shard, clip and array; skip logs it, leaves it out and counts it
     on_corrupt: Literal["fail", "skip"] = "fail"
+    # held-out split (pipeline/holdout.py): clips whose sha256(key) falls below this fraction are never
+    # trained on (at least one when > 0); validation and `evaluate` read them from <out>/holdout.json
+    holdout: float = 0.05
+    holdout_keys: list[str] = field(default_factory=list)  # clip keys held out besides the fraction's
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"data.holdout must be in [0, 1), got {self.holdout}")
         if self.shuffle_buffer < 0:
             raise ValueError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class EvalConfig:
+    """Validation during training on the held-out clips (stages/distill/validation.py)."""
+
+    every: int = 0  # optimiser steps between validations; 0 = off
+    timesteps: list[int] = field(default_factory=lambda: [100, 500, 900])  # L_diff at these t, fixed noise per (clip, t)
+    max_clips: int = 16  # the first this many held-out keys (sorted): a fixed list, the same in every run
+    seed: int = 0  # noise seed: the same for runs and ablations, so their validation losses compare
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ValueError(f"eval.every must be >= 0 (0: off), got {self.every}")
+        if not self.timesteps or any(t < 0 for t in self.timesteps):
+            raise ValueError(f"eval.timesteps must be a non-empty list of timesteps >= 0, got {self.timesteps}")
+        if self.max_clips < 1:
+            raise ValueError(f"eval.max_clips must be >= 1, got {self.max_clips}")
 
 
 @dataclass
@@ -261,6 +285,7 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     out: str = "runs/distill"  # run folder: checkpoints, logs, the exported LoRA
 
 

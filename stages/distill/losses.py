@@ -55,6 +55,7 @@ def prepare_diffusion_inputs(
     caption_dropout: float = 0.0,
     rotary: tuple[torch.Tensor, torch.Tensor] | None | str = "auto",
     dtype: torch.dtype | None = None,
+    fixed_timesteps: torch.Tensor | None = None,
 ) -> DiffusionInputs:
     """Sample x0, t, eps and build the transformer's inputs for one step.
 
@@ -68,7 +69,8 @@ def prepare_diffusion_inputs(
     image_dropout / caption_dropout: per-sample probability of zeroing the image latent / using
     `empty_prompt_embeds` [L, D_text]. rotary: "auto" computes the RoPE of this grid (None if the model
     has none); pass a precomputed pair to reuse it across steps. dtype: of the model inputs
-    (default: prompt_embeds' dtype if floating, else fp32).
+    (default: prompt_embeds' dtype if floating, else fp32). fixed_timesteps: [B] int64 used instead of
+    drawing t (validation at fixed t; the t draw is then skipped, the other draws are unchanged).
 
     Random draws, in this order, all from `generator` (so a step is reproducible from its seed on
     any device): posterior eps, t, noise, image-dropout uniforms (i2v), caption-dropout uniforms.
@@ -85,7 +87,10 @@ def prepare_diffusion_inputs(
     frames, height, width = clean.shape[1], clean.shape[3], clean.shape[4]
     _check_geometry(transformer_config, task, clean.shape[2], frames, height, width, prompt_embeds.shape[1])
 
-    t = torch.randint(0, timesteps, (batch,), generator=generator, device=_rand_device(generator)).to(device)
+    if fixed_timesteps is not None:
+        t = fixed_timesteps.to(device=device, dtype=torch.long).expand(batch)
+    else:
+        t = torch.randint(0, timesteps, (batch,), generator=generator, device=_rand_device(generator)).to(device)
     noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=clean.dtype)
     noisy = scheduler.add_noise(clean, noise, t)
     model_input = noisy

@@ -188,11 +188,14 @@ class Trainer:
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         fp16 = self._autocast_dtype() == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 has fp32's range: no scaling
-        self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers, cfg.data.on_corrupt)
+        self.holdout = self._held_out()  # never trained on: left out of the stream (and of its batch count)
+        self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers, cfg.data.on_corrupt,
+                                       exclude=set(self.holdout.keys))
         self.empty_prompt = self._empty_prompt()
         lat = self.data.encodings.schema["latents"].shape
         self.rotary = rotary_embedding(self.tconfig, lat[1], lat[2], lat[3], self.device)
         self.loss_context = self._loss_context()
+        self.validator = self._validator() if cfg.eval.every > 0 else None
         self.step, self.position = 0, StreamPosition()
         if self.rank == 0:
             remove_stale_temp(self.out)
@@ -248,6 +251,22 @@ class Trainer:
             raise MemoryPlanError(plan.refusal(capacity))
         log.info("memory plan: %.1f GiB of %.1f GiB per GPU", plan.total / 2**30, capacity / 2**30)
 
+    def _held_out(self):
+        """The run's held-out split (pipeline/holdout.py), written to <out>/holdout.json for `evaluate`."""
+        from pipeline.holdout import make_holdout, write_holdout
+
+        keys = [c["key"] for c in self.data.store.require_snapshot().clips]
+        split = make_holdout(keys, self.cfg.data.holdout, self.cfg.data.holdout_keys)
+        if self.rank == 0:
+            write_holdout(self.out, split)
+        log.info("held out %d of %d clips (data.holdout=%g, %d explicit)", len(split.keys), split.total, split.fraction, len(split.explicit))
+        return split
+
+    def _validator(self):
+        from stages.distill.validation import Validator
+
+        return Validator(self.cfg, self.data, self.holdout.keys, self.loss_context, self.ddp, self.model, self.rank, self.out)
+
     def _empty_prompt(self) -> torch.Tensor | None:
         extra = self.data.encodings.column_arrays()
         if "empty_prompt_embeds" not in extra:
@@ -299,6 +318,8 @@ class Trainer:
                 self._log(metrics)
             if self.on_step is not None:
                 self.on_step(metrics)
+            if self.validator is not None and self.validator.due(self.step, last):
+                self.validator.run(self.step, self._writer() if self.rank == 0 else None)
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == last:
                 self.save()
         if self.stream.skipped:
