@@ -23,22 +23,21 @@ SAMPLE = ROOT / "configs/distill/sample.yaml"
 
 @pytest.fixture(scope="module")
 def trained_run(student_store, tmp_path_factory) -> Path:
-    """A 2-step tiny LoRA run on the session store, exported; holdout.json names one clip the run did not see
-    (written here when the trainer does not write one itself)."""
+    """A 2-step tiny LoRA run on the session store, exported, validated at its last step; its holdout.json
+    (data.holdout's default on 6 clips) names the clips it did not train on."""
     from stages.distill.trainer import Trainer
 
     out = tmp_path_factory.mktemp("evalrun") / "run"
-    keys = [row["key"] for row in FeatureStore(student_store).require_snapshot().clips]
     cfg = load_config(DistillConfig, SAMPLE, [f"data.store={student_store}", f"out={out}", "data.num_workers=0",
-                                              "train.steps=2", "train.checkpoint_every=2", "train.batch_size=1"])
+                                              "train.steps=2", "train.checkpoint_every=2", "train.batch_size=1",
+                                              "eval.every=2", "eval.timesteps=[500]"])
     trainer = Trainer(cfg)
     try:
         trainer.run()
         trainer.finish()
     finally:
         trainer.close()
-    if not (out / "holdout.json").is_file():
-        (out / "holdout.json").write_text(json.dumps({"fraction": None, "rule": "explicit (test)", "keys": [keys[-1]]}))
+    assert json.loads((out / "holdout.json").read_text())["keys"]
     return out
 
 
@@ -59,12 +58,12 @@ def test_bad_input_is_one_line_and_exit_2(student_store, trained_run, tmp_path):
 
     other = tmp_path / "other"
     shutil.copytree(trained_run, other)
-    (other / "holdout.json").write_text(json.dumps({"fraction": 0.5, "rule": "test", "keys": ["a", "b"]}))
+    (other / "holdout.json").write_text(json.dumps({"fraction": 0.5, "total": 6, "keys": ["a", "b"]}))
     r = invoke("--store", student_store, "--runs", str(trained_run), str(other), "--out", str(tmp_path / "e"))
     assert r.exit_code == 2 and len(_line(r).splitlines()) == 1, r.output
     assert "different held-out clips" in _line(r) and "other" in _line(r) and trained_run.name in _line(r)
 
-    (other / "holdout.json").write_text(json.dumps({"fraction": 0.5, "rule": "test", "keys": ["clip_that_is_not_there"]}))
+    (other / "holdout.json").write_text(json.dumps({"fraction": 0.5, "total": 6, "keys": ["clip_that_is_not_there"]}))
     r = invoke("--store", student_store, "--runs", str(other), "--out", str(tmp_path / "e"))
     assert r.exit_code == 2 and len(_line(r).splitlines()) == 1, r.output
     assert "does not hold the held-out clip(s) clip_that_is_not_there" in _line(r)
@@ -84,6 +83,15 @@ def test_a_folder_of_runs_is_its_runs(trained_run, tmp_path):
     runs = resolve_runs([tmp_path / "ablations", trained_run])
     assert [r.name for r in runs] == ["lgf", "repa", trained_run.name]
     assert runs[0].lora_dir == tmp_path / "ablations" / "lgf" / "lora" and runs[0].student_model == "tiny"
+
+
+def test_validation_columns_come_from_the_runs_last_val_row(trained_run):
+    from stages.evaluate.evaluate import _validation
+
+    val = _validation(trained_run)
+    assert set(val) >= {"val/diff", "val/diff@500", "val/lgf"} and all(np.isfinite(v) for v in val.values())
+    last = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["split"] == "val" and val["val/diff"] == last["terms"]["diff"]
 
 
 def test_samples_share_seeds_and_a_lora_loaded_in_turn_equals_the_generate_path(student_store, trained_run, tmp_path):
@@ -141,7 +149,7 @@ def test_evaluate_runs_and_base_end_to_end(student_store, trained_run, tmp_path)
     pytest.importorskip("stages.evaluate.video_metrics", reason="metric functions (branch metrics) not merged yet")
     out = tmp_path / "eval"
     r = invoke("--store", student_store, "--runs", str(trained_run), "--base", "--out", str(out), "--steps", "2",
-               "--seed", "7", "--no-vbench")
+               "--seed", "7", "--clips", "1", "--no-vbench")
     assert r.exit_code == 0, r.output
     key = json.loads((trained_run / "holdout.json").read_text())["keys"][0]
     report = json.loads((out / "report.json").read_text())
@@ -153,6 +161,7 @@ def test_evaluate_runs_and_base_end_to_end(student_store, trained_run, tmp_path)
             assert row[column] is not None and np.isfinite(row[column]), (name, column)
         assert (out / "samples" / name / f"{key}.mp4").is_file()
     assert (out / "grids" / f"{key}.mp4").is_file()
+    assert rows[trained_run.name]["val/diff"] is not None and rows["base"]["val/diff"] is None  # no training run: no validation
     assert protocol["clips"] == [key] and protocol["seeds"] == [7] and protocol["sampling_steps"] == 2
     assert protocol["frames"] == 17 and protocol["resolution"] == [128, 192] and protocol["videos_per_model"] == 1
     assert protocol["fvd"] and protocol["vbench"] == {"skipped": "--no-vbench"}

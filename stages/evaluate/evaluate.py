@@ -119,6 +119,8 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
 
     for run in runs:
         rows[run.name].update(_validation(run.path))
+    columns = list(dict.fromkeys(k for row in rows.values() for k in row))
+    rows = {name: {k: row.get(k) for k in columns} for name, row in rows.items()}  # None: not measurable for that model
     protocol = {
         "store": opts.store,
         "clips": keys,
@@ -202,7 +204,8 @@ def _vbench_rows(adapter, rows, samples_dir: Path, names: list[str]) -> dict:
 
 
 def _validation(run: Path) -> dict[str, float]:
-    """The run's last held-out validation row from its training metrics (metrics.jsonl rows with split "val")."""
+    """The run's last held-out validation (stages/distill/validation.py: metrics.jsonl rows with "split": "val",
+    written at the run's last step): its terms as val/<term> columns. {} for a run trained without validation."""
     path = run / "metrics.jsonl"
     last = None
     if path.is_file():
@@ -211,10 +214,8 @@ def _validation(run: Path) -> dict[str, float]:
                 row = json.loads(line)
             except ValueError:
                 continue  # a torn last line (killed run): the rows before it stand
-            if row.get("split") == "val" or any(str(k).startswith("val/") for k in row):
+            if isinstance(row, dict) and row.get("split") == "val" and isinstance(row.get("terms"), dict):
                 last = row
     if last is None:
         return {}
-    flat = {**last, **(last.get("terms") or {})} if isinstance(last.get("terms"), dict) else last
-    return {(k if k.startswith("val/") else f"val/{k}"): float(v) for k, v in flat.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch", "seconds")}
+    return {f"val/{k}": float(v) for k, v in last["terms"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -75,18 +75,15 @@ def resolve_runs(paths: Sequence[Path]) -> list[RunRef]:
 
 
 def run_holdout(run: RunRef) -> dict | None:
-    """The run's holdout.json ({"fraction", "rule", "keys"}), None when it has none (trained before the split existed)."""
-    path = run.path / HOLDOUT_FILE
-    if not path.is_file():
+    """The run's holdout.json as pipeline/holdout.py reads it; None when it has none (trained before the split existed)."""
+    from pipeline.holdout import HoldoutError, read_holdout
+
+    if not (run.path / HOLDOUT_FILE).is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-        keys = data["keys"]
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise TypeError("'keys' is not a list of clip keys")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise EvaluateError(f"run {run.name}: {path} is unreadable ({type(exc).__name__}: {exc})") from None
-    return data
+        return read_holdout(run.path).to_json()
+    except HoldoutError as exc:
+        raise EvaluateError(f"run {run.name}: {exc}") from None
 
 
 def heldout_keys(runs: Sequence[RunRef], store_keys: Sequence[str], fraction: float | None = None,
@@ -98,11 +95,11 @@ def heldout_keys(runs: Sequence[RunRef], store_keys: Sequence[str], fraction: fl
     Otherwise every run's holdout.json; they must all name the same clips.
     """
     if fraction is not None or explicit:
-        from pipeline.holdout import holdout_keys
+        from pipeline.holdout import HoldoutError, holdout_keys
 
         try:
             keys = holdout_keys(list(store_keys), fraction or 0.0, list(explicit))
-        except ValueError as exc:
+        except HoldoutError as exc:
             raise EvaluateError(f"held-out clips: {exc}") from None
         return sorted(keys), {"source": "explicit", "fraction": fraction, "explicit": list(explicit)}
     if not runs:
