@@ -85,7 +85,7 @@ demo: sample
 	$(CLI) inspect $(DEMO)/store --pca @0 --out $(DEMO)/teacher_pca.mp4
 	$(CLI) distill --config $(DISTILL_CONFIG) --store $(DEMO)/store --out $(DEMO)/run
 	$(CLI) generate --run $(DEMO)/run --store $(DEMO)/store --out $(DEMO)/sample.mp4
-	$(CLI) evaluate --store $(DEMO)/store --runs $(DEMO)/run --base --out $(DEMO)/eval --steps 4 --clips 1
+	$(CLI) evaluate --store $(DEMO)/store --runs $(DEMO)/run --base --out $(DEMO)/eval --steps 4 --clips 2
 	$(CLI) report --store $(DEMO)/store --run $(DEMO)/run --out $(DEMO)/summary.md --evaluation $(DEMO)/eval \
 	  $(DEMO)/sample.mp4 $(DEMO)/teacher_pca.mp4 $(DEMO)/run/loss_curve.png
 

@@ -13,8 +13,6 @@ from typer.testing import CliRunner
 
 from conftest import ROOT
 from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.distill_config import DistillConfig
 from pipeline.store import FeatureStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -25,18 +23,10 @@ SAMPLE = ROOT / "configs/distill/sample.yaml"
 def trained_run(student_store, tmp_path_factory) -> Path:
     """A 2-step tiny LoRA run on the session store, exported, validated at its last step; its holdout.json
     (data.holdout's default on 6 clips) names the clips it did not train on."""
-    from stages.distill.trainer import Trainer
-
     out = tmp_path_factory.mktemp("evalrun") / "run"
-    cfg = load_config(DistillConfig, SAMPLE, [f"data.store={student_store}", f"out={out}", "data.num_workers=0",
-                                              "train.steps=2", "train.checkpoint_every=2", "train.batch_size=1",
-                                              "eval.every=2", "eval.timesteps=[500]"])
-    trainer = Trainer(cfg)
-    try:
-        trainer.run()
-        trainer.finish()
-    finally:
-        trainer.close()
+    r = CliRunner().invoke(app, ["distill", "-c", str(SAMPLE), "--store", student_store, "--out", str(out), "data.num_workers=0",
+                                 "train.steps=2", "train.checkpoint_every=2", "train.batch_size=1", "eval.every=2", "eval.timesteps=[500]"])
+    assert r.exit_code == 0, r.output
     assert json.loads((out / "holdout.json").read_text())["keys"]
     return out
 
@@ -149,9 +139,10 @@ def test_evaluate_runs_and_base_end_to_end(student_store, trained_run, tmp_path)
     pytest.importorskip("stages.evaluate.video_metrics", reason="metric functions (branch metrics) not merged yet")
     out = tmp_path / "eval"
     r = invoke("--store", student_store, "--runs", str(trained_run), "--base", "--out", str(out), "--steps", "2",
-               "--seed", "7", "--clips", "1", "--no-vbench")
+               "--seed", "7", "--clips", "2")
     assert r.exit_code == 0, r.output
-    key = json.loads((trained_run / "holdout.json").read_text())["keys"][0]
+    keys = json.loads((trained_run / "holdout.json").read_text())["keys"][:2]
+    assert len(keys) == 2  # the session store's split (sha256 of its keys) holds out two clips: FVD is measurable
     report = json.loads((out / "report.json").read_text())
     rows, protocol = report["rows"], report["protocol"]
     assert list(rows) == ["base", trained_run.name]
@@ -159,17 +150,32 @@ def test_evaluate_runs_and_base_end_to_end(student_store, trained_run, tmp_path)
         for column in ("flicker", "dynamic_degree", "warping_error", "mask_consistency", "fragmentation", "area_stability",
                        "presence", "fvd"):
             assert row[column] is not None and np.isfinite(row[column]), (name, column)
-        assert (out / "samples" / name / f"{key}.mp4").is_file()
-    assert (out / "grids" / f"{key}.mp4").is_file()
+        for key in keys:
+            assert (out / "samples" / name / f"{key}.mp4").stat().st_size > 0
     assert rows[trained_run.name]["val/diff"] is not None and rows["base"]["val/diff"] is None  # no training run: no validation
-    assert protocol["clips"] == [key] and protocol["seeds"] == [7] and protocol["sampling_steps"] == 2
-    assert protocol["frames"] == 17 and protocol["resolution"] == [128, 192] and protocol["videos_per_model"] == 1
-    assert protocol["fvd"] and protocol["vbench"] == {"skipped": "--no-vbench"}
+    assert rows["base"]["fvd"] != rows[trained_run.name]["fvd"]
+    for key in keys:
+        assert (out / "grids" / f"{key}.mp4").stat().st_size > 0
+    assert protocol["clips"] == keys and protocol["seeds"] == [7, 8] and protocol["sampling_steps"] == 2
+    assert protocol["frames"] == 17 and protocol["resolution"] == [128, 192] and protocol["videos_per_model"] == 2
+    assert protocol["fvd"]["backbone"] == "videomae:tiny" and protocol["fvd"]["num_generated"] == 2
+    assert protocol["vbench"]["skipped"].startswith("VBench skipped")  # no .venv-vbench here
     text = (out / "report.md").read_text()
-    assert trained_run.name in text and "base" in text
+    assert f"| {trained_run.name} |" in text and "| base |" in text and "sampling_steps" in text
+    assert (out / "report.png").stat().st_size > 0
 
     summary = tmp_path / "summary.md"
     r = CliRunner().invoke(app, ["report", "--store", student_store, "--run", str(trained_run), "--out", str(summary),
                                  "--evaluation", str(out)])
     assert r.exit_code == 0, r.output
     assert "[eval/report.md](eval/report.md)" in summary.read_text()
+
+
+def test_one_held_out_clip_leaves_fvd_out_with_the_reason(student_store, trained_run, tmp_path):
+    pytest.importorskip("stages.evaluate.video_metrics", reason="metric functions (branch metrics) not merged yet")
+    r = invoke("--store", student_store, "--runs", str(trained_run), "--out", str(tmp_path), "--steps", "1", "--clips", "1",
+               "--no-vbench")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["rows"][trained_run.name]["fvd"] is None and "needs >= 2" in report["protocol"]["fvd"]["skipped"]
+    assert report["protocol"]["vbench"] == {"skipped": "--no-vbench"}

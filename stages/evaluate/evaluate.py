@@ -91,6 +91,13 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
         raise EvaluateError(f"the runs use different students ({', '.join(sorted(students))}): name the base with --student")
     models = ([Model(BASE, base_student, None)] if opts.base else []) + [Model(r.name, r.student_model, r.lora_dir) for r in runs]
 
+    from stages.evaluate.fvd import build_fvd_backbone
+
+    try:  # before sampling: a backbone that cannot load is bad input, not a late failure
+        backbone = build_fvd_backbone(opts.fvd_backbone, sampling.device)
+    except ValueError as exc:
+        raise EvaluateError(f"--fvd-backbone: {exc}") from None
+
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {"setup": time.perf_counter() - t_start}
@@ -110,11 +117,12 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
     seconds["metrics"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    fvd_protocol = _add_fvd(rows, samples, clips, opts.fvd_backbone, sampling.device)
+    fvd_protocol = _add_fvd(rows, samples, clips, backbone)
     seconds["fvd"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    vbench = _add_vbench(rows, out / "samples", [m.name for m in models]) if opts.vbench else {"skipped": "--no-vbench"}
+    vbench = (_add_vbench(rows, out / "samples", clips, [m.name for m in models], out / "vbench", str(sampling.device))
+              if opts.vbench else {"skipped": "--no-vbench"})
     seconds["vbench"] = time.perf_counter() - t0
 
     for run in runs:
@@ -175,11 +183,18 @@ def _sample_metrics(samples: dict[str, np.ndarray], clips, teacher, tracker) -> 
     return _mean(per_clip)
 
 
-def _add_fvd(rows, samples, clips, backbone_name: str, device) -> dict:
-    """FVD of each model's samples against the real held-out clips, one backbone for all."""
-    from stages.evaluate.fvd import build_fvd_backbone, fvd
+def _add_fvd(rows, samples, clips, backbone) -> dict:
+    """FVD of each model's samples against the real held-out clips, one backbone for all; the protocol.
 
-    backbone = build_fvd_backbone(backbone_name, device)
+    A Frechet distance needs two videos a side at least: with one held-out clip the column is None and
+    the protocol says why.
+    """
+    from stages.evaluate.fvd import fvd
+
+    if len(clips) < 2:
+        for name in samples:
+            rows[name]["fvd"] = None
+        return {**backbone.protocol(), "skipped": f"FVD needs >= 2 videos a side; {len(clips)} held-out clip(s) evaluated"}
     real = [c.frames for c in clips]
     protocol: dict = {}
     for name, by_clip in samples.items():
@@ -188,19 +203,22 @@ def _add_fvd(rows, samples, clips, backbone_name: str, device) -> dict:
     return protocol
 
 
-def _add_vbench(rows, samples_dir: Path, names: list[str]) -> dict:
-    """VBench scores per model through the adapter (its own env); {"skipped": why} when it cannot run."""
-    try:
-        from stages.evaluate import vbench_adapter
-    except ModuleNotFoundError as exc:
-        if exc.name != "stages.evaluate.vbench_adapter":
-            raise
-        return {"skipped": "the VBench adapter (stages/evaluate/vbench_adapter.py) is not installed in this checkout"}
-    return _vbench_rows(vbench_adapter, rows, samples_dir, names)
+def _add_vbench(rows, samples_dir: Path, clips, names: list[str], out_dir: Path, device: str) -> dict:
+    """VBench scores per model (vbench_<dimension> columns) through the adapter's own env; {"skipped": why} otherwise."""
+    from stages.evaluate import vbench_adapter
 
-
-def _vbench_rows(adapter, rows, samples_dir: Path, names: list[str]) -> dict:
-    raise NotImplementedError  # the adapter's call, once stages/evaluate/vbench_adapter.py lands
+    reason = vbench_adapter.skip_reason()
+    if reason:
+        return {"skipped": reason}
+    prompts = {f"{c.key}.mp4": c.caption for c in clips}
+    dimensions: set[str] = set()
+    for name in names:
+        result = vbench_adapter.run_vbench(samples_dir / name, prompts, out_dir, name=name.replace("/", "_"), device=device)
+        if result is None:
+            return {"skipped": f"VBench run failed for {name} (see the log)"}
+        rows[name].update({f"vbench_{k}": float(v) for k, v in result.scores.items()})
+        dimensions |= set(result.dimensions or result.scores)
+    return {"dimensions": sorted(dimensions), "mode": "custom_input", "env": str(vbench_adapter.DEFAULT_ENV)}
 
 
 def _validation(run: Path) -> dict[str, float]:
