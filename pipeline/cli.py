@@ -531,9 +531,13 @@ def _evaluation_lines(folder: Path, relative_to: Path) -> list[str]:
         data = json.loads(report_json.read_text())
         rows = data["rows"]
         protocol = data["protocol"]
+        headline = ("fvd", "mask_consistency", "fragmentation", "warping_error", "val/diff")
+
+        def cells(row: dict) -> str:
+            return ", ".join(f"{k} {row[k]:.4g}" if isinstance(row.get(k), (int, float)) else f"{k} -" for k in headline if k in row)
+
         lines.append(f"  - {protocol['videos_per_model']} clip(s), {protocol['frames']} frames, {protocol['sampling_steps']} sampling steps; "
-                     + "; ".join(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in list(row.items())[:4] if isinstance(v, (int, float)))
-                                 for name, row in rows.items()))
+                     + "; ".join(f"{name}: {cells(row)}" for name, row in rows.items()))
     except (OSError, ValueError, KeyError, TypeError):
         pass  # the link is the point; the figures are a convenience
     return lines

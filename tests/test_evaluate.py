@@ -72,6 +72,8 @@ def test_a_folder_of_runs_is_its_runs(trained_run, tmp_path):
     (tmp_path / "ablations" / "ablations.json").write_text("{}")
     runs = resolve_runs([tmp_path / "ablations", trained_run])
     assert [r.name for r in runs] == ["lgf", "repa", trained_run.name]
+    listed = resolve_runs(sorted((tmp_path / "ablations").iterdir()))  # `ls -d ablations/*`: ablations.json is skipped
+    assert [r.name for r in listed] == ["lgf", "repa"]
     assert runs[0].lora_dir == tmp_path / "ablations" / "lgf" / "lora" and runs[0].student_model == "tiny"
 
 

@@ -146,6 +146,8 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
         "teacher": {"model": teacher.model, "checkpoint": teacher.checkpoint, "image_size": teacher.image_size, "prompt": teacher.prompt}
         if teacher else None,
         "fvd": fvd_protocol,
+        "validation": ("val/* columns: each run's last held-out validation (split=val rows of its metrics.jsonl, "
+                       "stages/distill/validation.py); none for the base model or runs trained with eval.every=0"),
         "vbench": vbench,
         "sampling_seconds": per_model,
     }

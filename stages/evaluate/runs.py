@@ -9,6 +9,7 @@ hold a LoRA are the runs, in name order.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +17,8 @@ from typing import Any, Sequence
 LORA_FILE = "pytorch_lora_weights.safetensors"
 INFO_FILE = "sam2videox.json"
 HOLDOUT_FILE = "holdout.json"
+
+log = logging.getLogger(__name__)
 
 
 class EvaluateError(ValueError):
@@ -46,6 +49,9 @@ def resolve_runs(paths: Sequence[Path]) -> list[RunRef]:
     found: list[Path] = []
     for p in paths:
         p = Path(p)
+        if p.is_file():  # `--runs $(ls -d ablations/*)` also lists ablations.json beside the run folders
+            log.warning("skipping %s: a file, not a run folder", p)
+            continue
         if not p.is_dir():
             raise EvaluateError(f"run folder {p} does not exist")
         if _is_run(p):
