@@ -28,7 +28,7 @@ DISTILL_CONFIG ?= configs/distill/sample.yaml
 export TQDM_DISABLE ?=
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install sample extract distill plan ablate evaluate demo test clean help gpu-wheels
+.PHONY: install sample extract distill plan ablate evaluate demo test clean help gpu-wheels vbench-env twins
 
 help:
 	@echo "make demo | test | install | sample | extract | distill | ablate | evaluate   (CONFIG=... STORE=... OUT=... ARGS=...)"
@@ -49,6 +49,20 @@ $(STAMP): pyproject.toml Makefile
 
 sample: install
 	$(PY) datasets/sample/generate.py --out $(SAMPLE)
+
+# Structure-broken twins of the first 3 sample clips with their true masks (ground truth for the
+# structure metrics; not part of the corpus the demo and tests use).
+twins: install
+	$(PY) datasets/sample/generate.py --out $(SAMPLE) --twins datasets/sample/twins
+
+# VBench in a virtual environment of its own (it pins transformers==4.33.2 and numpy<2, which clash
+# with this project's). Its weights are not downloaded here: put them under $$VBENCH_CACHE_DIR
+# (default ~/.cache/vbench), laid out as stages/evaluate/vbench_adapter.py REQUIRED_WEIGHTS lists.
+VBENCH_VENV ?= .venv-vbench
+vbench-env:
+	test -x $(VBENCH_VENV)/bin/python || $(PYTHON_BOOT) -m venv $(VBENCH_VENV)
+	$(VBENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VBENCH_VENV)/bin/python -m pip install -q "vbench==0.1.5"
 
 extract: sample
 	$(CLI) extract --config $(CONFIG) --store $(STORE) $(ARGS)

@@ -8,6 +8,7 @@ sits on a textured background that pans slowly, so nothing in the frame is stati
 
 Usage:  python datasets/sample/generate.py --out DIR [--clips 16] [--frames 49] [--fps 8]
                                            [--height 144 --width 216] [--seed 0] [--force]
+        [--twins TWIN_DIR [--twin-clips 3]]   (structure-broken twins: see generate_twins)
 Writes  DIR/<key>.mp4, DIR/<key>.txt (caption), DIR/manifest.jsonl with one line per clip:
         {"key", "path" (relative to DIR), "caption", "prompt": {"box": [x0, y0, x1, y1]}}
 where the box is the subject's box on frame 0 in source pixel coordinates (pixel edges: the
@@ -372,22 +373,169 @@ def render_clip(index: int, frames: int = 49, fps: float = 8, height: int = 144,
     return RenderedClip(spec.key, spec.caption, _box(cov[0]), rgb, cov >= 128)
 
 
+# ---------------------------------------------------------------------------------------------
+# Structure-broken twins: ground truth for the structure metrics (stages/evaluate/structure_metrics.py).
+# A twin re-renders a clip with the subject drawn on its own layer (identical pixels when intact),
+# then breaks that layer from frame BREAK_AT * F on, so frame 0 (the prompt frame) is untouched:
+#   detach   the lower part of a walker (its feet and shins) or the leading lobe of a blob comes off
+#            and drifts away from the body, leaving a gap: the subject is in two or more pieces;
+#   jump     that same part pops to a displaced position (up and ahead) for 2 frames out of every 4;
+#   stretch  the whole subject stretches sideways by up to 1.9x and back (feet stay on the ground);
+#   vanish   the subject disappears for 3 frames out of every 7.
+# Each twin comes with its true per-frame subject masks. The intact twin is the clip itself.
+
+BREAKS = ("detach", "jump", "stretch", "vanish")
+BREAK_AT = 1 / 3  # the break starts a third of the way in
+
+
+def _shift(a: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """a [H, W, ...] moved by (dx, dy) pixels, zero-filled (no wrap-around)."""
+    out = np.zeros_like(a)
+    h, w = a.shape[:2]
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = a[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    return out
+
+
+def _part(mask: np.ndarray, kind: str, d: int) -> np.ndarray:
+    """The breakable part of the subject layer (bool [H, W]): the lowest 30% of a walker's rows (feet
+    and shins), or the leading 30% of a blob's columns."""
+    ys, xs = np.nonzero(mask)
+    part = np.zeros_like(mask)
+    if len(ys) == 0:
+        return part
+    if kind == "blob":
+        x0, x1 = xs.min(), xs.max() + 1
+        cols = np.arange(mask.shape[1])[None, :]
+        part[:] = cols >= x1 - 0.3 * (x1 - x0) if d > 0 else cols < x0 + 0.3 * (x1 - x0)
+    else:
+        y0, y1 = ys.min(), ys.max() + 1
+        part[int(y1 - 0.3 * (y1 - y0)) :] = True
+    return part & mask
+
+
+def _break_layer(rgb: np.ndarray, mask: np.ndarray, broken: str, i: int, i0: int, spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Apply `broken` to the subject layer of frame i (supersampled rgb [H, W, 3], bool mask [H, W])."""
+    if broken == "intact" or i < i0:
+        return rgb, mask
+    k, u, d = i - i0, spec.motion.u * SS, spec.motion.d
+    if broken == "vanish":
+        return (rgb, mask) if k % 7 >= 3 else (np.zeros_like(rgb), np.zeros_like(mask))
+    if broken in ("detach", "jump"):
+        part = _part(mask, spec.kind, d)
+        if broken == "detach":  # drifts off over 4 frames, then stays 7u behind / 6u below (or ahead) of the body
+            g = min(1.0, (k + 1) / 4)
+            dx, dy = (round(g * 10 * u * d), 0) if spec.kind == "blob" else (round(-g * 7 * u * d), round(g * 6 * u))
+        else:
+            if k % 4 >= 2:
+                return rgb, mask
+            dx, dy = (0, round(-14 * u)) if spec.kind == "blob" else (round(14 * u * d), round(-10 * u))
+        moved = _shift(part, dx, dy)
+        rest = mask & ~part
+        out_rgb = np.where(moved[..., None], _shift(rgb, dx, dy), np.where(rest[..., None], rgb, 0)).astype(rgb.dtype)
+        return out_rgb, rest | moved
+    if broken == "stretch":  # horizontal scale about the bottom-centre (walkers) or centre (blob) of the subject
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            return rgb, mask
+        sx = 1 + 0.9 * math.sin(math.pi * (k + 1) / 12) ** 2  # 12-frame cycle, widest 6 frames in
+        cx = (xs.min() + xs.max() + 1) / 2
+        w = mask.shape[1]
+        src_x = np.clip(np.round(cx + (np.arange(w) - cx) / sx).astype(int), 0, w - 1)  # nearest-neighbour inverse map
+        return rgb[:, src_x], mask[:, src_x]
+    raise ValueError(f"unknown break {broken!r}; expected 'intact' or one of {BREAKS}")
+
+
+def _render_twin_frames(spec: ClipSpec, broken: str, frames: int, fps: float, height: int, width: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Like _render_frames, with the subject painted on its own layer and composited (same pixels when
+    nothing is broken), so that the layer can be broken first. Yields (frame, coverage 0..255)."""
+    duration = (frames - 1) / fps
+    pan_px = int(math.ceil(abs(spec.pan) * duration * SS)) + 2
+    rng = np.random.default_rng([seed, spec.index, 1])
+    tex = TEXTURES[spec.texture](rng, height * SS, width * SS + pan_px)
+    colour = COLOURS[spec.colour]
+    i0 = max(1, int(round(frames * BREAK_AT)))
+    for i in range(frames):
+        t = i / fps
+        shift = spec.pan * t * SS
+        off = int(round(shift)) if spec.pan >= 0 else pan_px - 1 + int(round(shift))
+        off = min(max(off, 0), pan_px - 1)
+        bg = tex[:, off : off + width * SS]
+        layer, mask = Image.new("RGB", (width * SS, height * SS)), Image.new("L", (width * SS, height * SS), 0)
+        painter = _Painter(layer, mask)
+        if spec.kind == "blob":
+            outline = _blob_outline(spec.motion, t, spec.blob_shape)
+            painter.polygon(outline, colour)
+            centre = outline.mean(axis=0)
+            painter.disc((centre[0] - 5 * spec.motion.u, centre[1] - 5 * spec.motion.u), 5 * spec.motion.u, _shade(colour, 1.4 if sum(colour) < 500 else 0.7))
+        else:
+            _DRAW[spec.kind](painter, spec.motion, t, colour)
+        rgb, m = _break_layer(np.asarray(layer), np.asarray(mask) > 0, broken, i, i0, spec)
+        frame = np.where(m[..., None], rgb, bg).astype(np.uint8)
+        yield np.asarray(Image.fromarray(frame).reduce(SS)), np.asarray(Image.fromarray((m * 255).astype(np.uint8)).reduce(SS))
+
+
+def render_twin(index: int, broken: str, frames: int = 49, fps: float = 8, height: int = 144, width: int = 216, seed: int = 0) -> RenderedClip:
+    """Clip `index` with its subject broken as `broken` ("intact" or one of BREAKS), in memory."""
+    if broken != "intact" and broken not in BREAKS:
+        raise ValueError(f"unknown break {broken!r}; expected 'intact' or one of {BREAKS}")
+    spec = clip_spec(index, frames, fps, height, width, seed)
+    pairs = list(_render_twin_frames(spec, broken, frames, fps, height, width, seed))
+    cov = np.stack([c for _, c in pairs])
+    return RenderedClip(f"{spec.key}__{broken}", spec.caption, _box(cov[0]), np.stack([f for f, _ in pairs]), cov >= 128)
+
+
+def generate_twins(out_dir: str | os.PathLike, clips: int = 3, breaks: tuple[str, ...] = BREAKS, frames: int = 49,
+                   fps: float = 8, height: int = 144, width: int = 216, seed: int = 0) -> list[dict]:
+    """Write, for each of the first `clips` clips, its intact twin and one twin per break to out_dir:
+    <key>__<break>.mp4, <key>__<break>.txt (the clip's caption), <key>__<break>.npz (masks: bool
+    [F, H, W], the true subject masks; load with np.load(..., allow_pickle=False)) and a manifest.jsonl
+    (a valid corpus manifest, with extra fields "twin_of", "break", "masks") so the twins can also be
+    extracted and tracked by the teacher. Always re-renders (twins are small and not used by the demo)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(clips):
+        for broken in ("intact",) + tuple(breaks):
+            twin = render_twin(index, broken, frames, fps, height, width, seed)
+            _write_mp4(iter(twin.frames), out / f"{twin.key}.mp4", fps, height, width)
+            (out / f"{twin.key}.txt").write_text(twin.caption + "\n")
+            np.savez_compressed(out / f"{twin.key}.npz", masks=twin.masks)
+            rows.append({"key": twin.key, "path": f"{twin.key}.mp4", "caption": twin.caption, "prompt": {"box": twin.box},
+                         "twin_of": twin.key.rsplit("__", 1)[0], "break": broken, "masks": f"{twin.key}.npz"})
+    _write_atomic(out / "manifest.jsonl", _manifest_text(rows))
+    log.info("wrote %d twins of %d clips to %s", len(rows), clips, out)
+    return rows
+
+
 def _encode(spec: ClipSpec, path: Path, frames: int, fps: float, height: int, width: int, seed: int) -> list[int]:
     """Render and encode one clip to `path` (via a temp file); return its frame-0 box."""
-    tmp = path.with_name(path.name + ".tmp")
     box: list[int] = []
+
+    def rgb_frames() -> Iterator[np.ndarray]:
+        nonlocal box
+        for i, (rgb, cov) in enumerate(_render_frames(spec, frames, fps, height, width, seed)):
+            if i == 0:
+                box = _box(cov)
+            yield rgb
+
+    _write_mp4(rgb_frames(), path, fps, height, width)
+    return box
+
+
+def _write_mp4(frames: Iterator[np.ndarray], path: Path, fps: float, height: int, width: int) -> None:
+    """Encode RGB frames (uint8 [H, W, 3]) to `path` with the fixed x264 settings, via a temp file."""
+    tmp = path.with_name(path.name + ".tmp")
     with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = dict(X264_OPTIONS)
         stream.codec_context.thread_count = 1
-        for i, (rgb, cov) in enumerate(_render_frames(spec, frames, fps, height, width, seed)):
-            if i == 0:
-                box = _box(cov)
+        for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode(None))
     os.replace(tmp, path)
-    return box
 
 
 def _row(spec: ClipSpec, box: list[int]) -> dict:
@@ -474,9 +622,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=216)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="re-render even if the folder is up to date")
+    parser.add_argument("--twins", default=None, metavar="DIR", help="also write structure-broken twins of the first --twin-clips clips to DIR")
+    parser.add_argument("--twin-clips", type=int, default=3)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     generate(args.out, args.clips, args.frames, args.fps, args.height, args.width, args.seed, args.force)
+    if args.twins:
+        generate_twins(args.twins, min(args.twin_clips, args.clips), BREAKS, args.frames, args.fps, args.height, args.width, args.seed)
 
 
 if __name__ == "__main__":
