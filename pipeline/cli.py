@@ -504,6 +504,7 @@ def report(
         f"- training: {train['steps']} steps on {train['world_size']} rank(s), {train['mean_step_seconds']:.3f} s/step, "
         f"data wait {train['data_wait_share']:.1%} of step time",
         _loss_line(run / "metrics.jsonl"),
+        *_val_lines(run),
         f"- LoRA for the stock diffusers pipelines: `{train['exported']}`",
         f"- loss curve: `{run / 'loss_curve.png'}`; metrics: `{run / 'metrics.jsonl'}`; TensorBoard: `{run / 'tensorboard'}`",
     ]
@@ -555,6 +556,26 @@ def _loss_line(metrics: Path) -> str:
         return f"{sum(r['loss'] for r in part) / len(part):.4f} (" + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) + ")"
 
     return f"- loss, mean of the first {n} steps: {mean(rows[:n])}; of the last {n}: {mean(rows[-n:])}"
+
+
+def _val_lines(run: Path) -> list[str]:
+    """The held-out split and the first and last validation (fixed t and noise) of a run, if it has them."""
+    from pipeline.holdout import HoldoutError, read_holdout
+    from stages.distill.curves import read_metrics
+
+    try:
+        split = read_holdout(run)
+    except HoldoutError:
+        return []
+    lines = [f"- held out: {len(split.keys)} of {split.total} clips (`{run / 'holdout.json'}`), never trained on"]
+    rows = read_metrics(run / "metrics.jsonl", "val") if (run / "metrics.jsonl").exists() else []
+    if rows:
+        def terms(r: dict) -> str:
+            return ", ".join(f"{k} {v:.4f}" for k, v in r["terms"].items() if "@" not in k) + (f"; n/a: {', '.join(r['n/a'])}" if r["n/a"] else "")
+
+        lines.append(f"- validation on {rows[-1]['clips']} held-out clip(s), step {rows[0]['step']}: {terms(rows[0])}; "
+                     f"step {rows[-1]['step']}: {terms(rows[-1])}")
+    return lines
 
 
 def main() -> None:  # pragma: no cover - console entry

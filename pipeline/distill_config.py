@@ -237,10 +237,18 @@ class EvalConfig:
     timesteps: list[int] = field(default_factory=lambda: [100, 500, 900])  # L_diff at these t, fixed noise per (clip, t)
     max_clips: int = 16  # the first this many held-out keys (sorted): a fixed list, the same in every run
     seed: int = 0  # noise seed: the same for runs and ablations, so their validation losses compare
+    # sample videos (stages/distill/samples.py): the stock I2V pipeline around the student being trained,
+    # from the first held-out clips' first frames and captions; the VAE and T5 load only then
+    sample_every: int = 0  # optimiser steps between samples; 0 = off
+    sample_clips: int = 1  # held-out clips sampled (the first keys of the validation list)
+    sample_steps: int | None = None  # denoising steps; None: 50 on a GPU, 8 on a CPU (as `generate`)
+    sample_guidance: float = 6.0  # classifier-free guidance scale (1 = off)
 
     def __post_init__(self) -> None:
-        if self.every < 0:
-            raise ValueError(f"eval.every must be >= 0 (0: off), got {self.every}")
+        if self.every < 0 or self.sample_every < 0:
+            raise ValueError(f"eval.every and eval.sample_every must be >= 0 (0: off), got {self.every}, {self.sample_every}")
+        if self.sample_clips < 1 or (self.sample_steps is not None and self.sample_steps < 1):
+            raise ValueError("eval.sample_clips and eval.sample_steps must be >= 1")
         if not self.timesteps or any(t < 0 for t in self.timesteps):
             raise ValueError(f"eval.timesteps must be a non-empty list of timesteps >= 0, got {self.timesteps}")
         if self.max_clips < 1:

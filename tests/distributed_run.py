@@ -2,7 +2,8 @@
 
     python -m torch.distributed.run --nproc_per_node 2 tests/distributed_run.py SPEC.json
 
-SPEC: {"overrides": [...], "mode": "fixed" | "run", "steps": n, "stop_at": n|null, "resume": bool, "out_json": path}
+SPEC: {"overrides": [...], "mode": "fixed" | "run", "steps": n, "stop_at": n|null, "resume": bool, "out_json": path,
+       "validate": bool (each rank's held-out validation terms after training, under "val")}
 "fixed" feeds every rank the same global sequence of micro-batches (rank r takes micro-batch
 step * world * accum + r * accum + m), so any world size sees the same global batches.
 """
@@ -62,12 +63,14 @@ def main() -> None:
         history = [trainer.train_step(source) for _ in range(spec["steps"])]
     else:
         history = trainer.run(stop_at=spec.get("stop_at"))
+    # every rank validates the same held-out clips (a sharded model needs all ranks in each forward)
+    val = trainer.validator.evaluate(trainer.step)["terms"] if spec.get("validate") else None
     exported = trainer.finish() if spec.get("export") else None
     out = Path(spec["out_json"])
     rank = trainer.rank
     save_file(full_weights(trainer), str(out.with_name(f"{out.stem}-weights-rank{rank}.safetensors")))
     rows = [{"step": m.step, "loss": m.loss, "terms": m.terms, "grad_norms": m.grad_norms} for m in history]
-    out.with_name(f"{out.stem}-rank{rank}.json").write_text(json.dumps({"history": rows, "exported": str(exported) if exported else None}))
+    out.with_name(f"{out.stem}-rank{rank}.json").write_text(json.dumps({"history": rows, "exported": str(exported) if exported else None, "val": val}))
     trainer.close()
 
 

@@ -24,7 +24,12 @@ APPLIED = (
     "parallel.memory_check", "parallel.gpu_memory_gb", "parallel.reshard_after_forward",
     "data.storage_options", "data.on_corrupt", "out",
     "student.device", "student.attention", "student.gradient_checkpointing",  # same maths, other kernels
+    "eval",  # validation cadence and clips: measured, never trained on
 )
+
+# what a checkpoint written before a key existed trained with: runs before the held-out split trained
+# on every clip (so resuming one needs data.holdout=0; the split itself is refused when it changes)
+LEGACY = {"data.holdout": 0.0, "data.holdout_keys": []}
 
 
 class ResumeMismatch(ValueError):
@@ -48,7 +53,7 @@ def _applied(key: str) -> bool:
 
 def compare(saved: dict, current: dict, checkpoint: str) -> dict[str, tuple[Any, Any]]:
     """{key: (saved, current)} of the changes a resume applies; raises ResumeMismatch for the others."""
-    a, b = flatten(saved), flatten(current)
+    a, b = {**LEGACY, **flatten(saved)}, flatten(current)
     changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
     refused = {k: v for k, v in changed.items() if not _applied(k)}
     if refused:

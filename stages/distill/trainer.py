@@ -195,7 +195,7 @@ class Trainer:
         lat = self.data.encodings.schema["latents"].shape
         self.rotary = rotary_embedding(self.tconfig, lat[1], lat[2], lat[3], self.device)
         self.loss_context = self._loss_context()
-        self.validator = self._validator() if cfg.eval.every > 0 else None
+        self.validator = self._validator() if cfg.eval.every > 0 or cfg.eval.sample_every > 0 else None
         self.step, self.position = 0, StreamPosition()
         if self.rank == 0:
             remove_stale_temp(self.out)
@@ -318,8 +318,8 @@ class Trainer:
                 self._log(metrics)
             if self.on_step is not None:
                 self.on_step(metrics)
-            if self.validator is not None and self.validator.due(self.step, last):
-                self.validator.run(self.step, self._writer() if self.rank == 0 else None)
+            if self.validator is not None:  # held-out validation and samples, when due
+                self.validator.after_step(self.step, self._writer() if self.rank == 0 else None)
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == last:
                 self.save()
         if self.stream.skipped:

@@ -1,6 +1,6 @@
 """Validation during training: the student on the held-out clips, at fixed timesteps and fixed noise.
 
-Every `eval.every` steps (and at the last step) the trainer calls `Validator.run(step)`. For each of a
+Every `eval.every` steps the trainer calls `Validator.run(step)`. For each of a
 fixed list of held-out clips (the first `eval.max_clips` keys of <run>/holdout.json, sorted) and each
 t in `eval.timesteps`, one forward of the student in eval mode without grad, with every random draw
 (posterior sample, noise) from a generator seeded by (eval.seed, clip key, t): two runs, or two
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 from pipeline.store import StoreError, join_shard_data
 from pipeline.stream import _read, collate
@@ -86,15 +87,30 @@ class Validator:
             raise ValueError(f"eval.timesteps {late} are past the scheduler's {num_train} training timesteps (0..{num_train - 1})")
         self.cfg, self.ctx, self.forward, self.model, self.rank, self.out = cfg, ctx, forward, model, rank, Path(out)
         self.keys = sorted(held_out)[: e.max_clips]
-        self.clips = read_clips(data, self.keys) if self.keys else []
+        self.clips = read_clips(data, self.keys) if self.keys and e.every > 0 else []
+        self.data = data
         self.column_lgf = data.column_lgf
         self.has_teacher = data.teacher is not None
         if not self.keys:
-            log.warning("eval.every=%d but the run holds out no clip (data.holdout=0, no data.holdout_keys): validation is off", e.every)
+            log.warning("eval.every=%d / sample_every=%d but the run holds out no clip (data.holdout=0, no data.holdout_keys): "
+                        "validation and samples are off", e.every, e.sample_every)
 
-    def due(self, step: int, last: int) -> bool:
+    def after_step(self, step: int, writer: Any = None) -> None:
+        """The trainer's one call: validate when due, sample videos when due (every rank calls it)."""
+        if self.due(step):
+            self.run(step, writer)
+        every = self.cfg.eval.sample_every
+        if self.keys and every > 0 and step % every == 0:
+            from stages.distill.parallel import is_sharded
+            from stages.distill.samples import sample_held_out
+
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            sample_held_out(self.cfg, self.data, self.keys, self.model, self.ctx, is_sharded(self.forward), self.rank, world, self.out, step)
+
+    def due(self, step: int) -> bool:
+        """Every eval.every optimiser steps (a multiple of it; so a resumed run validates where a straight one does)."""
         every = self.cfg.eval.every
-        return bool(self.clips) and every > 0 and (step % every == 0 or step == last)
+        return bool(self.clips) and every > 0 and step % every == 0
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
