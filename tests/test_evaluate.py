@@ -58,6 +58,12 @@ def test_bad_input_is_one_line_and_exit_2(student_store, trained_run, tmp_path):
     assert r.exit_code == 2 and len(_line(r).splitlines()) == 1, r.output
     assert "does not hold the held-out clip(s) clip_that_is_not_there" in _line(r)
 
+    r = invoke("--store", str(tmp_path / "no-store"), "--runs", str(trained_run), "--out", str(tmp_path / "e"))
+    assert r.exit_code == 2 and len(_line(r).splitlines()) == 1 and "no-store" in _line(r), r.output
+
+    r = invoke("--store", student_store, "--runs", str(trained_run), "--out", str(tmp_path / "e"), "--fvd-backbone", str(tmp_path / "i3d.pt"))
+    assert r.exit_code == 2 and len(_line(r).splitlines()) == 1 and "i3d.pt not found" in _line(r), r.output
+
     (other / "holdout.json").unlink()
     r = invoke("--store", student_store, "--runs", str(other), "--out", str(tmp_path / "e"))
     assert r.exit_code == 2 and "no holdout.json" in _line(r) and "other" in _line(r)

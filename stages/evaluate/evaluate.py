@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.store import FeatureStore
+from pipeline.store import FeatureStore, StoreError
 from stages.evaluate.clips import load_clips, store_settings, teacher_config
 from stages.evaluate.runs import EvaluateError, heldout_keys, resolve_runs
 from stages.evaluate.sampling import BASE, Model, SamplingSettings, sample_models, write_grids
@@ -74,7 +74,10 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
         raise EvaluateError(f"the runs trained on different store columns ({', '.join(sorted(map(str, enc_cols | teacher_cols)))}): "
                             f"evaluate runs of one store together")
     video, encoders, teacher_raw = store_settings(store, next(iter(enc_cols)), next(iter(teacher_cols)))
-    snapshot_keys = [row["key"] for row in store.require_snapshot().clips]
+    try:
+        snapshot_keys = [row["key"] for row in store.require_snapshot().clips]
+    except StoreError as exc:
+        raise EvaluateError(f"store {opts.store}: {exc}") from None
     keys, split = heldout_keys(runs, snapshot_keys, opts.holdout, opts.holdout_keys)
     if not keys:
         raise EvaluateError(f"no held-out clips in {opts.store} for these runs (their holdout.json lists none): "
