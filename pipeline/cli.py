@@ -126,14 +126,23 @@ def inspect(
     column: Optional[str] = typer.Option(None, "--column", help="teacher column name or name-hash (default: the only one)"),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://..."}\''),
     verify: bool = typer.Option(False, "--verify", help="read every committed clip and check it against its commit; exit 1 if damaged"),
+    teacher_stats: bool = typer.Option(False, "--teacher-stats", help="what the teacher column fuses: KL(P_fwd||P_bwd), KL(P_fused||P_fwd), mask IoU, scores, areas, KL to other teacher columns"),
+    threshold: float = typer.Option(0.01, "--threshold", help="--teacher-stats: per-token KL(P_fused||P_fwd) above which a fused relation counts as differing"),
 ) -> None:
-    """Summarise a store, check it (--verify), or render one clip's teacher features (--pca KEY --out FILE)."""
+    """Summarise a store, check it (--verify), report what its teacher fuses (--teacher-stats), or render one clip's teacher features (--pca KEY --out FILE)."""
     from pipeline.store import FeatureStore, StoreError
 
     try:
         fstore = FeatureStore(store, json.loads(storage_options) if storage_options else None)
         if verify:
             _verify(fstore, as_json)
+            return
+        if teacher_stats:
+            from pipeline.teacher_stats import format_stats
+            from pipeline.teacher_stats import teacher_stats as compute_stats
+
+            stats = compute_stats(fstore, column, threshold)
+            typer.echo(json.dumps(stats, indent=1) if as_json else "\n".join(format_stats(stats)))
             return
         if pca is not None:
             from pipeline.inspect import render_pca
@@ -164,7 +173,8 @@ def inspect(
         described = " ".join(f"{k.split('.', 1)[-1] if k.count('.') == 1 else k}={v}" for k, v in col["describe"].items())
         typer.echo(
             f"  {col['dir']}: {col['committed_shards']}/{summary['shards']} shards, {col['clips']} clips, "
-            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip" + (f"  [{described}]" if described else "")
+            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip stored ({col['schema_bytes_per_clip'] / 1e6:.2f} uncompressed)"
+            + (f"  [{described}]" if described else "")
         )
         for name, spec in col["arrays"].items():
             typer.echo(f"      {name:16s} {spec['dtype']:8s} {tuple(spec['shape'])}")
@@ -236,6 +246,7 @@ def _run_distill(cfg, resume: bool, show_progress: bool) -> dict:
         "data_wait_share": sum(waits) / sum(times) if times else None,
         "exported": str(exported) if exported else None,
         "teacher_column": trainer.data.teacher.dirname if trainer.data.teacher else None,
+        "filter": trainer.filter.to_json(),  # data.filter: clips dropped per rule, and which
     }
     if trainer.rank == 0:
         (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -500,6 +511,12 @@ def report(
     for col in store_info["columns"]:
         lines.append(f"  - column `{col['dir']}`: {col['clips']} clips, {col['bytes_per_clip'] / 1e3:.1f} kB/clip, arrays "
                      + ", ".join(f"{k} {tuple(v['shape'])} {v['dtype']}" for k, v in col["arrays"].items()))
+    from stages.extract.teacher_column import real_size_bytes_per_clip
+
+    real = real_size_bytes_per_clip()
+    store_info["teacher_bytes_per_clip_real_size"] = sum(real.values())
+    lines.append(f"- teacher bytes per clip at the real size (49x480x720, SAM 2.1 Hiera-L, default feature; from the schema): "
+                 f"{sum(real.values()) / 1e6:.2f} MB (" + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in real.items()) + ")")
     lines += [
         f"- training: {train['steps']} steps on {train['world_size']} rank(s), {train['mean_step_seconds']:.3f} s/step, "
         f"data wait {train['data_wait_share']:.1%} of step time",

@@ -65,7 +65,7 @@ class TapConfig:
 class ProjectorConfig:
     hidden: int = 2048  # width of the hidden layers (REPA-style MLP)
     layers: int = 2  # hidden layers: 2 gives D -> 2048 -> 2048 -> C_teacher
-    out_channels: int | None = None  # None: the teacher column's channel count (64 for maskmem)
+    out_channels: int | None = None  # None: the teacher column's channel count (256: memory_attention of released SAM2; 64 maskmem)
 
     def __post_init__(self) -> None:
         if self.hidden < 1:
@@ -205,6 +205,31 @@ class TrainConfig:
 
 
 @dataclass
+class FilterConfig:
+    """Teacher-quality filter, decided at stream start from the teacher column's per-clip quality
+    records (stages/distill/teacher_filter.py; no array is read). A clip failing any active rule is
+    neither streamed nor counted. Every threshold compares a value of the record with `<`: a clip
+    whose value is below it is dropped; null turns that rule off.
+
+    lost_subject (default on): drop a clip where SAM2 lost the subject in some frame of either pass:
+        presence_min < 0.5 (SAM2's object-score logit below 0, the frames it blanks the mask of),
+        or area_fwd_min == 0 or area_bwd_min == 0 (an empty mask in some frame).
+    """
+
+    enabled: bool = True  # false: no clip is dropped, no record is read
+    lost_subject: bool = True  # the rule above
+    min_object_score: float | None = None  # drop if min(object_score_fwd, object_score_bwd) < this (mean presence per pass)
+    min_area: float | None = None  # drop if min(area_fwd_min, area_bwd_min) < this (mask area, fraction of the frame)
+    min_iou: float | None = None  # drop if iou_fwd_bwd < this (mean per-frame IoU of the two passes' masks)
+
+    def __post_init__(self) -> None:
+        for name in ("min_object_score", "min_area", "min_iou"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"data.filter.{name} must be in [0, 1] or null (rule off), got {value}")
+
+
+@dataclass
 class DataConfig:
     store: str = "out/sample-store"  # feature store folder or fsspec URL (stage one's output)
     teacher_column: str | None = None  # teacher column selector (its name/hash); None: the only one in the store
@@ -215,6 +240,8 @@ class DataConfig:
     # a clip whose arrays fail their commit checksum (or whose shard cannot be read): fail stops the
     # run naming store, column, shard, clip and array; skip logs it, leaves it out and counts it
     on_corrupt: Literal["fail", "skip"] = "fail"
+    # teacher-quality filter (default: drop lost-subject clips); counts per rule in the log and summary.json
+    filter: FilterConfig = field(default_factory=FilterConfig)
     # held-out split (pipeline/holdout.py): clips whose sha256(key) falls below this fraction are never
     # trained on (at least one when > 0); validation and `evaluate` read them from <out>/holdout.json
     holdout: float = 0.05

@@ -81,7 +81,9 @@ class TeacherConfig:
     model: str = "sam2.1_hiera_l"  # SAM2 config name (sam2.1_hiera_{t,s,b+,l}, sam2_hiera_*) or "tiny"
     checkpoint: str | None = None  # path/URL of a SAM2 checkpoint ({"model": state_dict}); None = random weights
     image_size: int | None = None  # override the model's input size (1024 for released configs)
-    feature: Literal["maskmem", "memory_attention", "backbone"] = "maskmem"
+    # memory_attention (the memory-conditioned feature): the only one that carries each pass's past, so the
+    # only one whose forward and backward differ beyond where their masks differ (README "Teacher feature")
+    feature: Literal["maskmem", "memory_attention", "backbone"] = "memory_attention"
     prompt: Literal["manifest", "auto", "center"] = "auto"  # manifest falls back to auto when a clip has none
     temporal: Literal["stride", "mean"] = "stride"  # latent frame i <- pixel frame 4i, or mean of its group
     resample: Literal["antialias", "bilinear"] = "antialias"  # teacher maps -> token grid (stages/grid.py); keyed

@@ -108,7 +108,7 @@ def panels(store: FeatureStore, key: str, column_name: str = "teacher") -> np.nd
     """uint8 [T, H, 5W, 3]: one row of panels per latent frame."""
     column, data, row, entry = find_clip(store, column_name, key)
     # read_row checks each array against its commit: a damaged clip is a StoreError naming it, not a picture of the damage
-    fwd, bwd = column.read_row(data, "fwd", row).astype(np.float32), column.read_row(data, "bwd", row).astype(np.float32)
+    fwd, bwd = column.read_dequantized(data, "fwd", row).astype(np.float32), column.read_dequantized(data, "bwd", row).astype(np.float32)
     lgf, mask = column.read_row(data, "lgf", row).astype(np.float32), column.read_row(data, "mask", row)
     video = from_dict(VideoConfig, column.producer_config["video"], source=f"{column.dirname}/column.json")
     frames = decode_clip(entry.url, video, store.storage_options).frames

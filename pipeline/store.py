@@ -332,10 +332,23 @@ class Column:
                 arrays[k] = group[k]
             except Exception as exc:  # noqa: BLE001 - zarr raises KeyError, FileNotFoundError, ValueError, JSON errors
                 raise StoreError(f"{self._path(attempt, k, 'zarr.json')}: array '{k}' unreadable ({_why(exc)})") from exc
+        records = self._clip_records(group, record, attempt)
+        return ShardData(shard, arrays, records, record["failed"], record, self.missing_chunks(record))
+
+    def shard_records(self, shard: int) -> list[dict]:
+        """The per-clip records of a committed shard (its group's attrs) without opening any array:
+        what a metadata-only reader (the teacher-quality filter) needs."""
+        record = self.commit_record(shard)
+        if record is None:
+            raise StoreError(f"shard {shard} of column {self.dirname} in {self.store.url} is not committed")
+        attempt = join("shards", record["attempt"])
+        return self._clip_records(self._open_group(attempt), record, attempt)
+
+    def _clip_records(self, group: zarr.Group, record: dict, attempt: str) -> list[dict]:
         records = group.attrs.get("records")
         if not isinstance(records, list) or len(records) != len(record["clips"]):
             raise StoreError(f"{self._path(attempt, 'zarr.json')}: no clip records for the {len(record['clips'])} committed clips")
-        return ShardData(shard, arrays, list(records), record["failed"], record, self.missing_chunks(record))
+        return list(records)
 
     def missing_chunks(self, record: dict) -> dict[tuple[str, int], str]:
         """{(array, row): path} of the chunks a commit lists that its attempt lacks (one listing of the attempt).
@@ -386,6 +399,20 @@ class Column:
                     raise damaged(f"missing chunk {chunk}")
                 raise damaged(f"checksum mismatch in {chunk} (committed {sums[row]}, read {got})")
         return values
+
+    def read_dequantized(self, data: ShardData, name: str, row: int) -> np.ndarray:
+        """`read_row`, with an array the column stores quantised (attrs "quantized": int8 plus
+        `<name>_scale`, pipeline/quantize.py) dequantised to float32; any other array as stored."""
+        from pipeline.quantize import dequantize, quantized_arrays, scale_name
+
+        values = self.read_row(data, name, row)
+        if name in quantized_arrays(self.attrs):
+            values = dequantize(values, self.read_row(data, scale_name(name), row))
+        return values
+
+    def schema_bytes_per_clip(self) -> int:
+        """Bytes of one clip's arrays as the schema defines them (uncompressed): sum of prod(shape) * itemsize."""
+        return schema_bytes(self.schema)
 
     def chunk_path(self, data: ShardData, name: str, row: int) -> str:
         """Path of the chunk holding `row` of array `name` (one clip per chunk)."""
@@ -512,6 +539,7 @@ class Column:
             "failed": len(self.ledger(records)),
             "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype} for k, v in self.schema.items()},
             "bytes_per_clip": self.bytes_per_clip(records),
+            "schema_bytes_per_clip": self.schema_bytes_per_clip(),
             "config": self.producer_config,
         }
 
@@ -732,7 +760,13 @@ class FeatureStore:
             "failed": len(failed_keys),
             "columns": cols,
             "bytes_per_clip": sum(c["bytes_per_clip"] for c in cols),
+            "schema_bytes_per_clip": sum(c["schema_bytes_per_clip"] for c in cols),
         }
+
+
+def schema_bytes(schema: dict[str, ArraySpec]) -> int:
+    """Uncompressed bytes of one clip under `schema` (what a column's producer writes before compression)."""
+    return sum(int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize for spec in schema.values())
 
 
 def join_shard(columns: Iterable[Column], shard: int) -> tuple[list[dict], dict[str, dict[str, zarr.Array]], list[list[int]]]:

@@ -30,7 +30,6 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from pipeline.quantize import dequantize, quantized_arrays, scale_name
 from pipeline.store import Column, FeatureStore, StoreError, join_shard_data
 
 log = logging.getLogger(__name__)
@@ -207,10 +206,7 @@ class ClipStream:
 
 def _read(col: Column, data, name: str, row: int) -> np.ndarray:
     """One clip's array, checked against the commit; a quantised one comes back dequantised (float32)."""
-    values = col.read_row(data, name, row)
-    if name in quantized_arrays(col.attrs):
-        values = dequantize(values, col.read_row(data, scale_name(name), row))
-    return values
+    return col.read_dequantized(data, name, row)
 
 
 def _one_line_errors(batches: Iterator[dict]) -> Iterator[dict]:

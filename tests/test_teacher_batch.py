@@ -16,7 +16,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.corpus import ClipEntry, list_corpus
 from pipeline.decode import ClipError, decode_clip
 from pipeline.extract_config import ExtractConfig
-from stages.extract.teacher_column import TeacherProducer, teacher_spec
+from stages.extract.teacher_column import QUALITY_KEYS, TeacherProducer, teacher_spec
 
 SAMPLE = ROOT / "configs/extract/sample.yaml"
 
@@ -40,17 +40,25 @@ def one_by_one(small_corpus, decoded):
 
 
 def assert_same_arrays(ours: dict, ref: dict) -> None:
-    """fp16 arrays: equal up to fp16 rounding of float noise (maskmem, stored bf16 on both
-    sides, may move one bf16 step); the uint8 mask coverage to one level."""
+    """Float arrays: equal up to fp16 rounding of float noise (maskmem, stored bf16 on both
+    sides, may move one bf16 step); int8 fwd/bwd compared dequantised (float noise may move a
+    value one int8 step); the uint8 mask coverages to one level."""
+    from pipeline.quantize import dequantize
+
     assert ours.keys() == ref.keys()
     for key in ours:
         assert ours[key].dtype == ref[key].dtype and ours[key].shape == ref[key].shape, key
-        if key == "mask":
+        if key in ("mask", "mask_bwd"):
             assert np.abs(ours[key].astype(int) - ref[key].astype(int)).max() <= 1, key
+        elif key in ("fwd", "bwd"):
+            a, b = dequantize(ours[key], ours[f"{key}_scale"]), dequantize(ref[key], ref[f"{key}_scale"])
+            np.testing.assert_allclose(a, b, rtol=2**-6, atol=1.01 * float(ref[f"{key}_scale"].max()), err_msg=key)
+            assert (ours[key] == ref[key]).mean() > 0.95, key
         else:
             a, b = ours[key].astype(np.float32), ref[key].astype(np.float32)
             np.testing.assert_allclose(a, b, rtol=2**-7, atol=1e-3 * max(1.0, float(np.abs(b).max())), err_msg=key)
-            assert (a == b).mean() > 0.95, key
+            if ours[key].dtype == np.float16:  # fp32 scales carry the float noise unrounded
+                assert (a == b).mean() > 0.95, key
 
 
 def test_clip_batch_is_validated_and_not_in_the_column_key(small_corpus):
@@ -71,6 +79,10 @@ def test_column_with_clip_batch_2_equals_clip_batch_1(small_corpus, decoded, one
         assert_same_arrays(arrays, ref_arrays)
         assert record["prompt"] == ref_record["prompt"] and record["prompt_source"] == "manifest"
         assert record["object_score"] == pytest.approx(ref_record["object_score"], abs=1e-4)
+        assert tuple(record["quality"]) == QUALITY_KEYS
+        assert record["quality"]["object_score_fwd"] == pytest.approx(record["object_score"])
+        for key in QUALITY_KEYS:
+            assert record["quality"][key] == pytest.approx(ref_record["quality"][key], abs=1e-3), key
 
 
 def test_a_bad_clip_fails_alone(small_corpus, decoded, one_by_one):

@@ -92,6 +92,7 @@ def test_two_rank_ddp_on_cpu(student_store, tmp_path):
     text = (tmp_path / "summary.md").read_text()
     assert "6 clips in 3 shards" in text and "training: 2 steps on 2 rank(s)" in text and "mean of the first 1 steps" in text
     assert json.loads((tmp_path / "summary.json").read_text())["training"]["world_size"] == 2
+    assert "teacher bytes per clip at the real size (49x480x720, SAM 2.1 Hiera-L, default feature; from the schema): 10.75 MB" in text
 
 
 def test_ablate_reuses_the_store_byte_for_byte(student_store, tmp_path):

@@ -152,8 +152,8 @@ def test_resume_refuses_another_split_but_applies_eval_changes():
     # a checkpoint from before the split trained on every clip: it resumes with data.holdout=0 only
     old = {k: v for k, v in saved.items() if k != "eval"}
     old["data"] = {k: v for k, v in saved["data"].items() if k not in ("holdout", "holdout_keys")}
-    assert compare(old, to_dict(load_config(DistillConfig, SAMPLE, ["data.holdout=0"])), "ckpt") == {
-        "eval.every": (None, 10), "eval.max_clips": (None, 2), "eval.seed": (None, 0), "eval.timesteps": (None, [100, 500, 900])}
+    applied = compare(old, to_dict(load_config(DistillConfig, SAMPLE, ["data.holdout=0"])), "ckpt")
+    assert applied["eval.every"] == (None, 10) and all(k.startswith("eval.") for k in applied)
     with pytest.raises(ResumeMismatch, match=r"data\.holdout: 0\.0 -> 0\.05"):
         compare(old, saved, "ckpt")
 

@@ -127,10 +127,10 @@ def plan_memory(
     latent_shape: tuple[int, int, int] | None = None,
     text_len: int | None = None,
     transformer_overrides: dict[str, Any] | None = None,
-    teacher_channels: int = 64,
+    teacher_channels: int = 256,
 ) -> MemoryPlan:
     """Plan a DistillConfig on `world` GPUs. latent_shape (T, H8, W8) and text_len default to the model's
-    sample size; teacher_channels is the projector's output (64: maskmem of the released SAM2 models)."""
+    sample size; teacher_channels is the projector's output (256: memory_attention of the released SAM2 models, the default feature)."""
     from diffusers import CogVideoXTransformer3DModel
 
     from stages.distill.student import configure_student, token_grid
@@ -182,7 +182,7 @@ def plan_memory(
     return plan
 
 
-def activation_parts(cfg: Any, c: Any, tokens: int, video_tokens: int, width: int, elem: int, teacher_channels: int = 64) -> dict[str, int]:
+def activation_parts(cfg: Any, c: Any, tokens: int, video_tokens: int, width: int, elem: int, teacher_channels: int = 256) -> dict[str, int]:
     """One micro-batch's activations, bytes: "forward" (kept from forward to backward: block inputs
     under checkpointing, everything otherwise), "recompute" (one block rebuilt in backward), "head"
     (tap, projector, LGF). The peak is their sum."""

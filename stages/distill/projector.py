@@ -1,7 +1,8 @@
 """Projector to SAM2 space (F̂_diff = projector(block-L tokens)) and the mask-baseline head.
 
 REPA-style MLP applied per token: D -> hidden -> ... -> hidden -> C_teacher with SiLU between
-layers (method.md: 3072 -> 2048 -> 2048 -> 64 for CogVideoX-5B and maskmem features). Trained with
+layers (method.md: 3072 -> 2048 -> 2048 -> 64 for CogVideoX-5B and maskmem features; 256 for the
+memory_attention features extracted by default now). Trained with
 the LoRA, never used at inference. Saved as safetensors + a JSON config, so loading needs no pickle
 and no code beyond this file.
 """

@@ -32,6 +32,7 @@ from pipeline.stream import StreamPosition
 from stages.distill import parallel
 from stages.distill.checkpoint import list_checkpoints, load_checkpoint, remove_stale_temp, save_checkpoint
 from stages.distill.data import check_fit, open_training_data
+from stages.distill.teacher_filter import filtered_keys
 from stages.distill.losses import diffusion_loss_from_output, feature_losses, prepare_diffusion_inputs
 from stages.distill.projector import Projector, ProjectorSpec
 from stages.devices import resolve_device, resolve_dtype
@@ -167,6 +168,11 @@ class Trainer:
         self.rank, self.world, self.device = init_distributed(cfg.student.device)
         self.out = Path(cfg.out)
         self.data = open_training_data(cfg)
+        # decided from the store alone: every rank excludes the same clips (before the model loads: a
+        # filter that drops every clip fails fast); other exclusions are unioned with its keys below
+        self.filter = filtered_keys(cfg.data.filter, self.data.teacher, self.data.store.url)
+        if self.rank == 0:
+            log.info("%s", self.filter.line())
         self._check_precision()
         self._check_memory()
         dtype = resolve_dtype(cfg.student.dtype, self.device)
@@ -189,8 +195,8 @@ class Trainer:
         fp16 = self._autocast_dtype() == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 has fp32's range: no scaling
         self.holdout = self._held_out()  # never trained on: left out of the stream (and of its batch count)
-        self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers, cfg.data.on_corrupt,
-                                       exclude=set(self.holdout.keys))
+        exclude = set(self.filter.keys) | set(self.holdout.keys)  # filtered and held-out clips
+        self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers, cfg.data.on_corrupt, exclude)
         self.empty_prompt = self._empty_prompt()
         lat = self.data.encodings.schema["latents"].shape
         self.rotary = rotary_embedding(self.tconfig, lat[1], lat[2], lat[3], self.device)
@@ -246,7 +252,7 @@ class Trainer:
         lat = self.data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
         text = self.data.encodings.schema["prompt_embeds"].shape[0]
         plan = plan_memory(self.cfg, self.world, latent_shape=tuple(lat[1:]), text_len=text,
-                           teacher_channels=self.data.teacher_channels or 64)
+                           teacher_channels=self.data.teacher_channels or 256)
         if plan.total > capacity:
             raise MemoryPlanError(plan.refusal(capacity))
         log.info("memory plan: %.1f GiB of %.1f GiB per GPU", plan.total / 2**30, capacity / 2**30)

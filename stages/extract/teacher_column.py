@@ -1,11 +1,18 @@
 """The `teacher` column: SAM2 features of both directions on the student's token grid, and their fusion.
 
 Per clip (T latent frames, h x w tokens, C teacher channels, K = k*k):
-    fwd, bwd  float16 [T, h, w, C]     memory features of the forward / backward pass
+    fwd, bwd  int8    [T, h, w, C]     features of the forward / backward pass (teacher.feature),
+                                       quantised per token (pipeline/quantize.py: attrs "quantized")
+    fwd_scale, bwd_scale float32 [T, h, w, 1]  their per-token scales (x ~= q * scale)
     lgf       float16 [T', h, w, K]    fused Local Gram Flow target (probabilities; T' = sum_o (T - o))
     mask      uint8   [T, h, w]        forward-pass subject coverage per token, 0..255
+    mask_bwd  uint8   [T, h, w]        backward-pass coverage (where the passes agree: inspect --teacher-stats)
 The fwd/bwd features are kept so stage two can refuse nothing: a run with other LGF settings
-recomputes its target from them instead of re-extracting.
+recomputes its target from them instead of re-extracting. They are int8 so that 256-channel
+memory-attention features fit: 49x480x720 (13x30x45 tokens) is 10.75 MB per clip in all, against
+19.7 MB with float16 fwd/bwd; the relations recomputed from them stay within KL 1e-3 of the fp32
+ones (tests/test_teacher_storage.py). Columns written before (float16 fwd/bwd, no "quantized"
+attrs) still read: `Column.read_dequantized` returns float32 either way.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch
 from pipeline.config import to_dict
 from pipeline.extract_config import ExtractConfig
 from pipeline.producer import ColumnSpec
+from pipeline.quantize import QUANT_INT8, quantize, scale_name
 from pipeline.store import ArraySpec
 from stages.devices import resolve_device, resolve_dtype
 from stages.extract.columns import check_compute_dtype, compute_dtype
@@ -33,6 +41,9 @@ log = logging.getLogger(__name__)
 # teacher settings that change speed, not content (beyond float reassociation), so not the column key
 # (allow_random_weights: a permission; the weights are keyed by model, checkpoint and seed)
 _NOT_KEYED = ("device", "image_batch", "clip_batch", "compile", "allow_random_weights")
+# the feature stacks stored int8 with a per-token scale (part of the column key: a float16 column of the
+# same settings stays a column of its own, with its own schema)
+QUANTIZED = {"fwd": QUANT_INT8, "bwd": QUANT_INT8}
 
 
 def student_grid(cfg: ExtractConfig) -> TokenGrid:
@@ -54,15 +65,29 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
         "video": to_dict(cfg.video),
         "student": to_dict(cfg.student),
         "lgf": to_dict(cfg.lgf),
+        "quantized": dict(QUANTIZED),
     }
     schema = {
-        "fwd": ArraySpec((*grid.shape, channels), "float16"),
-        "bwd": ArraySpec((*grid.shape, channels), "float16"),
+        "fwd": ArraySpec((*grid.shape, channels), "int8"),
+        scale_name("fwd"): ArraySpec((*grid.shape, 1), "float32"),
+        "bwd": ArraySpec((*grid.shape, channels), "int8"),
+        scale_name("bwd"): ArraySpec((*grid.shape, 1), "float32"),
         "lgf": ArraySpec((pairs, grid.height, grid.width, k2), "float16"),
         "mask": ArraySpec(grid.shape, "uint8"),
+        "mask_bwd": ArraySpec(grid.shape, "uint8"),
     }
-    attrs = {"grid": list(grid.shape), "channels": channels, "mask_scale": 255, "lgf": to_dict(cfg.lgf)}
+    attrs = {"grid": list(grid.shape), "channels": channels, "mask_scale": 255, "lgf": to_dict(cfg.lgf), "quantized": dict(QUANTIZED)}
     return ColumnSpec("teacher", config, schema, attrs)
+
+
+def real_size_bytes_per_clip() -> dict[str, int]:
+    """{array: bytes} of one teacher clip at the real size (ExtractConfig defaults: SAM 2.1 Hiera-L, the
+    default feature, 49x480x720), from the schema alone: no SAM2, no extraction."""
+    from dataclasses import replace
+
+    cfg = ExtractConfig()
+    spec = teacher_spec(replace(cfg, teacher=replace(cfg.teacher, allow_random_weights=True)))
+    return {k: int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for k, v in spec.schema.items()}
 
 
 def check_weights(cfg: ExtractConfig) -> None:
@@ -160,13 +185,20 @@ class TeacherProducer:
         bwd = to_token_grid(result.bwd, self.grid, vt, mode, cfg.teacher.resample)
         lgf = fuse(fwd[None], bwd[None], cfg.lgf.kernel, cfg.lgf.tau, cfg.lgf.offsets, cfg.lgf.fusion)[0]
         arrays = {
-            "fwd": fwd.numpy().astype(np.float16),
-            "bwd": bwd.numpy().astype(np.float16),
+            "fwd": fwd.numpy(),  # float32 until checked, then int8 + scale
+            "bwd": bwd.numpy(),
             "lgf": lgf.numpy().astype(np.float16),
             "mask": mask_to_token_grid(result.masks_fwd, self.grid, vt).numpy(),
+            "mask_bwd": mask_to_token_grid(result.masks_bwd, self.grid, vt).numpy(),
         }
         _check_finite(arrays)
-        record = {"prompt": result.prompt.to_record(), "prompt_source": source, "object_score": float(result.object_score)}
+        arrays = quantize_features(arrays)
+        record = {
+            "prompt": result.prompt.to_record(),
+            "prompt_source": source,
+            "object_score": float(result.object_score),
+            "quality": teacher_quality(result),
+        }
         return arrays, record
 
     def _mask_loader(self):
@@ -176,14 +208,66 @@ class TeacherProducer:
         return lambda url: load_prompt_mask(url, options)
 
 
+def quantize_features(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """fwd/bwd float [T, h, w, C] -> int8 [T, h, w, C] plus `<name>_scale` float32 [T, h, w, 1]; others as they are."""
+    out = dict(arrays)
+    for name in QUANTIZED:
+        out[name], out[scale_name(name)] = quantize(arrays[name])
+    return out
+
+
+QUALITY_KEYS = (
+    "object_score_fwd",
+    "object_score_bwd",
+    "presence_min",
+    "area_fwd_min",
+    "area_bwd_min",
+    "area_fwd_mean",
+    "area_bwd_mean",
+    "iou_fwd_bwd",
+)
+
+
+def teacher_quality(result: TrackResult) -> dict[str, float]:
+    """The clip's teacher-quality summary (scalars only, it goes into the commit record):
+    what stage two's data.filter and `inspect --teacher-stats` read, so no array is opened.
+
+    object_score_fwd/bwd: mean presence (sigmoid of SAM2's object-score logit) of each pass;
+    presence_min: the lowest presence over frames and both passes (a frame where SAM2 says the
+        subject is gone);
+    area_*: each pass's mask area as a fraction of the frame, min and mean over frames;
+    iou_fwd_bwd: mean over frames of IoU(masks_fwd[t], masks_bwd[t]), a frame where both masks
+        are empty counting as 1 (the passes agree there is no subject).
+    """
+    fwd = result.masks_fwd.flatten(1).bool()  # [F, H*W]
+    bwd = result.masks_bwd.flatten(1).bool()
+    pixels = fwd.shape[1]
+    area_fwd = fwd.sum(1).double() / pixels  # [F]
+    area_bwd = bwd.sum(1).double() / pixels
+    inter = (fwd & bwd).sum(1).double()
+    union = (fwd | bwd).sum(1).double()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    p_fwd, p_bwd = result.presence_fwd.double(), result.presence_bwd.double()
+    return {
+        "object_score_fwd": float(p_fwd.mean()),
+        "object_score_bwd": float(p_bwd.mean()),
+        "presence_min": float(torch.minimum(p_fwd.min(), p_bwd.min())),
+        "area_fwd_min": float(area_fwd.min()),
+        "area_bwd_min": float(area_bwd.min()),
+        "area_fwd_mean": float(area_fwd.mean()),
+        "area_bwd_mean": float(area_bwd.mean()),
+        "iou_fwd_bwd": float(iou.mean()),
+    }
+
+
 def _check_finite(arrays: dict[str, np.ndarray]) -> None:
-    """Refuse NaN or Inf teacher values (after the fp16 cast, which overflows past 65504): the clip
-    fails into the ledger instead of poisoning every loss that reads it."""
+    """Refuse NaN or Inf teacher values (fwd/bwd before quantising, lgf after the fp16 cast, which
+    overflows past 65504): the clip fails into the ledger instead of poisoning every loss that reads it."""
     for key in ("fwd", "bwd", "lgf"):
         bad = ~np.isfinite(arrays[key])
         if bad.any():
             nan = int(np.isnan(arrays[key]).sum())
             raise ValueError(
                 f"non-finite teacher values: '{key}' has {int(bad.sum())} of {bad.size} non-finite "
-                f"({nan} NaN, {int(bad.sum()) - nan} Inf after the float16 cast)"
+                f"({nan} NaN, {int(bad.sum()) - nan} Inf{' after the float16 cast' if key == 'lgf' else ''})"
             )
