@@ -6,7 +6,9 @@ and generated videos (lower is better). Backbones (`build_fvd_backbone`):
   the local HF cache: nothing is downloaded here) or a folder with config.json + weights; "tiny" is a
   tiny random-weight config for tests. Feature: the mean over tokens of the last hidden state [D].
   Input: frames resampled uniformly in time to its `num_frames`, resized to its `image_size`,
-  normalised with the ImageNet mean/std of its image processor.
+  normalised with the ImageNet mean/std of its image processor. VideoMAE-v2 weights load when they are
+  in transformers' VideoMAE layout (converted); OpenGVLab's remote-code repositories are not loaded
+  (no trust_remote_code).
 - The StyleGAN-V I3D TorchScript file (i3d_torchscript.pt, the detector of the StyleGAN-V / DIGAN FVD
   protocol) when a path ending in .pt/.pth/.torchscript is given: `torch.jit.load`, called as
   `model(x, rescale=False, resize=False, return_features=True)` with x float [N, 3, T, 224, 224] in

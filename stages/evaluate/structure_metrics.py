@@ -23,7 +23,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from stages.evaluate.video_metrics import downscale, farneback, flow_size, warp_backward
+from stages.evaluate.video_metrics import FLOW_MAX_SIDE, downscale, farneback, flow_size, warp_backward
 
 MIN_PRESENT_PIXELS = 4  # a mask with fewer pixels counts as "subject absent"
 MIN_COMPONENT_PIXELS = 4  # components at most this small are speckle regardless of the mask's area
@@ -48,11 +48,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def mask_consistency(masks: np.ndarray, frames: np.ndarray | None = None) -> float:
+def mask_consistency(masks: np.ndarray, frames: np.ndarray | None = None, flow_max_side: int = FLOW_MAX_SIDE) -> float:
     """Mean flow-warped IoU of consecutive masks (plain IoU without frames); see the module docstring."""
     masks, frames = _check(masks, frames)
     h, w = masks.shape[1:]
-    small = flow_size(h, w)  # flow at reduced size, then scaled back up to the masks' size
+    small = flow_size(h, w, flow_max_side)  # flow at reduced size, then scaled back up to the masks' size
     grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in downscale(frames, small)] if frames is not None else None
     scale = np.array([w / small[1], h / small[0]], np.float32)
     scores = []
@@ -108,11 +108,11 @@ def presence(masks: np.ndarray) -> float:
     return float((masks.reshape(len(masks), -1).sum(1) >= MIN_PRESENT_PIXELS).mean())
 
 
-def structure_metrics(masks: np.ndarray, frames: np.ndarray | None = None) -> dict[str, float]:
+def structure_metrics(masks: np.ndarray, frames: np.ndarray | None = None, flow_max_side: int = FLOW_MAX_SIDE) -> dict[str, float]:
     """All structure metrics of one mask track: {mask_consistency, fragmentation, area_stability, presence}."""
     masks, frames = _check(masks, frames)
     return {
-        "mask_consistency": mask_consistency(masks, frames),
+        "mask_consistency": mask_consistency(masks, frames, flow_max_side),
         "fragmentation": fragmentation(masks),
         "area_stability": area_stability(masks),
         "presence": presence(masks),

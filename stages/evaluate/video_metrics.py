@@ -99,13 +99,13 @@ def valid_flow_mask(flow_back: np.ndarray, flow_fwd: np.ndarray, tol: float = FB
     return (err <= tol) & inside
 
 
-def warping_error(video: np.ndarray) -> float:
+def warping_error(video: np.ndarray, flow_max_side: int = FLOW_MAX_SIDE) -> float:
     """Occlusion-masked mean absolute error of frame t warped onto t+1 by Farneback flow, [0, 1] units,
     at flow resolution (long side <= FLOW_MAX_SIDE)."""
     v = _check(video)
     if len(v) < 2:
         return 0.0
-    v = downscale(v, flow_size(*v.shape[1:3]))
+    v = downscale(v, flow_size(*v.shape[1:3], flow_max_side))
     grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in v]
     total, count = 0.0, 0
     for t in range(len(v) - 1):
@@ -119,6 +119,6 @@ def warping_error(video: np.ndarray) -> float:
     return total / count if count else 0.0
 
 
-def video_metrics(video: np.ndarray) -> dict[str, float]:
+def video_metrics(video: np.ndarray, flow_max_side: int = FLOW_MAX_SIDE) -> dict[str, float]:
     """All weight-free metrics of one video: {flicker, dynamic_degree, warping_error}."""
-    return {"flicker": flicker(video), "dynamic_degree": dynamic_degree(video), "warping_error": warping_error(video)}
+    return {"flicker": flicker(video), "dynamic_degree": dynamic_degree(video), "warping_error": warping_error(video, flow_max_side)}
