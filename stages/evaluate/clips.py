@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import from_dict
+from pipeline.config import ConfigError, from_dict
 from pipeline.corpus import ClipEntry, load_prompt_mask
 from pipeline.decode import ClipError, decode_clip
 from pipeline.extract_config import TeacherConfig, VideoConfig
@@ -36,6 +36,10 @@ def store_settings(store: FeatureStore, encodings_column: str | None = None, tea
         enc = store.column(encodings_column or "encodings")
         video = from_dict(VideoConfig, enc.producer_config["video"], source=f"{enc.dirname}/column.json")
         teacher = None
+        # the SAM2 video teacher tracks samples: the runs' column when it is one ("teacher-<hash>"), else the
+        # store's; a run distilled from another kind of teacher column still gets SAM2's masks
+        if teacher_column and teacher_column.split("-", 1)[0] != "teacher":
+            teacher_column = None
         if teacher_column or "teacher" in {c.name for c in store.columns()}:
             teacher = store.column(teacher_column or "teacher").producer_config["teacher"]
     except StoreError as exc:
@@ -45,7 +49,10 @@ def store_settings(store: FeatureStore, encodings_column: str | None = None, tea
 
 def teacher_config(raw: dict) -> TeacherConfig:
     """The teacher column's keyed settings as a TeacherConfig (compute_dtype is derived, not a setting)."""
-    return from_dict(TeacherConfig, {k: v for k, v in raw.items() if k != "compute_dtype"}, source="teacher/column.json")
+    try:
+        return from_dict(TeacherConfig, {k: v for k, v in raw.items() if k != "compute_dtype"}, source="teacher/column.json")
+    except ConfigError as exc:
+        raise EvaluateError(f"the store's teacher column config cannot rebuild its SAM2: {exc}") from None
 
 
 def load_clips(store: FeatureStore, keys: list[str], video: VideoConfig, prompt_source: str = "manifest") -> list[HeldOutClip]:
