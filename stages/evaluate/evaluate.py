@@ -112,7 +112,7 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
 
     t0 = time.perf_counter()
     tracker = None
-    if teacher is not None:  # built once, after sampling freed nothing it needs
+    if teacher is not None:  # built once, after sampling (its pipelines are released by then)
         from stages.evaluate.tracking import build_teacher
 
         tracker = build_teacher(teacher, teacher.device)
