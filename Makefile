@@ -31,10 +31,10 @@ DISTILL_CONFIG ?= configs/distill/sample$(SAMPLE_SUFFIX).yaml
 export TQDM_DISABLE ?=
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install sample extract distill plan ablate demo test clean help gpu-wheels vbench-env twins
+.PHONY: install sample extract distill plan ablate evaluate demo demo-grounded test clean help gpu-wheels vbench-env twins
 
 help:
-	@echo "make demo | test | install | sample | extract | distill | ablate   (CONFIG=... STORE=... OUT=... ARGS=...)"
+	@echo "make demo | test | install | sample | extract | distill | ablate | evaluate   (CONFIG=... STORE=... OUT=... ARGS=...)"
 
 # Install order matters (see README "Install"): torch pinned first so nothing pulls a CUDA build;
 # sam2 built against it without build isolation (isolation downloads a second torch); then the rest,
@@ -88,14 +88,23 @@ ablate: install
 
 # Caption-grounded prompts (teacher.prompt=grounded) on the sample corpus with the tiny, random Grounding DINO:
 # clips whose best box scores under the threshold are not tracked; `inspect --failures` lists them and why.
-.PHONY: demo-grounded
+
 demo-grounded: export OMP_NUM_THREADS ?= 1
 demo-grounded: sample
 	$(CLI) extract --config configs/extract/sample.yaml --store $(DEMO)/grounded columns=[teacher] teacher.prompt=grounded \
 	  teacher.grounding.model=tiny teacher.grounding.box_threshold=0.8 allow_failures=true $(ARGS)
 	$(CLI) inspect $(DEMO)/grounded --failures
 
-# The whole method on the sample corpus with tiny models: extract, distil, export, sample a video.
+
+# Compare runs on the store's held-out clips: RUNS = run folders or a folder of runs (after `make ablate`:
+# RUNS=$(OUT)/ablations gives the ablation table); EVAL = the report's folder; ARGS e.g. "--base --steps 20".
+RUNS ?= $(OUT)
+EVAL ?= $(OUT)-eval
+evaluate: install
+	$(CLI) evaluate --store $(STORE) --out $(EVAL) --runs $(RUNS) $(ARGS)
+
+# The whole method on the sample corpus with tiny models: extract, distil, export, sample a video, and
+# evaluate the run against the base model on a held-out clip (few steps; the report is linked from summary.md).
 demo: export OMP_NUM_THREADS ?= 1
 demo: sample
 	$(CLI) extract --config configs/extract/sample$(SAMPLE_SUFFIX).yaml --store $(DEMO)/store
@@ -103,7 +112,9 @@ demo: sample
 	$(CLI) inspect $(DEMO)/store --pca @0 --out $(DEMO)/teacher_pca.mp4
 	$(CLI) distill --config $(DISTILL_CONFIG) --store $(DEMO)/store --out $(DEMO)/run
 	$(CLI) generate --run $(DEMO)/run --store $(DEMO)/store --out $(DEMO)/sample.mp4
-	$(CLI) report --store $(DEMO)/store --run $(DEMO)/run --out $(DEMO)/summary.md $(DEMO)/sample.mp4 $(DEMO)/teacher_pca.mp4 $(DEMO)/run/loss_curve.png
+	$(CLI) evaluate --store $(DEMO)/store --runs $(DEMO)/run --base --out $(DEMO)/eval --steps 4 --clips 2
+	$(CLI) report --store $(DEMO)/store --run $(DEMO)/run --out $(DEMO)/summary.md --evaluation $(DEMO)/eval \
+	  $(DEMO)/sample.mp4 $(DEMO)/teacher_pca.mp4 $(DEMO)/run/loss_curve.png
 
 test: install
 	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(ARGS)

@@ -458,10 +458,50 @@ def generate(
 
 
 @app.command()
+def evaluate(
+    store: str = typer.Option(..., "--store", "-s", help="the store the runs trained on (held-out clips, encoders, teacher)"),
+    runs: list[Path] = typer.Option([], "--runs", "-r", help="run folders, or a folder of run folders (e.g. .../ablations); repeat or list after --runs"),
+    out: Path = typer.Option(..., "--out", "-o", help="evaluation folder: report.md/.json/.png, samples/, grids/"),
+    base: bool = typer.Option(False, "--base", help="also evaluate the base model (no LoRA) as a row"),
+    clips: Optional[int] = typer.Option(None, "--clips", help="only the first N held-out clips (sorted by key)"),
+    seed: int = typer.Option(0, "--seed", help="held-out clip i is sampled with seed + i by every model"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="denoising steps (default: 50 on cuda, 8 on cpu)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda where a GPU exists)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16 | float16 | float32"),
+    guidance: float = typer.Option(6.0, "--guidance", help="classifier-free guidance scale"),
+    fvd_backbone: str = typer.Option("tiny", "--fvd-backbone", help="FVD features: tiny | a VideoMAE folder or hub id | an I3D TorchScript file"),
+    no_vbench: bool = typer.Option(False, "--no-vbench", help="skip VBench even where its env exists"),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="held-out clips by the split rule at this fraction (instead of the runs' holdout.json)"),
+    holdout_key: list[str] = typer.Option([], "--holdout-key", help="a held-out clip key (repeat); with or instead of --holdout"),
+    student: Optional[str] = typer.Option(None, "--student", help="the base model's student when there are no runs"),
+    extra_runs: list[Path] = typer.Argument(None, help="more run folders (so --runs A B C works)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Compare runs (and the base model) on the held-out clips: samples, video/structure metrics, FVD, VBench, one report."""
+    from stages.evaluate.evaluate import EvaluateOptions, evaluate as run_evaluate
+    from stages.evaluate.runs import EvaluateError
+
+    _setup_logging(verbose)
+    opts = EvaluateOptions(store=store, out=out, runs=[*runs, *(extra_runs or [])], base=base, clips=clips, seed=seed, steps=steps,
+                           device=device, dtype=dtype, guidance=guidance, fvd_backbone=fvd_backbone, vbench=not no_vbench,
+                           holdout=holdout, holdout_keys=list(holdout_key), student=student)
+    try:
+        result = run_evaluate(opts)
+    except EvaluateError as exc:
+        typer.secho(f"evaluate: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    p = result.protocol
+    typer.echo(f"evaluated {', '.join(result.rows)} on {p['videos_per_model']} held-out clip(s) ({p['frames']} frames "
+               f"{p['resolution'][0]}x{p['resolution'][1]}, {p['sampling_steps']} steps, seeds {p['seeds']}) in {result.seconds['total']:.1f} s")
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+@app.command()
 def report(
     store: str = typer.Option(..., "--store", "-s"),
     run: Path = typer.Option(..., "--run"),
     out: Path = typer.Option(..., "--out", "-o", help="summary .md (a .json twin is written beside it)"),
+    evaluation: Optional[Path] = typer.Option(None, "--evaluation", help="an `evaluate` folder: its report.md is linked"),
     files: list[str] = typer.Argument(None, help="extra produced files to list (videos, pictures)"),
 ) -> None:
     """Write a run's summary: store figures, training figures, and where everything is."""
@@ -496,10 +536,39 @@ def report(
         f"- loss curve: `{run / 'loss_curve.png'}`; metrics: `{run / 'metrics.jsonl'}`; TensorBoard: `{run / 'tensorboard'}`",
     ]
     lines += [f"- `{f}`" for f in files or []]
+    evaluated = _evaluation_lines(evaluation, out.parent) if evaluation is not None else []
+    lines += evaluated
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"store": store_info, "training": train, "files": files or []}, indent=1, default=str))
+    out.with_suffix(".json").write_text(json.dumps({"store": store_info, "training": train, "files": files or [],
+                                                    "evaluation": str(evaluation / "report.md") if evaluated else None}, indent=1, default=str))
     typer.echo(out.read_text())
+
+
+def _evaluation_lines(folder: Path, relative_to: Path) -> list[str]:
+    """The evaluation's report linked (relative to the summary) with its rows and headline columns."""
+    import os
+
+    report_md, report_json = folder / "report.md", folder / "report.json"
+    if not report_md.is_file():
+        typer.secho(f"--evaluation {folder}: no report.md there (run `sam2videox evaluate --out {folder}` first)", fg="red", err=True)
+        raise typer.Exit(2)
+    link = os.path.relpath(report_md, relative_to)
+    lines = [f"- evaluation on held-out clips: [{link}]({link})"]
+    try:
+        data = json.loads(report_json.read_text())
+        rows = data["rows"]
+        protocol = data["protocol"]
+        headline = ("fvd", "mask_consistency", "fragmentation", "warping_error", "val/diff")
+
+        def cells(row: dict) -> str:
+            return ", ".join(f"{k} {row[k]:.4g}" if isinstance(row.get(k), (int, float)) else f"{k} -" for k in headline if k in row)
+
+        lines.append(f"  - {protocol['videos_per_model']} clip(s), {protocol['frames']} frames, {protocol['sampling_steps']} sampling steps; "
+                     + "; ".join(f"{name}: {cells(row)}" for name, row in rows.items()))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # the link is the point; the figures are a convenience
+    return lines
 
 
 def _loss_line(metrics: Path) -> str:
