@@ -1,9 +1,10 @@
 """Samples for the comparison: every model generates from the same first frames, captions and seeds.
 
-One stock CogVideoXImageToVideoPipeline per student model (stages/generate.py's build_pipeline,
-without a LoRA); each run's LoRA is loaded into it, sampled from, and unloaded again, so the VAE and
-T5 load once however many runs (ablations) there are. The base model is the same pipeline with no
-LoRA loaded.
+One stock pipeline per student model, without a LoRA: CogVideoXImageToVideoPipeline (stages/generate.py's
+build_pipeline; first frame + caption) or, for a Wan 2.1 text-to-video student, WanPipeline (the caption
+alone, at the clip's size). Each run's LoRA is loaded into it, sampled from, and unloaded again, so the VAE
+and text encoder load once however many runs (ablations) there are. The base model is the same pipeline
+with no LoRA loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from pipeline.inspect import write_mp4
 from stages.evaluate.clips import HeldOutClip
-from stages.generate import Sampling, build_pipeline, sample_video
+from stages.generate import Sampling, build_pipeline, sample_text_video, sample_video
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +58,19 @@ def sample_models(models: list[Model], clips: list[HeldOutClip], encoders_model:
     pipes = {}
     for model in models:
         if model.student not in pipes:
-            pipes[model.student] = build_pipeline(model.student, encoders_model, None, s.device, s.dtype)
-        pipe = pipes[model.student]
+            pipes[model.student] = _build(model.student, encoders_model, s)
+        pipe, text_only = pipes[model.student]
         if model.lora_dir is not None:
             pipe.load_lora_weights(str(model.lora_dir), adapter_name="evaluate")
         try:
             t0 = time.perf_counter()
             samples[model.name] = {}
             for clip in clips:
-                frames = sample_video(pipe, clip.frames[0], clip.caption, clip.frames.shape[0], s.steps, settings.guidance,
-                                      seeds[clip.key], settings.max_text_len)
+                f, h, w = clip.frames.shape[:3]
+                if text_only:
+                    frames = sample_text_video(pipe, clip.caption or "", f, h, w, s.steps, settings.guidance, seeds[clip.key], settings.max_text_len)
+                else:
+                    frames = sample_video(pipe, clip.frames[0], clip.caption, f, s.steps, settings.guidance, seeds[clip.key], settings.max_text_len)
                 samples[model.name][clip.key] = frames
                 path = out_dir / model.name / f"{clip.key}.mp4"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +81,17 @@ def sample_models(models: list[Model], clips: list[HeldOutClip], encoders_model:
             if model.lora_dir is not None:
                 pipe.unload_lora_weights()
     return samples, seconds
+
+
+def _build(student: str, encoders_model: str, s: Sampling) -> tuple[object, bool]:
+    """(the stock pipeline of `student` without a LoRA, whether it samples from the caption alone)."""
+    from stages.distill.students import infer_family
+
+    if infer_family(student, None) == "wan":
+        from stages.distill.students.wan import build_wan_pipeline
+
+        return build_wan_pipeline(student, encoders_model, None, s.device, s.dtype), True
+    return build_pipeline(student, encoders_model, None, s.device, s.dtype), False
 
 
 def grid_video(real: np.ndarray, samples: dict[str, np.ndarray]) -> np.ndarray:
