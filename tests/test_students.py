@@ -229,3 +229,12 @@ def test_shipped_real_extract_configs_give_the_students_grid(name, grid):
     from stages.extract.teacher_column import student_grid
 
     assert student_grid(load_config(ExtractConfig, ROOT / "configs/extract" / name)).shape == grid
+
+    # evaluate compares the Wan run with its base through WanPipeline (the held-out clip's caption at its size)
+    ev = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", "--store", wan_store, "--runs", str(tmp_path / "run"), "--base", "--out", str(ev),
+                                      "--steps", "2", "--clips", "1", "--no-vbench"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((ev / "report.json").read_text())["rows"]
+    assert set(rows) == {"base", "run"} and all(np.isfinite(rows[m]["flicker"]) for m in rows)
+    assert len(list((ev / "samples").rglob("*.mp4"))) == 2
