@@ -81,6 +81,8 @@ def open_training_data(cfg: DistillConfig) -> TrainingData:
     has_teacher = cfg.data.teacher_column is not None or any(c.name == "teacher" for c in store.columns())
     teacher = select_teacher(store, cfg.data.teacher_column) if has_teacher or cfg.losses.needs_projector else None
     arrays = {"encodings": ["latents", "prompt_embeds"] + (["image_latents"] if cfg.student.task == "i2v" else [])}
+    if cfg.student.task == "i2v" and "image_embeds" in encodings.schema:  # Wan 2.1 I2V: CLIP image embeddings
+        arrays["encodings"].append("image_embeds")
     column_lgf = teacher.attrs.get("lgf") if teacher is not None else None
     if teacher is not None:
         if cfg.losses.mask.weight > 0 and "mask" not in teacher.schema:
