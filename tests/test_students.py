@@ -225,7 +225,7 @@ def test_memory_plan_of_the_wan_configs():
     assert lora.params - lora.trainable == full.params and full.total > lora.total  # LoRA adds its own weights
 
 
-@pytest.mark.parametrize("name, grid", [("wan21_t2v_480p.yaml", (21, 30, 52)), ("cogvideox15_i2v.yaml", (11, 48, 85))])
+@pytest.mark.parametrize("name, grid", [("wan21_t2v_480p.yaml", (21, 30, 52)), ("wan21_i2v_480p.yaml", (21, 30, 52)), ("cogvideox15_i2v.yaml", (11, 48, 85))])
 def test_shipped_real_extract_configs_give_the_students_grid(name, grid):
     """The real extract configs name their student; the teacher grid follows from its published configs (offline)."""
     from stages.extract.teacher_column import student_grid
@@ -309,3 +309,24 @@ def test_tiny_wan_i2v_end_to_end(wan_i2v_store, tmp_path):
         name = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
         modules[name].weight.data += meta["lora_alpha"] / meta["r"] * state[key.replace("lora_A", "lora_B")] @ state[key]
     torch.testing.assert_close(with_lora, _run_i2v(merged, image), atol=1e-5, rtol=1e-4)
+
+    # the CLI samples a Wan I2V run through the stock image-to-video pipeline, from the clip's first frame
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "sample.mp4"
+    result = CliRunner().invoke(app, ["generate", "--run", str(tmp_path / "run"), "--store", wan_i2v_store, "--out", str(out), "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 0 and "9 frames 64x96" in result.output
+
+
+def test_memory_plan_of_the_wan_i2v_config():
+    """The shipped Wan 2.1 I2V 14B config plans from the known config: 36 input channels and the image K/V kept."""
+    from stages.distill.memory_plan import plan_memory
+
+    t2v = plan_memory(load_config(DistillConfig, ROOT / "configs/distill/wan21_t2v_14b.yaml", ["parallel.strategy=fsdp"]), 8)
+    i2v = plan_memory(load_config(DistillConfig, ROOT / "configs/distill/wan21_i2v_14b_480p.yaml", ["parallel.strategy=fsdp"]), 8)
+    assert i2v.tokens == t2v.tokens == 21 * 30 * 52
+    # + 40 blocks x (add_k, add_v 5120 x 5120 + biases + norm) + the CLIP-token projection + 20 more patch-embedding inputs
+    assert 2.0e9 < i2v.params - t2v.params < 2.2e9 and i2v.trainable == t2v.trainable
