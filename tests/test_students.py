@@ -191,6 +191,16 @@ def test_wan_student_refuses_a_cogvideox_store(student_store, tmp_path):
         Trainer(cfg)
 
 
+def test_wan_i2v_student_refuses_a_t2v_store(wan_store, tmp_path):
+    from stages.distill.data import StoreMismatch
+    from stages.distill.trainer import Trainer
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
+        f"data.store={wan_store}", f"out={tmp_path / 'run'}", f"student.model={TINY_WAN}", "student.task=i2v", "data.num_workers=0"])
+    with pytest.raises(StoreMismatch, match="student.task=i2v needs image_latents, image_embeds"):
+        Trainer(cfg)
+
+
 def test_stage_one_grid_follows_from_student_model(tmp_path):
     """extract's student.model: the teacher grid from the model's config files (a CogVideoX 1.5 folder of
     config.json only, written from meta-device models), and a contradicting explicit number is refused."""

@@ -145,6 +145,12 @@ def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig, s
     vae = data.encodings.attrs.get("vae_family", "cogvideox")
     if vae != student.family:
         raise StoreMismatch(f"{where}: the encodings were made with the {vae} VAE/text encoder, the student is {student.family}")
+    if cfg.student.task == "i2v":  # the first-frame condition the image-to-video student is fed
+        needed = ["image_latents"] + (["image_embeds"] if student.family == "wan" else [])
+        missing = [k for k in needed if k not in data.encodings.schema]
+        if missing:
+            raise StoreMismatch(f"{where}: student.task=i2v needs {', '.join(missing)}, which these encodings do not hold "
+                                "(extracted for text-to-video): re-extract with an image-to-video encoders model")
     problem = student.check_latent_grid(transformer_config, lat[1:])
     if problem:
         raise StoreMismatch(f"{where}: {problem}")
