@@ -434,7 +434,16 @@ def generate(
     lora = None if no_lora else run / "lora"
     from stages.distill.students import infer_family
 
-    if infer_family(student_cfg["model"], student_cfg.get("family")) == "wan":  # text-to-video: the caption alone
+    is_wan = infer_family(student_cfg["model"], student_cfg.get("family")) == "wan"
+    if is_wan and student_cfg.get("task") == "i2v":  # Wan 2.1 I2V: the clip's first frame and caption
+        from stages.distill.students.wan import build_wan_pipeline
+        from stages.generate import sample_image_video_wan
+
+        first = decode_clip(entry.url, video, fstore.storage_options).frames[0]
+        pipe = build_wan_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype, task="i2v")
+        frames = sample_image_video_wan(pipe, first, entry.caption or "", video.num_frames, sampling.steps, guidance, seed,
+                                        enc_cfg["max_text_len"])
+    elif is_wan:  # text-to-video: the caption alone
         from stages.distill.students.wan import build_wan_pipeline
         from stages.generate import sample_text_video
 

@@ -110,6 +110,45 @@ def sample_video(
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
+def sample_image_video_wan(
+    pipe,
+    first: np.ndarray,
+    prompt: str,
+    num_frames: int,
+    steps: int = 8,
+    guidance_scale: float = 5.0,
+    seed: int = 0,
+    max_text_len: int = 512,
+) -> np.ndarray:
+    """uint8 [F, H, W, 3] frames from the first frame [H, W, 3] and `prompt` through the stock WanImageToVideoPipeline.
+
+    The prompt goes in as embeddings from stage one's encoder (the pipeline's own UMT5 encoding, without ftfy:
+    this diffusers' I2V pipeline calls ftfy unconditionally on a text prompt, and ftfy is no dependency here).
+    """
+    from PIL import Image
+
+    from stages.extract.encoders_wan import WanEncoders, encode_prompt_wan
+
+    device = pipe.text_encoder.device
+    enc = WanEncoders(pipe.vae, pipe.text_encoder, pipe.tokenizer, device, pipe.text_encoder.dtype)
+    text, empty = (torch.from_numpy(encode_prompt_wan(enc, p, max_text_len)[0]).to(device, pipe.transformer.dtype)[None]
+                   for p in (prompt, ""))
+    height, width = first.shape[:2]
+    out = pipe(
+        Image.fromarray(first),
+        prompt_embeds=text,
+        negative_prompt_embeds=empty,
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).frames[0]
+    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+
+
 def sample_text_video(
     pipe,
     prompt: str,

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class TokenGrid:
-    frames: int  # latent frames T
+    frames: int  # token frames: latent frames T, or with a temporal patch ceil(T / patch_t)
     height: int  # token rows h
     width: int  # token columns w
+    patch_t: int = 1  # latent frames per token frame (CogVideoX 1.5: 2, after padding the first frame in front)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -34,9 +35,24 @@ def token_grid(num_frames: int, height: int, width: int, vae_temporal: int, vae_
     if height % step or width % step:
         raise ValueError(f"{height}x{width} is not a multiple of {step} (VAE {vae_spatial}x times patch {patch_size})")
     frames = (num_frames - 1) // vae_temporal + 1
-    if patch_size_t:
+    if patch_size_t and patch_size_t > 1:
         frames = -(-frames // patch_size_t)  # CogVideoX 1.5 pads latent frames up to a multiple of p_t
+        return TokenGrid(frames, height // step, width // step, patch_size_t)
     return TokenGrid(frames, height // step, width // step)
+
+
+def to_token_frames(x: torch.Tensor, patch_t: int, mode: Literal["stride", "mean"] = "stride") -> torch.Tensor:
+    """[T, ...] per latent frame -> [ceil(T / p_t), ...] per token frame, as the CogVideoX 1.5 student sees them:
+    the first latent frame repeated in front up to a multiple of p_t (the 1.5 pipeline's padding), then each
+    group of p_t latent frames gives its last (`stride`) or its mean."""
+    if patch_t <= 1:
+        return x
+    pad = (-x.shape[0]) % patch_t
+    x = torch.cat([x[:1].expand(pad, *x.shape[1:]), x]) if pad else x
+    groups = x.reshape(x.shape[0] // patch_t, patch_t, *x.shape[1:])
+    if mode == "stride":
+        return groups[:, -1]
+    return groups.float().mean(1).to(x.dtype)
 
 
 def latent_frame_groups(num_frames: int, vae_temporal: int) -> list[list[int]]:
@@ -73,7 +89,7 @@ def to_token_grid(
     are the same. "bilinear": the plain 4-tap interpolation, as columns extracted before
     teacher.resample existed hold.
     """
-    x = to_latent_frames(features, vae_temporal, mode)
+    x = to_token_frames(to_latent_frames(features, vae_temporal, mode), grid.patch_t, mode)
     if x.shape[0] != grid.frames:
         raise ValueError(f"{features.shape[0]} pixel frames give {x.shape[0]} latent frames, the grid has {grid.frames}")
     if resample not in ("antialias", "bilinear"):
@@ -84,6 +100,6 @@ def to_token_grid(
 
 def mask_to_token_grid(masks: torch.Tensor, grid: TokenGrid, vae_temporal: int) -> torch.Tensor:
     """Bool masks [F, H, W] -> uint8 coverage [T, h, w] (0..255 = share of the token's area inside the mask)."""
-    x = to_latent_frames(masks.float(), vae_temporal, "stride").unsqueeze(1)
+    x = to_token_frames(to_latent_frames(masks.float(), vae_temporal, "stride"), grid.patch_t, "stride").unsqueeze(1)
     cover = F.adaptive_avg_pool2d(x, (grid.height, grid.width)).squeeze(1)
     return (cover * 255).round().to(torch.uint8)

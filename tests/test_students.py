@@ -22,6 +22,7 @@ from pipeline.config import load_config
 from pipeline.distill_config import DistillConfig
 from pipeline.extract_config import ExtractConfig
 from stages.distill.students import get_student, infer_family, student_for
+from stages.extract.encoders_wan import TINY_WAN_I2V
 from stages.distill.students.cogvideox import COGVIDEOX_15_5B_I2V_TRANSFORMER, COGVIDEOX_15_VAE
 from stages.distill.students.wan import (
     TINY_WAN,
@@ -29,6 +30,7 @@ from stages.distill.students.wan import (
     WAN21_T2V_14B_TRANSFORMER,
     WAN21_VAE,
     build_wan_pipeline,
+    image_condition,
     prepare_flow_inputs,
     training_scheduler,
 )
@@ -80,8 +82,8 @@ def test_family_comes_from_the_name_or_the_saved_config(tmp_path):
     b, _ = student_for(TINY_WAN).load(TINY_WAN, "t2v", torch.float32, "cpu")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert sched.config.shift == WAN21_SCHEDULER["flow_shift"]
-    with pytest.raises(ValueError, match="only Wan 2.1 text-to-video"):
-        get_student("wan").load(TINY_WAN, "i2v", torch.float32, "cpu")
+    with pytest.raises(ValueError, match="is a text-to-video Wan .* but student.task='i2v'"):
+        get_student("wan").load(str(tmp_path / "wan"), "i2v", torch.float32, "cpu")
 
 
 def test_wan_flow_matching_inputs():
@@ -178,6 +180,15 @@ def test_tiny_wan_end_to_end(wan_store, tmp_path):
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 0 and "17 frames 128x192" in result.output
 
+    # evaluate compares the Wan run with its base through WanPipeline (the held-out clip's caption at its size)
+    ev = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", "--store", wan_store, "--runs", str(tmp_path / "run"), "--base", "--out", str(ev),
+                                      "--steps", "2", "--clips", "1", "--no-vbench"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((ev / "report.json").read_text())["rows"]
+    assert set(rows) == {"base", "run"} and all(np.isfinite(rows[m]["flicker"]) for m in rows)
+    assert len(list((ev / "samples").rglob("*.mp4"))) == 2
+
 
 def test_wan_student_refuses_a_cogvideox_store(student_store, tmp_path):
     from stages.distill.data import StoreMismatch
@@ -186,6 +197,16 @@ def test_wan_student_refuses_a_cogvideox_store(student_store, tmp_path):
     cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
         f"data.store={student_store}", f"out={tmp_path / 'run'}", f"student.model={TINY_WAN}", "student.task=t2v", "data.num_workers=0"])
     with pytest.raises(StoreMismatch, match="made with the cogvideox VAE/text encoder, the student is wan"):
+        Trainer(cfg)
+
+
+def test_wan_i2v_student_refuses_a_t2v_store(wan_store, tmp_path):
+    from stages.distill.data import StoreMismatch
+    from stages.distill.trainer import Trainer
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
+        f"data.store={wan_store}", f"out={tmp_path / 'run'}", f"student.model={TINY_WAN}", "student.task=i2v", "data.num_workers=0"])
+    with pytest.raises(StoreMismatch, match="student.task=i2v needs image_latents, image_embeds"):
         Trainer(cfg)
 
 
@@ -223,18 +244,116 @@ def test_memory_plan_of_the_wan_configs():
     assert lora.params - lora.trainable == full.params and full.total > lora.total  # LoRA adds its own weights
 
 
-@pytest.mark.parametrize("name, grid", [("wan21_t2v_480p.yaml", (21, 30, 52)), ("cogvideox15_i2v.yaml", (11, 48, 85))])
+@pytest.mark.parametrize("name, grid", [("wan21_t2v_480p.yaml", (21, 30, 52)), ("wan21_i2v_480p.yaml", (21, 30, 52)), ("cogvideox15_i2v.yaml", (11, 48, 85))])
 def test_shipped_real_extract_configs_give_the_students_grid(name, grid):
     """The real extract configs name their student; the teacher grid follows from its published configs (offline)."""
     from stages.extract.teacher_column import student_grid
 
     assert student_grid(load_config(ExtractConfig, ROOT / "configs/extract" / name)).shape == grid
 
-    # evaluate compares the Wan run with its base through WanPipeline (the held-out clip's caption at its size)
-    ev = tmp_path / "eval"
-    result = CliRunner().invoke(app, ["evaluate", "--store", wan_store, "--runs", str(tmp_path / "run"), "--base", "--out", str(ev),
-                                      "--steps", "2", "--clips", "1", "--no-vbench"])
+
+@pytest.fixture(scope="module")
+def wan_i2v_store(tmp_path_factory, sample_generator) -> str:
+    """2 clips of 9 frames at 64x96 with the Wan 2.1 I2V encodings (condition latents, CLIP embeddings) + teacher."""
+    from pipeline.runner import run_extract
+
+    corpus = tmp_path_factory.mktemp("wani2vcorpus") / "clips"
+    sample_generator.generate(corpus, clips=2, frames=9, fps=8)
+    url = str(tmp_path_factory.mktemp("wani2vstore") / "store")
+    cfg = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", [
+        f"corpus.url={corpus}", "corpus.clips_per_shard=2", "video.num_frames=9", "video.height=64", "video.width=96",
+        "teacher.image_size=64", f"encoders.model={TINY_WAN_I2V}", "ray.num_workers=0"])
+    assert run_extract(cfg, url).failed_keys == set()
+    return url
+
+
+def _run_i2v(pipe, image) -> torch.Tensor:
+    """The stock I2V pipeline from prompt embeddings: this diffusers' WanImageToVideoPipeline calls ftfy
+    unconditionally on a text prompt (WanPipeline guards it), and ftfy is no dependency here."""
+    from stages.extract.encoders_wan import WanEncoders, encode_prompt_wan
+
+    enc = WanEncoders(pipe.vae, pipe.text_encoder, pipe.tokenizer, torch.device("cpu"), torch.float32)
+    text, empty = (torch.from_numpy(encode_prompt_wan(enc, p, 16)[0]).float()[None] for p in ("a dog runs", ""))
+    return pipe(image, prompt_embeds=text, negative_prompt_embeds=empty, height=64, width=96, num_frames=5,
+                num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="latent").frames
+
+
+def test_tiny_wan_i2v_end_to_end(wan_i2v_store, tmp_path):
+    """Wan 2.1 I2V: the stored condition is the pipeline's, training a few steps, the LoRA read by the stock
+    WanImageToVideoPipeline changes its output and equals the hand-merged model's."""
+    from PIL import Image
+
+    from pipeline.store import FeatureStore
+    from stages.distill.trainer import Trainer
+    from stages.extract.encoders_wan import encode_image_condition_wan, load_wan_encoders
+
+    enc = FeatureStore(wan_i2v_store).column("encodings")
+    assert enc.attrs["task"] == "i2v"
+    assert enc.schema["image_latents"].shape == (16, 3, 8, 12) and enc.schema["image_embeds"].shape == (17, 16)
+    # the stored condition = WanImageToVideoPipeline's own (prepare_latents, encode_image) from the same frame
+    frame = (np.random.default_rng(0).random((9, 64, 96, 3)) * 255).astype(np.uint8)
+    encoders = load_wan_encoders(TINY_WAN_I2V, "float32", "cpu")
+    condition, embeds = encode_image_condition_wan(encoders, frame)
+    pipe = build_wan_pipeline(TINY_WAN, TINY_WAN_I2V, None, task="i2v")
+    image = Image.fromarray(frame[0])
+    theirs = pipe.encode_image(image, "cpu")[0]
+    np.testing.assert_allclose(embeds.astype(np.float32), theirs.numpy(), atol=2e-3, rtol=2e-3)
+    pixels = pipe.video_processor.preprocess(image, height=64, width=96)
+    _, cond = pipe.prepare_latents(pixels, 1, 16, 64, 96, 9, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(pipe.vae.config.latents_mean), torch.tensor(pipe.vae.config.latents_std)
+    ours = image_condition(torch.from_numpy(condition.astype(np.float32))[None], mean, std)
+    torch.testing.assert_close(ours, cond, atol=2e-2, rtol=1e-2)  # float16 storage
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
+        f"data.store={wan_i2v_store}", f"out={tmp_path / 'run'}", f"student.model={TINY_WAN}", "student.task=i2v",
+        "data.num_workers=0", "train.steps=2", "data.holdout=0", "train.checkpoint_every=100"])
+    trainer = Trainer(cfg)
+    history = trainer.run()
+    assert trainer.grid == (3, 4, 6)
+    assert all(np.isfinite(m.terms["diff"]) and m.terms["lgf"] > 0 for m in history)
+    lora = trainer.finish()
+    trainer.close()
+
+    base = _run_i2v(build_wan_pipeline(TINY_WAN, TINY_WAN_I2V, None, task="i2v"), image)
+    with_lora = _run_i2v(build_wan_pipeline(TINY_WAN, TINY_WAN_I2V, lora, task="i2v"), image)
+    assert (with_lora - base).abs().max() > 1e-3
+    with safe_open(str(lora / "pytorch_lora_weights.safetensors"), "pt") as f:
+        meta = {k.removeprefix("transformer."): v for k, v in json.loads(f.metadata()["lora_adapter_metadata"]).items()}
+    state = load_file(str(lora / "pytorch_lora_weights.safetensors"))
+    merged = build_wan_pipeline(TINY_WAN, TINY_WAN_I2V, None, task="i2v")
+    modules = dict(merged.transformer.named_modules())
+    pairs = [k for k in state if k.endswith("lora_A.weight")]
+    assert len(pairs) == 3 * 2 * 4
+    for key in pairs:
+        name = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+        modules[name].weight.data += meta["lora_alpha"] / meta["r"] * state[key.replace("lora_A", "lora_B")] @ state[key]
+    torch.testing.assert_close(with_lora, _run_i2v(merged, image), atol=1e-5, rtol=1e-4)
+
+    # the CLI samples a Wan I2V run through the stock image-to-video pipeline, from the clip's first frame
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "sample.mp4"
+    result = CliRunner().invoke(app, ["generate", "--run", str(tmp_path / "run"), "--store", wan_i2v_store, "--out", str(out), "--steps", "2"])
     assert result.exit_code == 0, result.output
-    rows = json.loads((ev / "report.json").read_text())["rows"]
-    assert set(rows) == {"base", "run"} and all(np.isfinite(rows[m]["flicker"]) for m in rows)
-    assert len(list((ev / "samples").rglob("*.mp4"))) == 2
+    assert out.stat().st_size > 0 and "9 frames 64x96" in result.output
+
+    # evaluate samples it through the stock I2V pipeline too (a named clip: this tiny run held none out)
+    key = FeatureStore(wan_i2v_store).require_snapshot().clips[0]["key"]
+    ev = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", "--store", wan_i2v_store, "--runs", str(tmp_path / "run"), "--base", "--out", str(ev),
+                                      "--steps", "2", "--holdout-key", key, "--no-vbench"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((ev / "report.json").read_text())["rows"]) == {"base", "run"}
+
+
+def test_memory_plan_of_the_wan_i2v_config():
+    """The shipped Wan 2.1 I2V 14B config plans from the known config: 36 input channels and the image K/V kept."""
+    from stages.distill.memory_plan import plan_memory
+
+    t2v = plan_memory(load_config(DistillConfig, ROOT / "configs/distill/wan21_t2v_14b.yaml", ["parallel.strategy=fsdp"]), 8)
+    i2v = plan_memory(load_config(DistillConfig, ROOT / "configs/distill/wan21_i2v_14b_480p.yaml", ["parallel.strategy=fsdp"]), 8)
+    assert i2v.tokens == t2v.tokens == 21 * 30 * 52
+    # + 40 blocks x (add_k, add_v 5120 x 5120 + biases + norm) + the CLIP-token projection + 20 more patch-embedding inputs
+    assert 2.0e9 < i2v.params - t2v.params < 2.2e9 and i2v.trainable == t2v.trainable

@@ -81,6 +81,8 @@ def open_training_data(cfg: DistillConfig) -> TrainingData:
     has_teacher = cfg.data.teacher_column is not None or any(c.name == "teacher" for c in store.columns())
     teacher = select_teacher(store, cfg.data.teacher_column) if has_teacher or cfg.losses.needs_projector else None
     arrays = {"encodings": ["latents", "prompt_embeds"] + (["image_latents"] if cfg.student.task == "i2v" else [])}
+    if cfg.student.task == "i2v" and "image_embeds" in encodings.schema:  # Wan 2.1 I2V: CLIP image embeddings
+        arrays["encodings"].append("image_embeds")
     column_lgf = teacher.attrs.get("lgf") if teacher is not None else None
     if teacher is not None:
         if cfg.losses.mask.weight > 0 and "mask" not in teacher.schema:
@@ -143,6 +145,12 @@ def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig, s
     vae = data.encodings.attrs.get("vae_family", "cogvideox")
     if vae != student.family:
         raise StoreMismatch(f"{where}: the encodings were made with the {vae} VAE/text encoder, the student is {student.family}")
+    if cfg.student.task == "i2v":  # the first-frame condition the image-to-video student is fed
+        needed = ["image_latents"] + (["image_embeds"] if student.family == "wan" else [])
+        missing = [k for k in needed if k not in data.encodings.schema]
+        if missing:
+            raise StoreMismatch(f"{where}: student.task=i2v needs {', '.join(missing)}, which these encodings do not hold "
+                                "(extracted for text-to-video): re-extract with an image-to-video encoders model")
     problem = student.check_latent_grid(transformer_config, lat[1:])
     if problem:
         raise StoreMismatch(f"{where}: {problem}")

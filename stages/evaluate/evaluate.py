@@ -92,7 +92,11 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
         raise EvaluateError("--base without runs needs --student MODEL (the base student to sample)")
     if opts.base and len(students) > 1 and opts.student is None:
         raise EvaluateError(f"the runs use different students ({', '.join(sorted(students))}): name the base with --student")
-    models = ([Model(BASE, base_student, None)] if opts.base else []) + [Model(r.name, r.student_model, r.lora_dir) for r in runs]
+    tasks = {r.student_task for r in runs}
+    base_task = sorted(tasks)[0] if tasks else "i2v"
+    models = ([Model(BASE, base_student, None, base_task)] if opts.base else []) + [
+        Model(r.name, r.student_model, r.lora_dir, r.student_task) for r in runs
+    ]
 
     from stages.evaluate.fvd import build_fvd_backbone
 

@@ -39,6 +39,10 @@ class RunRef:
     def student_model(self) -> str:
         return self.info["config"]["student"]["model"]
 
+    @property
+    def student_task(self) -> str:
+        return self.info["config"]["student"].get("task", "i2v")
+
 
 def _is_run(path: Path) -> bool:
     return (path / "lora" / LORA_FILE).is_file()

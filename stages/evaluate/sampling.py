@@ -13,12 +13,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from pipeline.inspect import write_mp4
 from stages.evaluate.clips import HeldOutClip
-from stages.generate import Sampling, build_pipeline, sample_text_video, sample_video
+from stages.generate import Sampling, build_pipeline, sample_image_video_wan, sample_text_video, sample_video
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class Model:
     name: str  # report row: a run's name, or "base"
     student: str  # student model (folder, hub id or "tiny")
     lora_dir: Path | None  # None: the base model
+    task: str = "i2v"  # i2v: from the clip's first frame and caption; t2v: the caption alone
 
 
 @dataclass(frozen=True)
@@ -57,20 +59,16 @@ def sample_models(models: list[Model], clips: list[HeldOutClip], encoders_model:
     seconds: dict[str, float] = {}
     pipes = {}
     for model in models:
-        if model.student not in pipes:
-            pipes[model.student] = _build(model.student, encoders_model, s)
-        pipe, text_only = pipes[model.student]
+        if (model.student, model.task) not in pipes:
+            pipes[model.student, model.task] = _build(model.student, model.task, encoders_model, s)
+        pipe, sample = pipes[model.student, model.task]
         if model.lora_dir is not None:
             pipe.load_lora_weights(str(model.lora_dir), adapter_name="evaluate")
         try:
             t0 = time.perf_counter()
             samples[model.name] = {}
             for clip in clips:
-                f, h, w = clip.frames.shape[:3]
-                if text_only:
-                    frames = sample_text_video(pipe, clip.caption or "", f, h, w, s.steps, settings.guidance, seeds[clip.key], settings.max_text_len)
-                else:
-                    frames = sample_video(pipe, clip.frames[0], clip.caption, f, s.steps, settings.guidance, seeds[clip.key], settings.max_text_len)
+                frames = sample(pipe, clip, s.steps, settings.guidance, seeds[clip.key], settings.max_text_len)
                 samples[model.name][clip.key] = frames
                 path = out_dir / model.name / f"{clip.key}.mp4"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,15 +81,20 @@ def sample_models(models: list[Model], clips: list[HeldOutClip], encoders_model:
     return samples, seconds
 
 
-def _build(student: str, encoders_model: str, s: Sampling) -> tuple[object, bool]:
-    """(the stock pipeline of `student` without a LoRA, whether it samples from the caption alone)."""
+def _build(student: str, task: str, encoders_model: str, s: Sampling) -> tuple[object, Callable]:
+    """(the stock pipeline of `student` without a LoRA, a function (pipe, clip, steps, guidance, seed, text len) -> frames):
+    CogVideoX I2V and Wan 2.1 I2V from the clip's first frame and caption, Wan 2.1 T2V from the caption at the clip's size."""
     from stages.distill.students import infer_family
 
-    if infer_family(student, None) == "wan":
-        from stages.distill.students.wan import build_wan_pipeline
+    if infer_family(student, None) != "wan":
+        pipe = build_pipeline(student, encoders_model, None, s.device, s.dtype)
+        return pipe, lambda p, c, *a: sample_video(p, c.frames[0], c.caption, c.frames.shape[0], *a)
+    from stages.distill.students.wan import build_wan_pipeline
 
-        return build_wan_pipeline(student, encoders_model, None, s.device, s.dtype), True
-    return build_pipeline(student, encoders_model, None, s.device, s.dtype), False
+    pipe = build_wan_pipeline(student, encoders_model, None, s.device, s.dtype, task=task)
+    if task == "i2v":
+        return pipe, lambda p, c, *a: sample_image_video_wan(p, c.frames[0], c.caption or "", c.frames.shape[0], *a)
+    return pipe, lambda p, c, *a: sample_text_video(p, c.caption or "", *c.frames.shape[:3], *a)
 
 
 def grid_video(real: np.ndarray, samples: dict[str, np.ndarray]) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
-from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from pipeline.config import config_hash
 from stages.devices import resolve_device, resolve_dtype
@@ -35,6 +35,7 @@ from stages.extract.encoders import _pixels, _to_fp16, _tiny_pieces, cache_root,
 log = logging.getLogger(__name__)
 
 TINY_WAN = "tiny-wan"
+TINY_WAN_I2V = "tiny-wan-i2v"  # tiny-wan plus a tiny CLIP vision tower (Wan 2.1 image-to-video encoders)
 TINY_WAN_VERSION = 1  # bump when the preset changes (cache folder name and column hash)
 
 # The Wan 2.1 VAE's structure (4 stages, temporal downsampling in the last two: 8x spatial, 4x temporal,
@@ -66,6 +67,15 @@ TINY_UMT5_CONFIG: dict[str, Any] = {
 }
 
 
+# A CLIP ViT (Wan 2.1 I2V uses open-clip ViT-H/14 at 224 px: 257 tokens x 1280) at toy width: 32 px,
+# patch 8 -> 16 patches + CLS = 17 tokens x 16. The processor is the PIL one (CLIPImageProcessor, no torchvision).
+TINY_CLIP_VISION_CONFIG: dict[str, Any] = {
+    "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
+    "image_size": 32, "patch_size": 8, "projection_dim": 16,
+}
+TINY_CLIP_PROCESSOR: dict[str, Any] = {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}
+
+
 @dataclass
 class WanEncoders:
     vae: AutoencoderKLWan
@@ -73,6 +83,9 @@ class WanEncoders:
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype
+    # Wan 2.1 I2V only (the model folder's image_encoder/ and image_processor/), else None
+    image_encoder: CLIPVisionModel | None = None
+    image_processor: CLIPImageProcessor | None = None
 
     @property
     def text_dim(self) -> int:
@@ -112,9 +125,28 @@ def tiny_umt5_config() -> dict[str, Any]:
     return {**TINY_UMT5_CONFIG, "vocab_size": len(_tiny_pieces())}
 
 
+def read_image_encoder_config(model: str) -> dict[str, Any] | None:
+    """The CLIP vision config of a Wan I2V model (image_encoder/config.json), None for a text-to-video one."""
+    if model == TINY_WAN_I2V:
+        return dict(TINY_CLIP_VISION_CONFIG)
+    if model == TINY_WAN:
+        return None
+    try:
+        config, _ = CLIPVisionConfig.get_config_dict(model, subfolder="image_encoder")
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in config.items() if not k.startswith("_") and k != "transformers_version"}
+
+
+def image_tokens(config: Mapping[str, Any]) -> int:
+    """Tokens of CLIP's penultimate hidden state (what WanImageToVideoPipeline.encode_image returns): patches + CLS."""
+    full = CLIPVisionConfig(**dict(config))
+    return (full.image_size // full.patch_size) ** 2 + 1
+
+
 def read_wan_configs(model: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(vae config, text-encoder config) of `model` from config files only (or the tiny preset)."""
-    if model == TINY_WAN:
+    if model in (TINY_WAN, TINY_WAN_I2V):
         return dict(TINY_WAN_VAE_CONFIG), tiny_umt5_config()
     vae = AutoencoderKLWan.load_config(model, subfolder="vae")
     text, _ = UMT5Config.get_config_dict(model, subfolder="text_encoder")
@@ -122,28 +154,35 @@ def read_wan_configs(model: str) -> tuple[dict[str, Any], dict[str, Any]]:
             {k: v for k, v in text.items() if not k.startswith("_") and k != "transformers_version"})
 
 
-def save_tiny_wan_encoders(directory: str | Path, seed: int = 0) -> Path:
+def save_tiny_wan_encoders(directory: str | Path, seed: int = 0, image: bool = False) -> Path:
+    """The tiny preset in diffusers format; image=True adds image_encoder/ and image_processor/ (I2V)."""
     directory = Path(directory)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKLWan(**TINY_WAN_VAE_CONFIG)
         text = UMT5EncoderModel(UMT5Config(**tiny_umt5_config()))
+        clip = CLIPVisionModel(CLIPVisionConfig(**TINY_CLIP_VISION_CONFIG)) if image else None
     vae.save_pretrained(directory / "vae")
     text.save_pretrained(directory / "text_encoder")
     tiny_tokenizer().save_pretrained(directory / "tokenizer")
+    if clip is not None:
+        clip.save_pretrained(directory / "image_encoder")
+        CLIPImageProcessor(**TINY_CLIP_PROCESSOR).save_pretrained(directory / "image_processor")
     return directory
 
 
-def tiny_wan_encoders_dir(seed: int = 0) -> Path:
+def tiny_wan_encoders_dir(seed: int = 0, image: bool = False) -> Path:
     """The tiny-wan preset's folder in the cache, built on first use (atomic rename, as tiny_encoders_dir)."""
     preset = {"vae": TINY_WAN_VAE_CONFIG, "umt5": tiny_umt5_config(), "seed": seed, "v": TINY_WAN_VERSION}
+    if image:
+        preset["clip"] = {"vision": TINY_CLIP_VISION_CONFIG, "processor": TINY_CLIP_PROCESSOR}
     final = cache_root() / f"tiny-wan-encoders-{config_hash(preset)}"
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        save_tiny_wan_encoders(tmp, seed)
+        save_tiny_wan_encoders(tmp, seed, image)
         tmp.chmod(0o755)
         try:
             os.rename(tmp, final)
@@ -158,14 +197,20 @@ def tiny_wan_encoders_dir(seed: int = 0) -> Path:
 def load_wan_encoders(model: str, dtype: str | torch.dtype = "bfloat16", device: str | torch.device = "auto") -> WanEncoders:
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    source = str(tiny_wan_encoders_dir()) if model == TINY_WAN else model
+    tiny = model in (TINY_WAN, TINY_WAN_I2V)
+    source = str(tiny_wan_encoders_dir(image=model == TINY_WAN_I2V)) if tiny else model
     # The Wan VAE runs in fp32 in diffusers' examples (its causal-conv caches are precision sensitive)
     vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
     text = UMT5EncoderModel.from_pretrained(source, subfolder="text_encoder", dtype=dt)
     tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
     vae = vae.to(dev).eval().requires_grad_(False)
     text = text.to(dev).eval().requires_grad_(False)
-    return WanEncoders(vae, text, tokenizer, dev, dt)
+    image_encoder = image_processor = None
+    if read_image_encoder_config(model) is not None:  # Wan 2.1 I2V: CLIP in fp32 as WanImageToVideoPipeline's examples
+        image_encoder = CLIPVisionModel.from_pretrained(source, subfolder="image_encoder", dtype=torch.float32)
+        image_encoder = image_encoder.to(dev).eval().requires_grad_(False)
+        image_processor = CLIPImageProcessor.from_pretrained(source, subfolder="image_processor")
+    return WanEncoders(vae, text, tokenizer, dev, dt, image_encoder, image_processor)
 
 
 @torch.inference_mode()
@@ -174,6 +219,24 @@ def encode_video_wan(enc: WanEncoders, frames: np.ndarray) -> np.ndarray:
     x = _pixels(frames, enc)  # [1, 3, F, H, W] in [-1, 1]
     params = enc.vae.encode(x.to(enc.vae.dtype)).latent_dist.parameters
     return _to_fp16(params[0], "video latents")
+
+
+@torch.inference_mode()
+def encode_image_condition_wan(enc: WanEncoders, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [F, H, W, 3] -> the Wan 2.1 I2V condition, as WanImageToVideoPipeline builds it from frame 0:
+    (float16 [C, T, H/8, W/8] the VAE posterior mode of [frame 0, F - 1 zero frames], unnormalised (the student
+    normalises and prepends the 4-channel first-frame mask), float16 [N, D] CLIP's penultimate hidden state
+    of frame 0 through the CLIP image processor (PIL))."""
+    from PIL import Image
+
+    if enc.image_encoder is None or enc.image_processor is None:
+        raise ValueError("the Wan encoders have no image_encoder/image_processor: not an image-to-video model")
+    x = _pixels(frames, enc)  # [1, 3, F, H, W] in [-1, 1]
+    video = torch.cat([x[:, :, :1], torch.zeros_like(x[:, :, 1:])], dim=2)
+    condition = enc.vae.encode(video.to(enc.vae.dtype)).latent_dist.mode()  # retrieve_latents(..., "argmax")
+    pixels = enc.image_processor(images=Image.fromarray(np.asarray(frames[0])), return_tensors="pt").pixel_values
+    out = enc.image_encoder(pixel_values=pixels.to(enc.device, enc.image_encoder.dtype), output_hidden_states=True)
+    return _to_fp16(condition[0], "image condition latents"), _to_fp16(out.hidden_states[-2][0], "image embeddings")
 
 
 def _prompt_clean(text: str) -> str:

@@ -3,7 +3,10 @@
 The same column name and arrays as CogVideoX's (stages/extract/encodings_column.py), so stage two
 streams it alike, with what differs in the attrs: `vae_family` "wan", the VAE's per-channel
 `latents_mean` / `latents_std` (the student normalises x0 = (z - mean) / std), scaling_factor 1.
-No image latents: Wan 2.1 T2V has no first-frame conditioning. The prompt is encoded with its mask
+Text-to-video stores no image arrays. An image-to-video model (one with image_encoder/, or "tiny-wan-i2v")
+adds the Wan 2.1 I2V condition as WanImageToVideoPipeline builds it from the first frame: `image_latents`
+(the VAE mode of [frame 0, zeros], unnormalised) and `image_embeds` (CLIP's penultimate hidden state);
+the CLIP config is in the column config, so the column key changes with the task. The prompt is encoded with its mask
 and zeroed past its tokens, as WanPipeline does (max_text_len 512 for the real models).
 """
 
@@ -25,11 +28,15 @@ from stages.extract.columns import check_compute_dtype, compute_dtype
 from stages.extract.encoders import caption_tokens
 from stages.extract.encoders_wan import (
     TINY_WAN,
+    TINY_WAN_I2V,
     TINY_WAN_VERSION,
     WanVaeGeometry,
+    encode_image_condition_wan,
     encode_prompt_wan,
     encode_video_wan,
+    image_tokens,
     load_wan_encoders,
+    read_image_encoder_config,
     read_wan_configs,
 )
 
@@ -38,7 +45,7 @@ NAME = "encodings"
 
 def is_wan_encoders(model: str) -> bool:
     """True for "tiny-wan" or a folder / hub id whose vae/config.json names AutoencoderKLWan."""
-    if model == TINY_WAN:
+    if model in (TINY_WAN, TINY_WAN_I2V):
         return True
     if model == "tiny":
         return False
@@ -75,11 +82,17 @@ def wan_encodings_spec(cfg: ExtractConfig) -> ColumnSpec:
         "prompt_embeds": ArraySpec((length, text_dim), "float16"),
         "prompt_mask": ArraySpec((length,), "uint8"),
     }
+    image_config = read_image_encoder_config(enc.model)
+    if image_config is not None:  # Wan 2.1 I2V: the first-frame condition and its CLIP embeddings
+        schema["image_latents"] = ArraySpec((c, t, h, w), "float16")
+        schema["image_embeds"] = ArraySpec((image_tokens(image_config), int(image_config["hidden_size"])), "float16")
     keep = ("model", "max_text_len", "dtype", "seed")  # image noise, slicing and tiling do not apply
     encoders = {k: v for k, v in dataclasses.asdict(enc).items() if k in keep}
     encoders["compute_dtype"] = compute_dtype(enc.dtype, enc.device, cfg.ray.gpus_per_worker)
     model: dict[str, Any] = {"family": "wan", "vae": vae_config, "text_encoder": text_config}
-    if enc.model == TINY_WAN:
+    if image_config is not None:
+        model["image_encoder"] = image_config
+    if enc.model in (TINY_WAN, TINY_WAN_I2V):
         model["tiny_version"] = TINY_WAN_VERSION
     attrs = {
         "vae_family": "wan",
@@ -92,6 +105,7 @@ def wan_encodings_spec(cfg: ExtractConfig) -> ColumnSpec:
         "invert_scale_latents": False,
         "latents": "Wan VAE posterior parameters [mean | logvar] on channels, unnormalised: sample z, then "
         "x0 = (z - latents_mean) / latents_std per channel",
+        "task": "i2v" if image_config is not None else "t2v",
         "prompt": {"max_text_len": length, "text_dim": text_dim, "encoded_with_attention_mask": True,
                    "padding": "zeros after the prompt's tokens (WanPipeline)"},
     }
@@ -123,6 +137,8 @@ class WanEncodingsProducer:
             raise ValueError(f"clip {entry.key}: frames {frames.shape}, expected {expected}")
         embeds, mask = encode_prompt_wan(self.enc, entry.caption or "", e.max_text_len)
         arrays = {"latents": encode_video_wan(self.enc, frames), "prompt_embeds": embeds, "prompt_mask": mask}
+        if "image_latents" in self.spec.schema:
+            arrays["image_latents"], arrays["image_embeds"] = encode_image_condition_wan(self.enc, frames)
         for key, spec in self.spec.schema.items():
             if arrays[key].shape != spec.shape or arrays[key].dtype != np.dtype(spec.dtype):
                 raise ValueError(f"clip {entry.key}: {key} is {arrays[key].dtype}{arrays[key].shape}, schema says {spec}")

@@ -98,3 +98,38 @@ class CogVideoXStudent(Student):
         from stages.distill.losses import diffusion_loss_from_output
 
         return diffusion_loss_from_output(ctx.scheduler, output, inputs)
+
+
+def tiny_15_transformer_config(task: str = "i2v") -> dict[str, Any]:
+    """The tiny CogVideoX with CogVideoX 1.5's switches: temporal patch 2, ofs embedding (I2V), no patch bias,
+    RoPE without learned positions (so any frame count and size train)."""
+    config = {**cogvideox.tiny_transformer_config(task), "patch_size_t": 2, "patch_bias": False,
+              "use_learned_positional_embeddings": False}
+    if task == "i2v":
+        config["ofs_embed_dim"] = config["time_embed_dim"]
+    return config
+
+
+def save_tiny_cogvideox15(directory: str | Path, task: str = "i2v") -> Path:
+    """A tiny CogVideoX 1.5 as one diffusers model folder: the tiny encoders (vae/, text_encoder/, tokenizer/)
+    with the 1.5 VAE's `invert_scale_latents` set, the 1.5-style transformer/ and the scheduler/. Used as both
+    encoders.model (stage one records the flag) and student.model (the grid follows from transformer/ + vae/)."""
+    import json
+    import shutil
+
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+
+    from stages.extract.encoders import tiny_encoders_dir
+
+    directory = Path(directory)
+    shutil.copytree(tiny_encoders_dir(), directory, dirs_exist_ok=True)
+    vae_config = directory / "vae" / "config.json"
+    vae_config.chmod(0o644)
+    vae_config.write_text(json.dumps({**json.loads(vae_config.read_text()), "invert_scale_latents": True}, indent=2))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cogvideox.TINY_SEED)
+        transformer = CogVideoXTransformer3DModel(**tiny_15_transformer_config(task))
+    transformer.save_pretrained(directory / "transformer")
+    _, scheduler = cogvideox.build_tiny_student(task)
+    CogVideoXDDIMScheduler.from_config(scheduler.config).save_pretrained(directory / "scheduler")
+    return directory

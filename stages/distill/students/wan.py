@@ -12,6 +12,12 @@ weights the loss by a bell-shaped table over t -- not implemented here):
 Layouts: Wan takes and returns [B, C, T, H8, W8] (channels first; CogVideoX is [B, T, C, ...]), its
 blocks return the video tokens alone [B, T*h*w, D], ordered (frame, row, column), and it computes its
 RoPE inside the forward. The exported LoRA is read by the stock `WanPipeline.load_lora_weights`.
+
+Image-to-video (Wan 2.1 I2V, in_channels 36 = 16 noisy + 4 mask + 16 condition), as WanImageToVideoPipeline:
+    condition = [mask | (c - latents_mean) / latents_std]   c: the stored VAE mode of [frame 0, zero frames]
+        mask [B, 4, T, H8, W8]: 1 on latent frame 0 (its 4 channels = the 4 pixel frames it holds), else 0;
+    hidden_states = [x_t | condition] on channels; encoder_hidden_states_image = the stored CLIP embeddings.
+The loss is on the 16 predicted channels as for T2V; the LoRA is read by `WanImageToVideoPipeline.load_lora_weights`.
 """
 
 from __future__ import annotations
@@ -45,9 +51,15 @@ WAN21_VAE: dict[str, Any] = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 
 # The scheduler folder of the Wan 2.1 Diffusers checkpoints: UniPC on flow sigmas, shift 3.0 (480P)
 WAN21_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "prediction_type": "flow_prediction",
                                    "use_flow_sigmas": True, "flow_shift": 3.0}
+# transformer/config.json of Wan-AI/Wan2.1-I2V-14B-480P-Diffusers (and -720P): 36 input channels, CLIP ViT-H/14
+# image tokens (1280 wide) through added K/V projections in every cross attention
+WAN21_I2V_14B_TRANSFORMER: dict[str, Any] = {**WAN21_T2V_14B_TRANSFORMER, "in_channels": 36, "image_dim": 1280,
+                                             "added_kv_proj_dim": 5120}
 KNOWN_TRANSFORMERS: dict[str, dict[str, Any]] = {
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": WAN21_T2V_1_3B_TRANSFORMER,
     "Wan-AI/Wan2.1-T2V-14B-Diffusers": WAN21_T2V_14B_TRANSFORMER,
+    "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers": WAN21_I2V_14B_TRANSFORMER,
+    "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers": WAN21_I2V_14B_TRANSFORMER,
 }
 
 
@@ -81,10 +93,30 @@ def training_scheduler(scheduler_config: Mapping[str, Any]) -> FlowMatchEulerDis
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(scheduler_config.get("num_train_timesteps", 1000)), shift=float(shift))
 
 
-def build_tiny_transformer() -> WanTransformer3DModel:
+def tiny_i2v_transformer_config() -> dict[str, Any]:
+    """The tiny Wan 2.1 I2V: 36 input channels, image tokens 16 wide (the tiny CLIP's) through added K/V."""
+    from stages.extract.encoders_wan import TINY_CLIP_VISION_CONFIG
+
+    config = tiny_transformer_config()
+    inner = config["num_attention_heads"] * config["attention_head_dim"]
+    return {**config, "in_channels": 36, "image_dim": TINY_CLIP_VISION_CONFIG["hidden_size"], "added_kv_proj_dim": inner}
+
+
+def build_tiny_transformer(task: str = "t2v") -> WanTransformer3DModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        return WanTransformer3DModel(**tiny_transformer_config())
+        return WanTransformer3DModel(**(tiny_i2v_transformer_config() if task == "i2v" else tiny_transformer_config()))
+
+
+def image_condition(image_latents: torch.Tensor, latents_mean: torch.Tensor, latents_std: torch.Tensor) -> torch.Tensor:
+    """Stored condition mode [B, C, T, H8, W8] (unnormalised) -> [B, 4 + C, T, H8, W8]: first-frame mask | normalised,
+    as WanImageToVideoPipeline.prepare_latents (its mask: 1 on the first latent frame's 4 channels, 0 after)."""
+    shape = (1, -1, 1, 1, 1)
+    c = (image_latents.float() - latents_mean.to(image_latents.device).view(shape)) / latents_std.to(image_latents.device).view(shape)
+    b, _, t, h, w = c.shape
+    mask = c.new_zeros(b, 4, t, h, w)
+    mask[:, :, 0] = 1.0
+    return torch.cat([mask, c], dim=1)
 
 
 def prepare_flow_inputs(
@@ -100,11 +132,14 @@ def prepare_flow_inputs(
     caption_dropout: float = 0.0,
     weighting: str = "uniform",
     dtype: torch.dtype = torch.float32,
+    image_latents: torch.Tensor | None = None,
+    image_embeds: torch.Tensor | None = None,
 ) -> FlowInputs:
     """Sample x0, sigma, eps and build the transformer's inputs (see the module docstring).
 
     latent_params: [B, 2C, T, H8, W8] stored posterior (mean | logvar), unnormalised. latents_mean/std: [C].
     Random draws, in order, from `generator`: posterior eps, u, noise, caption-dropout uniforms.
+    image_latents [B, C, T, H8, W8] / image_embeds [B, N, D_img]: the stored I2V condition (I2V transformers only).
     """
     from stages.distill.losses import _caption_dropout, _rand_device
 
@@ -113,9 +148,10 @@ def prepare_flow_inputs(
     z = DiagonalGaussianDistribution(latent_params.float()).sample(generator)  # [B, C, T, H8, W8]
     shape = (1, -1, 1, 1, 1)
     clean = (z - latents_mean.to(z).view(shape)) / latents_std.to(z).view(shape)
-    if clean.shape[1] != transformer_config.out_channels or transformer_config.in_channels != clean.shape[1]:
-        raise ValueError(f"latents have {clean.shape[1]} channels; the Wan T2V transformer takes "
-                         f"{transformer_config.in_channels} and predicts {transformer_config.out_channels}")
+    extra = 0 if image_latents is None else 4 + image_latents.shape[1]  # mask + condition channels
+    if clean.shape[1] != transformer_config.out_channels or transformer_config.in_channels != clean.shape[1] + extra:
+        raise ValueError(f"latents have {clean.shape[1]} channels{f' + {extra} of image condition' if extra else ''}; "
+                         f"the Wan transformer takes {transformer_config.in_channels} and predicts {transformer_config.out_channels}")
     u = compute_density_for_timestep_sampling(weighting, batch, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
                                               device=_rand_device(generator), generator=generator)
     n = len(scheduler.timesteps)  # N training sigmas, 1 down to 1/N before the shift (no terminal 0 until set_timesteps)
@@ -126,7 +162,13 @@ def prepare_flow_inputs(
     s = sigmas.view(-1, 1, 1, 1, 1)
     noisy = (1.0 - s) * clean + s * noise
     text = _caption_dropout(prompt_embeds, empty_prompt_embeds, caption_dropout, generator)
+    if image_latents is not None:
+        if image_embeds is None:
+            raise ValueError("a Wan I2V step needs image_embeds (the encodings column's CLIP embeddings)")
+        noisy = torch.cat([noisy, image_condition(image_latents, latents_mean, latents_std)], dim=1)
     kwargs = {"hidden_states": noisy.to(dtype), "timestep": timesteps, "encoder_hidden_states": text.to(dtype), "return_dict": False}
+    if image_embeds is not None:
+        kwargs["encoder_hidden_states_image"] = image_embeds.to(dtype)
     return FlowInputs(kwargs, clean, noise, sigmas, timesteps)
 
 
@@ -140,19 +182,23 @@ def flow_loss_from_output(model_output: torch.Tensor, inputs: FlowInputs) -> tup
 class WanStudent(Student):
     family = "wan"
     transformer_class = "WanTransformer3DModel"
-    pipeline_classes = {"t2v": "WanPipeline"}
+    pipeline_classes = {"t2v": "WanPipeline", "i2v": "WanImageToVideoPipeline"}
 
     def load(self, model: str, task: str, dtype: torch.dtype, device: str | torch.device):
-        if task != "t2v":
-            raise ValueError(f"{model}: student.task={task!r}, but only Wan 2.1 text-to-video (task t2v) is supported so far")
+        if task not in self.pipeline_classes:
+            raise ValueError(f"{model}: student.task={task!r}; a Wan student is t2v (Wan 2.1 T2V) or i2v (Wan 2.1 I2V)")
         if model == TINY_WAN:
-            transformer, scheduler_config = build_tiny_transformer(), dict(WAN21_SCHEDULER)
+            transformer, scheduler_config = build_tiny_transformer(task), dict(WAN21_SCHEDULER)
         else:
             transformer = WanTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
             scheduler_config = dict(UniPCMultistepScheduler.load_config(model, subfolder="scheduler"))
-        if transformer.config.in_channels != transformer.config.out_channels:
-            raise ValueError(f"{model} is an image-to-video Wan (in_channels {transformer.config.in_channels}); "
-                             "only text-to-video Wan students are supported so far")
+        is_i2v = transformer.config.in_channels != transformer.config.out_channels
+        if is_i2v != (task == "i2v"):
+            kind = "an image-to-video" if is_i2v else "a text-to-video"
+            raise ValueError(f"{model} is {kind} Wan (in_channels {transformer.config.in_channels}) but student.task={task!r}")
+        if is_i2v and (transformer.config.image_dim is None or transformer.config.in_channels != 2 * transformer.config.out_channels + 4):
+            raise ValueError(f"{model}: in_channels {transformer.config.in_channels}, image_dim {transformer.config.image_dim}: "
+                             "not a Wan 2.1 I2V transformer (36 channels, CLIP image tokens); Wan 2.2 TI2V is not supported")
         if transformer.dtype != dtype:
             transformer.to(dtype=dtype)
         transformer.to(device=device)
@@ -160,7 +206,7 @@ class WanStudent(Student):
 
     def save_tiny(self, directory: str | Path, task: str = "t2v") -> Path:
         directory = Path(directory)
-        build_tiny_transformer().save_pretrained(directory / "transformer")
+        build_tiny_transformer(task).save_pretrained(directory / "transformer")
         UniPCMultistepScheduler(**WAN21_SCHEDULER).save_pretrained(directory / "scheduler")
         return directory
 
@@ -209,6 +255,8 @@ class WanStudent(Student):
         return prepare_flow_inputs(
             ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.latents_mean, ctx.latents_std,
             generator, empty_prompt_embeds=ctx.empty_prompt, caption_dropout=ctx.caption_dropout, dtype=ctx.dtype,
+            image_latents=batch.get("image_latents") if ctx.task == "i2v" else None,
+            image_embeds=batch.get("image_embeds") if ctx.task == "i2v" else None,
         )
 
     def loss_from_output(self, ctx: Any, output: torch.Tensor, inputs: FlowInputs):
@@ -216,20 +264,27 @@ class WanStudent(Student):
 
 
 def build_wan_pipeline(student_model: str, encoders_model: str, lora_dir: str | Path | None, device: str = "cpu",
-                       dtype: torch.dtype = torch.float32):
-    """The stock diffusers WanPipeline from a student (folder, hub id or "tiny-wan") and its encoders."""
-    from diffusers import WanPipeline
+                       dtype: torch.dtype = torch.float32, task: str = "t2v"):
+    """The stock diffusers WanPipeline (t2v) or WanImageToVideoPipeline (i2v) from a student (folder, hub id or
+    "tiny-wan") and its encoders ("tiny-wan-i2v" or an I2V folder for i2v: the CLIP image encoder)."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
 
     from stages.extract.encoders_wan import load_wan_encoders
 
     student = WanStudent()
-    transformer, _ = student.load(student_model, "t2v", dtype, device)
+    transformer, _ = student.load(student_model, task, dtype, device)
     enc = load_wan_encoders(encoders_model, dtype, device)
     if student_model == TINY_WAN:
         scheduler = UniPCMultistepScheduler(**WAN21_SCHEDULER)
     else:
         scheduler = UniPCMultistepScheduler.from_pretrained(student_model, subfolder="scheduler")
-    pipe = WanPipeline(tokenizer=enc.tokenizer, text_encoder=enc.text_encoder, vae=enc.vae, transformer=transformer, scheduler=scheduler)
+    parts = dict(tokenizer=enc.tokenizer, text_encoder=enc.text_encoder, vae=enc.vae, transformer=transformer, scheduler=scheduler)
+    if task == "i2v":
+        if enc.image_encoder is None:
+            raise ValueError(f"encoders {encoders_model!r} have no image_encoder/: an I2V pipeline needs the CLIP image encoder")
+        pipe = WanImageToVideoPipeline(**parts, image_encoder=enc.image_encoder, image_processor=enc.image_processor)
+    else:
+        pipe = WanPipeline(**parts)
     if lora_dir is not None:
         pipe.load_lora_weights(str(lora_dir))
     return pipe.to(device)
