@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CL
 
 from pipeline.config import config_hash
 from stages.devices import resolve_device, resolve_dtype
-from stages.extract.encoders import _pixels, _to_fp16, _tiny_pieces, cache_root, tiny_tokenizer
+from stages.extract.encoders import TINY_T5_CONFIG, _pixels, _to_fp16, _tiny_pieces, cache_root, tiny_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +48,8 @@ TINY_WAN_VAE_CONFIG: dict[str, Any] = {
     "temperal_downsample": [False, True, True],
 }
 
-# A UMT5 encoder (gated-GELU, per-layer relative attention) at toy width.
-TINY_UMT5_CONFIG: dict[str, Any] = {
-    "d_model": 32,
-    "d_kv": 8,
-    "d_ff": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "relative_attention_num_buckets": 8,
-    "relative_attention_max_distance": 32,
-    "feed_forward_proj": "gated-gelu",
-    "dropout_rate": 0.0,
-    "tie_word_embeddings": False,
-    "is_encoder_decoder": False,
-    "use_cache": False,
-    "pad_token_id": 0,
-    "eos_token_id": 1,
-}
+# A UMT5 encoder at toy width: the tiny T5's sizes (UMT5 differs in per-layer relative attention, not in these fields).
+TINY_UMT5_CONFIG: dict[str, Any] = dict(TINY_T5_CONFIG)
 
 
 # A CLIP ViT (Wan 2.1 I2V uses open-clip ViT-H/14 at 224 px: 257 tokens x 1280) at toy width: 32 px,
