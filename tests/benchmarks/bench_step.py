@@ -77,7 +77,7 @@ class Preset:
     lora_rank: int  # LoRA r (alpha = r, as the default run config)
     tap_block: int  # L, 0-based
     projector_hidden: int  # D -> hidden -> hidden -> teacher_channels
-    teacher_channels: int  # C of the teacher features (64: maskmem of released SAM2; 16: tiny SAM2)
+    teacher_channels: int  # C of the teacher features (256: memory_attention of released SAM2, the default; 64: maskmem; 16: tiny SAM2)
 
 
 def mid_config(layers: int, heads: int, head_dim: int = 64) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def presets(mid_layers: int = 6, mid_heads: int = 6) -> dict[str, Preset]:
     mid = mid_config(mid_layers, mid_heads)
     width = mid_heads * 64
     return {
-        "real": Preset("real", COGVIDEOX_5B_I2V_TRANSFORMER, 128, 16, 2048, 64),
+        "real": Preset("real", COGVIDEOX_5B_I2V_TRANSFORMER, 128, 16, 2048, 256),  # 256: memory_attention, the teacher default since issue 10 (64 before: maskmem)
         # LoRA rank, tap depth and projector width scaled like the real ones (128/3072, 16/42, 2048/3072).
         "mid": Preset("mid", mid, max(4, width // 24), min(round(16 / 42 * mid_layers), mid_layers - 1), (2 * width) // 3, 16),
         "tiny": Preset("tiny", tiny_transformer_config("i2v"), 4, 1, 32, 16),
