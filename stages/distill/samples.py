@@ -53,6 +53,13 @@ def _sample(cfg: Any, data: Any, keys: list[str], model: torch.nn.Module, ctx: A
     from stages.extract.encoders import load_encoders
     from stages.generate import CPU_STEPS, GPU_STEPS, sample_video
 
+    from stages.distill.students import infer_family
+
+    family = infer_family(cfg.student.model, getattr(cfg.student, "family", None))
+    if family != "cogvideox":  # Wan samples go through `sam2videox generate` / `evaluate` (their stock pipelines)
+        log.warning("eval.sample_every: in-training samples use CogVideoX's image-to-video pipeline; this run's student is %s: "
+                    "skipped (sample its checkpoints with sam2videox generate or evaluate)", family)
+        return []
     if cfg.student.task != "i2v":
         log.warning("eval.sample_every: sampling uses the image-to-video pipeline; this run trains task=%s: skipped", cfg.student.task)
         return []
