@@ -107,3 +107,76 @@ def test_memory_plan_of_the_wan22_config():
     full = plan_memory(load_config(DistillConfig, ROOT / "configs/distill/wan22_ti2v_5b.yaml",
                                    ["parallel.strategy=fsdp", "student.full_finetune=true"]), 8)
     assert 4.9e9 < full.params < 5.1e9 and full.trainable == full.params
+
+
+@pytest.fixture(scope="module")
+def wan22_store(tmp_path_factory, sample_generator) -> str:
+    """2 clips of 9 frames at 128x192 with the tiny Wan 2.2 VAE (48 channels, 16x: 3 x 8 x 12 latents) + teacher."""
+    from pipeline.runner import run_extract
+    from stages.extract.encoders_wan import TINY_WAN22
+
+    corpus = tmp_path_factory.mktemp("wan22corpus") / "clips"
+    sample_generator.generate(corpus, clips=2, frames=9, fps=8)
+    url = str(tmp_path_factory.mktemp("wan22store") / "store")
+    cfg = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", [
+        f"corpus.url={corpus}", "corpus.clips_per_shard=2", "video.num_frames=9", "teacher.image_size=64",
+        f"encoders.model={TINY_WAN22}", "student.vae_spatial=16", "ray.num_workers=0"])
+    assert run_extract(cfg, url).failed_keys == set()
+    return url
+
+
+def _run(pipe) -> torch.Tensor:
+    return pipe("a dog runs", negative_prompt="", height=128, width=192, num_frames=9, num_inference_steps=2, guidance_scale=3.0,
+                generator=torch.Generator().manual_seed(0), max_sequence_length=16, output_type="latent").frames
+
+
+def test_tiny_wan22_ti2v_end_to_end(wan22_store, tmp_path):
+    """Store at the Wan 2.2 geometry, 2 steps of L_diff + LGF with frame 0 clean, the LoRA read by the stock
+    WanPipeline (expand_timesteps) changes its output and equals the hand-merged model's."""
+    import json
+
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from pipeline.store import FeatureStore
+    from stages.distill.students.wan import build_wan_pipeline
+    from stages.distill.trainer import Trainer
+    from stages.extract.encoders_wan import TINY_WAN22
+
+    enc = FeatureStore(wan22_store).column("encodings")
+    assert enc.attrs["spatial_compression"] == 16 and len(enc.attrs["latents_std"]) == 48
+    assert enc.schema["latents"].shape == (96, 3, 8, 12)
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
+        f"data.store={wan22_store}", f"out={tmp_path / 'run'}", f"student.model={TINY_WAN}", "student.task=ti2v",
+        "data.num_workers=0", "train.steps=2", "data.holdout=0", "train.checkpoint_every=100"])
+    trainer = Trainer(cfg)
+    # the trainer's loss context routes task ti2v to the first-frame objective: per-token timesteps, frame 0 clean
+    ctx = trainer._loss_context()
+    batch = {"latents": torch.randn(1, 96, 3, 8, 12), "prompt_embeds": torch.randn(1, 16, 32)}
+    inputs = trainer.student.prepare_inputs(ctx, batch, torch.Generator().manual_seed(0))
+    assert inputs.first_loss_frame == 1 and inputs.model_kwargs["timestep"].shape == (1, 3 * 4 * 6)
+    assert not inputs.model_kwargs["timestep"][0, :24].any() and inputs.model_kwargs["timestep"][0, 24:].all()
+    history = trainer.run()
+    assert trainer.grid == (3, 4, 6)
+    assert all(np.isfinite(m.terms["diff"]) and m.terms["lgf"] > 0 for m in history)
+    lora = trainer.finish()
+    trainer.close()
+
+    base = _run(build_wan_pipeline(TINY_WAN, TINY_WAN22, None, task="ti2v"))
+    pipe = build_wan_pipeline(TINY_WAN, TINY_WAN22, lora, task="ti2v")
+    assert pipe.config.expand_timesteps
+    with_lora = _run(pipe)
+    assert with_lora.shape == (1, 48, 3, 8, 12)
+    assert (with_lora - base).abs().max() > 1e-3
+    with safe_open(str(lora / "pytorch_lora_weights.safetensors"), "pt") as f:
+        meta = {k.removeprefix("transformer."): v for k, v in json.loads(f.metadata()["lora_adapter_metadata"]).items()}
+    state = load_file(str(lora / "pytorch_lora_weights.safetensors"))
+    merged = build_wan_pipeline(TINY_WAN, TINY_WAN22, None, task="ti2v")
+    modules = dict(merged.transformer.named_modules())
+    pairs = [k for k in state if k.endswith("lora_A.weight")]
+    assert len(pairs) == 3 * 2 * 4
+    for key in pairs:
+        name = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+        modules[name].weight.data += meta["lora_alpha"] / meta["r"] * state[key.replace("lora_A", "lora_B")] @ state[key]
+    torch.testing.assert_close(with_lora, _run(merged), atol=1e-5, rtol=1e-4)

@@ -29,6 +29,7 @@ from stages.extract.encoders import caption_tokens
 from stages.extract.encoders_wan import (
     TINY_WAN,
     TINY_WAN_I2V,
+    TINY_WAN_MODELS,
     TINY_WAN_VERSION,
     WanVaeGeometry,
     encode_image_condition_wan,
@@ -45,7 +46,7 @@ NAME = "encodings"
 
 def is_wan_encoders(model: str) -> bool:
     """True for "tiny-wan" or a folder / hub id whose vae/config.json names AutoencoderKLWan."""
-    if model in (TINY_WAN, TINY_WAN_I2V):
+    if model in TINY_WAN_MODELS:
         return True
     if model == "tiny":
         return False
@@ -92,7 +93,7 @@ def wan_encodings_spec(cfg: ExtractConfig) -> ColumnSpec:
     model: dict[str, Any] = {"family": "wan", "vae": vae_config, "text_encoder": text_config}
     if image_config is not None:
         model["image_encoder"] = image_config
-    if enc.model in (TINY_WAN, TINY_WAN_I2V):
+    if enc.model in TINY_WAN_MODELS:
         model["tiny_version"] = TINY_WAN_VERSION
     attrs = {
         "vae_family": "wan",

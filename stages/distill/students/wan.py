@@ -270,7 +270,7 @@ class WanStudent(Student):
     def save_tiny(self, directory: str | Path, task: str = "t2v") -> Path:
         directory = Path(directory)
         build_tiny_transformer(task).save_pretrained(directory / "transformer")
-        UniPCMultistepScheduler(**WAN21_SCHEDULER).save_pretrained(directory / "scheduler")
+        UniPCMultistepScheduler(**(WAN22_SCHEDULER if task == "ti2v" else WAN21_SCHEDULER)).save_pretrained(directory / "scheduler")
         return directory
 
     def geometry(self, transformer_config: Mapping[str, Any], vae_config: Mapping[str, Any]) -> Geometry:
@@ -329,8 +329,9 @@ class WanStudent(Student):
 
 def build_wan_pipeline(student_model: str, encoders_model: str, lora_dir: str | Path | None, device: str = "cpu",
                        dtype: torch.dtype = torch.float32, task: str = "t2v"):
-    """The stock diffusers WanPipeline (t2v) or WanImageToVideoPipeline (i2v) from a student (folder, hub id or
-    "tiny-wan") and its encoders ("tiny-wan-i2v" or an I2V folder for i2v: the CLIP image encoder)."""
+    """The stock diffusers WanPipeline (t2v; ti2v: Wan 2.2 with expand_timesteps) or WanImageToVideoPipeline (i2v)
+    from a student (folder, hub id or "tiny-wan") and its encoders ("tiny-wan-i2v" or an I2V folder for i2v: the CLIP
+    image encoder; "tiny-wan22" or the TI2V-5B folder for ti2v: the Wan 2.2 VAE)."""
     from diffusers import WanImageToVideoPipeline, WanPipeline
 
     from stages.extract.encoders_wan import load_wan_encoders
@@ -339,7 +340,7 @@ def build_wan_pipeline(student_model: str, encoders_model: str, lora_dir: str | 
     transformer, _ = student.load(student_model, task, dtype, device)
     enc = load_wan_encoders(encoders_model, dtype, device)
     if student_model == TINY_WAN:
-        scheduler = UniPCMultistepScheduler(**WAN21_SCHEDULER)
+        scheduler = UniPCMultistepScheduler(**(WAN22_SCHEDULER if task == "ti2v" else WAN21_SCHEDULER))
     else:
         scheduler = UniPCMultistepScheduler.from_pretrained(student_model, subfolder="scheduler")
     parts = dict(tokenizer=enc.tokenizer, text_encoder=enc.text_encoder, vae=enc.vae, transformer=transformer, scheduler=scheduler)
@@ -347,6 +348,8 @@ def build_wan_pipeline(student_model: str, encoders_model: str, lora_dir: str | 
         if enc.image_encoder is None:
             raise ValueError(f"encoders {encoders_model!r} have no image_encoder/: an I2V pipeline needs the CLIP image encoder")
         pipe = WanImageToVideoPipeline(**parts, image_encoder=enc.image_encoder, image_processor=enc.image_processor)
+    elif task == "ti2v":  # Wan 2.2 TI2V-5B's folder: WanPipeline with per-token timesteps (expand_timesteps)
+        pipe = WanPipeline(**parts, expand_timesteps=True)
     else:
         pipe = WanPipeline(**parts)
     if lora_dir is not None:
