@@ -180,6 +180,16 @@ def test_tiny_wan22_ti2v_end_to_end(wan22_store, tmp_path):
         modules[name].weight.data += meta["lora_alpha"] / meta["r"] * state[key.replace("lora_A", "lora_B")] @ state[key]
     torch.testing.assert_close(with_lora, _run(merged), atol=1e-5, rtol=1e-4)
 
+    # the CLI samples a TI2V run through its stock WanPipeline (expand_timesteps), from the clip's caption
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "sample.mp4"
+    result = CliRunner().invoke(app, ["generate", "--run", str(tmp_path / "run"), "--store", wan22_store, "--out", str(out), "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 0 and "9 frames 128x192" in result.output
+
 
 GOLDEN = ROOT / "tests" / "golden" / "distill_tiny_wan22.json"
 WAN22 = (f"student.model={TINY_WAN}", "student.task=ti2v")
