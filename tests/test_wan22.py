@@ -218,3 +218,15 @@ def test_tiny_wan22_distill_matches_the_golden_curve(tmp_path):
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=0, err_msg=f"{name} left the golden curve {GOLDEN}")
     assert departs(run_curve(tmp_path, "perturbed", *WAN22, "train.steps=2", "losses.lgf.weight=0.55"), want)
+
+
+def test_wan21_student_refuses_a_wan22_store(wan22_store, tmp_path):
+    """A 16-channel (Wan 2.1) student on a 48-channel Wan 2.2 store: a one-line error naming both."""
+    from stages.distill.data import StoreMismatch
+    from stages.distill.trainer import Trainer
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
+        f"data.store={wan22_store}", f"out={tmp_path / 'run'}", f"student.model={TINY_WAN}", "student.task=t2v",
+        "data.num_workers=0", "train.steps=1", "data.holdout=0"])
+    with pytest.raises(StoreMismatch, match=r"store \(encodings-\w+\): latents have 48 channels, the student predicts 16"):
+        Trainer(cfg)
