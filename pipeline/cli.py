@@ -443,11 +443,12 @@ def generate(
         pipe = build_wan_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype, task="i2v")
         frames = sample_image_video_wan(pipe, first, entry.caption or "", video.num_frames, sampling.steps, guidance, seed,
                                         enc_cfg["max_text_len"])
-    elif is_wan:  # text-to-video: the caption alone
+    elif is_wan:  # text-to-video (Wan 2.1 T2V; Wan 2.2 TI2V through its WanPipeline with expand_timesteps): the caption alone
         from stages.distill.students.wan import build_wan_pipeline
         from stages.generate import sample_text_video
 
-        pipe = build_wan_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype)
+        pipe = build_wan_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype,
+                                  task=student_cfg.get("task") or "t2v")
         frames = sample_text_video(pipe, entry.caption or "", video.num_frames, video.height, video.width, sampling.steps,
                                    guidance, seed, enc_cfg["max_text_len"])
     else:

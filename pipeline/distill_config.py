@@ -43,7 +43,8 @@ class LoRAConfig:
 @dataclass
 class StudentConfig:
     model: str = "THUDM/CogVideoX-5b-I2V"  # diffusers-format folder or hub id (transformer/, scheduler/), or "tiny"
-    task: Literal["i2v", "t2v"] = "i2v"  # i2v: first-frame latent concatenated on channels (in_channels 32)
+    # i2v: first-frame latent concatenated on channels (in_channels 32); ti2v: Wan 2.2 TI2V, latent frame 0 kept clean
+    task: Literal["i2v", "t2v", "ti2v"] = "i2v"
     # cogvideox | wan; None: from the model ("tiny" = cogvideox, "tiny-wan", or transformer/config.json's class)
     family: Literal["cogvideox", "wan"] | None = None
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # frozen base weights on GPU (CPU runs fp32)

@@ -25,15 +25,17 @@ T, H8, W8, C = 5, 16, 24, 16
 WAN = ("student.model=tiny-wan", "student.task=t2v")
 
 
-def synthetic_wan_store(url: str, clips: int = 6) -> None:
+def synthetic_wan_store(url: str, clips: int = 6, vae_config: dict | None = None) -> None:
+    """vae_config: the VAE whose channels and latents_mean/std the latents have (default the tiny Wan 2.1 one)."""
     import torch
 
     rng = np.random.default_rng(0)
-    geo = WanVaeGeometry.from_config(TINY_WAN_VAE_CONFIG)
+    geo = WanVaeGeometry.from_config(vae_config or TINY_WAN_VAE_CONFIG)
+    c = geo.latent_channels
     store = FeatureStore(url)
     store.freeze_snapshot(Snapshot("/synthetic", 2, [{"key": f"c{i}", "url": f"/synthetic/c{i}.mp4", "caption": "", "prompt": None} for i in range(clips)]))
     enc = store.create_column("encodings", {"synthetic": "wan"}, {
-        "latents": ArraySpec((32, T, H8, W8), "float16"), "prompt_embeds": ArraySpec((16, 32), "float16"),
+        "latents": ArraySpec((2 * c, T, H8, W8), "float16"), "prompt_embeds": ArraySpec((16, 32), "float16"),
         "prompt_mask": ArraySpec((16,), "uint8")},
         {"vae_family": "wan", "scaling_factor": 1.0, "latents_mean": list(geo.latents_mean), "latents_std": list(geo.latents_std)})
     lgf = {"kernel": 7, "tau": 0.1, "offsets": [1], "fusion": "gram"}
@@ -45,9 +47,9 @@ def synthetic_wan_store(url: str, clips: int = 6) -> None:
     mean, std = np.array(geo.latents_mean, "float32"), np.array(geo.latents_std, "float32")
     for shard in range(clips // 2):
         recs = [{"key": f"c{i}", "index": i} for i in (2 * shard, 2 * shard + 1)]
-        lat = rng.standard_normal((2, 32, T, H8, W8)).astype("float32")
-        lat[:, :16] = lat[:, :16] * std[:, None, None, None] + mean[:, None, None, None]  # unnormalised, as the VAE gives
-        lat[:, 16:] = -4.0
+        lat = rng.standard_normal((2, 2 * c, T, H8, W8)).astype("float32")
+        lat[:, :c] = lat[:, :c] * std[:, None, None, None] + mean[:, None, None, None]  # unnormalised, as the VAE gives
+        lat[:, c:] = -4.0
         enc.write_shard(shard, {"latents": lat.astype("float16"), "prompt_embeds": rng.standard_normal((2, 16, 32)).astype("float16"),
                                 "prompt_mask": np.ones((2, 16), "uint8")}, recs, [])
         fwd = rng.standard_normal((2, T, 8, 12, C)).astype("float16")

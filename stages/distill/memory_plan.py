@@ -179,7 +179,10 @@ def plan_memory(
     c = transformer.config
     if latent_shape is None:
         if family == "wan":
-            latent_shape = (21, 60, 104)  # 81 frames of 480x832 through the Wan 2.1 VAE
+            from stages.distill.students.wan import KNOWN_LATENT_SHAPES
+
+            # 81 frames of 480x832 through the Wan 2.1 VAE; Wan 2.2 TI2V-5B its 121 frames of 704x1280 (16x VAE)
+            latent_shape = KNOWN_LATENT_SHAPES.get(cfg.student.model, (21, 60, 104))
         else:
             # CogVideoX 1.5's sample size is its RoPE limit (300x300), not a video size: plan its 768x1360
             size = (96, 170) if c.patch_size_t else (c.sample_height, c.sample_width)

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 TINY_WAN = "tiny-wan"
 TINY_WAN_I2V = "tiny-wan-i2v"  # tiny-wan plus a tiny CLIP vision tower (Wan 2.1 image-to-video encoders)
+TINY_WAN22 = "tiny-wan22"  # the Wan 2.2 VAE (TI2V-5B's) at toy width + the tiny UMT5
+TINY_WAN_MODELS = (TINY_WAN, TINY_WAN_I2V, TINY_WAN22)
 TINY_WAN_VERSION = 1  # bump when the preset changes (cache folder name and column hash)
 
 # The Wan 2.1 VAE's structure (4 stages, temporal downsampling in the last two: 8x spatial, 4x temporal,
@@ -47,6 +49,20 @@ TINY_WAN_VAE_CONFIG: dict[str, Any] = {
     "num_res_blocks": 1,
     "temperal_downsample": [False, True, True],
 }
+
+
+
+def tiny_wan22_vae_config() -> dict[str, Any]:
+    """The Wan 2.2 VAE (residual blocks, 2x2 pixel patch: 16x spatial, 4x temporal, 48 channels with TI2V-5B's
+    latents_mean/std) at toy width: base 8, one residual block per stage."""
+    from stages.distill.students.wan import WAN22_VAE
+
+    return {**WAN22_VAE, "base_dim": 8, "decoder_base_dim": 8, "num_res_blocks": 1}
+
+
+def tiny_vae_config(model: str) -> dict[str, Any]:
+    return tiny_wan22_vae_config() if model == TINY_WAN22 else dict(TINY_WAN_VAE_CONFIG)
+
 
 # A UMT5 encoder at toy width: the tiny T5's sizes (UMT5 differs in per-layer relative attention, not in these fields).
 TINY_UMT5_CONFIG: dict[str, Any] = dict(TINY_T5_CONFIG)
@@ -114,7 +130,7 @@ def read_image_encoder_config(model: str) -> dict[str, Any] | None:
     """The CLIP vision config of a Wan I2V model (image_encoder/config.json), None for a text-to-video one."""
     if model == TINY_WAN_I2V:
         return dict(TINY_CLIP_VISION_CONFIG)
-    if model == TINY_WAN:
+    if model in (TINY_WAN, TINY_WAN22):
         return None
     try:
         config, _ = CLIPVisionConfig.get_config_dict(model, subfolder="image_encoder")
@@ -131,20 +147,22 @@ def image_tokens(config: Mapping[str, Any]) -> int:
 
 def read_wan_configs(model: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(vae config, text-encoder config) of `model` from config files only (or the tiny preset)."""
-    if model in (TINY_WAN, TINY_WAN_I2V):
-        return dict(TINY_WAN_VAE_CONFIG), tiny_umt5_config()
+    if model in TINY_WAN_MODELS:
+        return tiny_vae_config(model), tiny_umt5_config()
     vae = AutoencoderKLWan.load_config(model, subfolder="vae")
     text, _ = UMT5Config.get_config_dict(model, subfolder="text_encoder")
     return ({k: v for k, v in vae.items() if not k.startswith("_")},
             {k: v for k, v in text.items() if not k.startswith("_") and k != "transformers_version"})
 
 
-def save_tiny_wan_encoders(directory: str | Path, seed: int = 0, image: bool = False) -> Path:
-    """The tiny preset in diffusers format; image=True adds image_encoder/ and image_processor/ (I2V)."""
+def save_tiny_wan_encoders(directory: str | Path, seed: int = 0, image: bool = False,
+                           vae_config: Mapping[str, Any] | None = None) -> Path:
+    """The tiny preset in diffusers format; image=True adds image_encoder/ and image_processor/ (I2V);
+    vae_config: another tiny VAE (the Wan 2.2 one), default the Wan 2.1 one."""
     directory = Path(directory)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = AutoencoderKLWan(**TINY_WAN_VAE_CONFIG)
+        vae = AutoencoderKLWan(**dict(vae_config or TINY_WAN_VAE_CONFIG))
         text = UMT5EncoderModel(UMT5Config(**tiny_umt5_config()))
         clip = CLIPVisionModel(CLIPVisionConfig(**TINY_CLIP_VISION_CONFIG)) if image else None
     vae.save_pretrained(directory / "vae")
@@ -156,9 +174,9 @@ def save_tiny_wan_encoders(directory: str | Path, seed: int = 0, image: bool = F
     return directory
 
 
-def tiny_wan_encoders_dir(seed: int = 0, image: bool = False) -> Path:
+def tiny_wan_encoders_dir(seed: int = 0, image: bool = False, vae_config: Mapping[str, Any] | None = None) -> Path:
     """The tiny-wan preset's folder in the cache, built on first use (atomic rename, as tiny_encoders_dir)."""
-    preset = {"vae": TINY_WAN_VAE_CONFIG, "umt5": tiny_umt5_config(), "seed": seed, "v": TINY_WAN_VERSION}
+    preset = {"vae": dict(vae_config or TINY_WAN_VAE_CONFIG), "umt5": tiny_umt5_config(), "seed": seed, "v": TINY_WAN_VERSION}
     if image:
         preset["clip"] = {"vision": TINY_CLIP_VISION_CONFIG, "processor": TINY_CLIP_PROCESSOR}
     final = cache_root() / f"tiny-wan-encoders-{config_hash(preset)}"
@@ -167,7 +185,7 @@ def tiny_wan_encoders_dir(seed: int = 0, image: bool = False) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        save_tiny_wan_encoders(tmp, seed, image)
+        save_tiny_wan_encoders(tmp, seed, image, vae_config)
         tmp.chmod(0o755)
         try:
             os.rename(tmp, final)
@@ -182,8 +200,8 @@ def tiny_wan_encoders_dir(seed: int = 0, image: bool = False) -> Path:
 def load_wan_encoders(model: str, dtype: str | torch.dtype = "bfloat16", device: str | torch.device = "auto") -> WanEncoders:
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    tiny = model in (TINY_WAN, TINY_WAN_I2V)
-    source = str(tiny_wan_encoders_dir(image=model == TINY_WAN_I2V)) if tiny else model
+    tiny = model in TINY_WAN_MODELS
+    source = str(tiny_wan_encoders_dir(image=model == TINY_WAN_I2V, vae_config=tiny_vae_config(model))) if tiny else model
     # The Wan VAE runs in fp32 in diffusers' examples (its causal-conv caches are precision sensitive)
     vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
     text = UMT5EncoderModel.from_pretrained(source, subfolder="text_encoder", dtype=dt)

@@ -8,6 +8,8 @@ adds the Wan 2.1 I2V condition as WanImageToVideoPipeline builds it from the fir
 (the VAE mode of [frame 0, zeros], unnormalised) and `image_embeds` (CLIP's penultimate hidden state);
 the CLIP config is in the column config, so the column key changes with the task. The prompt is encoded with its mask
 and zeroed past its tokens, as WanPipeline does (max_text_len 512 for the real models).
+The Wan 2.2 VAE (TI2V-5B, or the "tiny-wan22" preset) gives the same arrays with 48 channels at 16x spatial; TI2V's
+image condition is the first latent frame of `latents` itself, so its stores hold no image arrays.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from pipeline.store import ArraySpec
 from stages.extract.columns import check_compute_dtype, compute_dtype
 from stages.extract.encoders import caption_tokens
 from stages.extract.encoders_wan import (
-    TINY_WAN,
-    TINY_WAN_I2V,
+    TINY_WAN_MODELS,
     TINY_WAN_VERSION,
     WanVaeGeometry,
     encode_image_condition_wan,
@@ -45,7 +46,7 @@ NAME = "encodings"
 
 def is_wan_encoders(model: str) -> bool:
     """True for "tiny-wan" or a folder / hub id whose vae/config.json names AutoencoderKLWan."""
-    if model in (TINY_WAN, TINY_WAN_I2V):
+    if model in TINY_WAN_MODELS:
         return True
     if model == "tiny":
         return False
@@ -92,7 +93,7 @@ def wan_encodings_spec(cfg: ExtractConfig) -> ColumnSpec:
     model: dict[str, Any] = {"family": "wan", "vae": vae_config, "text_encoder": text_config}
     if image_config is not None:
         model["image_encoder"] = image_config
-    if enc.model in (TINY_WAN, TINY_WAN_I2V):
+    if enc.model in TINY_WAN_MODELS:
         model["tiny_version"] = TINY_WAN_VERSION
     attrs = {
         "vae_family": "wan",

@@ -173,10 +173,10 @@ def model_configs(model: str, family: str | None = None) -> tuple[str, dict[str,
 
         return family, tiny_wan(), dict(TINY_WAN_VAE_CONFIG)
     from stages.distill.students.cogvideox import COGVIDEOX_15_KNOWN, COGVIDEOX_15_VAE
-    from stages.distill.students.wan import KNOWN_TRANSFORMERS as WAN_KNOWN, WAN21_VAE
+    from stages.distill.students.wan import KNOWN_TRANSFORMERS as WAN_KNOWN, KNOWN_VAES as WAN_VAES, WAN21_VAE
 
     if model in WAN_KNOWN:  # published configs known without a download
-        return family, dict(WAN_KNOWN[model]), dict(WAN21_VAE)
+        return family, dict(WAN_KNOWN[model]), dict(WAN_VAES.get(model, WAN21_VAE))
     if model in COGVIDEOX_15_KNOWN:
         return family, dict(COGVIDEOX_15_KNOWN[model]), dict(COGVIDEOX_15_VAE)
     from diffusers import ConfigMixin
