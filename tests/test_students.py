@@ -244,7 +244,7 @@ def test_memory_plan_of_the_wan_configs():
     assert lora.params - lora.trainable == full.params and full.total > lora.total  # LoRA adds its own weights
 
 
-@pytest.mark.parametrize("name, grid", [("wan21_t2v_480p.yaml", (21, 30, 52)), ("wan21_i2v_480p.yaml", (21, 30, 52)), ("cogvideox15_i2v.yaml", (11, 48, 85))])
+@pytest.mark.parametrize("name, grid", [("wan21_t2v_480p.yaml", (21, 30, 52)), ("wan21_i2v_480p.yaml", (21, 30, 52)), ("cogvideox15_i2v.yaml", (11, 48, 85)), ("cogvideox15_t2v.yaml", (11, 48, 85))])
 def test_shipped_real_extract_configs_give_the_students_grid(name, grid):
     """The real extract configs name their student; the teacher grid follows from its published configs (offline)."""
     from stages.extract.teacher_column import student_grid
