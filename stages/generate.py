@@ -94,20 +94,8 @@ def sample_video(
     setting with the DPM scheduler); off, a constant `guidance_scale`.
     """
     h, w = image.shape[:2]
-    out = pipe(
-        image=Image.fromarray(image),
-        prompt=prompt,
-        height=h,
-        width=w,
-        num_frames=num_frames,
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
-        generator=torch.Generator().manual_seed(seed),
-        max_sequence_length=max_text_len,
-        use_dynamic_cfg=use_dynamic_cfg,
-        output_type="np",
-    ).frames[0]
-    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+    return _sample(pipe, num_frames, h, w, steps, guidance_scale, seed, image=Image.fromarray(image), prompt=prompt,
+                   max_sequence_length=max_text_len, use_dynamic_cfg=use_dynamic_cfg)
 
 
 def sample_image_video_wan(
@@ -134,19 +122,8 @@ def sample_image_video_wan(
     text, empty = (torch.from_numpy(encode_prompt_wan(enc, p, max_text_len)[0]).to(device, pipe.transformer.dtype)[None]
                    for p in (prompt, ""))
     height, width = first.shape[:2]
-    out = pipe(
-        Image.fromarray(first),
-        prompt_embeds=text,
-        negative_prompt_embeds=empty,
-        height=height,
-        width=width,
-        num_frames=num_frames,
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="np",
-    ).frames[0]
-    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+    return _sample(pipe, num_frames, height, width, steps, guidance_scale, seed, image=Image.fromarray(first),
+                   prompt_embeds=text, negative_prompt_embeds=empty)
 
 
 def sample_text_video(
@@ -161,16 +138,21 @@ def sample_text_video(
     max_text_len: int = 512,
 ) -> np.ndarray:
     """uint8 [F, H, W, 3] frames from `prompt` through a stock text-to-video pipeline (WanPipeline)."""
+    return _sample(pipe, num_frames, height, width, steps, guidance_scale, seed, prompt=prompt, negative_prompt="",
+                   max_sequence_length=max_text_len)
+
+
+def _sample(pipe, num_frames: int, height: int, width: int, steps: int, guidance_scale: float, seed: int, **inputs) -> np.ndarray:
+    """One stock-pipeline call with the settings every sampler shares -> uint8 [F, H, W, 3]; `inputs` are the
+    pipeline's own conditioning arguments (image, prompt or prompt embeddings, ...)."""
     out = pipe(
-        prompt=prompt,
-        negative_prompt="",
         height=height,
         width=width,
         num_frames=num_frames,
         num_inference_steps=steps,
         guidance_scale=guidance_scale,
         generator=torch.Generator().manual_seed(seed),
-        max_sequence_length=max_text_len,
         output_type="np",
+        **inputs,
     ).frames[0]
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)

@@ -27,7 +27,7 @@ import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -272,21 +272,21 @@ def cache_root() -> Path:
 
 
 def tiny_encoders_dir(seed: int = 0) -> Path:
-    """The tiny preset's folder in the cache, built on first use.
-
-    Safe for concurrent workers: each builds into its own temporary folder and renames it into
-    place; a rename onto a folder another worker already published fails, and the loser's copy
-    (identical, being seeded) is dropped.
-    """
+    """The tiny preset's folder in the cache, built on first use (safe for concurrent workers: publish_cached)."""
     preset = {"vae": TINY_VAE_CONFIG, "t5": tiny_t5_config(), "words": _TINY_WORDS, "seed": seed, "v": TINY_VERSION}
-    digest = config_hash(preset)
-    final = cache_root() / f"tiny-encoders-{digest}"
+    return publish_cached(cache_root() / f"tiny-encoders-{config_hash(preset)}", lambda tmp: save_tiny_encoders(tmp, seed))
+
+
+def publish_cached(final: Path, save: Callable[[Path], Any]) -> Path:
+    """`final`, built by `save(folder)` on first use: into a temporary folder beside it, then renamed
+    into place, so concurrent workers never see a half-written folder (a rename onto a folder another
+    worker already published fails, and the loser's copy, identical being seeded, is dropped)."""
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        save_tiny_encoders(tmp, seed)
+        save(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; the published cache is readable like any other
         try:
             os.rename(tmp, final)

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import html
 import logging
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,7 +27,7 @@ from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CL
 
 from pipeline.config import config_hash
 from stages.devices import resolve_device, resolve_dtype
-from stages.extract.encoders import TINY_T5_CONFIG, _pixels, _to_fp16, _tiny_pieces, cache_root, tiny_tokenizer
+from stages.extract.encoders import TINY_T5_CONFIG, _pixels, publish_cached, _to_fp16, _tiny_pieces, cache_root, tiny_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -179,22 +176,8 @@ def tiny_wan_encoders_dir(seed: int = 0, image: bool = False, vae_config: Mappin
     preset = {"vae": dict(vae_config or TINY_WAN_VAE_CONFIG), "umt5": tiny_umt5_config(), "seed": seed, "v": TINY_WAN_VERSION}
     if image:
         preset["clip"] = {"vision": TINY_CLIP_VISION_CONFIG, "processor": TINY_CLIP_PROCESSOR}
-    final = cache_root() / f"tiny-wan-encoders-{config_hash(preset)}"
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        save_tiny_wan_encoders(tmp, seed, image, vae_config)
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return publish_cached(cache_root() / f"tiny-wan-encoders-{config_hash(preset)}",
+                          lambda tmp: save_tiny_wan_encoders(tmp, seed, image, vae_config))
 
 
 def load_wan_encoders(model: str, dtype: str | torch.dtype = "bfloat16", device: str | torch.device = "auto") -> WanEncoders:
