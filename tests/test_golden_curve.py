@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,17 +70,24 @@ def departs(got: dict, want: dict) -> bool:
 RTOL = 2e-3  # fp32 on CPU reproduces to ~1e-6; anything larger is a change in stage two
 
 
+def matches_golden(got: dict, golden: Path) -> dict:
+    """Assert `got` (8 steps of each curve) stays on the checked-in curve `golden`, and return that curve.
+    SAM2VIDEOX_UPDATE_GOLDEN=1 rewrites the file instead and skips (review its diff)."""
+    if os.environ.get("SAM2VIDEOX_UPDATE_GOLDEN"):
+        golden.write_text(json.dumps(got, indent=1) + "\n")
+        pytest.skip(f"regenerated {golden}: review its diff, then rerun without SAM2VIDEOX_UPDATE_GOLDEN")
+    want = json.loads(golden.read_text())
+    assert set(got) == set(want) and all(len(got[k]) == len(want[k]) == 8 for k in got), f"{golden} has another shape"
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=0, err_msg=f"{name} left the golden curve {golden}")
+    return want
+
+
 def test_tiny_distill_matches_the_golden_curve(tmp_path):
     synthetic_store(str(tmp_path / "store"))
     got = run_curve(tmp_path, "run")
     # the run made here learns the teacher's relations (not only the checked-in numbers)
     assert np.mean(got["lgf"][-3:]) < np.mean(got["lgf"][:3]), got["lgf"]
-    if os.environ.get("SAM2VIDEOX_UPDATE_GOLDEN"):
-        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
-        pytest.skip(f"regenerated {GOLDEN}: review its diff, then rerun without SAM2VIDEOX_UPDATE_GOLDEN")
-    want = json.loads(GOLDEN.read_text())
-    assert set(got) == set(want) and all(len(got[k]) == len(want[k]) == 8 for k in got), f"{GOLDEN} has another shape"
-    for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=0, err_msg=f"{name} left the golden curve {GOLDEN}")
+    want = matches_golden(got, GOLDEN)
     # the tolerance tells runs apart: a 10% change in the LGF weight (the loss the trainer sums) departs
     assert departs(run_curve(tmp_path, "perturbed", "train.steps=2", "losses.lgf.weight=0.55"), want)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_students import _on_meta
 
 from conftest import ROOT
 from pipeline.config import load_config
@@ -23,11 +24,6 @@ from stages.distill.students.wan import (
     flow_loss_from_output,
     prepare_flow_inputs,
 )
-
-
-def _on_meta(cls, config: dict):
-    with torch.device("meta"):
-        return cls.from_config(config).config
 
 
 def test_wan22_ti2v_teacher_grid_follows_from_the_configs():
@@ -198,11 +194,8 @@ WAN22 = (f"student.model={TINY_WAN}", "student.task=ti2v")
 def test_tiny_wan22_distill_matches_the_golden_curve(tmp_path):
     """Golden loss curve of Wan 2.2 TI2V (the first-frame objective, shift 5) on the fixed synthetic Wan store at 48
     channels; regenerate on an intended change with SAM2VIDEOX_UPDATE_GOLDEN=1 and review the diff."""
-    import json
-    import os
-
     import numpy as np
-    from test_golden_curve import RTOL, departs, run_curve
+    from test_golden_curve import departs, matches_golden, run_curve
     from test_golden_curve_wan import synthetic_wan_store
 
     from stages.extract.encoders_wan import tiny_wan22_vae_config
@@ -210,13 +203,7 @@ def test_tiny_wan22_distill_matches_the_golden_curve(tmp_path):
     synthetic_wan_store(str(tmp_path / "store"), vae_config=tiny_wan22_vae_config())
     got = run_curve(tmp_path, "run", *WAN22)
     assert np.mean(got["lgf"][-3:]) < np.mean(got["lgf"][:3]), got["lgf"]
-    if os.environ.get("SAM2VIDEOX_UPDATE_GOLDEN"):
-        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
-        pytest.skip(f"regenerated {GOLDEN}: review its diff, then rerun without SAM2VIDEOX_UPDATE_GOLDEN")
-    want = json.loads(GOLDEN.read_text())
-    assert set(got) == set(want) and all(len(got[k]) == len(want[k]) == 8 for k in got), f"{GOLDEN} has another shape"
-    for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=0, err_msg=f"{name} left the golden curve {GOLDEN}")
+    want = matches_golden(got, GOLDEN)
     assert departs(run_curve(tmp_path, "perturbed", *WAN22, "train.steps=2", "losses.lgf.weight=0.55"), want)
 
 
