@@ -60,7 +60,7 @@ twins: install
 
 # VBench in a virtual environment of its own (it pins transformers==4.33.2 and numpy<2, which clash
 # with this project's). Its weights are not downloaded here: put them under $$VBENCH_CACHE_DIR
-# (default ~/.cache/vbench), laid out as stages/evaluate/vbench_adapter.py REQUIRED_WEIGHTS lists.
+# (default ~/.cache/vbench), laid out as stages/evaluate/metrics/vbench_adapter.py REQUIRED_WEIGHTS lists.
 VBENCH_VENV ?= .venv-vbench
 vbench-env:
 	test -x $(VBENCH_VENV)/bin/python || $(PYTHON_BOOT) -m venv $(VBENCH_VENV)

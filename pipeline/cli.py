@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.config import ConfigError, load_config
+from stages.config.loader import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SAM2VideoX: SAM2 teacher extraction and CogVideoX distillation.")
 
@@ -38,10 +38,10 @@ def extract(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Stage one: track every clip forward and backward with SAM2 and write the store's columns."""
-    from pipeline.extract_config import ExtractConfig
+    from stages.config.extract import ExtractConfig
     from pipeline.progress import Progress
     from pipeline.runner import ExtractFailed, run_extract
-    from pipeline.store import StoreError
+    from stages.store.store import StoreError
 
     _setup_logging(verbose)
     cfg = _load(ExtractConfig, config, overrides or [])
@@ -130,7 +130,7 @@ def inspect(
     threshold: float = typer.Option(0.01, "--threshold", help="--teacher-stats: per-token KL(P_fused||P_fwd) above which a fused relation counts as differing"),
 ) -> None:
     """Summarise a store, check it (--verify), report what its teacher fuses (--teacher-stats), or render one clip's teacher features (--pca KEY --out FILE)."""
-    from pipeline.store import FeatureStore, StoreError
+    from stages.store.store import FeatureStore, StoreError
 
     try:
         fstore = FeatureStore(store, json.loads(storage_options) if storage_options else None)
@@ -159,7 +159,7 @@ def inspect(
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc
     except Exception as exc:
-        from pipeline.fs import credentials_hint, missing_credentials
+        from stages.core.fs import credentials_hint, missing_credentials
 
         if not missing_credentials(exc):
             raise
@@ -193,7 +193,7 @@ def inspect(
 
 def _verify(fstore, as_json: bool) -> None:
     """inspect --verify: one line per damaged clip/array (or shard), exit 1 when there is any."""
-    from pipeline.integrity import verify_store
+    from stages.store.integrity import verify_store
 
     fstore.require_snapshot()
     report = verify_store(fstore, full=True)
@@ -266,10 +266,10 @@ def distill(
     """Stage two: distil the store's teacher into CogVideoX (torchrun for several GPUs: DDP or FSDP2)."""
     import os
 
-    from pipeline.distill_config import DistillConfig
-    from pipeline.store import StoreError
+    from stages.config.distill import DistillConfig
+    from stages.store.store import StoreError
     from stages.distill.memory_plan import MemoryPlanError
-    from stages.distill.resume import ResumeMismatch
+    from stages.distill.checkpoint.resume import ResumeMismatch
 
     _setup_logging(verbose)
     extra = ([f"data.store={store}"] if store else []) + ([f"out={out}"] if out else [])
@@ -304,7 +304,7 @@ def plan(
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. parallel.strategy=fsdp student.full_finetune=true"),
 ) -> None:
     """Memory plan of a distill config: the student built on the meta device, bytes per GPU by kind."""
-    from pipeline.distill_config import DistillConfig
+    from stages.config.distill import DistillConfig
 
     cfg = _load(DistillConfig, config, list(overrides or []))
     if not _print_plan(cfg, gpus, gpu_memory, as_json):
@@ -345,8 +345,8 @@ def ablate(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train every ablation on the same store: cached features reused, nothing re-extracted."""
-    from pipeline.distill_config import DistillConfig
-    from pipeline.store import StoreError
+    from stages.config.distill import DistillConfig
+    from stages.store.store import StoreError
 
     _setup_logging(verbose)
     files = sorted(ablations.glob("*.yaml"))
@@ -405,13 +405,13 @@ def generate(
     no_lora: bool = typer.Option(False, "--no-lora", help="sample the base model (for comparison)"),
 ) -> None:
     """Sample a video with the stock diffusers pipeline of the run's student (CogVideoX I2V, Wan T2V) + its LoRA."""
-    from pipeline.config import from_dict
-    from pipeline.corpus import ClipEntry
-    from pipeline.decode import decode_clip
-    from pipeline.extract_config import VideoConfig
+    from stages.config.loader import from_dict
+    from stages.media.corpus import ClipEntry
+    from stages.media.decode import decode_clip
+    from stages.config.extract import VideoConfig
     from pipeline.inspect import write_mp4
-    from pipeline.store import FeatureStore, StoreError
-    from stages.generate import build_pipeline, resolve_sampling, sample_video
+    from stages.store.store import FeatureStore, StoreError
+    from stages.families.sampling import build_pipeline, resolve_sampling, sample_video
 
     _setup_logging(False)
     try:
@@ -432,20 +432,20 @@ def generate(
     enc_cfg = enc_col.producer_config["encoders"]
     student_cfg = info["config"]["student"]
     lora = None if no_lora else run / "lora"
-    from stages.distill.students import infer_family
+    from stages.families.base import infer_family
 
     is_wan = infer_family(student_cfg["model"], student_cfg.get("family")) == "wan"
     if is_wan and student_cfg.get("task") == "i2v":  # Wan 2.1 I2V: the clip's first frame and caption
-        from stages.distill.students.wan import build_wan_pipeline
-        from stages.generate import sample_image_video_wan
+        from stages.families.wan.family import build_wan_pipeline
+        from stages.families.sampling import sample_image_video_wan
 
         first = decode_clip(entry.url, video, fstore.storage_options).frames[0]
         pipe = build_wan_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype, task="i2v")
         frames = sample_image_video_wan(pipe, first, entry.caption or "", video.num_frames, sampling.steps, guidance, seed,
                                         enc_cfg["max_text_len"])
     elif is_wan:  # text-to-video (Wan 2.1 T2V; Wan 2.2 TI2V through its WanPipeline with expand_timesteps): the caption alone
-        from stages.distill.students.wan import build_wan_pipeline
-        from stages.generate import sample_text_video
+        from stages.families.wan.family import build_wan_pipeline
+        from stages.families.sampling import sample_text_video
 
         pipe = build_wan_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype,
                                   task=student_cfg.get("task") or "t2v")
@@ -515,7 +515,7 @@ def report(
     files: list[str] = typer.Argument(None, help="extra produced files to list (videos, pictures)"),
 ) -> None:
     """Write a run's summary: store figures, training figures, and where everything is."""
-    from pipeline.store import FeatureStore, StoreError
+    from stages.store.store import FeatureStore, StoreError
 
     try:
         store_info = FeatureStore(store).summary()
@@ -531,7 +531,7 @@ def report(
     for col in store_info["columns"]:
         lines.append(f"  - column `{col['dir']}`: {col['clips']} clips, {col['bytes_per_clip'] / 1e3:.1f} kB/clip, arrays "
                      + ", ".join(f"{k} {tuple(v['shape'])} {v['dtype']}" for k, v in col["arrays"].items()))
-    from stages.extract.teacher_column import real_size_bytes_per_clip
+    from stages.extract.columns.teacher import real_size_bytes_per_clip
 
     real = real_size_bytes_per_clip()
     store_info["teacher_bytes_per_clip_real_size"] = sum(real.values())
@@ -597,7 +597,7 @@ def _loss_line(metrics: Path) -> str:
 
 def _val_lines(run: Path) -> list[str]:
     """The held-out split and the first and last validation (fixed t and noise) of a run, if it has them."""
-    from pipeline.holdout import HoldoutError, read_holdout
+    from stages.store.holdout import HoldoutError, read_holdout
     from stages.distill.curves import read_metrics
 
     try:

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import from_dict
-from pipeline.corpus import ClipEntry
-from pipeline.decode import ClipError, decode_clip
-from pipeline.extract_config import VideoConfig
-from pipeline.store import FeatureStore, StoreError
+from stages.config.loader import from_dict
+from stages.media.corpus import ClipEntry
+from stages.media.decode import ClipError, decode_clip
+from stages.config.extract import VideoConfig
+from stages.store.store import FeatureStore, StoreError
 
 
 # what tells two columns of one name apart at a glance, before any key that differs between them

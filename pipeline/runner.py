@@ -4,7 +4,7 @@ Each actor wraps a `ShardWorker` (models loaded once) and takes whole shards. Ra
 job-level resume, so the store's commit records are the record of finished work: a rerun skips
 committed shards, and a shard whose actor died is handed to a fresh actor (its half-written
 attempt stays invisible and is garbage-collected at the end). Workers claim shards (leases,
-pipeline/lease.py), so several runs on one store share the work; a shard another live run holds
+stages/store/lease.py), so several runs on one store share the work; a shard another live run holds
 is looked at again every lease.poll_s until it is committed or its owner is gone.
 """
 
@@ -19,15 +19,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pipeline.config import to_dict, from_dict
-from pipeline.corpus import list_corpus
-from pipeline.extract_config import ExtractConfig
-from pipeline.growth import Growth, bucket_listing, grow, known_keys
-from pipeline.integrity import readable_commit_records, verify_store
-from pipeline.producer import load_registry
-from pipeline.fs import credentials_hint, is_local, missing_credentials
-from pipeline.store import Column, FeatureStore, Snapshot, StoreError
-from pipeline.worker import ShardReport, ShardWorker
+from stages.config.loader import to_dict, from_dict
+from stages.media.corpus import list_corpus
+from stages.config.extract import ExtractConfig
+from stages.extract.growth import Growth, bucket_listing, grow, known_keys
+from stages.store.integrity import readable_commit_records, verify_store
+from stages.extract.producer import load_registry
+from stages.core.fs import credentials_hint, is_local, missing_credentials
+from stages.store.store import Column, FeatureStore, Snapshot, StoreError
+from stages.extract.shard_worker import ShardReport, ShardWorker
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def prepare_store(
     num_frames, a released SAM2 config without weights) must not bind a new store to its listing.
     On a rerun the bucket is listed again: a changed corpus.limit is refused (unless `append`);
     clips the snapshot lacks are counted into `growth`, and with `append` added to the snapshot
-    as new shards (pipeline/growth.py).
+    as new shards (stages/extract/growth.py).
     """
     reg = load_registry(registry)
     specs = {name: reg.column_spec(name, cfg) for name in cfg.columns}
@@ -156,7 +156,7 @@ def _check_same_corpus(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConf
 def _check_limit(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig, listing: list) -> None:
     """A rerun whose corpus.limit lists other clips than the frozen snapshot is refused, never silently ignored.
 
-    (Clips added to the bucket without a limit are growth: counted and appended by pipeline/growth.py.)
+    (Clips added to the bucket without a limit are growth: counted and appended by stages/extract/growth.py.)
     """
     if cfg.corpus.limit is None:
         return
@@ -175,7 +175,7 @@ def run_extract(
     cfg: ExtractConfig,
     store_url: str,
     on_shard: Callable[[ShardReport], None] | None = None,
-    registry: str = "stages.extract.columns",
+    registry: str = "stages.extract.columns.registry",
     on_plan: Callable[[int], None] | None = None,
     append: bool = False,
     repair: bool = False,

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.store import Column, FeatureStore, StoreError
-from stages.extract.teacher_column import QUALITY_KEYS  # the per-clip record["quality"] keys
-from stages.lgf import lgf_probs, valid_neighbours
+from stages.store.store import Column, FeatureStore, StoreError
+from stages.extract.columns.teacher import QUALITY_KEYS  # the per-clip record["quality"] keys
+from stages.core.lgf import lgf_probs, valid_neighbours
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def relation_kl(p: torch.Tensor, q: torch.Tensor, valid: torch.Tensor) -> torch.
 
 
 def _pair_frames(frames: int, offsets: list[int]) -> tuple[list[int], list[int]]:
-    """(t, t+o) frame indices of the T' relation rows, in the order stages.lgf concatenates them."""
+    """(t, t+o) frame indices of the T' relation rows, in the order stages.core.lgf concatenates them."""
     first = [t for o in offsets for t in range(frames - o)]
     return first, [t + o for o in offsets for t in range(frames - o)]
 

@@ -1,1 +1,1 @@
-"""The ML of SAM2VideoX: stage one (`stages.extract`), stage two (`stages.distill`), shared LGF (`stages.lgf`)."""
+"""The ML of SAM2VideoX: stage one (`stages.extract`), stage two (`stages.distill`), shared LGF (`stages.core.lgf`)."""

@@ -32,7 +32,7 @@ def load_sample_generator():
 @pytest.fixture(scope="module")
 def net():
     """A tiny random-weight SAM2 (seeded), one per test module."""
-    from stages.extract.sam2_model import build_sam2
+    from stages.teacher.sam2_model import build_sam2
 
     return build_sam2("tiny", seed=5)
 
@@ -63,8 +63,8 @@ def ray_session():
 @pytest.fixture(scope="session")
 def student_store(tmp_path_factory, sample_generator, ray_session) -> str:
     """6 clips of 17 frames at the tiny student's 128x192, both columns, 3 shards of 2 (stage-two tests)."""
-    from pipeline.config import load_config
-    from pipeline.extract_config import ExtractConfig
+    from stages.config.loader import load_config
+    from stages.config.extract import ExtractConfig
     from pipeline.runner import run_extract
 
     corpus = tmp_path_factory.mktemp("corpus128") / "clips"

@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.distill_config import DistillConfig  # noqa: E402
+from stages.config.loader import load_config  # noqa: E402
+from stages.config.distill import DistillConfig  # noqa: E402
 from stages.distill.trainer import Trainer  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def all_samples(trainer: Trainer) -> list[dict]:
 
 
 def fixed_source(trainer: Trainer, steps: int):
-    from pipeline.stream import collate
+    from stages.distill.stream import collate
 
     samples, accum, bs = all_samples(trainer), trainer.cfg.optim.accumulation, trainer.cfg.train.batch_size
     for step in range(steps):

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, small_overrides
 from pipeline.cli import app
-from pipeline.store import FeatureStore, Snapshot
+from stages.store.store import FeatureStore, Snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SAMPLE = ROOT / "configs/extract/sample.yaml"
@@ -34,7 +34,7 @@ def test_snapshot_append_starts_new_shards_and_keeps_its_id():
 
 
 def test_rerun_reports_new_clips_and_append_extends_the_store(tmp_path, small_corpus, sample_generator, ray_session):
-    from pipeline.stream import ClipStream, StreamPosition
+    from stages.distill.stream import ClipStream, StreamPosition
 
     corpus = tmp_path / "clips"
     shutil.copytree(small_corpus, corpus)

@@ -1,6 +1,6 @@
 """A tiny CogVideoX 1.5 end to end: temporal patch 2 with frame padding, ofs embedding, inverted image scaling.
 
-One diffusers folder (stages/distill/students/cogvideox.py: save_tiny_cogvideox15) is both the encoders
+One diffusers folder (stages/families/cogvideox/family.py: save_tiny_cogvideox15) is both the encoders
 model (its VAE config's invert_scale_latents is recorded by stage one) and the student (the teacher grid
 follows from its transformer/ and vae/ configs). Stage one writes a store at that geometry, stage two
 trains a few steps with L_diff + LGF, and the stock CogVideoXImageToVideoPipeline loads the LoRA: its
@@ -17,9 +17,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from pipeline.config import load_config
-from pipeline.distill_config import DistillConfig
-from pipeline.extract_config import ExtractConfig
+from stages.config.loader import load_config
+from stages.config.distill import DistillConfig
+from stages.config.extract import ExtractConfig
 
 
 def _run(pipe, image) -> torch.Tensor:
@@ -32,11 +32,11 @@ def test_tiny_cogvideox15_end_to_end(tmp_path, sample_generator):
     from PIL import Image
 
     from pipeline.runner import run_extract
-    from pipeline.store import FeatureStore
-    from stages.distill.students.cogvideox import save_tiny_cogvideox15
+    from stages.store.store import FeatureStore
+    from stages.families.cogvideox.family import save_tiny_cogvideox15
     from stages.distill.trainer import Trainer
-    from stages.extract.teacher_column import student_grid
-    from stages.generate import build_pipeline
+    from stages.extract.columns.teacher import student_grid
+    from stages.families.sampling import build_pipeline
 
     model = str(save_tiny_cogvideox15(tmp_path / "tiny-cogvideox15"))
     corpus = tmp_path / "clips"
@@ -82,7 +82,7 @@ def test_tiny_cogvideox15_end_to_end(tmp_path, sample_generator):
 def test_teacher_frames_follow_the_15_padding():
     """Latent frames [f0, f1, f2] -> the 1.5 student's token frames (f0, f0 | f1, f2): stride takes each pair's
     last, mean its mean; the mask takes the stride frame."""
-    from stages.grid import mask_to_token_grid, to_token_frames, to_token_grid, token_grid
+    from stages.core.grid import mask_to_token_grid, to_token_frames, to_token_grid, token_grid
 
     x = torch.arange(3.0).view(3, 1)
     assert to_token_frames(x, 2, "stride").flatten().tolist() == [0.0, 2.0]

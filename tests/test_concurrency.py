@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, small_overrides
 from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.extract_config import ExtractConfig
-from pipeline.lease import LeaseOwner
-from pipeline.store import ArraySpec, FeatureStore, ShardBusy, Snapshot, StoreError
+from stages.config.loader import load_config
+from stages.config.extract import ExtractConfig
+from stages.store.lease import LeaseOwner
+from stages.store.store import ArraySpec, FeatureStore, ShardBusy, Snapshot, StoreError
 
 SAMPLE = ROOT / "configs/extract/sample.yaml"
 SCHEMA = {"fwd": ArraySpec((3, 4, 4, 8), "float16"), "mask": ArraySpec((3, 4, 4), "uint8")}
@@ -47,7 +47,7 @@ def dead_pid() -> int:
 
 GC_LOOP = """
 import sys, time, os
-from pipeline.store import FeatureStore
+from stages.store.store import FeatureStore
 col = FeatureStore(sys.argv[1]).column("teacher")
 stop, n, removed = sys.argv[2], 0, 0
 while not os.path.exists(stop):
@@ -119,8 +119,8 @@ def config(corpus: Path, **extra) -> ExtractConfig:
 
 RUN = """
 import json, os, sys, time
-from pipeline.config import load_config
-from pipeline.extract_config import ExtractConfig
+from stages.config.loader import load_config
+from stages.config.extract import ExtractConfig
 from pipeline.runner import run_extract
 cfg = load_config(ExtractConfig, sys.argv[1], json.loads(sys.argv[3]))
 open(f"{sys.argv[4]}.{os.getpid()}.ready", "w").close()
@@ -242,13 +242,13 @@ def test_config_refused_by_a_column_does_not_bind_the_store(tmp_path, small_corp
     url = str(tmp_path / "s")
     result = extract(url, small_corpus, **{"corpus.limit": 2, "video.num_frames": 16})
     assert result.exit_code == 2 and FeatureStore(url).snapshot() is None
-    prepare_store(config(small_corpus, **{"corpus.limit": 4}), url, "stages.extract.columns")
+    prepare_store(config(small_corpus, **{"corpus.limit": 4}), url, "stages.extract.columns.registry")
     line = one_line(extract(url, small_corpus, **{"corpus.limit": 2}))
     assert "corpus.limit=2 lists 2 clips" in line and "snapshot of 4" in line and "new store" in line
 
 
 def test_released_sam2_config_without_weights_is_refused(tmp_path, small_corpus):
-    from stages.extract.teacher_column import teacher_spec
+    from stages.extract.columns.teacher import teacher_spec
 
     url = str(tmp_path / "s")
     line = one_line(extract(url, small_corpus, **{"teacher.model": "sam2.1_hiera_t", "teacher.image_size": 64}))

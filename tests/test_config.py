@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, config_hash, load_config
-from pipeline.extract_config import ExtractConfig
+from stages.config.loader import ConfigError, config_hash, load_config
+from stages.config.extract import ExtractConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_exponent_without_a_dot_is_a_number():
 
 
 def test_no_is_a_choice_not_false():
-    from pipeline.distill_config import DistillConfig
+    from stages.config.distill import DistillConfig
 
     assert load_config(DistillConfig, None, ["optim.mixed_precision=no"]).optim.mixed_precision == "no"
 
@@ -98,7 +98,7 @@ REAL_BLOCKS = 42  # CogVideoX-5B(-I2V) transformer/config.json num_layers (no we
 def test_real_ablations_fit_the_real_run():
     """configs/ablations/real: the demo's set, each valid on configs/distill/default.yaml at 5B scale."""
     from pipeline.cli import _schedule_warnings
-    from pipeline.distill_config import DistillConfig
+    from stages.config.distill import DistillConfig
 
     base = ROOT / "configs/distill/default.yaml"
     real = sorted((ROOT / "configs/ablations/real").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""pipeline.corpus: manifest and folder listings (local, memory://, s3://), validation, mask prompts."""
+"""stages.media.corpus: manifest and folder listings (local, memory://, s3://), validation, mask prompts."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.corpus import ClipEntry, CorpusError, list_corpus, load_prompt_mask, validate_prompt
-from pipeline.extract_config import CorpusConfig
+from stages.media.corpus import ClipEntry, CorpusError, list_corpus, load_prompt_mask, validate_prompt
+from stages.config.extract import CorpusConfig
 
 GENERATOR = Path(__file__).resolve().parents[1] / "datasets" / "sample" / "generate.py"
 
@@ -178,8 +178,8 @@ def test_s3_bucket_through_moto(tmp_path):
     """A real S3 API (moto's server): list the bucket, read a caption, decode a clip from it."""
     boto3 = pytest.importorskip("boto3")
     server_mod = pytest.importorskip("moto.server")
-    from pipeline.decode import decode_clip
-    from pipeline.extract_config import VideoConfig
+    from stages.media.decode import decode_clip
+    from stages.config.extract import VideoConfig
 
     rows = runpy.run_path(str(GENERATOR))["generate"](tmp_path, clips=1, frames=12, height=32, width=48)
     clip = tmp_path / rows[0]["path"]

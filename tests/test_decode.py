@@ -1,4 +1,4 @@
-"""pipeline.decode: timestamp sampling, resize + crop geometry, and a specific ClipError per bad file."""
+"""stages.media.decode: timestamp sampling, resize + crop geometry, and a specific ClipError per bad file."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.corpus import load_prompt_mask
-from pipeline.decode import ClipError, decode_clip, min_duration, sample_times
-from pipeline.extract_config import VideoConfig
+from stages.media.corpus import load_prompt_mask
+from stages.media.decode import ClipError, decode_clip, min_duration, sample_times
+from stages.config.extract import VideoConfig
 
 
 def _grey(i: int) -> int:

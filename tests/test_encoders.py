@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from stages.extract.encoders import (
+from stages.families.cogvideox.encoders import (
     cache_root,
     clip_seed,
     encode_image,

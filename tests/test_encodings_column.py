@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.corpus import ClipEntry
-from pipeline.decode import DecodedClip
-from pipeline.extract_config import EncodersConfig, ExtractConfig, StudentGridConfig, VideoConfig
-from stages.extract.encoders import save_tiny_encoders
-from stages.extract.encodings_column import EncodingsProducer, encodings_spec
+from stages.media.corpus import ClipEntry
+from stages.media.decode import DecodedClip
+from stages.config.extract import EncodersConfig, ExtractConfig, StudentGridConfig, VideoConfig
+from stages.families.cogvideox.encoders import save_tiny_encoders
+from stages.extract.columns.encodings import EncodingsProducer, encodings_spec
 
 F, H, W, L = 9, 64, 96, 24
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import ROOT
 from pipeline.cli import app
-from pipeline.store import FeatureStore
+from stages.store.store import FeatureStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SAMPLE = ROOT / "configs/distill/sample.yaml"
@@ -97,7 +97,7 @@ def test_samples_share_seeds_and_a_lora_loaded_in_turn_equals_the_generate_path(
     LoRA was unloaded) and the run's sample equals `generate`'s pipeline built with the LoRA."""
     from stages.evaluate.clips import load_clips, store_settings
     from stages.evaluate.sampling import Model, SamplingSettings, grid_video, sample_models
-    from stages.generate import build_pipeline, resolve_sampling, sample_video
+    from stages.families.sampling import build_pipeline, resolve_sampling, sample_video
 
     store = FeatureStore(student_store)
     video, encoders, _ = store_settings(store)
@@ -127,7 +127,7 @@ def test_teacher_rebuilt_from_the_store_reproduces_the_stored_masks(student_stor
     from pipeline.inspect import find_clip
     from stages.evaluate.clips import load_clips, store_settings, teacher_config
     from stages.evaluate.tracking import build_teacher, track_subject
-    from stages.grid import TokenGrid, mask_to_token_grid
+    from stages.core.grid import TokenGrid, mask_to_token_grid
 
     store = FeatureStore(student_store)
     video, _, raw = store_settings(store)
@@ -144,7 +144,7 @@ def test_teacher_rebuilt_from_the_store_reproduces_the_stored_masks(student_stor
 
 
 def test_evaluate_runs_and_base_end_to_end(student_store, trained_run, tmp_path):
-    pytest.importorskip("stages.evaluate.video_metrics", reason="metric functions (branch metrics) not merged yet")
+    pytest.importorskip("stages.evaluate.metrics.video", reason="metric functions (branch metrics) not merged yet")
     out = tmp_path / "eval"
     r = invoke("--store", student_store, "--runs", str(trained_run), "--base", "--out", str(out), "--steps", "2",
                "--seed", "7", "--clips", "2")
@@ -180,7 +180,7 @@ def test_evaluate_runs_and_base_end_to_end(student_store, trained_run, tmp_path)
 
 
 def test_one_held_out_clip_leaves_fvd_out_with_the_reason(student_store, trained_run, tmp_path):
-    pytest.importorskip("stages.evaluate.video_metrics", reason="metric functions (branch metrics) not merged yet")
+    pytest.importorskip("stages.evaluate.metrics.video", reason="metric functions (branch metrics) not merged yet")
     r = invoke("--store", student_store, "--runs", str(trained_run), "--out", str(tmp_path), "--steps", "1", "--clips", "1",
                "--no-vbench")
     assert r.exit_code == 0, r.output

@@ -17,7 +17,7 @@ from tiny_components import tiny_pipeline
 
 from stages.distill.export import PROJECTOR_DIR, export_lora, load_lora_for_training
 from stages.distill.projector import Projector, ProjectorSpec, load_projector
-from stages.distill.student import apply_lora, load_student, rotary_embedding
+from stages.families.cogvideox.transformer import apply_lora, load_student, rotary_embedding
 
 RANK, ALPHA = 4, 8.0
 FRAMES = 49  # 13 latent frames: the tiny model's sample_frames, so its learned positional embeddings are used
@@ -120,7 +120,7 @@ def test_export_refuses_a_model_without_adapter(tmp_path):
 
 
 def test_sampling_defaults_and_refusals():
-    from stages.generate import CPU_STEPS, GPU_STEPS, resolve_sampling
+    from stages.families.sampling import CPU_STEPS, GPU_STEPS, resolve_sampling
 
     default = resolve_sampling()
     if torch.cuda.is_available():

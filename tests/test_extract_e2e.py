@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, small_overrides
 from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.extract_config import ExtractConfig
+from stages.config.loader import load_config
+from stages.config.extract import ExtractConfig
 from pipeline.runner import run_extract
-from pipeline.store import FeatureStore
+from stages.store.store import FeatureStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SAMPLE = ROOT / "configs/extract/sample.yaml"
@@ -171,7 +171,7 @@ def test_columns_are_independent(tmp_path, clean_store, small_corpus, ray_sessio
 
 def test_clip_failing_in_one_column_is_excluded_from_joined_reads(copy_corpus, tmp_path, ray_session):
     """A manifest mask prompt that cannot be read fails the teacher only; joins drop that clip."""
-    from pipeline.stream import ClipStream, StreamPosition
+    from stages.distill.stream import ClipStream, StreamPosition
 
     corpus = copy_corpus()
     manifest = corpus / "manifest.jsonl"
@@ -194,8 +194,8 @@ def test_real_checkpoint_loads_through_the_config_path(tmp_path, small_corpus):
     """A SAM2 checkpoint in the official format, named by teacher.checkpoint, drives extraction
     (in-process: the worker path a GPU box runs without Ray)."""
     from pipeline.runner import prepare_store
-    from pipeline.worker import ShardWorker
-    from stages.extract.sam2_model import build_sam2, save_checkpoint
+    from stages.extract.shard_worker import ShardWorker
+    from stages.teacher.sam2_model import build_sam2, save_checkpoint
 
     ckpt = tmp_path / "sam2_tiny.pt"
     save_checkpoint(build_sam2("tiny", image_size=64, seed=123), str(ckpt))
@@ -203,7 +203,7 @@ def test_real_checkpoint_loads_through_the_config_path(tmp_path, small_corpus):
     for name, extra in {"ckpt": {"teacher.checkpoint": str(ckpt)}, "seed": {"teacher.seed": 123}, "default": {}}.items():
         cfg = config(small_corpus, columns="[teacher]", **extra)
         url = str(tmp_path / name)
-        prepare_store(cfg, url, "stages.extract.columns")
+        prepare_store(cfg, url, "stages.extract.columns.registry")
         ShardWorker(cfg, url).run_shard(0)
         arrays[name] = np.asarray(FeatureStore(url).column("teacher").read_shard(0).arrays["fwd"][...])
     np.testing.assert_array_equal(arrays["ckpt"], arrays["seed"])  # the checkpoint's weights, not the seed-0 init
@@ -213,30 +213,30 @@ def test_real_checkpoint_loads_through_the_config_path(tmp_path, small_corpus):
 
     torch.save({"model": {"not_a_sam2_key": torch.zeros(1)}}, bad)
     cfg = config(small_corpus, columns="[teacher]", **{"teacher.checkpoint": str(bad)})
-    prepare_store(cfg, str(tmp_path / "bad"), "stages.extract.columns")
+    prepare_store(cfg, str(tmp_path / "bad"), "stages.extract.columns.registry")
     with pytest.raises(ValueError, match="bad.pt"):
         ShardWorker(cfg, str(tmp_path / "bad")).producer("teacher")
 
 
 def test_a_store_is_bound_to_its_corpus(tmp_path, small_corpus, copy_corpus):
     from pipeline.runner import prepare_store
-    from pipeline.store import StoreError
+    from stages.store.store import StoreError
 
     url = str(tmp_path / "store")
-    prepare_store(config(small_corpus), url, "stages.extract.columns")
+    prepare_store(config(small_corpus), url, "stages.extract.columns.registry")
     with pytest.raises(StoreError, match="use a new store"):
-        prepare_store(config(copy_corpus()), url, "stages.extract.columns")
+        prepare_store(config(copy_corpus()), url, "stages.extract.columns.registry")
     with pytest.raises(StoreError, match="3 clips per shard"):
-        prepare_store(config(small_corpus, **{"corpus.clips_per_shard": 3}), url, "stages.extract.columns")
+        prepare_store(config(small_corpus, **{"corpus.clips_per_shard": 3}), url, "stages.extract.columns.registry")
 
 
 def test_columns_are_keyed_by_the_dtype_workers_really_compute_in(tmp_path, small_corpus):
     """CPU workers compute in fp32 whatever teacher.dtype says: the key says so, and a worker that
     would compute otherwise than its column declares refuses to start instead of mixing precisions."""
     from pipeline.runner import prepare_store
-    from pipeline.worker import ShardWorker
-    from stages.extract.columns import compute_dtype
-    from stages.extract.teacher_column import teacher_spec
+    from stages.extract.shard_worker import ShardWorker
+    from stages.extract.columns.registry import compute_dtype
+    from stages.extract.columns.teacher import teacher_spec
 
     assert compute_dtype("bfloat16", "auto", 0) == "float32" and compute_dtype("bfloat16", "auto", 1) == "bfloat16"
     assert compute_dtype("bfloat16", "cuda:1", 0) == "bfloat16"
@@ -244,7 +244,7 @@ def test_columns_are_keyed_by_the_dtype_workers_really_compute_in(tmp_path, smal
     assert teacher_spec(cpu).config["teacher"]["compute_dtype"] == "float32"
     assert teacher_spec(gpu).config["teacher"]["compute_dtype"] == "bfloat16"  # another column, never a shared hash
     url = str(tmp_path / "store")
-    prepare_store(gpu, url, "stages.extract.columns")
+    prepare_store(gpu, url, "stages.extract.columns.registry")
     with pytest.raises(ValueError, match="keyed for bfloat16 compute but this worker runs float32 on cpu"):
         ShardWorker(gpu, url).run_shard(0)  # auto resolves to the CPU here
     assert FeatureStore(url).column("teacher").committed_shards() == set()

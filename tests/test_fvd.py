@@ -1,4 +1,4 @@
-"""stages/evaluate/fvd.py: the Frechet distance against closed forms, FVD(X, X) = 0 through a real
+"""stages/evaluate/metrics/fvd.py: the Frechet distance against closed forms, FVD(X, X) = 0 through a real
 (tiny, random-weight) VideoMAE, and the I3D TorchScript calling protocol."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.evaluate.fvd import I3DBackbone, VideoMAEBackbone, build_fvd_backbone, feature_stats, frechet_distance, fvd
+from stages.evaluate.metrics.fvd import I3DBackbone, VideoMAEBackbone, build_fvd_backbone, feature_stats, frechet_distance, fvd
 
 
 def _videos(n: int, seed: int, frames: int = 6, h: int = 40, w: int = 48, brightness: float = 1.0) -> list[np.ndarray]:

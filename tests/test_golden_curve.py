@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pipeline.config import load_config
-from pipeline.distill_config import DistillConfig
-from pipeline.store import ArraySpec, FeatureStore, Snapshot
-from stages.lgf import lgf_probs
+from stages.config.loader import load_config
+from stages.config.distill import DistillConfig
+from stages.store.store import ArraySpec, FeatureStore, Snapshot
+from stages.core.lgf import lgf_probs
 from stages.distill.trainer import Trainer
 
 GOLDEN = ROOT / "tests" / "golden" / "distill_tiny.json"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import ROOT
-from pipeline.store import ArraySpec, FeatureStore, Snapshot
-from stages.extract.encoders_wan import WanVaeGeometry, TINY_WAN_VAE_CONFIG
-from stages.lgf import lgf_probs
+from stages.store.store import ArraySpec, FeatureStore, Snapshot
+from stages.families.wan.encoders import WanVaeGeometry, TINY_WAN_VAE_CONFIG
+from stages.core.lgf import lgf_probs
 from test_golden_curve import departs, matches_golden, run_curve
 
 GOLDEN = ROOT / "tests" / "golden" / "distill_tiny_wan.json"

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.grid import latent_frame_groups, mask_to_token_grid, to_latent_frames, to_token_grid, token_grid
+from stages.core.grid import latent_frame_groups, mask_to_token_grid, to_latent_frames, to_token_grid, token_grid
 
 
 def test_real_cogvideox_grid():

@@ -20,14 +20,14 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, small_overrides
 from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.corpus import list_corpus
-from pipeline.decode import decode_clip
-from pipeline.extract_config import CorpusConfig, ExtractConfig, GroundingConfig, VideoConfig
+from stages.config.loader import load_config
+from stages.media.corpus import list_corpus
+from stages.media.decode import decode_clip
+from stages.config.extract import CorpusConfig, ExtractConfig, GroundingConfig, VideoConfig
 from pipeline.runner import run_extract
-from pipeline.store import FeatureStore
-from stages.extract.grounding import GroundingDetector, NoSubjectFound, save_tiny, subject_phrase, tiny_vocab
-from stages.extract.teacher_column import teacher_spec
+from stages.store.store import FeatureStore
+from stages.teacher.grounding import GroundingDetector, NoSubjectFound, save_tiny, subject_phrase, tiny_vocab
+from stages.extract.columns.teacher import teacher_spec
 
 SAMPLE = ROOT / "configs/extract/sample.yaml"
 CPU = torch.device("cpu")
@@ -189,7 +189,7 @@ def test_grounded_extraction_on_the_sample_corpus(tmp_path, small_corpus, frames
         "ray.num_workers": 0, "columns": "[teacher]", "allow_failures": "true", "teacher.prompt": "grounded",
         "teacher.grounding.model": "tiny", "teacher.grounding.box_threshold": CAPTION_THRESHOLD,
     })
-    with caplog.at_level(logging.WARNING, logger="pipeline.worker"):
+    with caplog.at_level(logging.WARNING, logger="stages.extract.shard_worker"):
         summary = run_extract(load_config(ExtractConfig, SAMPLE, overrides), url)
     misses = {k for k, d in dets.items() if d.score < CAPTION_THRESHOLD}
     # a miss is a finding, not a bug: one warning line per clip, no traceback in the log either
@@ -261,7 +261,7 @@ def test_grounded_extraction_on_a_manifest_free_corpus_with_captions_only(tmp_pa
 def test_producer_grounds_the_same_through_produce_and_produce_batch(small_corpus, frames0):
     """TeacherProducer with prompt=grounded: the detector is built once with the producer; a batch
     of clips is grounded in one pass and gives produce()'s records; a miss fails only its clip."""
-    from stages.extract.teacher_column import TeacherProducer
+    from stages.extract.columns.teacher import TeacherProducer
 
     overrides = small_overrides(small_corpus, **{
         "teacher.device": "cpu", "teacher.prompt": "grounded", "teacher.grounding.model": "tiny",

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from pipeline.holdout import HoldoutError, holdout_keys, key_position, make_holdout, read_holdout, write_holdout
+from stages.store.holdout import HoldoutError, holdout_keys, key_position, make_holdout, read_holdout, write_holdout
 
 KEYS = [f"clip-{i:05d}" for i in range(2000)]
 

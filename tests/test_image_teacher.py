@@ -17,17 +17,17 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, small_overrides
 from pipeline.cli import app
-from pipeline.config import ConfigError, load_config
-from pipeline.corpus import list_corpus
-from pipeline.decode import decode_clip
-from pipeline.distill_config import DistillConfig
-from pipeline.extract_config import ExtractConfig
-from pipeline.quantize import dequantize
+from stages.config.loader import ConfigError, load_config
+from stages.media.corpus import list_corpus
+from stages.media.decode import decode_clip
+from stages.config.distill import DistillConfig
+from stages.config.extract import ExtractConfig
+from stages.core.quantize import dequantize
 from pipeline.runner import run_extract
-from pipeline.store import FeatureStore, StoreError
-from stages.extract.image_teacher_column import ImageTeacherProducer, dinov2_config, image_teacher_spec
-from stages.grid import to_token_grid
-from stages.lgf import fuse, lgf_probs
+from stages.store.store import FeatureStore, StoreError
+from stages.extract.columns.image_teacher import ImageTeacherProducer, dinov2_config, image_teacher_spec
+from stages.core.grid import to_token_grid
+from stages.core.lgf import fuse, lgf_probs
 
 SAMPLE = ROOT / "configs/extract/sample.yaml"
 DISTILL = ROOT / "configs/distill/sample.yaml"
@@ -154,7 +154,7 @@ def test_stored_features_are_a_direct_dinov2_run_on_the_grid(two_stage_store, sm
     data = column.read_shard(0)
     entries = {e.key: e for e in list_corpus(cfg.corpus)}
     net = tiny_net(cfg.image_teacher.seed)
-    from stages.extract.image_teacher_column import student_grid
+    from stages.extract.columns.image_teacher import student_grid
 
     for row, record in enumerate(data.records):
         frames = decode_clip(entries[record["key"]].url, cfg.video).frames
@@ -183,7 +183,7 @@ def test_from_pretrained_folder(tmp_path, small_corpus):
     entry = list_corpus(cfg.corpus)[0]
     clip = decode_clip(entry.url, cfg.video)
     arrays, _ = producer.produce(clip, entry)
-    from stages.extract.image_teacher_column import student_grid
+    from stages.extract.columns.image_teacher import student_grid
 
     ref = direct_features(net, clip.frames, cfg, student_grid(cfg)).numpy()
     stored = dequantize(arrays["fwd"], arrays["fwd_scale"])
@@ -255,7 +255,7 @@ def test_inspect_lists_the_column_and_refuses_its_pca_in_one_line(two_stage_stor
 
 def test_layer_picks_a_block_output():
     """layer N: block N's output (hidden_states[N], before the final LayerNorm); null: last_hidden_state."""
-    from stages.extract.image_teacher_column import patch_features
+    from stages.extract.columns.image_teacher import patch_features
 
     net = tiny_net()
     x = torch.randn(2, 3, 56, 84, generator=torch.Generator().manual_seed(1))

@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, small_overrides
 from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.extract_config import ExtractConfig
+from stages.config.loader import load_config
+from stages.config.extract import ExtractConfig
 from pipeline.inspect import PANEL_LABELS, render_pca
 from pipeline.runner import run_extract
-from pipeline.store import FeatureStore
+from stages.store.store import FeatureStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SAMPLE = ROOT / "configs/extract/sample.yaml"

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from stages.lgf import fuse, lgf_kl, lgf_probs, local_gram, neighbour_offsets, valid_neighbours
+from stages.core.lgf import fuse, lgf_kl, lgf_probs, local_gram, neighbour_offsets, valid_neighbours
 
 
 def naive_gram(x, kernel, offset):

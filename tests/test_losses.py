@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import from_dict
-from pipeline.distill_config import TINY, DistillConfig
-from pipeline.extract_config import LGFConfig
+from stages.config.loader import from_dict
+from stages.config.distill import TINY, DistillConfig
+from stages.config.extract import LGFConfig
 from stages.distill.losses import (
     diffusion_loss,
     diffusion_loss_from_output,
@@ -21,9 +21,9 @@ from stages.distill.losses import (
     weight_at,
 )
 from stages.distill.projector import Projector, ProjectorSpec
-from stages.distill.student import apply_lora, load_student, rotary_embedding
+from stages.families.cogvideox.transformer import apply_lora, load_student, rotary_embedding
 from stages.distill.tap import FeatureTap
-from stages.lgf import fuse, lgf_probs
+from stages.core.lgf import fuse, lgf_probs
 
 B, T, H8, W8 = 4, 3, 16, 24
 SCALE = 0.7
@@ -112,7 +112,7 @@ def test_lgf_loss_gradient_matches_finite_differences():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 3, 4, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
     target = lgf_probs(torch.randn(1, 3, 4, 5, 6, generator=g, dtype=torch.float64), 3, 0.5, [1, 2])
-    # stages.lgf computes in fp32 whatever the input, so the step and tolerances suit fp32 round-off.
+    # stages.core.lgf computes in fp32 whatever the input, so the step and tolerances suit fp32 round-off.
     # fast_mode compares the analytic and finite-difference derivatives along random directions.
     check = lambda y: lgf_loss(y, target, 3, 0.5, [1, 2])  # noqa: E731
     assert torch.autograd.gradcheck(check, (x,), eps=1e-3, atol=2e-3, rtol=2e-2, fast_mode=True)
@@ -192,7 +192,7 @@ def _tiny_15_i2v():
     """A tiny CogVideoX 1.5-style I2V transformer: temporal patch 2, ofs embedding, RoPE, no learned positions."""
     from diffusers import CogVideoXTransformer3DModel
 
-    from stages.distill.student import tiny_transformer_config
+    from stages.families.cogvideox.transformer import tiny_transformer_config
 
     config = {**tiny_transformer_config("i2v"), "patch_size_t": 2, "ofs_embed_dim": 32, "patch_bias": False,
               "use_learned_positional_embeddings": False}
@@ -204,9 +204,9 @@ def _tiny_15_i2v():
 def test_cogvideox_15_pads_frames_and_inverts_the_image_scale(tmp_path):
     """As CogVideoXImageToVideoPipeline for 1.5: frames padded to patch_size_t, image latent / scaling_factor."""
     from stages.distill.data import image_scale, open_training_data
-    from stages.distill.student import token_grid
-    from pipeline.config import load_config
-    from pipeline.store import ArraySpec, FeatureStore, Snapshot
+    from stages.families.cogvideox.transformer import token_grid
+    from stages.config.loader import load_config
+    from stages.store.store import ArraySpec, FeatureStore, Snapshot
 
     transformer, scheduler = _tiny_15_i2v(), load_student("tiny", "i2v")[1]
     batch = _store_batch()  # T = 3 latent frames: odd, so 1.5 pads one frame in front

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from conftest import ROOT
 from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.distill_config import DistillConfig
+from stages.config.loader import load_config
+from stages.config.distill import DistillConfig
 from stages.distill.memory_plan import activation_parts, plan_memory
-from stages.distill.student import COGVIDEOX_5B_SCHEDULER, tiny_transformer_config
+from stages.families.cogvideox.transformer import COGVIDEOX_5B_SCHEDULER, tiny_transformer_config
 from stages.distill.trainer import Trainer, distill_loss, step_seed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from pipeline.config import load_config
-from pipeline.distill_config import DistillConfig
+from stages.config.loader import load_config
+from stages.config.distill import DistillConfig
 from stages.distill.trainer import Trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

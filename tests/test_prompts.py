@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.extract.prompts import Prompt, _grid_candidates, auto_prompt, center_prompt, manifest_prompt
-from stages.extract.sam2_model import encode_frames
+from stages.teacher.prompts import Prompt, _grid_candidates, auto_prompt, center_prompt, manifest_prompt
+from stages.teacher.sam2_model import encode_frames
 
 
 def _blob_frame(h: int, w: int) -> np.ndarray:

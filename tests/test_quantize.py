@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.quantize import dequantize, quantize
+from stages.core.quantize import dequantize, quantize
 
 
 def test_round_trip_error_is_within_half_a_step_per_token():

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from conftest import ROOT
 from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.distill_config import DistillConfig
-from stages.distill.resume import ResumeMismatch
+from stages.config.loader import load_config
+from stages.config.distill import DistillConfig
+from stages.distill.checkpoint.resume import ResumeMismatch
 from stages.distill.trainer import Trainer, lr_lambda
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -26,7 +26,7 @@ def config(store: str, out: Path, *extra: str) -> DistillConfig:
 
 def test_changed_lr_is_applied_and_logged(student_store, tmp_path, caplog):
     Trainer(config(student_store, tmp_path)).run(stop_at=2)
-    with caplog.at_level(logging.WARNING, logger="stages.distill.resume"):
+    with caplog.at_level(logging.WARNING, logger="stages.distill.checkpoint.resume"):
         trainer = Trainer(config(student_store, tmp_path, "optim.lr=0.002"), resume=True)
     assert "optim.lr changed 0.001 -> 0.002" in caplog.text
     rest = trainer.run()

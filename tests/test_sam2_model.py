@@ -14,7 +14,7 @@ from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from stages.extract.sam2_model import (
+from stages.teacher.sam2_model import (
     CheckpointError,
     SAM2VideoPredictor,
     build_sam2,
@@ -137,9 +137,9 @@ def test_fresh_process_import_build_and_auto_prompt_leave_no_hydra_state_nor_tor
     script = textwrap.dedent(
         """
         import sys, torch
-        from stages.extract.sam2_model import build_sam2
-        from stages.extract.prompts import auto_prompt
-        from stages.extract.tracker import BidirectionalTracker
+        from stages.teacher.sam2_model import build_sam2
+        from stages.teacher.prompts import auto_prompt
+        from stages.teacher.tracker import BidirectionalTracker
         from hydra.core.global_hydra import GlobalHydra
         assert "sam2" in sys.modules
         assert not GlobalHydra.instance().is_initialized(), "left by import"

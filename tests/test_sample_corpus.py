@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.corpus import list_corpus
-from pipeline.decode import decode_clip
-from pipeline.extract_config import CorpusConfig, VideoConfig
+from stages.media.corpus import list_corpus
+from stages.media.decode import decode_clip
+from stages.config.extract import CorpusConfig, VideoConfig
 
 GENERATOR = Path(__file__).resolve().parents[1] / "datasets" / "sample" / "generate.py"
 SMALL = dict(clips=3, frames=17, fps=8, height=72, width=108, seed=0)  # one clip of each subject kind

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.corpus import list_corpus
-from pipeline.decode import decode_clip
-from pipeline.extract_config import CorpusConfig, VideoConfig
+from stages.media.corpus import list_corpus
+from stages.media.decode import decode_clip
+from stages.config.extract import CorpusConfig, VideoConfig
 
 SMALL = dict(frames=9, fps=8, height=72, width=108, seed=0)
 

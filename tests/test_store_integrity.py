@@ -18,9 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.integrity import verify_store
-from pipeline.store import ArraySpec, FeatureStore, Snapshot, StoreError
-from pipeline.stream import ClipStream, StreamPosition
+from stages.store.integrity import verify_store
+from stages.store.store import ArraySpec, FeatureStore, Snapshot, StoreError
+from stages.distill.stream import ClipStream, StreamPosition
 
 KEYS = [f"c{i}" for i in range(6)]  # 3 shards of 2
 

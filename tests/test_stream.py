@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.store import ArraySpec, FeatureStore, Snapshot, StoreError
-from pipeline.stream import ClipStream, StreamPosition
+from stages.store.store import ArraySpec, FeatureStore, Snapshot, StoreError
+from stages.distill.stream import ClipStream, StreamPosition
 
 SIZES = [3, 2, 3, 1, 3]  # uneven shards (clips_per_shard 3; shard 1 and 3 lost clips to failures)
 
@@ -100,7 +100,7 @@ def test_excluded_keys_are_neither_streamed_nor_counted(store):
 
 
 def test_quantized_arrays_come_back_dequantized(tmp_path):
-    from pipeline.quantize import QUANT_INT8, quantize
+    from stages.core.quantize import QUANT_INT8, quantize
 
     store = FeatureStore(str(tmp_path / "q"))
     store.freeze_snapshot(Snapshot("/x", 2, [{"key": f"c{i}", "url": f"/x/{i}.mp4", "caption": "", "prompt": None} for i in range(2)]))

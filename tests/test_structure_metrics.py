@@ -1,4 +1,4 @@
-"""stages/evaluate/structure_metrics.py: unit cases, and the ground truth of the sample corpus's
+"""stages/evaluate/metrics/structure.py: unit cases, and the ground truth of the sample corpus's
 structure-broken twins: each metric separates the intact clip from the break it is built to see."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stages.evaluate.structure_metrics import DIRECTIONS, area_stability, components, fragmentation, mask_consistency, presence, structure_metrics
+from stages.evaluate.metrics.structure import DIRECTIONS, area_stability, components, fragmentation, mask_consistency, presence, structure_metrics
 
 FRAMES = 17  # break starts at frame 6: 11 broken frames, enough for every break's cycle
 # metric -> the breaks it must separate from the intact twin on every subject kind

@@ -9,9 +9,9 @@ import pytest
 import torch
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 
-from pipeline.config import ConfigError, from_dict, load_config
-from pipeline.distill_config import TINY, DistillConfig
-from stages.distill.student import (
+from stages.config.loader import ConfigError, from_dict, load_config
+from stages.config.distill import TINY, DistillConfig
+from stages.families.cogvideox.transformer import (
     XFormersCogVideoXAttnProcessor,
     apply_lora,
     configure_student,
@@ -164,7 +164,7 @@ def test_distill_config_defaults_and_validation(tmp_path):
 
 def test_full_finetune_keeps_fp32_masters_under_a_bf16_model():
     """One AdamW step at lr 1e-5 must move nearly every weight: in bf16 most such updates round away."""
-    from stages.distill.student import build_tiny_student, enable_full_finetune
+    from stages.families.cogvideox.transformer import build_tiny_student, enable_full_finetune
 
     def changed_share(master: bool) -> float:
         transformer, _ = build_tiny_student("i2v")

@@ -18,13 +18,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from pipeline.config import load_config
-from pipeline.distill_config import DistillConfig
-from pipeline.extract_config import ExtractConfig
-from stages.distill.students import get_student, infer_family, student_for
-from stages.extract.encoders_wan import TINY_WAN_I2V
-from stages.distill.students.cogvideox import COGVIDEOX_15_5B_I2V_TRANSFORMER, COGVIDEOX_15_VAE
-from stages.distill.students.wan import (
+from stages.config.loader import load_config
+from stages.config.distill import DistillConfig
+from stages.config.extract import ExtractConfig
+from stages.families.base import get_student, infer_family, student_for
+from stages.families.wan.encoders import TINY_WAN_I2V
+from stages.families.cogvideox.family import COGVIDEOX_15_5B_I2V_TRANSFORMER, COGVIDEOX_15_VAE
+from stages.families.wan.family import (
     TINY_WAN,
     WAN21_SCHEDULER,
     WAN21_T2V_14B_TRANSFORMER,
@@ -88,7 +88,7 @@ def test_family_comes_from_the_name_or_the_saved_config(tmp_path):
 
 def test_wan_flow_matching_inputs():
     """x_t = (1 - sigma) x0 + sigma eps with the shifted sigmas, t = 1000 sigma, target eps - x0, x0 normalised."""
-    from stages.distill.students.wan import build_tiny_transformer
+    from stages.families.wan.family import build_tiny_transformer
 
     config = build_tiny_transformer().config
     scheduler = training_scheduler(WAN21_SCHEDULER)
@@ -108,7 +108,7 @@ def test_wan_flow_matching_inputs():
 
 def test_wan_prompt_embeddings_are_the_pipelines():
     """Stage one's UMT5 encoding equals WanPipeline.encode_prompt (mask, zeroed padding)."""
-    from stages.extract.encoders_wan import encode_prompt_wan, load_wan_encoders
+    from stages.families.wan.encoders import encode_prompt_wan, load_wan_encoders
 
     enc = load_wan_encoders(TINY_WAN, "float32", "cpu")
     pipe = build_wan_pipeline(TINY_WAN, TINY_WAN, None)
@@ -139,7 +139,7 @@ def _run(pipe) -> torch.Tensor:
 
 
 def test_tiny_wan_end_to_end(wan_store, tmp_path):
-    from pipeline.store import FeatureStore
+    from stages.store.store import FeatureStore
     from stages.distill.trainer import Trainer
 
     enc = FeatureStore(wan_store).column("encodings")
@@ -215,7 +215,7 @@ def test_stage_one_grid_follows_from_student_model(tmp_path):
     config.json only, written from meta-device models), and a contradicting explicit number is refused."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
-    from stages.extract.teacher_column import student_grid
+    from stages.extract.columns.teacher import student_grid
 
     folder = tmp_path / "CogVideoX1.5-5B-I2V"
     with torch.device("meta"):
@@ -247,7 +247,7 @@ def test_memory_plan_of_the_wan_configs():
 @pytest.mark.parametrize("name, grid", [("wan21_t2v_480p.yaml", (21, 30, 52)), ("wan21_i2v_480p.yaml", (21, 30, 52)), ("cogvideox15_i2v.yaml", (11, 48, 85)), ("cogvideox15_t2v.yaml", (11, 48, 85))])
 def test_shipped_real_extract_configs_give_the_students_grid(name, grid):
     """The real extract configs name their student; the teacher grid follows from its published configs (offline)."""
-    from stages.extract.teacher_column import student_grid
+    from stages.extract.columns.teacher import student_grid
 
     assert student_grid(load_config(ExtractConfig, ROOT / "configs/extract" / name)).shape == grid
 
@@ -270,7 +270,7 @@ def wan_i2v_store(tmp_path_factory, sample_generator) -> str:
 def _run_i2v(pipe, image) -> torch.Tensor:
     """The stock I2V pipeline from prompt embeddings: this diffusers' WanImageToVideoPipeline calls ftfy
     unconditionally on a text prompt (WanPipeline guards it), and ftfy is no dependency here."""
-    from stages.extract.encoders_wan import WanEncoders, encode_prompt_wan
+    from stages.families.wan.encoders import WanEncoders, encode_prompt_wan
 
     enc = WanEncoders(pipe.vae, pipe.text_encoder, pipe.tokenizer, torch.device("cpu"), torch.float32)
     text, empty = (torch.from_numpy(encode_prompt_wan(enc, p, 16)[0]).float()[None] for p in ("a dog runs", ""))
@@ -283,9 +283,9 @@ def test_tiny_wan_i2v_end_to_end(wan_i2v_store, tmp_path):
     WanImageToVideoPipeline changes its output and equals the hand-merged model's."""
     from PIL import Image
 
-    from pipeline.store import FeatureStore
+    from stages.store.store import FeatureStore
     from stages.distill.trainer import Trainer
-    from stages.extract.encoders_wan import encode_image_condition_wan, load_wan_encoders
+    from stages.families.wan.encoders import encode_image_condition_wan, load_wan_encoders
 
     enc = FeatureStore(wan_i2v_store).column("encodings")
     assert enc.attrs["task"] == "i2v"

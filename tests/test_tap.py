@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.checkpoint import set_checkpoint_early_stop
 
-from stages.distill.student import apply_lora, load_student, rotary_embedding
+from stages.families.cogvideox.transformer import apply_lora, load_student, rotary_embedding
 from stages.distill.tap import FeatureTap
 
 FRAMES = 3

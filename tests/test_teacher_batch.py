@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, small_overrides
-from pipeline.config import ConfigError, load_config
-from pipeline.corpus import ClipEntry, list_corpus
-from pipeline.decode import ClipError, decode_clip
-from pipeline.extract_config import ExtractConfig
-from stages.extract.teacher_column import QUALITY_KEYS, TeacherProducer, teacher_spec
+from stages.config.loader import ConfigError, load_config
+from stages.media.corpus import ClipEntry, list_corpus
+from stages.media.decode import ClipError, decode_clip
+from stages.config.extract import ExtractConfig
+from stages.extract.columns.teacher import QUALITY_KEYS, TeacherProducer, teacher_spec
 
 SAMPLE = ROOT / "configs/extract/sample.yaml"
 
@@ -43,7 +43,7 @@ def assert_same_arrays(ours: dict, ref: dict) -> None:
     """Float arrays: equal up to fp16 rounding of float noise (maskmem, stored bf16 on both
     sides, may move one bf16 step); int8 fwd/bwd compared dequantised (float noise may move a
     value one int8 step); the uint8 mask coverages to one level."""
-    from pipeline.quantize import dequantize
+    from stages.core.quantize import dequantize
 
     assert ours.keys() == ref.keys()
     for key in ours:

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from conftest import ROOT
 from pipeline.cli import app
-from pipeline.config import ConfigError, from_dict, load_config
-from pipeline.distill_config import DistillConfig, FilterConfig
-from pipeline.store import ArraySpec, FeatureStore, Snapshot
-from pipeline.stream import ClipStream, StreamPosition
+from stages.config.loader import ConfigError, from_dict, load_config
+from stages.config.distill import DistillConfig, FilterConfig
+from stages.store.store import ArraySpec, FeatureStore, Snapshot
+from stages.distill.stream import ClipStream, StreamPosition
 from stages.distill.teacher_filter import FilterError, failed_rules, filtered_keys
 
 GOOD = {

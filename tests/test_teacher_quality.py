@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from stages.extract.prompts import Prompt
-from stages.extract.teacher_column import QUALITY_KEYS, teacher_quality
-from stages.extract.tracker import TrackResult
+from stages.teacher.prompts import Prompt
+from stages.extract.columns.teacher import QUALITY_KEYS, teacher_quality
+from stages.teacher.tracker import TrackResult
 
 
 def track(masks_fwd: torch.Tensor, masks_bwd: torch.Tensor, presence_fwd, presence_bwd) -> TrackResult:

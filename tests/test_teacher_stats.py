@@ -42,10 +42,10 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, small_overrides
 from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.extract_config import ExtractConfig
+from stages.config.loader import load_config
+from stages.config.extract import ExtractConfig
 from pipeline.runner import run_extract
-from pipeline.store import FeatureStore
+from stages.store.store import FeatureStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SAMPLE = ROOT / "configs/extract/sample.yaml"
@@ -55,7 +55,7 @@ LOGIT_GAIN = 50.0
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, small_corpus) -> dict[str, str]:
     """{feature: column dir} of one store holding both columns over the 6-clip corpus (in-process)."""
-    from stages.extract.sam2_model import build_sam2, save_checkpoint
+    from stages.teacher.sam2_model import build_sam2, save_checkpoint
 
     root = tmp_path_factory.mktemp("teacher_stats")
     net = build_sam2("tiny", image_size=64, seed=0)
@@ -125,8 +125,8 @@ def test_a_store_written_before_reads_with_n_a(tmp_path):
     relation statistics come from its float16 fwd/bwd, the rest is n/a."""
     import numpy as np
 
-    from pipeline.store import ArraySpec, Snapshot
-    from stages.lgf import fuse
+    from stages.store.store import ArraySpec, Snapshot
+    from stages.core.lgf import fuse
 
     store = FeatureStore(str(tmp_path / "s"))
     store.freeze_snapshot(Snapshot("/x", 2, [{"key": f"c{i}", "url": f"/x/{i}.mp4", "caption": "", "prompt": None} for i in range(2)]))

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import ROOT
-from pipeline.config import load_config
-from pipeline.extract_config import ExtractConfig, LGFConfig
-from pipeline.quantize import QUANT_INT8, dequantize, quantize
-from pipeline.store import ArraySpec, FeatureStore, Snapshot, schema_bytes
+from stages.config.loader import load_config
+from stages.config.extract import ExtractConfig, LGFConfig
+from stages.core.quantize import QUANT_INT8, dequantize, quantize
+from stages.store.store import ArraySpec, FeatureStore, Snapshot, schema_bytes
 from pipeline.teacher_stats import relation_kl
-from stages.extract.teacher_column import quantize_features, real_size_bytes_per_clip, teacher_spec
-from stages.lgf import fuse, valid_neighbours
+from stages.extract.columns.teacher import quantize_features, real_size_bytes_per_clip, teacher_spec
+from stages.core.lgf import fuse, valid_neighbours
 
 LIMIT_BYTES = 12_000_000  # issue 10: teacher bytes per clip at 49x480x720 with fwd and bwd kept
 KL_LIMIT = 1e-3
@@ -68,10 +68,10 @@ def test_quantised_features_keep_lgf_within_kl_1e3_at_real_size():
 
 def test_quantised_sam2_features_keep_lgf_within_kl_1e3(small_corpus):
     """Memory-attention features of a tiny random SAM2 tracking a sample clip, every fusion mode."""
-    from pipeline.corpus import list_corpus
-    from pipeline.decode import decode_clip
-    from stages.extract.teacher_column import TeacherProducer
-    from stages.grid import to_token_grid
+    from stages.media.corpus import list_corpus
+    from stages.media.decode import decode_clip
+    from stages.extract.columns.teacher import TeacherProducer
+    from stages.core.grid import to_token_grid
 
     from conftest import small_overrides
 

@@ -35,9 +35,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.extract.prompts import Prompt
-from stages.extract.sam2_model import build_sam2
-from stages.extract.tracker import FEATURE_KINDS, BidirectionalTracker
+from stages.teacher.prompts import Prompt
+from stages.teacher.sam2_model import build_sam2
+from stages.teacher.tracker import FEATURE_KINDS, BidirectionalTracker
 
 S = 64
 N = 9

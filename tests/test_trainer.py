@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from conftest import ROOT
 from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.distill_config import DistillConfig
-from pipeline.store import ArraySpec, FeatureStore, Snapshot, StoreError
+from stages.config.loader import load_config
+from stages.config.distill import DistillConfig
+from stages.store.store import ArraySpec, FeatureStore, Snapshot, StoreError
 from stages.distill.trainer import Trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -47,7 +47,7 @@ def test_resume_continues_the_exact_trajectory(student_store, tmp_path):
 
 
 def test_run_exports_a_lora_the_stock_pipeline_loads(student_store, tmp_path):
-    from stages.generate import build_pipeline, sample_video
+    from stages.families.sampling import build_pipeline, sample_video
 
     out = tmp_path / "run"
     trainer = Trainer(distill_config(student_store, out, "train.steps=2", "optim.lr=0.05"))

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from conftest import ROOT
 from pipeline.cli import app
-from pipeline.config import ConfigError, load_config
-from pipeline.distill_config import DistillConfig
-from pipeline.holdout import holdout_keys, read_holdout
+from stages.config.loader import ConfigError, load_config
+from stages.config.distill import DistillConfig
+from stages.store.holdout import holdout_keys, read_holdout
 from stages.distill.curves import read_metrics
 from stages.distill.trainer import Trainer
 from test_golden_curve import synthetic_store
@@ -143,8 +143,8 @@ def test_cli_run_reports_its_split_and_validation(store, tmp_path):
 
 
 def test_resume_refuses_another_split_but_applies_eval_changes():
-    from pipeline.config import to_dict
-    from stages.distill.resume import ResumeMismatch, compare
+    from stages.config.loader import to_dict
+    from stages.distill.checkpoint.resume import ResumeMismatch, compare
 
     saved = to_dict(load_config(DistillConfig, SAMPLE))
     assert compare(saved, to_dict(load_config(DistillConfig, SAMPLE, ["eval.every=3", "eval.max_clips=1"])), "ckpt")

@@ -1,4 +1,4 @@
-"""stages/evaluate/vbench_adapter.py: the skip path (no env, no weights) and reading VBench's results
+"""stages/evaluate/metrics/vbench_adapter.py: the skip path (no env, no weights) and reading VBench's results
 JSON in the format vbench writes (VBench.evaluate -> save_json({dimension: compute_<dimension>(...)}),
 where compute_* returns (aggregate, [{"video_path", "video_results"}, ...]))."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.evaluate import vbench_adapter as vb
+from stages.evaluate.metrics import vbench_adapter as vb
 
 # One file as vbench writes it for two videos (dynamic_degree's per-video results are booleans).
 RESULTS = {

@@ -1,4 +1,4 @@
-"""stages/evaluate/video_metrics.py on synthetic videos with known answers."""
+"""stages/evaluate/metrics/video.py on synthetic videos with known answers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stages.evaluate.video_metrics import DIRECTIONS, DYNAMIC_THRESHOLD, dynamic_degree, flicker, video_metrics, warping_error
+from stages.evaluate.metrics.video import DIRECTIONS, DYNAMIC_THRESHOLD, dynamic_degree, flicker, video_metrics, warping_error
 
 
 def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -11,11 +11,11 @@ import torch
 from test_students import _on_meta
 
 from conftest import ROOT
-from pipeline.config import load_config
-from pipeline.distill_config import DistillConfig
-from pipeline.extract_config import ExtractConfig
-from stages.distill.students import geometry_of, get_student, student_for
-from stages.distill.students.wan import (
+from stages.config.loader import load_config
+from stages.config.distill import DistillConfig
+from stages.config.extract import ExtractConfig
+from stages.families.base import geometry_of, get_student, student_for
+from stages.families.wan.family import (
     TINY_WAN,
     WAN22_SCHEDULER,
     WAN22_TI2V_5B,
@@ -29,7 +29,7 @@ from stages.distill.students.wan import (
 def test_wan22_ti2v_teacher_grid_follows_from_the_configs():
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-    from stages.extract.encoders_wan import WanVaeGeometry
+    from stages.families.wan.encoders import WanVaeGeometry
 
     vae = _on_meta(AutoencoderKLWan, WAN22_VAE)
     geo = get_student("wan").geometry(_on_meta(WanTransformer3DModel, WAN22_TI2V_5B_TRANSFORMER), vae)
@@ -42,7 +42,7 @@ def test_wan22_ti2v_teacher_grid_follows_from_the_configs():
 
 
 def test_shipped_wan22_extract_config_gives_its_grid():
-    from stages.extract.teacher_column import student_grid
+    from stages.extract.columns.teacher import student_grid
 
     assert student_grid(load_config(ExtractConfig, ROOT / "configs/extract/wan22_ti2v_5b.yaml")).shape == (31, 22, 40)
 
@@ -108,7 +108,7 @@ def test_memory_plan_of_the_wan22_config():
 def wan22_store(tmp_path_factory, sample_generator) -> str:
     """2 clips of 9 frames at 128x192 with the tiny Wan 2.2 VAE (48 channels, 16x: 3 x 8 x 12 latents) + teacher."""
     from pipeline.runner import run_extract
-    from stages.extract.encoders_wan import TINY_WAN22
+    from stages.families.wan.encoders import TINY_WAN22
 
     corpus = tmp_path_factory.mktemp("wan22corpus") / "clips"
     sample_generator.generate(corpus, clips=2, frames=9, fps=8)
@@ -134,10 +134,10 @@ def test_tiny_wan22_ti2v_end_to_end(wan22_store, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from pipeline.store import FeatureStore
-    from stages.distill.students.wan import build_wan_pipeline
+    from stages.store.store import FeatureStore
+    from stages.families.wan.family import build_wan_pipeline
     from stages.distill.trainer import Trainer
-    from stages.extract.encoders_wan import TINY_WAN22
+    from stages.families.wan.encoders import TINY_WAN22
 
     enc = FeatureStore(wan22_store).column("encodings")
     assert enc.attrs["spatial_compression"] == 16 and len(enc.attrs["latents_std"]) == 48
@@ -198,7 +198,7 @@ def test_tiny_wan22_distill_matches_the_golden_curve(tmp_path):
     from test_golden_curve import departs, matches_golden, run_curve
     from test_golden_curve_wan import synthetic_wan_store
 
-    from stages.extract.encoders_wan import tiny_wan22_vae_config
+    from stages.families.wan.encoders import tiny_wan22_vae_config
 
     synthetic_wan_store(str(tmp_path / "store"), vae_config=tiny_wan22_vae_config())
     got = run_curve(tmp_path, "run", *WAN22)

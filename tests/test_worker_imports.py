@@ -8,9 +8,9 @@ from conftest import ROOT
 
 def test_worker_path_imports_no_ray_and_no_torchvision():
     code = (
-        "import sys, pipeline.worker, pipeline.stream, stages.extract.columns, stages.extract.teacher_column, "
-        "stages.extract.encodings_column, stages.extract.image_teacher_column, stages.distill.trainer\n"
-        "import torch; stages.extract.image_teacher_column.load_dinov2('tiny', None, False, 0, torch.device('cpu'))\n"
+        "import sys, stages.extract.shard_worker, stages.distill.stream, stages.extract.columns.registry, stages.extract.columns.teacher, "
+        "stages.extract.columns.encodings, stages.extract.columns.image_teacher, stages.distill.trainer\n"
+        "import torch; stages.extract.columns.image_teacher.load_dinov2('tiny', None, False, 0, torch.device('cpu'))\n"
         "bad = [m for m in ('ray', 'torchvision') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, small_overrides
-from pipeline.config import ConfigError, load_config
-from pipeline.corpus import ClipEntry
-from pipeline.decode import ClipError
-from pipeline.extract_config import ExtractConfig
-from pipeline.overlap import BackgroundWriter, ClipPrefetcher
+from stages.config.loader import ConfigError, load_config
+from stages.media.corpus import ClipEntry
+from stages.media.decode import ClipError
+from stages.config.extract import ExtractConfig
+from stages.extract.overlap import BackgroundWriter, ClipPrefetcher
 from pipeline.runner import prepare_store, run_extract
-from pipeline.store import FeatureStore
+from stages.store.store import FeatureStore
 
 SAMPLE = ROOT / "configs/extract/sample.yaml"
-REGISTRY = "stages.extract.columns"
+REGISTRY = "stages.extract.columns.registry"
 
 
 def config(corpus: Path, **extra) -> ExtractConfig:
@@ -102,8 +102,8 @@ class _Batched:
 
 
 def test_clip_groups_go_through_produce_batch_and_an_exception_fails_one_clip_in_one_column(tmp_path, small_corpus):
-    from pipeline.worker import ShardWorker
-    from stages.extract.columns import make_producer
+    from stages.extract.shard_worker import ShardWorker
+    from stages.extract.columns.registry import make_producer
 
     cfg = config(small_corpus, columns="[teacher]", **{"corpus.clips_per_shard": 4, "ray.num_workers": 0})
     url = str(tmp_path / "store")
@@ -153,8 +153,8 @@ def test_in_process_run_matches_ray_and_reports_timings(tmp_path, small_corpus, 
 
 
 def test_compile_switches_are_validated_and_do_not_change_the_column_keys(small_corpus):
-    from stages.extract.encodings_column import encodings_spec
-    from stages.extract.teacher_column import teacher_spec
+    from stages.extract.columns.encodings import encodings_spec
+    from stages.extract.columns.teacher import teacher_spec
 
     plain = config(small_corpus)
     compiled = config(small_corpus, **{"teacher.compile": "true", "encoders.compile": "true"})
@@ -172,9 +172,9 @@ def test_compile_is_ignored_on_cpu_and_wires_the_modules_on_cuda(caplog):
     and the VAE encoder are compiled in place (lazily: nothing runs, so no GPU is needed here)."""
     import torch
 
-    from stages.extract.compiling import compile_modules, sam2_compile_targets, vae_compile_targets
-    from stages.extract.encoders import TINY_VAE_CONFIG
-    from stages.extract.sam2_model import build_sam2
+    from stages.core.compiling import compile_modules, sam2_compile_targets, vae_compile_targets
+    from stages.families.cogvideox.encoders import TINY_VAE_CONFIG
+    from stages.teacher.sam2_model import build_sam2
 
     model = build_sam2("tiny", image_size=64, seed=0)
     with caplog.at_level(logging.WARNING):

@@ -1,7 +1,7 @@
 """Tiny, offline, random-weight stock components to assemble real diffusers CogVideoX pipelines in tests.
 
 Self-contained on purpose (the canonical tiny encoder presets of stage one live in
-stages/extract/encoders.py): these exist only so the export tests can run the *stock*
+stages/families/cogvideox/encoders.py): these exist only so the export tests can run the *stock*
 CogVideoXImageToVideoPipeline / CogVideoXPipeline around the tiny student.
 """
 
@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline, CogVideoXPipeline
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-from stages.distill.student import COGVIDEOX_5B_SCHEDULER
+from stages.families.cogvideox.transformer import COGVIDEOX_5B_SCHEDULER
 
 WORDS = ("a", "dog", "cat", "horse", "runs", "walks", "jumps", "on", "the", "grass", "beach")
 

@@ -374,7 +374,7 @@ def render_clip(index: int, frames: int = 49, fps: float = 8, height: int = 144,
 
 
 # ---------------------------------------------------------------------------------------------
-# Structure-broken twins: ground truth for the structure metrics (stages/evaluate/structure_metrics.py).
+# Structure-broken twins: ground truth for the structure metrics (stages/evaluate/metrics/structure.py).
 # A twin re-renders a clip with the subject drawn on its own layer (identical pixels when intact),
 # then breaks that layer from frame BREAK_AT * F on, so frame 0 (the prompt frame) is untouched:
 #   detach   the lower part of a walker (its feet and shins) or the leading lobe of a blob comes off

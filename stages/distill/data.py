@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Collection
 
-from pipeline.distill_config import DistillConfig
-from pipeline.store import Column, FeatureStore, StoreError
-from pipeline.stream import ClipStream
+from stages.config.distill import DistillConfig
+from stages.store.store import Column, FeatureStore, StoreError
+from stages.distill.stream import ClipStream
 from stages.distill.losses import stored_lgf_fits
 
 
@@ -42,7 +42,7 @@ class TrainingData:
 
 
 # columns a run can train against (data.teacher_column): SAM2's two-pass `teacher` (the default) and
-# the DINOv2 image-only baseline `image_teacher` (one stack, stored as `fwd`; stages/extract/image_teacher_column.py)
+# the DINOv2 image-only baseline `image_teacher` (one stack, stored as `fwd`; stages/extract/columns/image_teacher.py)
 TEACHER_COLUMNS = ("teacher", "image_teacher")
 
 
@@ -135,7 +135,7 @@ def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig, s
     student: the family (stages/distill/students); None = CogVideoX.
     """
     if student is None:
-        from stages.distill.students.cogvideox import CogVideoXStudent
+        from stages.families.cogvideox.family import CogVideoXStudent
 
         student = CogVideoXStudent()
     lat = data.encodings.schema["latents"].shape  # [2C, T, H8, W8]

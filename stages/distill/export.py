@@ -108,7 +108,7 @@ def save_full_transformer(config: Any, state: dict[str, torch.Tensor], out_dir: 
 def load_lora_for_training(transformer: torch.nn.Module, lora_dir: str | Path, adapter_name: str = "default") -> None:
     """Load an exported LoRA back into a transformer that already has the adapter (resume, fine-tune on).
 
-    The adapter must have been added with the same rank and targets (stages.distill.student.apply_lora).
+    The adapter must have been added with the same rank and targets (stages.families.cogvideox.transformer.apply_lora).
     """
     state, _ = CogVideoXImageToVideoPipeline.lora_state_dict(str(lora_dir), return_lora_metadata=True)
     prefix = "transformer."

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 
-from stages.distill.student import rotary_embedding
-from stages.lgf import SINGLE_STACK, fuse, lgf_kl, lgf_probs
+from stages.families.cogvideox.transformer import rotary_embedding
+from stages.core.lgf import SINGLE_STACK, fuse, lgf_kl, lgf_probs
 
 # ----------------------------------------------------------------------------------------- L_diff
 
@@ -217,7 +217,7 @@ def lgf_loss(
     projected: torch.Tensor, teacher_probs: torch.Tensor, kernel: int, tau: float, offsets: Sequence[int] = (1,)
 ) -> torch.Tensor:
     """L_feat: mean KL(P_teacher || P_student) of projected student features [B, T, h, w, C]
-    against teacher LGF probabilities [B, T', h, w, k*k] (stages.lgf.lgf_kl, fp32)."""
+    against teacher LGF probabilities [B, T', h, w, k*k] (stages.core.lgf.lgf_kl, fp32)."""
     return lgf_kl(teacher_probs, projected, kernel, tau, offsets)
 
 
@@ -228,7 +228,7 @@ def lgf_key(cfg: Any) -> tuple[int, float, tuple[int, ...], str]:
 
 
 def single_stack(column_lgf: Any) -> bool:
-    """A column of one feature stack (the image teacher) records fusion "single" (stages.lgf.SINGLE_STACK)."""
+    """A column of one feature stack (the image teacher) records fusion "single" (stages.core.lgf.SINGLE_STACK)."""
     return column_lgf is not None and lgf_key(column_lgf)[3] == SINGLE_STACK
 
 
@@ -244,7 +244,7 @@ def teacher_target(batch: Mapping[str, torch.Tensor], run_lgf: Any, column_lgf: 
     """Teacher LGF probabilities [B, T', h, w, k*k] for this run's LGF settings, fp32.
 
     The stored `lgf` when the run's (kernel, tau, offsets, fusion) equal the column's; otherwise
-    recomputed from the stored fwd/bwd features with stages.lgf.fuse (a sweep needs no re-extraction).
+    recomputed from the stored fwd/bwd features with stages.core.lgf.fuse (a sweep needs no re-extraction).
     A single-stack column (image teacher: `fwd` only) recomputes lgf_probs(fwd): on one stack every
     fusion mode is that (fuse(x, x, ...) == lgf_probs(x)), so the run's fusion is moot there.
     """
@@ -323,7 +323,7 @@ def feature_losses(
 ) -> FeatureLosses:
     """Project tapped features [B, T, h, w, D] once and compute every feature loss active at `step`.
 
-    cfg: a LossesConfig (pipeline/distill_config.py). A term whose scheduled weight is 0 is not computed.
+    cfg: a LossesConfig (stages/config/distill.py). A term whose scheduled weight is 0 is not computed.
     batch: needs fwd/bwd (+ lgf), and mask for the mask term. column_lgf: the teacher column's LGF settings.
     """
     out = FeatureLosses()

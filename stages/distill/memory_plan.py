@@ -104,8 +104,8 @@ class MemoryPlan:
 
 def plan_family(model: str, family: str | None = None) -> str:
     """The student family of `student.model` for a plan, without a download for the known hub ids."""
-    from stages.distill.students import infer_family
-    from stages.distill.students.wan import KNOWN_TRANSFORMERS as WAN_KNOWN
+    from stages.families.base import infer_family
+    from stages.families.wan.family import KNOWN_TRANSFORMERS as WAN_KNOWN
 
     if family:
         return infer_family(model, family)
@@ -118,8 +118,8 @@ def plan_family(model: str, family: str | None = None) -> str:
 
 def transformer_config(model: str) -> dict[str, Any]:
     """The transformer config of `student.model` without loading weights: tiny, a local folder, or a known hub id."""
-    from stages.distill.student import KNOWN_TRANSFORMERS, TINY, tiny_transformer_config
-    from stages.distill.students.wan import KNOWN_TRANSFORMERS as WAN_KNOWN, TINY_WAN, tiny_transformer_config as tiny_wan
+    from stages.families.cogvideox.transformer import KNOWN_TRANSFORMERS, TINY, tiny_transformer_config
+    from stages.families.wan.family import KNOWN_TRANSFORMERS as WAN_KNOWN, TINY_WAN, tiny_transformer_config as tiny_wan
 
     if model == TINY:
         return tiny_transformer_config("i2v")
@@ -127,7 +127,7 @@ def transformer_config(model: str) -> dict[str, Any]:
         return tiny_wan()
     if model in WAN_KNOWN:
         return dict(WAN_KNOWN[model])
-    from stages.distill.students.cogvideox import COGVIDEOX_15_KNOWN
+    from stages.families.cogvideox.family import COGVIDEOX_15_KNOWN
 
     if model in COGVIDEOX_15_KNOWN:
         return dict(COGVIDEOX_15_KNOWN[model])
@@ -159,8 +159,8 @@ def plan_memory(
     in the token count)."""
     from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
 
-    from stages.distill.student import configure_student
-    from stages.distill.students import get_student
+    from stages.families.cogvideox.transformer import configure_student
+    from stages.families.base import get_student
 
     family = plan_family(cfg.student.model, getattr(cfg.student, "family", None))
     student = get_student(family)
@@ -179,7 +179,7 @@ def plan_memory(
     c = transformer.config
     if latent_shape is None:
         if family == "wan":
-            from stages.distill.students.wan import KNOWN_LATENT_SHAPES
+            from stages.families.wan.family import KNOWN_LATENT_SHAPES
 
             # 81 frames of 480x832 through the Wan 2.1 VAE; Wan 2.2 TI2V-5B its 121 frames of 704x1280 (16x VAE)
             latent_shape = KNOWN_LATENT_SHAPES.get(cfg.student.model, (21, 60, 104))

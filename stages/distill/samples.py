@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipeline.config import from_dict
-from pipeline.extract_config import VideoConfig
+from stages.config.loader import from_dict
+from stages.config.extract import VideoConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,13 @@ def sample_held_out(cfg: Any, data: Any, keys: list[str], model: torch.nn.Module
 def _sample(cfg: Any, data: Any, keys: list[str], model: torch.nn.Module, ctx: Any, rank: int, folder: Path) -> list[Path]:
     from diffusers import CogVideoXDPMScheduler, CogVideoXImageToVideoPipeline
 
-    from pipeline.corpus import ClipEntry
-    from pipeline.decode import decode_clip
+    from stages.media.corpus import ClipEntry
+    from stages.media.decode import decode_clip
     from pipeline.inspect import write_mp4
-    from stages.extract.encoders import load_encoders
-    from stages.generate import CPU_STEPS, GPU_STEPS, sample_video
+    from stages.families.cogvideox.encoders import load_encoders
+    from stages.families.sampling import CPU_STEPS, GPU_STEPS, sample_video
 
-    from stages.distill.students import infer_family
+    from stages.families.base import infer_family
 
     family = infer_family(cfg.student.model, getattr(cfg.student, "family", None))
     if family != "cogvideox":  # Wan samples go through `sam2videox generate` / `evaluate` (their stock pipelines)

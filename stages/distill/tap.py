@@ -36,7 +36,7 @@ class FeatureTap:
         # student: the family (stages/distill/students) saying where the blocks are, what a block returns
         # and the input layout; None = CogVideoX
         if student is None:
-            from stages.distill.students.cogvideox import CogVideoXStudent
+            from stages.families.cogvideox.family import CogVideoXStudent
 
             student = CogVideoXStudent()
         self._student = student

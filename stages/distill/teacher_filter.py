@@ -1,7 +1,7 @@
 """The teacher-quality filter (`data.filter`): which clips a run leaves out, decided at stream start.
 
 Stage one writes a quality record per clip into the teacher column's shard records
-(stages/extract/teacher_column.py `teacher_quality`: object score per pass, presence minimum,
+(stages/extract/columns/teacher.py `teacher_quality`: object score per pass, presence minimum,
 mask areas, fwd/bwd mask IoU). This module reads those records only (the shard groups' attrs, no
 array), applies the rules of `FilterConfig`, and returns the keys to exclude with the counts per
 rule. The result depends on the store and the config alone, so every rank of a DDP/FSDP run
@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from pipeline.distill_config import FilterConfig
-from pipeline.store import Column, FeatureStore, StoreError
+from stages.config.distill import FilterConfig
+from stages.store.store import Column, FeatureStore, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -26,18 +26,18 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from torch import nn
 
-from pipeline.config import to_dict
-from pipeline.distill_config import DistillConfig, LossesConfig
-from pipeline.stream import StreamPosition
+from stages.config.loader import to_dict
+from stages.config.distill import DistillConfig, LossesConfig
+from stages.distill.stream import StreamPosition
 from stages.distill import parallel
-from stages.distill.checkpoint import list_checkpoints, load_checkpoint, remove_stale_temp, save_checkpoint
+from stages.distill.checkpoint.local import list_checkpoints, load_checkpoint, remove_stale_temp, save_checkpoint
 from stages.distill.data import check_fit, open_training_data
 from stages.distill.teacher_filter import filtered_keys, quality_column
 from stages.distill.losses import feature_losses
 from stages.distill.projector import Projector, ProjectorSpec
-from stages.devices import resolve_device, resolve_dtype
-from stages.distill.student import configure_student
-from stages.distill.students import Student, get_student, student_for
+from stages.core.devices import resolve_device, resolve_dtype
+from stages.families.cogvideox.transformer import configure_student
+from stages.families.base import Student, get_student, student_for
 from stages.distill.tap import FeatureTap
 
 log = logging.getLogger(__name__)
@@ -259,8 +259,8 @@ class Trainer:
         log.info("memory plan: %.1f GiB of %.1f GiB per GPU", plan.total / 2**30, capacity / 2**30)
 
     def _held_out(self):
-        """The run's held-out split (pipeline/holdout.py), written to <out>/holdout.json for `evaluate`."""
-        from pipeline.holdout import make_holdout, write_holdout
+        """The run's held-out split (stages/store/holdout.py), written to <out>/holdout.json for `evaluate`."""
+        from stages.store.holdout import make_holdout, write_holdout
 
         keys = [c["key"] for c in self.data.store.require_snapshot().clips]
         split = make_holdout(keys, self.cfg.data.holdout, self.cfg.data.holdout_keys)
@@ -346,7 +346,7 @@ class Trainer:
         """
         gathered = None
         if self.sharded:
-            from stages.distill.sharded_checkpoint import gather_full_state
+            from stages.distill.checkpoint.sharded import gather_full_state
 
             gathered = gather_full_state(self.ddp, frozen=self.cfg.student.full_finetune)
         if self.rank != 0:
@@ -452,7 +452,7 @@ class Trainer:
         extra = {"position": self.position.to_json(), "config": to_dict(self.cfg), "world_size": self.world,
                  "scaler": self.scaler.state_dict()}
         if self.sharded:
-            from stages.distill.sharded_checkpoint import save_sharded
+            from stages.distill.checkpoint.sharded import save_sharded
 
             save_sharded(self.out, self.step, self.ddp, self.optimizer, self.lr_schedule, extra, self.cfg.train.keep_last)
             return
@@ -463,7 +463,7 @@ class Trainer:
 
     def _resume(self) -> None:
         """Continue from the newest checkpoint that loads (an unreadable newer one is skipped, with a warning)."""
-        from stages.distill.resume import ResumeMismatch, apply_optimizer_changes, compare
+        from stages.distill.checkpoint.resume import ResumeMismatch, apply_optimizer_changes, compare
 
         found = list_checkpoints(self.out)
         if not found:
@@ -493,7 +493,7 @@ class Trainer:
         """(state.json, None) once `path` is loaded into model, optimizer and schedule; (None, cause) if it can't be."""
         try:
             if self.sharded:
-                from stages.distill.sharded_checkpoint import load_sharded
+                from stages.distill.checkpoint.sharded import load_sharded
 
                 return load_sharded(path, self.ddp, self.optimizer, self.lr_schedule), None
             return load_checkpoint(path, self._trainables(), self.optimizer, self.lr_schedule), None

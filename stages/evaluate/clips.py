@@ -1,6 +1,6 @@
 """The held-out clips as evaluation reads them: real frames, caption and first-frame prompt.
 
-Frames are decoded from the clip's source video with pipeline/decode.py at the video settings of the
+Frames are decoded from the clip's source video with stages/media/decode.py at the video settings of the
 store's encodings column (the settings the student trained at), so samples, real clips and the FVD
 see the same frame count and size. The prompt is the clip's manifest prompt mapped into those frame
 pixels, as the teacher column used it at extraction.
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import ConfigError, from_dict
-from pipeline.corpus import ClipEntry, load_prompt_mask
-from pipeline.decode import ClipError, decode_clip
-from pipeline.extract_config import TeacherConfig, VideoConfig
-from pipeline.store import FeatureStore, StoreError
+from stages.config.loader import ConfigError, from_dict
+from stages.media.corpus import ClipEntry, load_prompt_mask
+from stages.media.decode import ClipError, decode_clip
+from stages.config.extract import TeacherConfig, VideoConfig
+from stages.store.store import FeatureStore, StoreError
 from stages.evaluate.runs import EvaluateError
-from stages.extract.prompts import Prompt, manifest_prompt
+from stages.teacher.prompts import Prompt, manifest_prompt
 
 
 @dataclass

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.store import FeatureStore, StoreError
+from stages.store.store import FeatureStore, StoreError
 from stages.evaluate.clips import load_clips, store_settings, teacher_config
 from stages.evaluate.runs import EvaluateError, heldout_keys, resolve_runs
 from stages.evaluate.sampling import BASE, Model, SamplingSettings, sample_models, write_grids
-from stages.generate import resolve_sampling
+from stages.families.sampling import resolve_sampling
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,13 @@ class EvaluateOptions:
     base: bool = False  # also sample the base model (no LoRA)
     clips: int | None = None  # evaluate on the first N held-out clips (sorted by key); None: all
     seed: int = 0
-    steps: int | None = None  # sampling steps (None: stages/generate.py's default for the device)
+    steps: int | None = None  # sampling steps (None: stages/families/sampling.py's default for the device)
     device: str | None = None
     dtype: str | None = None
     guidance: float = 6.0
     fvd_backbone: str = "tiny"  # "tiny", a VideoMAE folder/hub id, or a StyleGAN-V I3D TorchScript file
     vbench: bool = True
-    holdout: float | None = None  # explicit split: pipeline.holdout's rule at this fraction
+    holdout: float | None = None  # explicit split: stages.store.holdout's rule at this fraction
     holdout_keys: list[str] = field(default_factory=list)  # explicit split: these clip keys
     student: str | None = None  # base model's student when there are no runs (else the runs')
 
@@ -98,7 +98,7 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
         Model(r.name, r.student_model, r.lora_dir, r.student_task) for r in runs
     ]
 
-    from stages.evaluate.fvd import build_fvd_backbone
+    from stages.evaluate.metrics.fvd import build_fvd_backbone
 
     try:  # before sampling: a backbone that cannot load is bad input, not a late failure
         backbone = build_fvd_backbone(opts.fvd_backbone, sampling.device)
@@ -176,14 +176,14 @@ def _mean(dicts: list[dict[str, float | None]]) -> dict[str, float | None]:
 
 def _sample_metrics(samples: dict[str, np.ndarray], clips, teacher, tracker) -> dict[str, float | None]:
     """Means over the clips of the weight-free video metrics and (with a teacher) the structure metrics."""
-    from stages.evaluate.video_metrics import video_metrics
+    from stages.evaluate.metrics.video import video_metrics
 
     per_clip = []
     for clip in clips:
         frames = samples[clip.key]
         m = dict(video_metrics(frames))
         if tracker is not None:
-            from stages.evaluate.structure_metrics import structure_metrics
+            from stages.evaluate.metrics.structure import structure_metrics
             from stages.evaluate.tracking import track_subject
 
             masks, _ = track_subject(tracker, frames, clip.prompt, teacher.prompt)
@@ -198,7 +198,7 @@ def _add_fvd(rows, samples, clips, backbone) -> dict:
     A Frechet distance needs two videos a side at least: with one held-out clip the column is None and
     the protocol says why.
     """
-    from stages.evaluate.fvd import fvd
+    from stages.evaluate.metrics.fvd import fvd
 
     if len(clips) < 2:
         for name in samples:
@@ -214,7 +214,7 @@ def _add_fvd(rows, samples, clips, backbone) -> dict:
 
 def _add_vbench(rows, samples_dir: Path, clips, names: list[str], out_dir: Path, device: str) -> dict:
     """VBench scores per model (vbench_<dimension> columns) through the adapter's own env; {"skipped": why} otherwise."""
-    from stages.evaluate import vbench_adapter
+    from stages.evaluate.metrics import vbench_adapter
 
     reason = vbench_adapter.skip_reason()
     if reason:

@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from stages.evaluate import structure_metrics, vbench_adapter, video_metrics
+from stages.evaluate.metrics import structure as structure_metrics, vbench_adapter, video as video_metrics
 
 DIRECTIONS: dict[str, str] = {
     **video_metrics.DIRECTIONS,

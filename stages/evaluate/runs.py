@@ -85,8 +85,8 @@ def resolve_runs(paths: Sequence[Path]) -> list[RunRef]:
 
 
 def run_holdout(run: RunRef) -> dict | None:
-    """The run's holdout.json as pipeline/holdout.py reads it; None when it has none (trained before the split existed)."""
-    from pipeline.holdout import HoldoutError, read_holdout
+    """The run's holdout.json as stages/store/holdout.py reads it; None when it has none (trained before the split existed)."""
+    from stages.store.holdout import HoldoutError, read_holdout
 
     if not (run.path / HOLDOUT_FILE).is_file():
         return None
@@ -100,12 +100,12 @@ def heldout_keys(runs: Sequence[RunRef], store_keys: Sequence[str], fraction: fl
                  explicit: Sequence[str] = ()) -> tuple[list[str], dict]:
     """The clips to evaluate on, sorted, and where they came from (written into the protocol).
 
-    Explicit (--holdout FRACTION and/or --holdout-key KEY): pipeline.holdout's rule on the store's
+    Explicit (--holdout FRACTION and/or --holdout-key KEY): stages.store.holdout's rule on the store's
     keys, the same split a run with data.holdout=FRACTION, data.holdout_keys=KEYS trains without.
     Otherwise every run's holdout.json; they must all name the same clips.
     """
     if fraction is not None or explicit:
-        from pipeline.holdout import HoldoutError, holdout_keys
+        from stages.store.holdout import HoldoutError, holdout_keys
 
         try:
             keys = holdout_keys(list(store_keys), fraction or 0.0, list(explicit))

@@ -1,6 +1,6 @@
 """Samples for the comparison: every model generates from the same first frames, captions and seeds.
 
-One stock pipeline per student model, without a LoRA: CogVideoXImageToVideoPipeline (stages/generate.py's
+One stock pipeline per student model, without a LoRA: CogVideoXImageToVideoPipeline (stages/families/sampling.py's
 build_pipeline; first frame + caption) or, for a Wan 2.1 text-to-video student, WanPipeline (the caption
 alone, at the clip's size). Each run's LoRA is loaded into it, sampled from, and unloaded again, so the VAE
 and text encoder load once however many runs (ablations) there are. The base model is the same pipeline
@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.inspect import write_mp4
 from stages.evaluate.clips import HeldOutClip
-from stages.generate import Sampling, build_pipeline, sample_image_video_wan, sample_text_video, sample_video
+from stages.families.sampling import Sampling, build_pipeline, sample_image_video_wan, sample_text_video, sample_video
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,12 @@ def sample_models(models: list[Model], clips: list[HeldOutClip], encoders_model:
 def _build(student: str, task: str, encoders_model: str, s: Sampling) -> tuple[object, Callable]:
     """(the stock pipeline of `student` without a LoRA, a function (pipe, clip, steps, guidance, seed, text len) -> frames):
     CogVideoX I2V and Wan 2.1 I2V from the clip's first frame and caption, Wan 2.1 T2V from the caption at the clip's size."""
-    from stages.distill.students import infer_family
+    from stages.families.base import infer_family
 
     if infer_family(student, None) != "wan":
         pipe = build_pipeline(student, encoders_model, None, s.device, s.dtype)
         return pipe, lambda p, c, *a: sample_video(p, c.frames[0], c.caption, c.frames.shape[0], *a)
-    from stages.distill.students.wan import build_wan_pipeline
+    from stages.families.wan.family import build_wan_pipeline
 
     pipe = build_wan_pipeline(student, encoders_model, None, s.device, s.dtype, task=task)
     if task == "i2v":

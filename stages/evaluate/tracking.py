@@ -13,11 +13,11 @@ import logging
 import numpy as np
 import torch
 
-from pipeline.extract_config import TeacherConfig
-from stages.devices import resolve_device, resolve_dtype
-from stages.extract.prompts import Prompt
-from stages.extract.sam2_model import build_sam2
-from stages.extract.tracker import BidirectionalTracker
+from stages.config.extract import TeacherConfig
+from stages.core.devices import resolve_device, resolve_dtype
+from stages.teacher.prompts import Prompt
+from stages.teacher.sam2_model import build_sam2
+from stages.teacher.tracker import BidirectionalTracker
 
 log = logging.getLogger(__name__)
 

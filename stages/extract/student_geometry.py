@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline.extract_config import ExtractConfig, StudentGridConfig
+from stages.config.extract import ExtractConfig, StudentGridConfig
 
 _FIELDS = ("vae_spatial", "vae_temporal", "patch_size", "patch_size_t")
 
@@ -24,7 +24,7 @@ def resolve_student_geometry(cfg: ExtractConfig) -> StudentGridConfig:
     s = cfg.student
     if not s.model:
         return s
-    from stages.distill.students import geometry_of
+    from stages.families.base import geometry_of
 
     geo = geometry_of(s.model)
     derived = {"vae_spatial": geo.vae_spatial, "vae_temporal": geo.vae_temporal, "patch_size": geo.patch_size,

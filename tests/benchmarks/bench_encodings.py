@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.corpus import ClipEntry  # noqa: E402
-from pipeline.decode import DecodedClip  # noqa: E402
-from pipeline.extract_config import EncodersConfig, ExtractConfig, VideoConfig  # noqa: E402
-from stages.extract.encoders import (  # noqa: E402
+from stages.media.corpus import ClipEntry  # noqa: E402
+from stages.media.decode import DecodedClip  # noqa: E402
+from stages.config.extract import EncodersConfig, ExtractConfig, VideoConfig  # noqa: E402
+from stages.families.cogvideox.encoders import (  # noqa: E402
     build_encoders,
     clip_seed,
     encode_image,
@@ -35,7 +35,7 @@ from stages.extract.encoders import (  # noqa: E402
     encode_video,
     tiny_tokenizer,
 )
-from stages.extract.encodings_column import EncodingsProducer, encodings_spec  # noqa: E402
+from stages.extract.columns.encodings import EncodingsProducer, encodings_spec  # noqa: E402
 
 # THUDM/CogVideoX-5b-I2V vae/config.json (diffusers 0.30+); unlisted keys take diffusers' defaults.
 COGVIDEOX_5B_I2V_VAE = {

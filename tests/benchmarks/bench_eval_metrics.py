@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from stages.evaluate.structure_metrics import structure_metrics  # noqa: E402
-from stages.evaluate.video_metrics import FLOW_MAX_SIDE, video_metrics  # noqa: E402
+from stages.evaluate.metrics.structure import structure_metrics  # noqa: E402
+from stages.evaluate.metrics.video import FLOW_MAX_SIDE, video_metrics  # noqa: E402
 
 
 def synthetic(frames: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

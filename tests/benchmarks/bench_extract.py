@@ -29,10 +29,10 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.extract_config import ExtractConfig  # noqa: E402
+from stages.config.loader import load_config  # noqa: E402
+from stages.config.extract import ExtractConfig  # noqa: E402
 from pipeline.runner import run_extract  # noqa: E402
-from pipeline.store import FeatureStore  # noqa: E402
+from stages.store.store import FeatureStore  # noqa: E402
 
 
 def ensure_sample_corpus() -> Path:

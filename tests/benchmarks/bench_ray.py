@@ -5,7 +5,7 @@
 
 Each repeat extracts the same corpus with the same config (tiny random-weight SAM2, VAE and T5;
 teacher + encodings columns) into fresh stores, four ways, and times the wall clock of each:
-  inproc      `prepare_store` + `pipeline.worker.ShardWorker` + `run_shard` for every shard, sequentially,
+  inproc      `prepare_store` + `stages.extract.shard_worker.ShardWorker` + `run_shard` for every shard, sequentially,
               in this process (no Ray running), at this process's torch threads;
   inproc@N    the same at the thread count the Ray actors get (only when it differs: Ray sets
               OMP_NUM_THREADS = max(floor(num_cpus), 1) in a worker whose environment lacks it,
@@ -37,13 +37,13 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.extract_config import ExtractConfig  # noqa: E402
+from stages.config.loader import load_config  # noqa: E402
+from stages.config.extract import ExtractConfig  # noqa: E402
 from pipeline.runner import prepare_store, run_extract  # noqa: E402
-from pipeline.store import FeatureStore  # noqa: E402
-from pipeline.worker import ShardWorker  # noqa: E402
+from stages.store.store import FeatureStore  # noqa: E402
+from stages.extract.shard_worker import ShardWorker  # noqa: E402
 
-REGISTRY = "stages.extract.columns"
+REGISTRY = "stages.extract.columns.registry"
 
 
 def ensure_sample_corpus() -> Path:

@@ -15,7 +15,7 @@ ratio A/B, and (store path) the share of step time spent waiting for data.
     python tests/benchmarks/bench_step.py --synthetic --preset tiny             # the synthetic path on CPU
 
 CPU path (default): extracts `--clips` clips of the sample corpus with the real worker
-(pipeline.worker.ShardWorker, in-process) into a temporary store, then builds two
+(stages.extract.shard_worker.ShardWorker, in-process) into a temporary store, then builds two
 stages.distill.trainer.Trainer from configs/distill/sample.yaml (losses.lgf.weight=0.5 vs 0) that
 stream that store and calls `train_step` on them alternately. Two students: the sample config's
 3-block toy, and a "mid" student (more blocks, 64-wide heads; saved in diffusers format and loaded
@@ -52,10 +52,10 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXTransformer3DModel  # noqa: E402
 
-from pipeline.distill_config import LoRAConfig, LossesConfig, StudentConfig  # noqa: E402
+from stages.config.distill import LoRAConfig, LossesConfig, StudentConfig  # noqa: E402
 from stages.distill.trainer import LossContext, distill_loss, step_seed  # noqa: E402
 from stages.distill.projector import Projector, ProjectorSpec  # noqa: E402
-from stages.distill.student import (  # noqa: E402
+from stages.families.cogvideox.transformer import (  # noqa: E402
     COGVIDEOX_5B_I2V_TRANSFORMER,
     COGVIDEOX_5B_SCHEDULER,
     configure_student,
@@ -63,7 +63,7 @@ from stages.distill.student import (  # noqa: E402
     tiny_transformer_config,
 )
 from stages.distill.tap import FeatureTap  # noqa: E402
-from stages.lgf import lgf_probs  # noqa: E402
+from stages.core.lgf import lgf_probs  # noqa: E402
 
 LGF_SETTINGS = {"kernel": 7, "tau": 0.1, "offsets": [1], "fusion": "gram"}  # method.md defaults = the stored target's
 
@@ -273,7 +273,7 @@ def run_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, warm
 
 
 def attention_in_use(transformer: Any) -> str:
-    """"xformers" when stages.distill.student.set_attention installed its processor, else "sdpa"."""
+    """"xformers" when stages.families.cogvideox.transformer.set_attention installed its processor, else "sdpa"."""
     kinds = {type(p).__name__ for p in transformer.attn_processors.values()}
     return "xformers" if any("XFormers" in k for k in kinds) else "sdpa"
 
@@ -345,10 +345,10 @@ def ensure_sample_corpus() -> Path:
 
 def build_store(root: Path, clips: int, frames: int) -> tuple[str, float]:
     """Extract `clips` sample clips (teacher + encodings columns) with the real worker, in-process."""
-    from pipeline.config import load_config
-    from pipeline.extract_config import ExtractConfig
+    from stages.config.loader import load_config
+    from stages.config.extract import ExtractConfig
     from pipeline.runner import prepare_store
-    from pipeline.worker import ShardWorker
+    from stages.extract.shard_worker import ShardWorker
 
     corpus = ensure_sample_corpus()
     overrides = [f"corpus.url={corpus}", f"corpus.limit={clips}", f"video.num_frames={frames}",
@@ -357,7 +357,7 @@ def build_store(root: Path, clips: int, frames: int) -> tuple[str, float]:
     cfg = load_config(ExtractConfig, REPO / "configs" / "extract" / "sample.yaml", overrides)
     url = str(root / "store")
     start = time.perf_counter()
-    _, snapshot, _ = prepare_store(cfg, url, "stages.extract.columns")
+    _, snapshot, _ = prepare_store(cfg, url, "stages.extract.columns.registry")
     worker = ShardWorker(cfg, url)
     for shard in range(snapshot.num_shards):
         worker.run_shard(shard)
@@ -366,8 +366,8 @@ def build_store(root: Path, clips: int, frames: int) -> tuple[str, float]:
 
 def make_trainers(store: str, root: Path, tag: str, overrides: list[str]) -> dict[str, Any]:
     """Trainer "lgf" (lambda 0.5, projector, tap) and "plain" (lambda 0) on the same store and seed."""
-    from pipeline.config import load_config
-    from pipeline.distill_config import DistillConfig
+    from stages.config.loader import load_config
+    from stages.config.distill import DistillConfig
     from stages.distill.trainer import Trainer
 
     trainers = {}

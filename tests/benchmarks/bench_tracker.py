@@ -42,9 +42,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
-from stages.extract.prompts import Prompt  # noqa: E402
-from stages.extract.sam2_model import build_sam2, describe  # noqa: E402
-from stages.extract.tracker import BidirectionalTracker  # noqa: E402
+from stages.teacher.prompts import Prompt  # noqa: E402
+from stages.teacher.sam2_model import build_sam2, describe  # noqa: E402
+from stages.teacher.tracker import BidirectionalTracker  # noqa: E402
 
 
 def make_clip(seed: int, frames: int, h: int, w: int) -> tuple[torch.Tensor, list[float]]:
@@ -192,7 +192,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     model = build_sam2(args.model, image_size=args.image_size, device=device, seed=0)
     if args.compile:  # what TeacherProducer does for teacher.compile=true (ignored off CUDA)
-        from stages.extract.compiling import compile_modules, sam2_compile_targets
+        from stages.core.compiling import compile_modules, sam2_compile_targets
 
         compile_modules("teacher", sam2_compile_targets(model), device)
     tracker = BidirectionalTracker(model, feature=args.feature, image_batch=args.image_batch, dtype=dtype)

@@ -1,0 +1,240 @@
+"""Stream committed store shards to the trainer with WebDataset, joined across columns by clip.
+
+    shard list (seeded shuffle per epoch) -> split by node (rank) -> split by worker
+      -> read one Zarr shard, clip by clip -> shuffle buffer -> batches (partial dropped)
+
+in a DataLoader with workers. Nothing loads the whole store: each worker holds one shard's
+records and reads arrays one clip (one Zarr chunk) at a time. Every rank gets exactly
+`batches_per_epoch()` batches, computed from the commit records alone, so uneven shards never
+leave one DDP rank waiting at the epoch's end. A position (epoch, batch) fully determines what
+comes next, which is how a resumed run continues the same trajectory.
+
+Every clip's arrays are checked against the CRC-32 in its commit record as they are read. A damaged
+clip (or a shard whose commit record or metadata cannot be read) stops the run with a StoreError
+naming store, column, shard, clip and array (on_corrupt="fail"), or is logged, counted and left
+out (on_corrupt="skip"): that epoch then yields fewer batches than `batches_per_epoch()` says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import multiprocessing
+import multiprocessing.context
+from dataclasses import dataclass
+from typing import Collection, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader
+
+from stages.store.store import Column, FeatureStore, StoreError, join_shard_data
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamPosition:
+    """Where the loader is: the next batch is batch `batch` of epoch `epoch`."""
+
+    epoch: int = 0
+    batch: int = 0
+
+    def to_json(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+
+
+def _split(items: list, index: int, count: int) -> list:
+    return list(itertools.islice(items, index, None, count)) if count > 1 else list(items)
+
+
+class ClipStream:
+    """Batches of joined clips from `columns` of one store, for one rank of `world_size`."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        columns: list[Column],
+        arrays: dict[str, list[str]],  # column name -> arrays to read (others are never touched)
+        batch_size: int,
+        seed: int = 0,
+        shuffle_buffer: int = 64,  # clips held per worker for shuffling
+        num_workers: int = 0,
+        on_corrupt: str = "fail",  # fail | skip: what a damaged clip does (see the module docstring)
+        exclude: Collection[str] = (),  # clip keys never streamed nor counted (held-out clips, filtered clips)
+    ):
+        if on_corrupt not in ("fail", "skip"):
+            raise ValueError(f"on_corrupt must be fail or skip, got {on_corrupt!r}")
+        self.store, self.columns, self.arrays = store, columns, arrays
+        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
+        self.num_workers, self.on_corrupt = num_workers, on_corrupt
+        self.exclude = frozenset(exclude)
+        # clips skipped as damaged, summed over this process and its DataLoader workers (shared memory)
+        self._skipped = _worker_context().Value("q", 0)
+        self._shard_keys: dict[int, list[str]] = {}  # shard -> its clip keys (snapshot), for messages
+        # the rank wds.split_by_node will see (torch.distributed, or RANK/WORLD_SIZE): counts must agree with it
+        self.rank, self.world_size = wds.utils.pytorch_worker_info()[:2]
+        snapshots = {c.meta.get("snapshot") for c in columns}
+        if len(snapshots) > 1:
+            raise StoreError(f"columns {', '.join(c.dirname for c in columns)} were built from different corpus snapshots")
+        self.clip_counts = self._joined_counts()
+        if not self.clip_counts:
+            raise StoreError(f"no shard of {store.url} is committed in every column ({', '.join(c.dirname for c in columns)})")
+
+    @property
+    def skipped(self) -> int:
+        """Clips left out as damaged so far (on_corrupt=skip), over all epochs and workers."""
+        return self._skipped.value
+
+    def _damaged(self, err: StoreError, clips: int, cause: BaseException | None = None) -> None:
+        """on_corrupt=fail: raise `err`; skip: log it and count `clips` as left out."""
+        if self.on_corrupt == "fail":
+            raise err from cause
+        with self._skipped.get_lock():
+            self._skipped.value += clips
+        log.warning("skipped %d damaged clip(s) (on_corrupt=skip): %s", clips, err)
+
+    def _joined_counts(self) -> dict[int, int]:
+        """Clips per shard present in every column, from the commit records (no array reads)."""
+        records = [self._commit_records(c) for c in self.columns]
+        shards = set.intersection(*(set(r) for r in records))
+        unverified = sorted({c.dirname for c, r in zip(self.columns, records) for rec in r.values() if "checksums" not in rec})
+        if unverified:
+            log.warning("%s: commit records of %s hold no checksums (written before them): reads are unverified", self.store.url, ", ".join(unverified))
+        excluded = self._excluded_indices()
+        counts = {s: len(set.intersection(*(set(r[s]["indices"]) for r in records)) - excluded) for s in sorted(shards)}
+        return {s: n for s, n in counts.items() if n > 0}
+
+    def _excluded_indices(self) -> set[int]:
+        """Snapshot indices of the excluded keys (the commit records list indices, not keys)."""
+        if not self.exclude:
+            return set()
+        return {i for i, c in enumerate(self.store.require_snapshot().clips) if c["key"] in self.exclude}
+
+    def _commit_records(self, column: Column) -> dict[int, dict]:
+        """A column's readable commit records; a damaged one fails the stream or (skip) drops its shard."""
+        out = {}
+        for shard in sorted(column.committed_shards()):
+            try:
+                out[shard] = column.commit_record(shard)
+            except StoreError as exc:
+                keys = self._keys_of(shard)
+                self._damaged(StoreError(f"{self.store.url}: column {column.dirname}, shard {shard} (clips {', '.join(keys)}): {exc}"), len(keys), exc)
+        return out
+
+    def _keys_of(self, shard: int) -> list[str]:
+        if shard not in self._shard_keys:
+            self._shard_keys[shard] = [c["key"] for c in self.store.require_snapshot().shard_clips(shard)]
+        return self._shard_keys[shard]
+
+    def shard_order(self, epoch: int) -> list[int]:
+        """All shards in this epoch's order: the same on every rank, so the node split is disjoint."""
+        order = sorted(self.clip_counts)
+        np.random.default_rng(_seed(self.seed, epoch, "shards")).shuffle(order)
+        return order
+
+    def _rank_worker_shards(self, epoch: int, rank: int, worker: int) -> list[int]:
+        return _split(_split(self.shard_order(epoch), rank, self.world_size), worker, max(self.num_workers, 1))
+
+    def batches_per_epoch(self, epoch: int = 0) -> int:
+        """Batches every rank yields this epoch: the minimum over ranks, so all ranks stop together."""
+        per_rank = []
+        for rank in range(self.world_size):
+            per_rank.append(
+                sum(
+                    sum(self.clip_counts[s] for s in self._rank_worker_shards(epoch, rank, w)) // self.batch_size
+                    for w in range(max(self.num_workers, 1))
+                )
+            )
+        n = min(per_rank)
+        if n == 0:
+            raise StoreError(
+                f"{self.store.url}: {sum(self.clip_counts.values())} clips in {len(self.clip_counts)} shards give rank(s) "
+                f"no full batch of {self.batch_size} with {self.world_size} ranks x {max(self.num_workers, 1)} workers; "
+                f"lower batch size or workers, or extract more clips"
+            )
+        return n
+
+    def dataset(self, epoch: int) -> wds.DataPipeline:
+        urls = [str(s) for s in self.shard_order(epoch)]  # shuffled here, once, identically on every rank
+        return wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            wds.split_by_node,
+            wds.split_by_worker,
+            self._read_shards,
+            wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 8), seed=_seed(self.seed, epoch, self.rank)),
+            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+        )
+
+    def _read_shards(self, src: Iterator[dict]) -> Iterator[dict]:
+        for item in src:
+            shard = int(item["url"])
+            try:
+                records, shards, rows = join_shard_data(self.columns, [c.read_shard(shard) for c in self.columns])
+            except StoreError as exc:  # a commit, group or array metadata unreadable: every clip of the shard
+                keys = self._keys_of(shard)
+                self._damaged(StoreError(f"{self.store.url}: shard {shard} (clips {', '.join(keys)}): {exc}"), self.clip_counts.get(shard, len(keys)), exc)
+                continue
+            for i, record in enumerate(records):
+                if record["key"] in self.exclude:
+                    continue
+                sample = {"__key__": record["key"], "index": record["index"]}
+                try:
+                    for j, col in enumerate(self.columns):
+                        for name in self.arrays.get(col.name, []):
+                            sample[name] = _read(col, shards[j], name, rows[j][i])
+                except StoreError as exc:  # read_row's message names store, column, shard, clip and array
+                    self._damaged(exc, 1)
+                    continue
+                yield sample
+
+    def epoch(self, position: StreamPosition) -> Iterator[dict]:
+        """The batches of `position.epoch`, starting at batch `position.batch`."""
+        total = self.batches_per_epoch(position.epoch)
+        loader = DataLoader(
+            self.dataset(position.epoch), batch_size=None, num_workers=self.num_workers, persistent_workers=False,
+            multiprocessing_context=_worker_context() if self.num_workers else None,
+        )
+        return _one_line_errors(itertools.islice(loader, position.batch, total))
+
+
+def _read(col: Column, data, name: str, row: int) -> np.ndarray:
+    """One clip's array, checked against the commit; a quantised one comes back dequantised (float32)."""
+    return col.read_dequantized(data, name, row)
+
+
+def _one_line_errors(batches: Iterator[dict]) -> Iterator[dict]:
+    """A StoreError raised in a DataLoader worker comes back with the worker's traceback as its
+    message: give it back its own one-line message (the CLI prints it as is)."""
+    try:
+        yield from batches
+    except StoreError as exc:
+        text = str(exc)
+        if not text.startswith("Caught "):
+            raise
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        raise StoreError(last.split(": ", 1)[1] if ": " in last else last) from None
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """'fork' where the platform has it, named rather than left to Python's default (which turns to
+    'forkserver' in 3.14): workers start each epoch, and a fork starts in milliseconds where a fresh
+    interpreter re-imports torch. The store reopens its filesystem in each worker (FeatureStore.fs),
+    so no file handle or S3 session is shared with the parent."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack arrays into tensors; keep keys and indices as lists."""
+    out: dict = {"keys": [s["__key__"] for s in samples], "index": [s["index"] for s in samples]}
+    for name in samples[0]:
+        if name not in ("__key__", "index"):
+            out[name] = torch.from_numpy(np.stack([s[name] for s in samples]))
+    return out

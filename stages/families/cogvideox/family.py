@@ -1,0 +1,135 @@
+"""CogVideoX (1.0 and 1.5, I2V and T2V) behind the student interface.
+
+The implementation stays where it was (stages/families/cogvideox/transformer.py: loading, LoRA, RoPE; losses.py:
+the v-prediction objective of diffusers' CogVideoX LoRA scripts; export.py): this class only points
+the interface at it, so CogVideoX trains exactly as before (the golden curve is unchanged).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from stages.families.cogvideox import transformer as cogvideox
+from stages.families.base import Geometry, Student
+
+
+# transformer/config.json of THUDM/CogVideoX1.5-5B-I2V (T2V: in_channels 16, no ofs embedding): temporal patch 2
+COGVIDEOX_15_5B_I2V_TRANSFORMER: dict[str, Any] = {
+    **cogvideox.COGVIDEOX_5B_I2V_TRANSFORMER, "ofs_embed_dim": 512, "patch_bias": False, "patch_size_t": 2,
+    "sample_frames": 81, "sample_height": 300, "sample_width": 300, "use_learned_positional_embeddings": False,
+}
+COGVIDEOX_15_KNOWN: dict[str, dict[str, Any]] = {
+    "THUDM/CogVideoX1.5-5B-I2V": COGVIDEOX_15_5B_I2V_TRANSFORMER,
+    "THUDM/CogVideoX1.5-5B": {**COGVIDEOX_15_5B_I2V_TRANSFORMER, "in_channels": 16, "ofs_embed_dim": None},
+}
+# vae/config.json of CogVideoX 1.5: 4 blocks (8x spatial), 4x temporal, image latents divided by the factor
+COGVIDEOX_15_VAE: dict[str, Any] = {
+    "block_out_channels": [128, 256, 256, 512], "latent_channels": 16, "temporal_compression_ratio": 4,
+    "scaling_factor": 0.7, "invert_scale_latents": True,
+}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    sig = inspect.signature(cls.__init__)
+    return {n: p.default for n, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+class CogVideoXStudent(Student):
+    family = "cogvideox"
+    transformer_class = "CogVideoXTransformer3DModel"
+    pipeline_classes = {"i2v": "CogVideoXImageToVideoPipeline", "t2v": "CogVideoXPipeline"}
+
+    def load(self, model: str, task: str, dtype: torch.dtype, device: str | torch.device):
+        return cogvideox.load_student(model, task, dtype, device)
+
+    def save_tiny(self, directory: str | Path, task: str) -> Path:
+        return cogvideox.save_tiny_student(directory, task)
+
+    def geometry(self, transformer_config: Mapping[str, Any], vae_config: Mapping[str, Any]) -> Geometry:
+        from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+
+        t = {**_defaults(CogVideoXTransformer3DModel), **dict(transformer_config)}
+        v = {**_defaults(AutoencoderKLCogVideoX), **dict(vae_config)}
+        return Geometry(2 ** (len(v["block_out_channels"]) - 1), int(v["temporal_compression_ratio"]),
+                        int(t["patch_size"]), t["patch_size_t"])
+
+    def token_grid(self, transformer_config: Any, latent_shape: Sequence[int]) -> tuple[int, int, int]:
+        return cogvideox.token_grid(transformer_config, latent_shape)
+
+    def input_grid(self, transformer_config: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+        # CogVideoX inputs are [B, T, C, H8, W8]
+        return cogvideox.token_grid(transformer_config, hidden_states.shape[1:2] + hidden_states.shape[3:5])
+
+    def rotary(self, transformer_config: Any, latent_shape: Sequence[int], device: torch.device) -> Any:
+        frames, height, width = (int(s) for s in latent_shape[-3:])
+        return cogvideox.rotary_embedding(transformer_config, frames, height, width, device)
+
+    def text_dim(self, transformer_config: Any) -> int:
+        return int(transformer_config.text_embed_dim)
+
+    def check_latent_grid(self, transformer_config: Any, latent_shape: Sequence[int]) -> str | None:
+        grid = tuple(int(s) for s in latent_shape[-2:])
+        size = (transformer_config.sample_height, transformer_config.sample_width)
+        if transformer_config.use_learned_positional_embeddings and grid != size:
+            return f"latent grid {grid[0]}x{grid[1]} but the student's learned positional embeddings are {size[0]}x{size[1]}"
+        return None
+
+    def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
+        return transformer.transformer_blocks
+
+    def video_tokens(self, block_output: Any) -> torch.Tensor:
+        return block_output[0]  # a CogVideoX block returns (video tokens, text tokens)
+
+    def prepare_inputs(self, ctx: Any, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> Any:
+        from stages.distill.losses import prepare_diffusion_inputs
+
+        return prepare_diffusion_inputs(
+            ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.scaling_factor, generator,
+            task=ctx.task, image_latents=batch.get("image_latents"), image_scale=ctx.image_scale, timesteps=ctx.timesteps,
+            image_dropout=ctx.image_dropout, empty_prompt_embeds=ctx.empty_prompt,
+            caption_dropout=ctx.caption_dropout, rotary=ctx.rotary, dtype=ctx.dtype,
+        )
+
+    def loss_from_output(self, ctx: Any, output: torch.Tensor, inputs: Any):
+        from stages.distill.losses import diffusion_loss_from_output
+
+        return diffusion_loss_from_output(ctx.scheduler, output, inputs)
+
+
+def tiny_15_transformer_config(task: str = "i2v") -> dict[str, Any]:
+    """The tiny CogVideoX with CogVideoX 1.5's switches: temporal patch 2, ofs embedding (I2V), no patch bias,
+    RoPE without learned positions (so any frame count and size train)."""
+    config = {**cogvideox.tiny_transformer_config(task), "patch_size_t": 2, "patch_bias": False,
+              "use_learned_positional_embeddings": False}
+    if task == "i2v":
+        config["ofs_embed_dim"] = config["time_embed_dim"]
+    return config
+
+
+def save_tiny_cogvideox15(directory: str | Path, task: str = "i2v") -> Path:
+    """A tiny CogVideoX 1.5 as one diffusers model folder: the tiny encoders (vae/, text_encoder/, tokenizer/)
+    with the 1.5 VAE's `invert_scale_latents` set, the 1.5-style transformer/ and the scheduler/. Used as both
+    encoders.model (stage one records the flag) and student.model (the grid follows from transformer/ + vae/)."""
+    import json
+    import shutil
+
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+
+    from stages.families.cogvideox.encoders import tiny_encoders_dir
+
+    directory = Path(directory)
+    shutil.copytree(tiny_encoders_dir(), directory, dirs_exist_ok=True)
+    vae_config = directory / "vae" / "config.json"
+    vae_config.chmod(0o644)
+    vae_config.write_text(json.dumps({**json.loads(vae_config.read_text()), "invert_scale_latents": True}, indent=2))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cogvideox.TINY_SEED)
+        transformer = CogVideoXTransformer3DModel(**tiny_15_transformer_config(task))
+    transformer.save_pretrained(directory / "transformer")
+    _, scheduler = cogvideox.build_tiny_student(task)
+    CogVideoXDDIMScheduler.from_config(scheduler.config).save_pretrained(directory / "scheduler")
+    return directory

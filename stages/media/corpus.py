@@ -1,0 +1,310 @@
+"""The corpus ("video bucket"): which clips exist, where they are, their captions and prompts.
+
+A bucket is a local folder or any fsspec URL (file://, s3://, memory://, ...). With a manifest
+(manifest.jsonl: one JSON object per line) the manifest is the truth; without one the bucket is
+listed recursively for video files, with captions from sidecar <stem>.txt files. Either way the
+result is sorted by key, so every process that lists the same bucket gets the same order, which is
+what the shard plan (stages/store/store.py) is built on. Listing never decodes a video: a bad file is
+found, and recorded, by the worker that decodes it. It does read each listed file's first and last
+64 KiB (two range reads) for a content hash, so identical files under
+two keys are flagged in the snapshot (`duplicate_of`) or, with `corpus.dedupe`, kept once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import posixpath
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+from PIL import Image
+
+from stages.config.extract import CorpusConfig
+from stages.core.fs import filesystem, is_local
+
+log = logging.getLogger(__name__)
+
+PROMPT_KEYS = ("box", "points", "labels", "mask")
+
+
+class CorpusError(ValueError):
+    """The corpus itself is unusable (missing, empty, malformed manifest, duplicate keys)."""
+
+
+@dataclass(frozen=True)
+class ClipEntry:
+    """One clip of the corpus."""
+
+    key: str  # unique id, sorted on; '/' allowed (it mirrors the bucket's folders)
+    url: str  # local absolute path or full fsspec URL of the video
+    caption: str  # text prompt of the student ("" when the corpus has none)
+    prompt: dict | None = field(default=None, hash=False)  # manifest prompt: {"box"}, {"points","labels"} or {"mask": url}
+    content_hash: str | None = field(default=None, compare=False)  # see content_hash(); None when not hashed or unreadable
+    duplicate_of: str | None = field(default=None, compare=False)  # key of the first clip with the same content
+    duplicates: tuple[str, ...] = field(default=(), compare=False)  # keys dropped as copies of this one (corpus.dedupe)
+
+    def to_json(self) -> dict:
+        out = {"key": self.key, "url": self.url, "caption": self.caption, "prompt": self.prompt}
+        # only when set, so snapshots written before these fields existed keep their ids
+        if self.content_hash is not None:
+            out["content_hash"] = self.content_hash
+        if self.duplicate_of is not None:
+            out["duplicate_of"] = self.duplicate_of
+        if self.duplicates:
+            out["duplicates"] = list(self.duplicates)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict | str) -> ClipEntry:
+        d = json.loads(obj) if isinstance(obj, str) else obj
+        return cls(
+            key=d["key"], url=d["url"], caption=d.get("caption", ""), prompt=d.get("prompt"),
+            content_hash=d.get("content_hash"), duplicate_of=d.get("duplicate_of"), duplicates=tuple(d.get("duplicates", ())),
+        )
+
+
+def list_corpus(cfg: CorpusConfig) -> list[ClipEntry]:
+    """All clips of the bucket, sorted by key, first cfg.limit of them. Raises CorpusError."""
+    fs, root = filesystem(cfg.url, cfg.storage_options)
+    manifest = cfg.manifest
+    if manifest is None and fs.isfile(f"{root}/manifest.jsonl"):
+        manifest = f"{cfg.url.rstrip('/')}/manifest.jsonl"
+    if manifest is not None:
+        entries, where = _from_manifest(manifest, cfg.storage_options), manifest
+    else:
+        entries, where = _from_listing(fs, root, cfg), cfg.url
+    entries.sort(key=lambda e: e.key)
+    if not entries:
+        raise CorpusError(f"empty corpus: no clips in {where} (extensions: {', '.join(cfg.extensions)})")
+    if cfg.limit is not None:
+        entries = entries[: cfg.limit]  # before hashing: a smoke run on a huge bucket reads only its clips
+    if cfg.content_hash:
+        entries = mark_duplicates(entries, cfg)
+    log.info("corpus %s: %d clips", where, len(entries))
+    return entries
+
+
+HASH_SPAN = 64 << 10  # bytes hashed at each end of a file: under 1% of what decoding a clip reads
+
+
+def content_hash(fs: fsspec.AbstractFileSystem, path: str, size: int) -> str:
+    """sha256 of the file's size and its first and last 64 KiB (the whole file when <= 128 KiB).
+
+    Cheap on any bucket (two range reads, whatever the file size) and, for video files, as good
+    as a full hash at telling copies apart: containers put their index (an mp4's moov lists the
+    size of every frame) at one end and encoded frames at both, so two different clips of one
+    size agree on both ends essentially never. Edits confined to the middle of a file are not
+    seen, and it is no defence against crafted collisions.
+    """
+    h = hashlib.sha256(f"{size}:".encode())
+    if size <= 2 * HASH_SPAN:
+        h.update(fs.cat_file(path))
+    else:
+        h.update(fs.cat_file(path, start=0, end=HASH_SPAN))
+        h.update(fs.cat_file(path, start=size - HASH_SPAN, end=size))
+    return "sha256-ends:" + h.hexdigest()
+
+
+def mark_duplicates(entries: list[ClipEntry], cfg: CorpusConfig, known: dict[str, str] | None = None) -> list[ClipEntry]:
+    """Hash every entry; flag copies (duplicate_of the first key) or, with cfg.dedupe, keep one.
+
+    known: {content hash: key} of clips listed before (an append): a copy of one of them is
+    flagged as its duplicate, or dropped with cfg.dedupe.
+    """
+    import dataclasses
+
+    hashed: list[ClipEntry] = []
+    unreadable: list[str] = []
+    for e in entries:
+        try:
+            fs, path = filesystem(e.url, cfg.storage_options)
+            digest = content_hash(fs, path, fs.size(path))
+        except Exception as exc:  # missing, unreachable, no credentials: the worker that decodes it says why, per clip
+            log.debug("corpus: cannot hash %s: %s: %s", e.url, type(exc).__name__, exc)
+            unreadable.append(e.key)
+            digest = None
+        hashed.append(dataclasses.replace(e, content_hash=digest))
+    if unreadable:
+        log.warning("corpus %s: %d file(s) could not be read for their content hash (first: %s)", cfg.url, len(unreadable), unreadable[0])
+    first: dict[str, int] = {}  # hash -> position of its first clip
+    copies: dict[int, list[str]] = {}
+    out: list[ClipEntry] = []
+    known = known or {}
+    for e in hashed:
+        if e.content_hash in known:
+            if not cfg.dedupe:
+                out.append(dataclasses.replace(e, duplicate_of=known[e.content_hash]))
+            else:
+                log.info("corpus: %s dropped, a copy of %s (corpus.dedupe)", e.key, known[e.content_hash])
+            continue
+        if e.content_hash is None or e.content_hash not in first:
+            if e.content_hash is not None:
+                first[e.content_hash] = len(out)
+            out.append(e)
+            continue
+        kept = out[first[e.content_hash]]
+        if cfg.dedupe:
+            copies.setdefault(first[e.content_hash], []).append(e.key)
+        else:
+            out.append(dataclasses.replace(e, duplicate_of=kept.key))
+    for pos, keys in copies.items():
+        out[pos] = dataclasses.replace(out[pos], duplicates=tuple(keys))
+    dupes = sum(e.duplicate_of is not None for e in out) + sum(len(k) for k in copies.values())
+    if dupes:
+        log.warning(
+            "corpus %s: %d clip(s) are copies of other clips (same content hash)%s",
+            cfg.url, dupes, "; kept one of each (corpus.dedupe)" if cfg.dedupe else "; set corpus.dedupe=true to keep one of each",
+        )
+    return out
+
+
+def _to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path on fs as something any process can open: absolute local path or protocol URL."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def _resolve(fs: fsspec.AbstractFileSystem, base: str, ref: str) -> str:
+    """A manifest reference: a URL stays as is; a path is on the manifest's filesystem,
+    relative to the manifest's folder unless it starts with '/'."""
+    if "://" in ref:
+        return ref
+    if ref.startswith("/"):
+        return _to_url(fs, ref if is_local(fs) else ref.lstrip("/"))
+    return _to_url(fs, posixpath.normpath(posixpath.join(base, ref)))
+
+
+def _from_manifest(url: str, storage_options: dict) -> list[ClipEntry]:
+    fs, path = filesystem(url, storage_options)
+    try:
+        with fs.open(path, "r", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError as e:
+        raise CorpusError(f"manifest not found: {url}") from e
+    base = posixpath.dirname(path)
+    entries: list[ClipEntry] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        entry = _parse_line(line, f"{url}:{lineno}", fs, base)
+        if entry.key in seen:
+            raise CorpusError(f"{url}:{lineno}: duplicate key {entry.key!r} (first on line {seen[entry.key]})")
+        seen[entry.key] = lineno
+        entries.append(entry)
+    return entries
+
+
+def _parse_line(line: str, where: str, fs: fsspec.AbstractFileSystem, base: str) -> ClipEntry:
+    """One manifest line -> ClipEntry; every problem names where (file:line) and the bad key."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CorpusError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(row, dict):
+        raise CorpusError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for name in ("key", "path"):
+        if not isinstance(row.get(name), str) or not row[name].strip():
+            raise CorpusError(f"{where}: '{name}' must be a non-empty string, got {row.get(name)!r}")
+    caption = row.get("caption", "")
+    if caption is None:
+        caption = ""
+    if not isinstance(caption, str):
+        raise CorpusError(f"{where}: 'caption' must be a string, got {type(caption).__name__}")
+    prompt = row.get("prompt")
+    if prompt is not None:
+        try:
+            validate_prompt(prompt)
+        except ValueError as e:
+            raise CorpusError(f"{where}: bad 'prompt': {e}") from e
+        if "mask" in prompt:  # the worker does not know the manifest's folder: resolve it here
+            prompt = {**prompt, "mask": _resolve(fs, base, prompt["mask"])}
+    return ClipEntry(key=row["key"], url=_resolve(fs, base, row["path"]), caption=caption, prompt=prompt)
+
+
+def validate_prompt(prompt: object) -> None:
+    """Raise ValueError unless prompt is a valid manifest prompt (see datasets/README.md)."""
+    if not isinstance(prompt, dict):
+        raise ValueError(f"expected an object, got {type(prompt).__name__}")
+    unknown = sorted(set(prompt) - set(PROMPT_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; expected some of {list(PROMPT_KEYS)}")
+    if not any(k in prompt for k in ("box", "points", "mask")):
+        raise ValueError("needs one of 'box', 'points', 'mask'")
+    if "mask" in prompt:
+        if not isinstance(prompt["mask"], str) or not prompt["mask"]:
+            raise ValueError("'mask' must be the path or URL of a PNG")
+        if len(prompt) > 1:
+            raise ValueError("'mask' cannot be combined with 'box' or 'points'")
+    if "box" in prompt:
+        box = _numbers(prompt["box"], "box")
+        if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+            raise ValueError(f"'box' must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0, got {prompt['box']}")
+    if "labels" in prompt and "points" not in prompt:
+        raise ValueError("'labels' without 'points'")
+    if "points" in prompt:
+        points = prompt["points"]
+        if not isinstance(points, list) or not points:
+            raise ValueError("'points' must be a non-empty list of [x, y]")
+        for p in points:
+            if len(_numbers(p, "points")) != 2:
+                raise ValueError(f"each point must be [x, y], got {p}")
+        labels = prompt.get("labels")
+        if labels is not None and (
+            not isinstance(labels, list) or len(labels) != len(points) or any(lab not in (0, 1) or isinstance(lab, bool) for lab in labels)
+        ):
+            raise ValueError(f"'labels' must be one 0/1 per point, got {labels}")
+
+
+def _numbers(value: object, name: str) -> list[float]:
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"'{name}' must hold numbers, got {value!r}")
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError(f"'{name}' must hold finite numbers, got {value!r}")
+    return [float(v) for v in value]
+
+
+def _from_listing(fs: fsspec.AbstractFileSystem, root: str, cfg: CorpusConfig) -> list[ClipEntry]:
+    """Video files under root (recursive, hidden files and folders skipped), captions from sidecars."""
+    if not fs.isdir(root):
+        raise CorpusError(f"corpus not found: {cfg.url} is not a folder (and no manifest was given)")
+    extensions = {"." + e.lower().lstrip(".") for e in cfg.extensions}
+    files = set(fs.find(root))
+    videos: dict[str, str] = {}  # key -> path
+    for path in sorted(files):
+        rel = path[len(root) :].lstrip("/")
+        stem, ext = posixpath.splitext(rel)
+        if ext.lower() not in extensions or any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if stem in videos:
+            raise CorpusError(f"duplicate key {stem!r} in {cfg.url}: {videos[stem]} and {path}")
+        videos[stem] = path
+    sidecars = [f"{root}/{key}.txt" for key in videos if f"{root}/{key}.txt" in files]
+    # one call for all captions: object stores fetch them concurrently
+    texts = fs.cat(sidecars) if sidecars else {}
+    captions = {p: (b.decode("utf-8", errors="replace").strip() if isinstance(b, bytes) else "") for p, b in texts.items()}
+    return [ClipEntry(key, _to_url(fs, path), captions.get(f"{root}/{key}.txt", "")) for key, path in videos.items()]
+
+
+def load_prompt_mask(url: str, storage_options: dict | None = None) -> np.ndarray:
+    """A mask prompt PNG -> bool [H0, W0] (nonzero = subject).
+
+    Palette PNGs (DAVIS-style annotations) use the palette index, so any object id counts;
+    images with alpha use colour and alpha both.
+    """
+    fs, path = filesystem(url, storage_options)
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    if img.mode == "P":
+        return np.asarray(img) > 0
+    if img.mode in ("RGBA", "LA", "PA"):
+        arr = np.asarray(img.convert("RGBA"))
+        return (arr[..., :3].max(axis=-1) > 0) & (arr[..., 3] > 0)
+    arr = np.asarray(img.convert("RGB") if img.mode not in ("1", "L", "I", "I;16", "F") else img)
+    return (arr.max(axis=-1) if arr.ndim == 3 else arr) > 0

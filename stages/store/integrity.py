@@ -1,0 +1,130 @@
+"""Verify a store's committed shards against their commit records: what `inspect --verify` and
+`extract` (cheaply) / `extract --repair` (fully) run.
+
+Two depths:
+  cheap: every commit record parses, its attempt's group and array metadata (zarr.json) open, the
+         group holds a record per committed clip, and every chunk the commit lists exists
+         (one listing per attempt): what `extract` checks before it skips a committed shard.
+  full:  cheap, then every clip of every array is read and its CRC-32 compared with the commit's:
+         flipped bytes, a damaged chunk header, chunks swapped between clips, a missing chunk.
+
+Commit records written before checksums existed have no checksums nor chunk list: their shards
+are counted "unverified" (readable, but nothing to compare against), never called damaged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from stages.store.store import ClipDamage, Column, FeatureStore, ShardData, StoreError, read_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VerifyReport:
+    store: str
+    full: bool
+    damaged: list[ClipDamage] = field(default_factory=list)
+    unverified: list[tuple[str, int]] = field(default_factory=list)  # (column dirname, shard) without checksums
+    shards: int = 0  # committed shards checked (all columns)
+    clips: int = 0  # committed clips checked (all columns)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def damaged_shards(self) -> dict[str, set[int]]:
+        """{column dirname: shards with damage}; a column-level damage (its column arrays) is shard None."""
+        out: dict[str, set] = {}
+        for d in self.damaged:
+            out.setdefault(d.column, set()).add(d.shard)
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "store": self.store,
+            "depth": "full" if self.full else "cheap",
+            "ok": self.ok,
+            "shards": self.shards,
+            "clips": self.clips,
+            "damaged": [d.to_json() for d in self.damaged],
+            "unverified": [{"column": c, "shard": s} for c, s in self.unverified],
+        }
+
+
+def verify_store(store: FeatureStore, full: bool = True, columns: Iterable[Column] | None = None) -> VerifyReport:
+    """Check every committed shard of `columns` (default: all of the store's columns)."""
+    report = VerifyReport(store.url, full)
+    for column in store.columns() if columns is None else columns:
+        verify_column(column, full, report)
+    return report
+
+
+def verify_column(column: Column, full: bool, report: VerifyReport) -> None:
+    for shard in sorted(column.committed_shards()):
+        report.shards += 1
+        report.damaged += verify_shard(column, shard, full, report)
+    if column.has_column_arrays():
+        try:
+            if full:
+                column.column_arrays()
+            else:
+                read_json(column.store.fs, column._path("commits", "column.json"), ("attempt", "keys"))
+        except StoreError as exc:
+            report.damaged.append(ClipDamage(column.dirname, None, f"column arrays: {exc}"))
+
+
+def verify_shard(column: Column, shard: int, full: bool, report: VerifyReport) -> list[ClipDamage]:
+    """The damage of one committed shard (empty when clean)."""
+    try:
+        record = column.commit_record(shard)
+    except StoreError as exc:  # a truncated or garbled commit record: no clip of the shard can be trusted
+        keys = [c["key"] for c in column.store.require_snapshot().shard_clips(shard)]
+        return [ClipDamage(column.dirname, shard, f"commit record {exc}", key) for key in keys] or [ClipDamage(column.dirname, shard, f"commit record {exc}")]
+    clips = record["clips"]
+    report.clips += len(clips)
+    if "checksums" not in record:
+        report.unverified.append((column.dirname, shard))
+    attempt = column._path("shards", record["attempt"])
+    try:
+        group = column._open_group(f"shards/{record['attempt']}")
+    except StoreError as exc:
+        return [ClipDamage(column.dirname, shard, str(exc), key, None) for key in clips]
+    damage, arrays = [], {}
+    for name in column.schema:
+        try:
+            arrays[name] = group[name]
+        except Exception as exc:  # noqa: BLE001 - missing or garbled array metadata
+            cause = f"{column._path('shards', record['attempt'], name, 'zarr.json')}: missing or unreadable ({type(exc).__name__})"
+            damage += [ClipDamage(column.dirname, shard, cause, key, name) for key in clips]
+    records = group.attrs.get("records")
+    if not isinstance(records, list) or len(records) != len(clips):
+        return damage + [ClipDamage(column.dirname, shard, f"{attempt}/zarr.json: no clip records for the {len(clips)} committed clips")]
+    missing = column.missing_chunks(record)  # one listing: every chunk the commit names must exist
+    damage += [ClipDamage(column.dirname, shard, f"missing chunk {path}", clips[row], name) for (name, row), path in missing.items() if name in arrays]
+    if full:
+        data = ShardData(shard, arrays, records, record["failed"], record, missing)
+        seen = {(d.key, d.array) for d in damage}
+        for name in arrays:
+            for row, key in enumerate(clips):
+                if (key, name) in seen:
+                    continue
+                try:
+                    column.read_row(data, name, row)
+                except StoreError as exc:
+                    damage.append(ClipDamage(column.dirname, shard, getattr(exc, "cause", str(exc)), key, name))
+    return damage
+
+
+def readable_commit_records(column: Column) -> dict[int, dict]:
+    """{shard: record} of the commit records that parse (damaged ones are the verifier's to report)."""
+    out = {}
+    for shard in sorted(column.committed_shards()):
+        try:
+            out[shard] = column.commit_record(shard)
+        except StoreError as exc:
+            log.warning("%s", exc)
+    return out
