@@ -41,7 +41,7 @@ def extract(
     from stages.config.extract import ExtractConfig
     from pipeline.progress import Progress
     from pipeline.runner import ExtractFailed, run_extract
-    from stages.store.store import StoreError
+    from stages.store import StoreError
 
     _setup_logging(verbose)
     cfg = _load(ExtractConfig, config, overrides or [])
@@ -130,7 +130,7 @@ def inspect(
     threshold: float = typer.Option(0.01, "--threshold", help="--teacher-stats: per-token KL(P_fused||P_fwd) above which a fused relation counts as differing"),
 ) -> None:
     """Summarise a store, check it (--verify), report what its teacher fuses (--teacher-stats), or render one clip's teacher features (--pca KEY --out FILE)."""
-    from stages.store.store import FeatureStore, StoreError
+    from stages.store import FeatureStore, StoreError
 
     try:
         fstore = FeatureStore(store, json.loads(storage_options) if storage_options else None)
@@ -267,7 +267,7 @@ def distill(
     import os
 
     from stages.config.distill import DistillConfig
-    from stages.store.store import StoreError
+    from stages.store import StoreError
     from stages.distill.memory_plan import MemoryPlanError
     from stages.distill.checkpoint.resume import ResumeMismatch
 
@@ -346,7 +346,7 @@ def ablate(
 ) -> None:
     """Train every ablation on the same store: cached features reused, nothing re-extracted."""
     from stages.config.distill import DistillConfig
-    from stages.store.store import StoreError
+    from stages.store import StoreError
 
     _setup_logging(verbose)
     files = sorted(ablations.glob("*.yaml"))
@@ -410,7 +410,7 @@ def generate(
     from stages.media.decode import decode_clip
     from stages.config.extract import VideoConfig
     from pipeline.inspect import write_mp4
-    from stages.store.store import FeatureStore, StoreError
+    from stages.store import FeatureStore, StoreError
     from stages.families.sampling import build_pipeline, resolve_sampling, sample_video
 
     _setup_logging(False)
@@ -515,7 +515,7 @@ def report(
     files: list[str] = typer.Argument(None, help="extra produced files to list (videos, pictures)"),
 ) -> None:
     """Write a run's summary: store figures, training figures, and where everything is."""
-    from stages.store.store import FeatureStore, StoreError
+    from stages.store import FeatureStore, StoreError
 
     try:
         store_info = FeatureStore(store).summary()

@@ -18,7 +18,7 @@ from stages.config.loader import from_dict
 from stages.media.corpus import ClipEntry
 from stages.media.decode import ClipError, decode_clip
 from stages.config.extract import VideoConfig
-from stages.store.store import FeatureStore, StoreError
+from stages.store import FeatureStore, StoreError
 
 
 # what tells two columns of one name apart at a glance, before any key that differs between them

@@ -26,7 +26,7 @@ from stages.extract.growth import Growth, bucket_listing, grow, known_keys
 from stages.store.integrity import readable_commit_records, verify_store
 from stages.extract.producer import load_registry
 from stages.core.fs import credentials_hint, is_local, missing_credentials
-from stages.store.store import Column, FeatureStore, Snapshot, StoreError
+from stages.store import Column, FeatureStore, Snapshot, StoreError
 from stages.extract.shard_worker import ShardReport, ShardWorker
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.store.store import Column, FeatureStore, StoreError
+from stages.store import Column, FeatureStore, StoreError
 from stages.extract.columns.teacher import QUALITY_KEYS  # the per-clip record["quality"] keys
 from stages.core.lgf import lgf_probs, valid_neighbours
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, small_overrides
 from pipeline.cli import app
-from stages.store.store import FeatureStore, Snapshot
+from stages.store import FeatureStore, Snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SAMPLE = ROOT / "configs/extract/sample.yaml"

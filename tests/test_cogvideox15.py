@@ -32,7 +32,7 @@ def test_tiny_cogvideox15_end_to_end(tmp_path, sample_generator):
     from PIL import Image
 
     from pipeline.runner import run_extract
-    from stages.store.store import FeatureStore
+    from stages.store import FeatureStore
     from stages.families.cogvideox.family import save_tiny_cogvideox15
     from stages.distill.trainer import Trainer
     from stages.extract.columns.teacher import student_grid

@@ -21,7 +21,7 @@ from pipeline.cli import app
 from stages.config.loader import load_config
 from stages.config.extract import ExtractConfig
 from stages.store.lease import LeaseOwner
-from stages.store.store import ArraySpec, FeatureStore, ShardBusy, Snapshot, StoreError
+from stages.store import ArraySpec, FeatureStore, ShardBusy, Snapshot, StoreError
 
 SAMPLE = ROOT / "configs/extract/sample.yaml"
 SCHEMA = {"fwd": ArraySpec((3, 4, 4, 8), "float16"), "mask": ArraySpec((3, 4, 4), "uint8")}
@@ -47,7 +47,7 @@ def dead_pid() -> int:
 
 GC_LOOP = """
 import sys, time, os
-from stages.store.store import FeatureStore
+from stages.store import FeatureStore
 col = FeatureStore(sys.argv[1]).column("teacher")
 stop, n, removed = sys.argv[2], 0, 0
 while not os.path.exists(stop):

@@ -14,7 +14,7 @@ from pipeline.cli import app
 from stages.config.loader import load_config
 from stages.config.extract import ExtractConfig
 from pipeline.runner import run_extract
-from stages.store.store import FeatureStore
+from stages.store import FeatureStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SAMPLE = ROOT / "configs/extract/sample.yaml"
@@ -220,7 +220,7 @@ def test_real_checkpoint_loads_through_the_config_path(tmp_path, small_corpus):
 
 def test_a_store_is_bound_to_its_corpus(tmp_path, small_corpus, copy_corpus):
     from pipeline.runner import prepare_store
-    from stages.store.store import StoreError
+    from stages.store import StoreError
 
     url = str(tmp_path / "store")
     prepare_store(config(small_corpus), url, "stages.extract.columns.registry")

@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT
 from stages.config.loader import load_config
 from stages.config.distill import DistillConfig
-from stages.store.store import ArraySpec, FeatureStore, Snapshot
+from stages.store import ArraySpec, FeatureStore, Snapshot
 from stages.core.lgf import lgf_probs
 from stages.distill.trainer import Trainer
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import ROOT
-from stages.store.store import ArraySpec, FeatureStore, Snapshot
+from stages.store import ArraySpec, FeatureStore, Snapshot
 from stages.families.wan.encoders import WanVaeGeometry, TINY_WAN_VAE_CONFIG
 from stages.core.lgf import lgf_probs
 from test_golden_curve import departs, matches_golden, run_curve

@@ -25,7 +25,7 @@ from stages.media.corpus import list_corpus
 from stages.media.decode import decode_clip
 from stages.config.extract import CorpusConfig, ExtractConfig, GroundingConfig, VideoConfig
 from pipeline.runner import run_extract
-from stages.store.store import FeatureStore
+from stages.store import FeatureStore
 from stages.teacher.grounding import GroundingDetector, NoSubjectFound, save_tiny, subject_phrase, tiny_vocab
 from stages.extract.columns.teacher import teacher_spec
 

@@ -24,7 +24,7 @@ from stages.config.distill import DistillConfig
 from stages.config.extract import ExtractConfig
 from stages.core.quantize import dequantize
 from pipeline.runner import run_extract
-from stages.store.store import FeatureStore, StoreError
+from stages.store import FeatureStore, StoreError
 from stages.extract.columns.image_teacher import ImageTeacherProducer, dinov2_config, image_teacher_spec
 from stages.core.grid import to_token_grid
 from stages.core.lgf import fuse, lgf_probs

@@ -18,7 +18,7 @@ from stages.config.loader import load_config
 from stages.config.extract import ExtractConfig
 from pipeline.inspect import PANEL_LABELS, render_pca
 from pipeline.runner import run_extract
-from stages.store.store import FeatureStore
+from stages.store import FeatureStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SAMPLE = ROOT / "configs/extract/sample.yaml"

@@ -206,7 +206,7 @@ def test_cogvideox_15_pads_frames_and_inverts_the_image_scale(tmp_path):
     from stages.distill.data import image_scale, open_training_data
     from stages.families.cogvideox.transformer import token_grid
     from stages.config.loader import load_config
-    from stages.store.store import ArraySpec, FeatureStore, Snapshot
+    from stages.store import ArraySpec, FeatureStore, Snapshot
 
     transformer, scheduler = _tiny_15_i2v(), load_student("tiny", "i2v")[1]
     batch = _store_batch()  # T = 3 latent frames: odd, so 1.5 pads one frame in front

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-from stages.store.store import ArraySpec, FeatureStore, Snapshot, StoreError, join_shard
+from stages.store import ArraySpec, FeatureStore, Snapshot, StoreError, join_shard
 
 SCHEMA = {"fwd": ArraySpec((3, 2, 2, 4), "float16"), "mask": ArraySpec((3, 2, 2), "uint8")}
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from stages.store.integrity import verify_store
-from stages.store.store import ArraySpec, FeatureStore, Snapshot, StoreError
+from stages.store import ArraySpec, FeatureStore, Snapshot, StoreError
 from stages.distill.stream import ClipStream, StreamPosition
 
 KEYS = [f"c{i}" for i in range(6)]  # 3 shards of 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.store.store import ArraySpec, FeatureStore, Snapshot, StoreError
+from stages.store import ArraySpec, FeatureStore, Snapshot, StoreError
 from stages.distill.stream import ClipStream, StreamPosition
 
 SIZES = [3, 2, 3, 1, 3]  # uneven shards (clips_per_shard 3; shard 1 and 3 lost clips to failures)

@@ -139,7 +139,7 @@ def _run(pipe) -> torch.Tensor:
 
 
 def test_tiny_wan_end_to_end(wan_store, tmp_path):
-    from stages.store.store import FeatureStore
+    from stages.store import FeatureStore
     from stages.distill.trainer import Trainer
 
     enc = FeatureStore(wan_store).column("encodings")
@@ -283,7 +283,7 @@ def test_tiny_wan_i2v_end_to_end(wan_i2v_store, tmp_path):
     WanImageToVideoPipeline changes its output and equals the hand-merged model's."""
     from PIL import Image
 
-    from stages.store.store import FeatureStore
+    from stages.store import FeatureStore
     from stages.distill.trainer import Trainer
     from stages.families.wan.encoders import encode_image_condition_wan, load_wan_encoders
 

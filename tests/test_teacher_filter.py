@@ -18,7 +18,7 @@ from conftest import ROOT
 from pipeline.cli import app
 from stages.config.loader import ConfigError, from_dict, load_config
 from stages.config.distill import DistillConfig, FilterConfig
-from stages.store.store import ArraySpec, FeatureStore, Snapshot
+from stages.store import ArraySpec, FeatureStore, Snapshot
 from stages.distill.stream import ClipStream, StreamPosition
 from stages.distill.teacher_filter import FilterError, failed_rules, filtered_keys
 

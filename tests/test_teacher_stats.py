@@ -45,7 +45,7 @@ from pipeline.cli import app
 from stages.config.loader import load_config
 from stages.config.extract import ExtractConfig
 from pipeline.runner import run_extract
-from stages.store.store import FeatureStore
+from stages.store import FeatureStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SAMPLE = ROOT / "configs/extract/sample.yaml"
@@ -125,7 +125,7 @@ def test_a_store_written_before_reads_with_n_a(tmp_path):
     relation statistics come from its float16 fwd/bwd, the rest is n/a."""
     import numpy as np
 
-    from stages.store.store import ArraySpec, Snapshot
+    from stages.store import ArraySpec, Snapshot
     from stages.core.lgf import fuse
 
     store = FeatureStore(str(tmp_path / "s"))

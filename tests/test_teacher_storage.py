@@ -12,7 +12,7 @@ from conftest import ROOT
 from stages.config.loader import load_config
 from stages.config.extract import ExtractConfig, LGFConfig
 from stages.core.quantize import QUANT_INT8, dequantize, quantize
-from stages.store.store import ArraySpec, FeatureStore, Snapshot, schema_bytes
+from stages.store import ArraySpec, FeatureStore, Snapshot, schema_bytes
 from pipeline.teacher_stats import relation_kl
 from stages.extract.columns.teacher import quantize_features, real_size_bytes_per_clip, teacher_spec
 from stages.core.lgf import fuse, valid_neighbours

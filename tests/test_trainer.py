@@ -17,7 +17,7 @@ from conftest import ROOT
 from pipeline.cli import app
 from stages.config.loader import load_config
 from stages.config.distill import DistillConfig
-from stages.store.store import ArraySpec, FeatureStore, Snapshot, StoreError
+from stages.store import ArraySpec, FeatureStore, Snapshot, StoreError
 from stages.distill.trainer import Trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

@@ -134,7 +134,7 @@ def test_tiny_wan22_ti2v_end_to_end(wan22_store, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from stages.store.store import FeatureStore
+    from stages.store import FeatureStore
     from stages.families.wan.family import build_wan_pipeline
     from stages.distill.trainer import Trainer
     from stages.families.wan.encoders import TINY_WAN22

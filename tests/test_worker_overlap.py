@@ -17,7 +17,7 @@ from stages.media.decode import ClipError
 from stages.config.extract import ExtractConfig
 from stages.extract.overlap import BackgroundWriter, ClipPrefetcher
 from pipeline.runner import prepare_store, run_extract
-from stages.store.store import FeatureStore
+from stages.store import FeatureStore
 
 SAMPLE = ROOT / "configs/extract/sample.yaml"
 REGISTRY = "stages.extract.columns.registry"

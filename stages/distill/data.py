@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Collection
 
 from stages.config.distill import DistillConfig
-from stages.store.store import Column, FeatureStore, StoreError
+from stages.store import Column, FeatureStore, StoreError
 from stages.distill.stream import ClipStream
 from stages.distill.losses import stored_lgf_fits
 

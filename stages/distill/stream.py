@@ -30,7 +30,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from stages.store.store import Column, FeatureStore, StoreError, join_shard_data
+from stages.store import Column, FeatureStore, StoreError, join_shard_data
 
 log = logging.getLogger(__name__)
 

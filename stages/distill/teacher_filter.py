@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from stages.config.distill import FilterConfig
-from stages.store.store import Column, FeatureStore, StoreError
+from stages.store import Column, FeatureStore, StoreError
 
 log = logging.getLogger(__name__)
 

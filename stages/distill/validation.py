@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from stages.store.store import StoreError, join_shard_data
+from stages.store import StoreError, join_shard_data
 from stages.distill.stream import _read, collate
 from stages.distill.data import TrainingData
 from stages.distill.losses import diffusion_loss_from_output, lgf_loss, prepare_diffusion_inputs, repa_teacher, teacher_target

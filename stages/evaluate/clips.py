@@ -16,7 +16,7 @@ from stages.config.loader import ConfigError, from_dict
 from stages.media.corpus import ClipEntry, load_prompt_mask
 from stages.media.decode import ClipError, decode_clip
 from stages.config.extract import TeacherConfig, VideoConfig
-from stages.store.store import FeatureStore, StoreError
+from stages.store import FeatureStore, StoreError
 from stages.evaluate.runs import EvaluateError
 from stages.teacher.prompts import Prompt, manifest_prompt
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.store.store import FeatureStore, StoreError
+from stages.store import FeatureStore, StoreError
 from stages.evaluate.clips import load_clips, store_settings, teacher_config
 from stages.evaluate.runs import EvaluateError, heldout_keys, resolve_runs
 from stages.evaluate.sampling import BASE, Model, SamplingSettings, sample_models, write_grids

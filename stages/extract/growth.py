@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from stages.media.corpus import ClipEntry, list_corpus, mark_duplicates
 from stages.config.extract import ExtractConfig
 from stages.core.fs import join, write_json_atomic
-from stages.store.store import FeatureStore, Snapshot
+from stages.store import FeatureStore, Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stages.store.store import ArraySpec
+from stages.store import ArraySpec
 
 
 @dataclass

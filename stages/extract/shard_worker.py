@@ -23,7 +23,7 @@ from stages.core.fs import join
 from stages.extract.overlap import BackgroundWriter, ClipPrefetcher, Decoded
 from stages.store.lease import Lease, LeaseKeeper, LeaseOwner
 from stages.extract.producer import ColumnProducer, load_registry
-from stages.store.store import Column, FeatureStore
+from stages.store import Column, FeatureStore
 
 log = logging.getLogger(__name__)
 

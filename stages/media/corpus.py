@@ -4,7 +4,7 @@ A bucket is a local folder or any fsspec URL (file://, s3://, memory://, ...). W
 (manifest.jsonl: one JSON object per line) the manifest is the truth; without one the bucket is
 listed recursively for video files, with captions from sidecar <stem>.txt files. Either way the
 result is sorted by key, so every process that lists the same bucket gets the same order, which is
-what the shard plan (stages/store/store.py) is built on. Listing never decodes a video: a bad file is
+what the shard plan (stages/store/snapshot.py) is built on. Listing never decodes a video: a bad file is
 found, and recorded, by the worker that decodes it. It does read each listed file's first and last
 64 KiB (two range reads) for a content hash, so identical files under
 two keys are flagged in the snapshot (`duplicate_of`) or, with `corpus.dedupe`, kept once.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from stages.store.store import StoreError
+from stages.store.format import StoreError
 
 RULE = "sha256(key)[:8] as little-endian uint64 / 2**64 < fraction; at least the lowest-hash key when fraction > 0; plus explicit keys"
 FILENAME = "holdout.json"

@@ -18,7 +18,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from stages.store.store import ClipDamage, Column, FeatureStore, ShardData, StoreError, read_json
+from stages.store.column import Column, ShardData
+from stages.store.feature_store import FeatureStore
+from stages.store.format import ClipDamage, StoreError, read_json
 
 log = logging.getLogger(__name__)
 

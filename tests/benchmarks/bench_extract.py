@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 from stages.config.loader import load_config  # noqa: E402
 from stages.config.extract import ExtractConfig  # noqa: E402
 from pipeline.runner import run_extract  # noqa: E402
-from stages.store.store import FeatureStore  # noqa: E402
+from stages.store import FeatureStore  # noqa: E402
 
 
 def ensure_sample_corpus() -> Path:
