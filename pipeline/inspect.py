@@ -19,13 +19,14 @@ from stages.media.corpus import ClipEntry
 from stages.media.decode import ClipError, decode_clip
 from stages.config.extract import VideoConfig
 from stages.store import FeatureStore, StoreError
+from stages.store.schema import CLIP, ENCODINGS_COLUMN, FAILURE, IMAGE_TEACHER_COLUMN, TEACHER, TEACHER_COLUMN
 
 
 # what tells two columns of one name apart at a glance, before any key that differs between them
 _DESCRIBE = {
-    "teacher": ("teacher.model", "teacher.feature", "teacher.prompt", "lgf.fusion"),
-    "encodings": ("encoders.model", "encoders.seed"),
-    "image_teacher": ("image_teacher.model", "image_teacher.layer", "image_teacher.image_size"),
+    TEACHER_COLUMN: ("teacher.model", "teacher.feature", "teacher.prompt", "lgf.fusion"),
+    ENCODINGS_COLUMN: ("encoders.model", "encoders.seed"),
+    IMAGE_TEACHER_COLUMN: ("image_teacher.model", "image_teacher.layer", "image_teacher.image_size"),
 }
 PANEL_LABELS = ("frame", "mask", "forward", "backward", "LGF target")
 MAX_PNG_SIDE = 2400  # pixels: a 13-frame strip at 480x720 would otherwise be 6240x3600 (~8 MB)
@@ -64,8 +65,8 @@ def store_report(store: FeatureStore) -> dict:
     failures = []
     for col in summary["columns"]:
         for row in columns[col["dir"]].ledger():
-            failures.append({"column": col["dir"], "key": row["key"], "index": row.get("index"),
-                             "stage": row.get("stage"), "reason": row["reason"], "source": row.get("source")})
+            failures.append({"column": col["dir"], "key": row[FAILURE.key], "index": row.get(FAILURE.index),
+                             "stage": row.get(FAILURE.stage), "reason": row[FAILURE.reason], "source": row.get(FAILURE.source)})
     described = describe_columns(list(columns.values()))
     for col in summary["columns"]:
         col["describe"] = described[col["dir"]]
@@ -81,9 +82,9 @@ def find_clip(store: FeatureStore, column_name: str, key: str):
     index = snapshot.find(key)
     shard = snapshot.shard_of(index)
     data = column.read_shard(shard)
-    rows = [r for r, rec in enumerate(data.records) if rec["index"] == index]
+    rows = [r for r, rec in enumerate(data.records) if rec[CLIP.index] == index]
     if not rows:
-        reasons = [f["reason"] for f in data.failed if f["index"] == index]
+        reasons = [f[FAILURE.reason] for f in data.failed if f[FAILURE.index] == index]
         raise StoreError(f"clip '{key}' has no features in {column.dirname}: {reasons[0] if reasons else 'shard not committed'}")
     return column, data, rows[0], ClipEntry.from_json(snapshot.clips[index])
 
@@ -105,14 +106,14 @@ def _upsample(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return torch.nn.functional.interpolate(t, size=(h, w), mode="nearest")[0].permute(1, 2, 0).byte().numpy()
 
 
-def panels(store: FeatureStore, key: str, column_name: str = "teacher") -> np.ndarray:
+def panels(store: FeatureStore, key: str, column_name: str = TEACHER_COLUMN) -> np.ndarray:
     """uint8 [T, H, 5W, 3]: one row of panels per latent frame."""
     column, data, row, entry = find_clip(store, column_name, key)
-    if "bwd" not in column.schema or "mask" not in column.schema:  # the image teacher: one stack, no mask
+    if TEACHER.bwd not in column.schema or TEACHER.mask not in column.schema:  # the image teacher: one stack, no mask
         raise StoreError(f"--pca renders a SAM2 teacher column (fwd, bwd, mask, lgf); {column.dirname} holds {', '.join(column.schema)}")
     # read_row checks each array against its commit: a damaged clip is a StoreError naming it, not a picture of the damage
-    fwd, bwd = column.read_dequantized(data, "fwd", row).astype(np.float32), column.read_dequantized(data, "bwd", row).astype(np.float32)
-    lgf, mask = column.read_row(data, "lgf", row).astype(np.float32), column.read_row(data, "mask", row)
+    fwd, bwd = column.read_dequantized(data, TEACHER.fwd, row).astype(np.float32), column.read_dequantized(data, TEACHER.bwd, row).astype(np.float32)
+    lgf, mask = column.read_row(data, TEACHER.lgf, row).astype(np.float32), column.read_row(data, TEACHER.mask, row)
     video = from_dict(VideoConfig, column.producer_config["video"], source=f"{column.dirname}/column.json")
     frames = decode_clip(entry.url, video, store.storage_options).frames
     vt = column.producer_config["student"]["vae_temporal"]
@@ -153,7 +154,7 @@ def check_output(out: Path) -> str:
     return kind
 
 
-def render_pca(store: FeatureStore, key: str, out: Path, column_name: str = "teacher", fps: float = 4.0, max_png_side: int = MAX_PNG_SIDE) -> Path:
+def render_pca(store: FeatureStore, key: str, out: Path, column_name: str = TEACHER_COLUMN, fps: float = 4.0, max_png_side: int = MAX_PNG_SIDE) -> Path:
     """Write the labelled panels as an mp4 (one latent frame per video frame) or a PNG strip (frames
     stacked, scaled down so its longer side is at most max_png_side). Raises ValueError for another
     output type (before reading anything) and StoreError when the clip's source video cannot be decoded."""

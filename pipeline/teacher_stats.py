@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from stages.store import Column, FeatureStore, StoreError
-from stages.extract.columns.teacher import QUALITY_KEYS  # the per-clip record["quality"] keys
+from stages.store.schema import CLIP, QUALITY, TEACHER, TEACHER_COLUMN, TEACHER_RECORD
 from stages.core.lgf import lgf_probs, valid_neighbours
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ DEFAULT_THRESHOLD = 0.01  # nats: per-token KL(P_fused || P_fwd) above which the
 
 
 def is_teacher_column(column: Column) -> bool:
-    return "lgf" in column.attrs and "lgf" in column.schema
+    return "lgf" in column.attrs and TEACHER.lgf in column.schema  # attrs "lgf": the LGF settings it was fused with
 
 
 def relation_kl(p: torch.Tensor, q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ def teacher_stats(store: FeatureStore, column: str | None = None, threshold: flo
         raise ValueError(f"--threshold must be > 0, got {threshold}")
     teachers = [c for c in store.columns() if is_teacher_column(c)]
     if column is None:
-        sam2 = [c for c in teachers if c.name == "teacher"]  # beside other teacher columns (image_teacher), the SAM2 one
+        sam2 = [c for c in teachers if c.name == TEACHER_COLUMN]  # beside other teacher columns (image_teacher), the SAM2 one
         if len(sam2) != 1 and len(teachers) != 1:
             names = ", ".join(c.dirname for c in teachers) or "none"
             raise StoreError(f"{store.url}: --teacher-stats needs --column when there is not exactly one teacher column (found: {names})")
@@ -111,12 +111,12 @@ def teacher_stats(store: FeatureStore, column: str | None = None, threshold: flo
             raise StoreError(f"{store.url}: '{column}' is not a teacher column (teacher columns: {', '.join(c.dirname for c in teachers) or 'none'})")
     lgf = col.attrs["lgf"]
     kernel, tau, offsets = int(lgf["kernel"]), float(lgf["tau"]), list(lgf["offsets"])
-    has_features = "fwd" in col.schema and "bwd" in col.schema
-    has_bwd_mask = "mask" in col.schema and "mask_bwd" in col.schema
-    others = [c for c in teachers if c.dirname != col.dirname and c.schema["lgf"].shape == col.schema["lgf"].shape]
+    has_features = TEACHER.fwd in col.schema and TEACHER.bwd in col.schema
+    has_bwd_mask = TEACHER.mask in col.schema and TEACHER.mask_bwd in col.schema
+    others = [c for c in teachers if c.dirname != col.dirname and c.schema[TEACHER.lgf].shape == col.schema[TEACHER.lgf].shape]
     kl_fb, kl_fb_agree, agree_frac, diff, diff_agree, kl_ff, differs = (_Mean() for _ in range(7))
     cross = {o.dirname: (_Mean(), _Mean(), set()) for o in others}
-    quality: dict[str, list[float]] = {k: [] for k in QUALITY_KEYS}
+    quality: dict[str, list[float]] = {k: [] for k in QUALITY.all}
     scores: list[float] = []
     clips, with_quality = 0, 0
     records = col.commit_records()
@@ -127,21 +127,21 @@ def teacher_stats(store: FeatureStore, column: str | None = None, threshold: flo
         for o in others:
             if shard in other_shards[o.dirname]:
                 od = o.read_shard(shard)
-                other_rows[o.dirname] = (o, od, {rec["index"]: r for r, rec in enumerate(od.records)})
+                other_rows[o.dirname] = (o, od, {rec[CLIP.index]: r for r, rec in enumerate(od.records)})
         for row, rec in enumerate(data.records):
             clips += 1
-            if "object_score" in rec:
-                scores.append(float(rec["object_score"]))
-            if isinstance(rec.get("quality"), dict):
+            if TEACHER_RECORD.object_score in rec:
+                scores.append(float(rec[TEACHER_RECORD.object_score]))
+            if isinstance(rec.get(TEACHER_RECORD.quality), dict):
                 with_quality += 1
-                for k in QUALITY_KEYS:
-                    if rec["quality"].get(k) is not None:
-                        quality[k].append(float(rec["quality"][k]))
-            target = torch.from_numpy(col.read_row(data, "lgf", row).astype(np.float32))  # [T', h, w, K]
+                for k in QUALITY.all:
+                    if rec[TEACHER_RECORD.quality].get(k) is not None:
+                        quality[k].append(float(rec[TEACHER_RECORD.quality][k]))
+            target = torch.from_numpy(col.read_row(data, TEACHER.lgf, row).astype(np.float32))  # [T', h, w, K]
             valid = valid_neighbours(target.shape[1], target.shape[2], kernel)
             if has_features:
-                fwd = torch.from_numpy(col.read_dequantized(data, "fwd", row).astype(np.float32))  # [T, h, w, C]
-                bwd = torch.from_numpy(col.read_dequantized(data, "bwd", row).astype(np.float32))
+                fwd = torch.from_numpy(col.read_dequantized(data, TEACHER.fwd, row).astype(np.float32))  # [T, h, w, C]
+                bwd = torch.from_numpy(col.read_dequantized(data, TEACHER.bwd, row).astype(np.float32))
                 p_fwd = lgf_probs(fwd[None], kernel, tau, offsets)[0]
                 p_bwd = lgf_probs(bwd[None], kernel, tau, offsets)[0]
                 kl = relation_kl(p_fwd, p_bwd, valid)  # [T', h, w]
@@ -152,17 +152,17 @@ def teacher_stats(store: FeatureStore, column: str | None = None, threshold: flo
                 kl_ff.add(to_fused)
                 differs.add((to_fused > threshold).float())
                 if has_bwd_mask:
-                    agree = masks_agree(col.read_row(data, "mask", row), col.read_row(data, "mask_bwd", row), kernel, offsets)
+                    agree = masks_agree(col.read_row(data, TEACHER.mask, row), col.read_row(data, TEACHER.mask_bwd, row), kernel, offsets)
                     agree_frac.add(agree.float())
                     kl_fb_agree.add(kl[agree])
                     first, _ = _pair_frames(fwd.shape[0], offsets)
                     diff_agree.add(d[first][agree])
             for name, (o, od, rows) in other_rows.items():
-                if rec["index"] in rows:
-                    other = torch.from_numpy(o.read_row(od, "lgf", rows[rec["index"]]).astype(np.float32))
+                if rec[CLIP.index] in rows:
+                    other = torch.from_numpy(o.read_row(od, TEACHER.lgf, rows[rec[CLIP.index]]).astype(np.float32))
                     cross[name][0].add(relation_kl(target, other, valid))
                     cross[name][1].add(relation_kl(other, target, valid))
-                    cross[name][2].add(rec["index"])
+                    cross[name][2].add(rec[CLIP.index])
     q = {k: _distribution(v) for k, v in quality.items()} if with_quality else "n/a"
     return {
         "column": col.dirname,

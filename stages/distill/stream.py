@@ -31,6 +31,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from stages.store import Column, FeatureStore, StoreError, join_shard_data
+from stages.store.schema import CLIP, COMMIT
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +105,18 @@ class ClipStream:
         """Clips per shard present in every column, from the commit records (no array reads)."""
         records = [self._commit_records(c) for c in self.columns]
         shards = set.intersection(*(set(r) for r in records))
-        unverified = sorted({c.dirname for c, r in zip(self.columns, records) for rec in r.values() if "checksums" not in rec})
+        unverified = sorted({c.dirname for c, r in zip(self.columns, records) for rec in r.values() if COMMIT.checksums not in rec})
         if unverified:
             log.warning("%s: commit records of %s hold no checksums (written before them): reads are unverified", self.store.url, ", ".join(unverified))
         excluded = self._excluded_indices()
-        counts = {s: len(set.intersection(*(set(r[s]["indices"]) for r in records)) - excluded) for s in sorted(shards)}
+        counts = {s: len(set.intersection(*(set(r[s][COMMIT.indices]) for r in records)) - excluded) for s in sorted(shards)}
         return {s: n for s, n in counts.items() if n > 0}
 
     def _excluded_indices(self) -> set[int]:
         """Snapshot indices of the excluded keys (the commit records list indices, not keys)."""
         if not self.exclude:
             return set()
-        return {i for i, c in enumerate(self.store.require_snapshot().clips) if c["key"] in self.exclude}
+        return {i for i, c in enumerate(self.store.require_snapshot().clips) if c[CLIP.key] in self.exclude}
 
     def _commit_records(self, column: Column) -> dict[int, dict]:
         """A column's readable commit records; a damaged one fails the stream or (skip) drops its shard."""
@@ -130,7 +131,7 @@ class ClipStream:
 
     def _keys_of(self, shard: int) -> list[str]:
         if shard not in self._shard_keys:
-            self._shard_keys[shard] = [c["key"] for c in self.store.require_snapshot().shard_clips(shard)]
+            self._shard_keys[shard] = [c[CLIP.key] for c in self.store.require_snapshot().shard_clips(shard)]
         return self._shard_keys[shard]
 
     def shard_order(self, epoch: int) -> list[int]:
@@ -182,9 +183,9 @@ class ClipStream:
                 self._damaged(StoreError(f"{self.store.url}: shard {shard} (clips {', '.join(keys)}): {exc}"), self.clip_counts.get(shard, len(keys)), exc)
                 continue
             for i, record in enumerate(records):
-                if record["key"] in self.exclude:
+                if record[CLIP.key] in self.exclude:
                     continue
-                sample = {"__key__": record["key"], "index": record["index"]}
+                sample = {"__key__": record[CLIP.key], CLIP.index: record[CLIP.index]}
                 try:
                     for j, col in enumerate(self.columns):
                         for name in self.arrays.get(col.name, []):
@@ -233,8 +234,8 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 
 def collate(samples: list[dict]) -> dict:
     """Stack arrays into tensors; keep keys and indices as lists."""
-    out: dict = {"keys": [s["__key__"] for s in samples], "index": [s["index"] for s in samples]}
+    out: dict = {"keys": [s["__key__"] for s in samples], CLIP.index: [s[CLIP.index] for s in samples]}
     for name in samples[0]:
-        if name not in ("__key__", "index"):
+        if name not in ("__key__", CLIP.index):
             out[name] = torch.from_numpy(np.stack([s[name] for s in samples]))
     return out

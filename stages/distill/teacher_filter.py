@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from stages.config.distill import FilterConfig
 from stages.store import Column, FeatureStore, StoreError
+from stages.store.schema import CLIP, QUALITY, TEACHER_COLUMN, TEACHER_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def active_rules(cfg: FilterConfig) -> dict:
     """The rules that can drop a clip, with their thresholds (JSON-able; the summary records them)."""
     rules: dict = {}
     if cfg.lost_subject:
-        rules["lost_subject"] = {"presence_min": 0.5, "area_min": 0.0}
+        rules["lost_subject"] = {QUALITY.presence_min: 0.5, "area_min": 0.0}
     if cfg.min_object_score is not None:
         rules["object_score"] = cfg.min_object_score
     if cfg.min_area is not None:
@@ -89,13 +90,13 @@ def failed_rules(cfg: FilterConfig, quality: dict) -> list[str]:
     """The rules one clip's quality record fails (see FilterConfig for each rule's definition)."""
     q = {k: float(v) for k, v in quality.items()}
     failed = []
-    if cfg.lost_subject and (q["presence_min"] < 0.5 or q["area_fwd_min"] == 0.0 or q["area_bwd_min"] == 0.0):
+    if cfg.lost_subject and (q[QUALITY.presence_min] < 0.5 or q[QUALITY.area_fwd_min] == 0.0 or q[QUALITY.area_bwd_min] == 0.0):
         failed.append("lost_subject")
-    if cfg.min_object_score is not None and min(q["object_score_fwd"], q["object_score_bwd"]) < cfg.min_object_score:
+    if cfg.min_object_score is not None and min(q[QUALITY.object_score_fwd], q[QUALITY.object_score_bwd]) < cfg.min_object_score:
         failed.append("object_score")
-    if cfg.min_area is not None and min(q["area_fwd_min"], q["area_bwd_min"]) < cfg.min_area:
+    if cfg.min_area is not None and min(q[QUALITY.area_fwd_min], q[QUALITY.area_bwd_min]) < cfg.min_area:
         failed.append("area")
-    if cfg.min_iou is not None and q["iou_fwd_bwd"] < cfg.min_iou:
+    if cfg.min_iou is not None and q[QUALITY.iou_fwd_bwd] < cfg.min_iou:
         failed.append("iou")
     return failed
 
@@ -108,9 +109,9 @@ def quality_column(store: FeatureStore, teacher: Column | None) -> Column | None
     several SAM2 teacher columns and a non-SAM2 column selected, the selected column is used (it has no
     quality records: every clip is kept, with the warning below).
     """
-    if teacher is not None and teacher.name == "teacher":
+    if teacher is not None and teacher.name == TEACHER_COLUMN:
         return teacher
-    sam2 = [c for c in store.columns() if c.name == "teacher"]
+    sam2 = [c for c in store.columns() if c.name == TEACHER_COLUMN]
     return sam2[0] if len(sam2) == 1 else teacher
 
 
@@ -136,18 +137,18 @@ def filtered_keys(cfg: FilterConfig, teacher: Column | None, store_url: str) -> 
             continue
         for record in records:
             clips += 1
-            quality = record.get("quality")
+            quality = record.get(TEACHER_RECORD.quality)
             if not isinstance(quality, dict):
                 unrecorded += 1
                 continue
             try:
                 failed = failed_rules(cfg, quality)
             except (KeyError, TypeError, ValueError) as exc:
-                raise StoreError(f"{store_url} ({teacher.dirname}), shard {shard}, clip {record.get('key')}: quality record unreadable ({exc!r})") from exc
+                raise StoreError(f"{store_url} ({teacher.dirname}), shard {shard}, clip {record.get(CLIP.key)}: quality record unreadable ({exc!r})") from exc
             for rule in failed:
                 dropped[rule] += 1
             if failed:
-                keys.add(record["key"])
+                keys.add(record[CLIP.key])
     if unrecorded:
         log.warning(
             "%s (%s): %d of %d clips have no teacher quality record (extracted before it): data.filter cannot apply to them, they are kept",

@@ -21,6 +21,7 @@ from typing import Iterable
 from stages.store.column import Column, ShardData
 from stages.store.feature_store import FeatureStore
 from stages.store.format import ClipDamage, StoreError, read_json
+from stages.store.schema import CLIP, COMMIT
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,15 @@ def verify_shard(column: Column, shard: int, full: bool, report: VerifyReport) -
     try:
         record = column.commit_record(shard)
     except StoreError as exc:  # a truncated or garbled commit record: no clip of the shard can be trusted
-        keys = [c["key"] for c in column.store.require_snapshot().shard_clips(shard)]
+        keys = [c[CLIP.key] for c in column.store.require_snapshot().shard_clips(shard)]
         return [ClipDamage(column.dirname, shard, f"commit record {exc}", key) for key in keys] or [ClipDamage(column.dirname, shard, f"commit record {exc}")]
-    clips = record["clips"]
+    clips = record[COMMIT.clips]
     report.clips += len(clips)
-    if "checksums" not in record:
+    if COMMIT.checksums not in record:
         report.unverified.append((column.dirname, shard))
-    attempt = column._path("shards", record["attempt"])
+    attempt = column._path("shards", record[COMMIT.attempt])
     try:
-        group = column._open_group(f"shards/{record['attempt']}")
+        group = column._open_group(f"shards/{record[COMMIT.attempt]}")
     except StoreError as exc:
         return [ClipDamage(column.dirname, shard, str(exc), key, None) for key in clips]
     damage, arrays = [], {}
@@ -100,7 +101,7 @@ def verify_shard(column: Column, shard: int, full: bool, report: VerifyReport) -
         try:
             arrays[name] = group[name]
         except Exception as exc:  # noqa: BLE001 - missing or garbled array metadata
-            cause = f"{column._path('shards', record['attempt'], name, 'zarr.json')}: missing or unreadable ({type(exc).__name__})"
+            cause = f"{column._path('shards', record[COMMIT.attempt], name, 'zarr.json')}: missing or unreadable ({type(exc).__name__})"
             damage += [ClipDamage(column.dirname, shard, cause, key, name) for key in clips]
     records = group.attrs.get("records")
     if not isinstance(records, list) or len(records) != len(clips):
@@ -108,7 +109,7 @@ def verify_shard(column: Column, shard: int, full: bool, report: VerifyReport) -
     missing = column.missing_chunks(record)  # one listing: every chunk the commit names must exist
     damage += [ClipDamage(column.dirname, shard, f"missing chunk {path}", clips[row], name) for (name, row), path in missing.items() if name in arrays]
     if full:
-        data = ShardData(shard, arrays, records, record["failed"], record, missing)
+        data = ShardData(shard, arrays, records, record[COMMIT.failed], record, missing)
         seen = {(d.key, d.array) for d in damage}
         for name in arrays:
             for row, key in enumerate(clips):

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from stages.config.loader import to_dict
 from stages.config.extract import ExtractConfig
 from stages.extract.producer import ColumnSpec
-from stages.core.quantize import QUANT_INT8, quantize, scale_name
+from stages.core.quantize import QUANT_INT8, quantize
 from stages.store import ArraySpec
+from stages.store.schema import IMAGE_TEACHER, IMAGE_TEACHER_COLUMN
 from stages.core.devices import resolve_device, resolve_dtype
 from stages.extract.columns.registry import check_compute_dtype, compute_dtype
 from stages.core.grid import TokenGrid, latent_frame_groups, to_token_grid, token_grid
@@ -38,7 +39,7 @@ from stages.core.lgf import SINGLE_STACK, lgf_probs
 
 log = logging.getLogger(__name__)
 
-NAME = "image_teacher"
+NAME = IMAGE_TEACHER_COLUMN
 TINY = "tiny"
 TINY_VERSION = 1  # bump when the tiny preset's architecture changes (it is keyed)
 # ImageNet normalisation, as the DINOv2 image processor applies (BitImageProcessor image_mean / image_std)
@@ -139,16 +140,16 @@ def image_teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
         "lgf": lgf,
     }
     schema = {
-        "fwd": ArraySpec((*grid.shape, channels), "int8"),
-        scale_name("fwd"): ArraySpec((*grid.shape, 1), "float32"),
-        "lgf": ArraySpec((pairs, grid.height, grid.width, k2), "float16"),
+        IMAGE_TEACHER.fwd: ArraySpec((*grid.shape, channels), "int8"),
+        IMAGE_TEACHER.fwd_scale: ArraySpec((*grid.shape, 1), "float32"),
+        IMAGE_TEACHER.lgf: ArraySpec((pairs, grid.height, grid.width, k2), "float16"),
     }
     attrs = {
         "grid": list(grid.shape),
         "channels": channels,
         "directions": 1,  # one stack, named fwd; no bwd, no mask
         "lgf": lgf,
-        "quantized": {"fwd": QUANT_INT8},
+        "quantized": {IMAGE_TEACHER.fwd: QUANT_INT8},
         "model": it.model,
         "layer": it.layer if it.layer is not None else "last_hidden_state",
         "frame_size": [geo.height, geo.width],
@@ -251,7 +252,7 @@ class ImageTeacherProducer:
             raise ValueError(f"clip {entry.key}: non-finite DINOv2 features")
         lgf = lgf_probs(feats[None], self.cfg.lgf.kernel, self.cfg.lgf.tau, self.cfg.lgf.offsets)[0]
         q, scale = quantize(feats.numpy())
-        arrays = {"fwd": q, scale_name("fwd"): scale, "lgf": lgf.numpy().astype(np.float16)}
+        arrays = {IMAGE_TEACHER.fwd: q, IMAGE_TEACHER.fwd_scale: scale, IMAGE_TEACHER.lgf: lgf.numpy().astype(np.float16)}
         for key, spec in self.spec.schema.items():
             if arrays[key].shape != spec.shape or arrays[key].dtype != np.dtype(spec.dtype):
                 raise ValueError(f"clip {entry.key}: {key} is {arrays[key].dtype}{arrays[key].shape}, schema says {spec}")

@@ -27,6 +27,7 @@ from stages.config.extract import ExtractConfig
 from stages.extract.producer import ColumnSpec
 from stages.core.quantize import QUANT_INT8, quantize, scale_name
 from stages.store import ArraySpec
+from stages.store.schema import QUALITY, TEACHER, TEACHER_COLUMN, TEACHER_RECORD
 from stages.core.devices import resolve_device, resolve_dtype
 from stages.extract.columns.registry import check_compute_dtype, compute_dtype
 from stages.core.compiling import compile_modules, sam2_compile_targets
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 _NOT_KEYED = ("device", "image_batch", "clip_batch", "compile", "allow_random_weights")
 # the feature stacks stored int8 with a per-token scale (part of the column key: a float16 column of the
 # same settings stays a column of its own, with its own schema)
-QUANTIZED = {"fwd": QUANT_INT8, "bwd": QUANT_INT8}
+QUANTIZED = {TEACHER.fwd: QUANT_INT8, TEACHER.bwd: QUANT_INT8}
 
 
 def student_grid(cfg: ExtractConfig) -> TokenGrid:
@@ -83,16 +84,16 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
         "quantized": dict(QUANTIZED),
     }
     schema = {
-        "fwd": ArraySpec((*grid.shape, channels), "int8"),
-        scale_name("fwd"): ArraySpec((*grid.shape, 1), "float32"),
-        "bwd": ArraySpec((*grid.shape, channels), "int8"),
-        scale_name("bwd"): ArraySpec((*grid.shape, 1), "float32"),
-        "lgf": ArraySpec((pairs, grid.height, grid.width, k2), "float16"),
-        "mask": ArraySpec(grid.shape, "uint8"),
-        "mask_bwd": ArraySpec(grid.shape, "uint8"),
+        TEACHER.fwd: ArraySpec((*grid.shape, channels), "int8"),
+        TEACHER.fwd_scale: ArraySpec((*grid.shape, 1), "float32"),
+        TEACHER.bwd: ArraySpec((*grid.shape, channels), "int8"),
+        TEACHER.bwd_scale: ArraySpec((*grid.shape, 1), "float32"),
+        TEACHER.lgf: ArraySpec((pairs, grid.height, grid.width, k2), "float16"),
+        TEACHER.mask: ArraySpec(grid.shape, "uint8"),
+        TEACHER.mask_bwd: ArraySpec(grid.shape, "uint8"),
     }
     attrs = {"grid": list(grid.shape), "channels": channels, "mask_scale": 255, "lgf": to_dict(cfg.lgf), "quantized": dict(QUANTIZED)}
-    return ColumnSpec("teacher", config, schema, attrs)
+    return ColumnSpec(TEACHER_COLUMN, config, schema, attrs)
 
 
 def real_size_bytes_per_clip() -> dict[str, int]:
@@ -238,19 +239,19 @@ class TeacherProducer:
         bwd = to_token_grid(result.bwd, self.grid, vt, mode, cfg.teacher.resample)
         lgf = fuse(fwd[None], bwd[None], cfg.lgf.kernel, cfg.lgf.tau, cfg.lgf.offsets, cfg.lgf.fusion)[0]
         arrays = {
-            "fwd": fwd.numpy(),  # float32 until checked, then int8 + scale
-            "bwd": bwd.numpy(),
-            "lgf": lgf.numpy().astype(np.float16),
-            "mask": mask_to_token_grid(result.masks_fwd, self.grid, vt).numpy(),
-            "mask_bwd": mask_to_token_grid(result.masks_bwd, self.grid, vt).numpy(),
+            TEACHER.fwd: fwd.numpy(),  # float32 until checked, then int8 + scale
+            TEACHER.bwd: bwd.numpy(),
+            TEACHER.lgf: lgf.numpy().astype(np.float16),
+            TEACHER.mask: mask_to_token_grid(result.masks_fwd, self.grid, vt).numpy(),
+            TEACHER.mask_bwd: mask_to_token_grid(result.masks_bwd, self.grid, vt).numpy(),
         }
         _check_finite(arrays)
         arrays = quantize_features(arrays)
         record = {
-            "prompt": result.prompt.to_record(),
-            "prompt_source": source,
-            "object_score": float(result.object_score),
-            "quality": teacher_quality(result),
+            TEACHER_RECORD.prompt: result.prompt.to_record(),
+            TEACHER_RECORD.prompt_source: source,
+            TEACHER_RECORD.object_score: float(result.object_score),
+            TEACHER_RECORD.quality: teacher_quality(result),
         }
         return arrays, record
 
@@ -269,16 +270,7 @@ def quantize_features(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-QUALITY_KEYS = (
-    "object_score_fwd",
-    "object_score_bwd",
-    "presence_min",
-    "area_fwd_min",
-    "area_bwd_min",
-    "area_fwd_mean",
-    "area_bwd_mean",
-    "iou_fwd_bwd",
-)
+QUALITY_KEYS = QUALITY.all  # the per-clip record["quality"] keys (stages/store/schema.py)
 
 
 def teacher_quality(result: TrackResult) -> dict[str, float]:
@@ -302,25 +294,25 @@ def teacher_quality(result: TrackResult) -> dict[str, float]:
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
     p_fwd, p_bwd = result.presence_fwd.double(), result.presence_bwd.double()
     return {
-        "object_score_fwd": float(p_fwd.mean()),
-        "object_score_bwd": float(p_bwd.mean()),
-        "presence_min": float(torch.minimum(p_fwd.min(), p_bwd.min())),
-        "area_fwd_min": float(area_fwd.min()),
-        "area_bwd_min": float(area_bwd.min()),
-        "area_fwd_mean": float(area_fwd.mean()),
-        "area_bwd_mean": float(area_bwd.mean()),
-        "iou_fwd_bwd": float(iou.mean()),
+        QUALITY.object_score_fwd: float(p_fwd.mean()),
+        QUALITY.object_score_bwd: float(p_bwd.mean()),
+        QUALITY.presence_min: float(torch.minimum(p_fwd.min(), p_bwd.min())),
+        QUALITY.area_fwd_min: float(area_fwd.min()),
+        QUALITY.area_bwd_min: float(area_bwd.min()),
+        QUALITY.area_fwd_mean: float(area_fwd.mean()),
+        QUALITY.area_bwd_mean: float(area_bwd.mean()),
+        QUALITY.iou_fwd_bwd: float(iou.mean()),
     }
 
 
 def _check_finite(arrays: dict[str, np.ndarray]) -> None:
     """Refuse NaN or Inf teacher values (fwd/bwd before quantising, lgf after the fp16 cast, which
     overflows past 65504): the clip fails into the ledger instead of poisoning every loss that reads it."""
-    for key in ("fwd", "bwd", "lgf"):
+    for key in (*TEACHER.stacks, TEACHER.lgf):
         bad = ~np.isfinite(arrays[key])
         if bad.any():
             nan = int(np.isnan(arrays[key]).sum())
             raise ValueError(
                 f"non-finite teacher values: '{key}' has {int(bad.sum())} of {bad.size} non-finite "
-                f"({nan} NaN, {int(bad.sum()) - nan} Inf{' after the float16 cast' if key == 'lgf' else ''})"
+                f"({nan} NaN, {int(bad.sum()) - nan} Inf{' after the float16 cast' if key == TEACHER.lgf else ''})"
             )
