@@ -16,9 +16,9 @@ import numpy as np
 import zarr
 
 from stages.core.fs import is_local, join, write_json_atomic
-from stages.store.format import CHECKSUM, COMMIT_KEYS, ArraySpec, ShardBusy, StoreError, _why, checksum, read_json, schema_bytes
+from stages.store.format import CHECKSUM, COMMIT_KEYS, ArraySpec, ShardBusy, StoreError, error_line, checksum, read_json, schema_bytes
 from stages.store.lease import Lease, LeaseOwner, claim, lease_alive
-from stages.store.writer import ShardWriter, _compressors
+from stages.store.writer import ShardWriter, compressors
 
 if TYPE_CHECKING:  # type only: the store opens its columns
     from stages.store.feature_store import FeatureStore
@@ -134,7 +134,7 @@ class Column:
             try:
                 arrays[k] = group[k]
             except Exception as exc:  # noqa: BLE001 - zarr raises KeyError, FileNotFoundError, ValueError, JSON errors
-                raise StoreError(f"{self._path(attempt, k, 'zarr.json')}: array '{k}' unreadable ({_why(exc)})") from exc
+                raise StoreError(f"{self._path(attempt, k, 'zarr.json')}: array '{k}' unreadable ({error_line(exc)})") from exc
         records = self._clip_records(group, record, attempt)
         return ShardData(shard, arrays, records, record["failed"], record, self.missing_chunks(record))
 
@@ -191,7 +191,7 @@ class Column:
         try:
             values = np.asarray(data.arrays[name][row])
         except Exception as exc:  # noqa: BLE001 - codec errors (blosc, zstd) come as RuntimeError/ValueError/...
-            raise damaged(f"unreadable chunk {chunk} ({_why(exc)})") from exc
+            raise damaged(f"unreadable chunk {chunk} ({error_line(exc)})") from exc
         sums = data.commit.get("checksums", {}).get(name)
         if sums is not None:
             if row >= len(sums):
@@ -227,7 +227,7 @@ class Column:
         try:
             return zarr.open_group(self._zarr_target(rel), mode="r", **self._zarr_kwargs())
         except Exception as exc:  # noqa: BLE001 - missing or garbled zarr.json, in whatever form zarr reports it
-            raise StoreError(f"{self._path(rel, 'zarr.json')}: group unreadable ({_why(exc)})") from exc
+            raise StoreError(f"{self._path(rel, 'zarr.json')}: group unreadable ({error_line(exc)})") from exc
 
     def write_column_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Column-level arrays computed once (e.g. the empty-prompt embedding), committed like a shard.
@@ -240,7 +240,7 @@ class Column:
         sums = {}
         for key, value in arrays.items():
             value = np.asarray(value)
-            group.create_array(key, data=value, compressors=_compressors())
+            group.create_array(key, data=value, compressors=compressors())
             sums[key] = checksum(value)
         record = {"attempt": name, "keys": sorted(arrays), "checksum": CHECKSUM, "checksums": sums}
         write_json_atomic(self.store.fs, self._path("commits", "column.json"), record)
@@ -259,7 +259,7 @@ class Column:
             try:
                 out[k] = np.asarray(group[k][...])
             except Exception as exc:  # noqa: BLE001 - missing/garbled metadata or chunk
-                raise StoreError(f"{self._path(record['attempt'], k)}: column array '{k}' unreadable ({_why(exc)})") from exc
+                raise StoreError(f"{self._path(record['attempt'], k)}: column array '{k}' unreadable ({error_line(exc)})") from exc
             want = record.get("checksums", {}).get(k)
             if want is not None and checksum(out[k]) != want:
                 raise StoreError(f"{self._path(record['attempt'], k)}: column array '{k}' checksum mismatch (committed {want}, read {checksum(out[k])})")

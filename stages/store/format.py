@@ -120,7 +120,7 @@ class ClipDamage:
 
 
 
-def _why(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """One line for an exception from zarr/numcodecs/fsspec."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -34,7 +34,7 @@ class ShardWriter:
         # them all and a missing file is damage (Zarr would silently read it as the fill value)
         self.arrays = {
             key: self.group.create_array(
-                key, shape=(capacity, *spec.shape), dtype=spec.dtype, chunks=(1, *spec.shape), compressors=_compressors(),
+                key, shape=(capacity, *spec.shape), dtype=spec.dtype, chunks=(1, *spec.shape), compressors=compressors(),
                 config={"write_empty_chunks": True},
             )
             for key, spec in column.schema.items()
@@ -104,6 +104,6 @@ class ShardWriter:
             )
 
 
-def _compressors() -> list:
+def compressors() -> list:
     # fp16 activations compress ~1.05-1.2x losslessly (platform.md): a light, fast codec is enough.
     return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
