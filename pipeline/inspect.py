@@ -17,6 +17,7 @@ import torch
 from stages.config.loader import from_dict
 from stages.media.corpus import ClipEntry
 from stages.media.decode import ClipError, decode_clip
+from stages.media.video import write_mp4
 from stages.config.extract import VideoConfig
 from stages.store.store import FeatureStore, StoreError
 
@@ -176,16 +177,3 @@ def render_pca(store: FeatureStore, key: str, out: Path, column_name: str = "tea
         write_mp4(out, rows, fps)
     return out
 
-
-def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    """uint8 [N, H, W, 3] -> H.264 mp4 (even sizes padded), via PyAV."""
-    import av
-
-    n, h, w, _ = frames.shape
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for f in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        container.mux(stream.encode())
