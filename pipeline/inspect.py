@@ -177,3 +177,38 @@ def render_pca(store: FeatureStore, key: str, out: Path, column_name: str = "tea
         write_mp4(out, rows, fps)
     return out
 
+
+
+def report_lines(summary: dict, store: str, failures: bool = False) -> list[str]:
+    """store_report() as the lines `sam2videox inspect` prints: the store, each column (its
+    distinguishing config and arrays), duplicate files, and the failures (listed, or counted)."""
+    lines = [f"store {summary['store']}: {summary['clips']} clips, {summary['shards']} shards, {summary['failed']} failed"]
+    for col in summary["columns"]:
+        described = " ".join(f"{k.split('.', 1)[-1] if k.count('.') == 1 else k}={v}" for k, v in col["describe"].items())
+        lines.append(
+            f"  {col['dir']}: {col['committed_shards']}/{summary['shards']} shards, {col['clips']} clips, "
+            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip stored ({col['schema_bytes_per_clip'] / 1e6:.2f} uncompressed)"
+            + (f"  [{described}]" if described else "")
+        )
+        lines += [f"      {name:16s} {spec['dtype']:8s} {tuple(spec['shape'])}" for name, spec in col["arrays"].items()]
+    dupes = summary["duplicates"]
+    if dupes:
+        lines.append(f"  duplicate files: {sum(len(v) for v in dupes.values())} clips are copies of others (corpus.dedupe=true keeps one)")
+        lines += [f"      {first} = {', '.join(copies)}" for first, copies in list(dupes.items())[:10]]
+    rows = summary["failures"]
+    if failures:
+        lines += [f"  FAILED {row['column']} {row['key']} [{row['stage']}]: {row['reason']}" for row in rows]
+    elif rows:
+        lines.append(f"  {len(rows)} failures: list them with `sam2videox inspect {store} --failures`")
+    return lines
+
+
+def verify_lines(report, url: str) -> list[str]:
+    """A VerifyReport (stages/store/integrity.py) as `inspect --verify` prints it: one line per damaged
+    clip/array (or shard), then the verdict with the shards left unverified."""
+    lines = [f"damaged: {damage.line()}" for damage in report.damaged]
+    columns = {c for c, _ in report.unverified}
+    unverified = f"; {len(report.unverified)} shard(s) unverified (no checksums: written before them) in {', '.join(sorted(columns))}" if columns else ""
+    state = f"{len(report.damaged)} damaged" if report.damaged else "clean"
+    lines.append(f"verified {report.shards} committed shards ({report.clips} clips) of {url}: {state}{unverified}")
+    return lines
