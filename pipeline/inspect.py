@@ -17,6 +17,7 @@ import torch
 from stages.config.loader import from_dict
 from stages.media.corpus import ClipEntry
 from stages.media.decode import ClipError, decode_clip
+from stages.media.video import write_mp4
 from stages.config.extract import VideoConfig
 from stages.store import FeatureStore, StoreError
 from stages.store.schema import CLIP, ENCODINGS_COLUMN, FAILURE, IMAGE_TEACHER_COLUMN, TEACHER, TEACHER_COLUMN
@@ -178,15 +179,37 @@ def render_pca(store: FeatureStore, key: str, out: Path, column_name: str = TEAC
     return out
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    """uint8 [N, H, W, 3] -> H.264 mp4 (even sizes padded), via PyAV."""
-    import av
 
-    n, h, w, _ = frames.shape
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for f in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        container.mux(stream.encode())
+def report_lines(summary: dict, store: str, failures: bool = False) -> list[str]:
+    """store_report() as the lines `sam2videox inspect` prints: the store, each column (its
+    distinguishing config and arrays), duplicate files, and the failures (listed, or counted)."""
+    lines = [f"store {summary['store']}: {summary['clips']} clips, {summary['shards']} shards, {summary['failed']} failed"]
+    for col in summary["columns"]:
+        described = " ".join(f"{k.split('.', 1)[-1] if k.count('.') == 1 else k}={v}" for k, v in col["describe"].items())
+        lines.append(
+            f"  {col['dir']}: {col['committed_shards']}/{summary['shards']} shards, {col['clips']} clips, "
+            f"{col['failed']} failed, {col['bytes_per_clip'] / 1e6:.2f} MB/clip stored ({col['schema_bytes_per_clip'] / 1e6:.2f} uncompressed)"
+            + (f"  [{described}]" if described else "")
+        )
+        lines += [f"      {name:16s} {spec['dtype']:8s} {tuple(spec['shape'])}" for name, spec in col["arrays"].items()]
+    dupes = summary["duplicates"]
+    if dupes:
+        lines.append(f"  duplicate files: {sum(len(v) for v in dupes.values())} clips are copies of others (corpus.dedupe=true keeps one)")
+        lines += [f"      {first} = {', '.join(copies)}" for first, copies in list(dupes.items())[:10]]
+    rows = summary["failures"]
+    if failures:
+        lines += [f"  FAILED {row['column']} {row['key']} [{row['stage']}]: {row['reason']}" for row in rows]
+    elif rows:
+        lines.append(f"  {len(rows)} failures: list them with `sam2videox inspect {store} --failures`")
+    return lines
+
+
+def verify_lines(report, url: str) -> list[str]:
+    """A VerifyReport (stages/store/integrity.py) as `inspect --verify` prints it: one line per damaged
+    clip/array (or shard), then the verdict with the shards left unverified."""
+    lines = [f"damaged: {damage.line()}" for damage in report.damaged]
+    columns = {c for c, _ in report.unverified}
+    unverified = f"; {len(report.unverified)} shard(s) unverified (no checksums: written before them) in {', '.join(sorted(columns))}" if columns else ""
+    state = f"{len(report.damaged)} damaged" if report.damaged else "clean"
+    lines.append(f"verified {report.shards} committed shards ({report.clips} clips) of {url}: {state}{unverified}")
+    return lines

@@ -98,6 +98,56 @@ class ExtractSummary:
             "wall_over_model": round(self.worker_s / model, 3) if model else None,
         }
 
+    def timing_line(self) -> str:
+        """Where the workers' time went; decode and write run in background threads, so they overlap the model."""
+        t = self.timing()
+        per_column = ", ".join(f"{name} {seconds:.1f}" for name, seconds in self.model_s.items())
+        ratio = f"{t['wall_over_model']:.2f}" if t["wall_over_model"] else "-"
+        return (
+            f"extract: {t['clips']} clips in {t['seconds']:.1f} s (workers {t['worker_s']:.1f} s); model {t['model_s']:.1f} s ({per_column}), "
+            f"decode {t['decode_s']:.1f} (overlapped), write {t['write_s']:.1f} (not overlapped {t['flush_s']:.1f}), wait {t['wait_s']:.1f}, "
+            f"load {t['load_s']:.1f}; wall/model {ratio}"
+        )
+
+    def lines(self, cfg: ExtractConfig, store: str, append: bool, allow_failures: bool) -> tuple[list[tuple[str, str]], int]:
+        """What `sam2videox extract` says about this run, as (level, text) lines -- level "info", "warn"
+        (worth a look) or "error" (the run is not good) -- and its exit status: 1 when committed shards
+        are damaged, or clips failed and failures are not allowed; else 0. `store` is the store as the
+        user named it (the commands to rerun quote it)."""
+        out: list[tuple[str, str]] = []
+        if self.shards_skipped == self.shards and not self.growth.appended:
+            out.append(("info", f"nothing to do: all {self.shards} shards already committed in {self.store} ({', '.join(cfg.columns)})"))
+        else:
+            elsewhere = f", {self.shards_elsewhere} committed meanwhile by another run" if self.shards_elsewhere else ""
+            out.append(("info",
+                f"store {self.store}: {self.clips} clips in {self.shards} shards; "
+                f"ran {len(self.shards_run)} shards ({self.clips_processed} clips), skipped {self.shards_skipped} already committed{elsewhere}, "
+                f"{self.worker_restarts} worker restarts, {self.seconds:.1f} s"))
+        growth = self.growth
+        if growth.appended:
+            out.append(("info", f"appended {growth.appended} new clips from {cfg.corpus.url} as shards {growth.first_new_shard}..{self.shards - 1}"))
+        if growth.unlisted and not append:
+            out.append(("warn", f"{growth.unlisted} new clips in {cfg.corpus.url} are not in this store's snapshot; "
+                                f"to add them, rerun this command with --append"))
+        if self.shards_run:
+            out.append(("info", self.timing_line()))
+        out += [("warn", f"repaired {dirname}: shard(s) {', '.join(map(str, shards))} extracted again") for dirname, shards in self.repaired.items()]
+        if self.damaged:
+            out += [("error", f"  damaged: {damage.line()}") for damage in self.damaged[:10]]
+            shards = {(d.column, d.shard) for d in self.damaged}
+            out.append(("error",
+                f"{len(shards)} committed shard(s) of {store} are damaged ({len(self.damaged)} problems); "
+                f"`sam2videox extract --repair` extracts them again, `sam2videox inspect {store} --verify` checks every clip"))
+            return out, 1
+        for name, rows in self.failed.items():
+            if rows:
+                out.append(("warn", f"{name}: {len(rows)} clips failed"))
+                out += [("info", f"  {row['key']}: {row['reason']}") for row in rows[:10]]
+        if self.failed_keys and not (allow_failures or cfg.allow_failures):
+            out.append(("error", f"{len(self.failed_keys)} clips failed (see `sam2videox inspect {store}`); pass --allow-failures to accept"))
+            return out, 1
+        return out, 0
+
 
 def prepare_store(
     cfg: ExtractConfig, store_url: str, registry: str, append: bool = False, growth: Growth | None = None

@@ -97,7 +97,7 @@ REAL_BLOCKS = 42  # CogVideoX-5B(-I2V) transformer/config.json num_layers (no we
 
 def test_real_ablations_fit_the_real_run():
     """configs/ablations/real: the demo's set, each valid on configs/distill/default.yaml at 5B scale."""
-    from pipeline.cli import _schedule_warnings
+    from stages.distill.ablations import schedule_warnings
     from stages.config.distill import DistillConfig
 
     base = ROOT / "configs/distill/default.yaml"
@@ -109,11 +109,11 @@ def test_real_ablations_fit_the_real_run():
         cfg = load_config(DistillConfig, [base, path])
         assert cfg.student.model == default.student.model and cfg.train.steps == default.train.steps == 2000
         assert 0 <= cfg.tap.block < REAL_BLOCKS, path.name
-        assert _schedule_warnings(cfg) == [], path.name
+        assert schedule_warnings(cfg) == [], path.name
         blocks.add(cfg.tap.block)
         for term in (cfg.losses.lgf, cfg.losses.repa, cfg.losses.mask):
             if term.cutoff_step is not None:  # a schedule in hundreds of steps, not the demo's tens
                 assert 100 <= term.warmup_steps < term.cutoff_step <= cfg.train.steps, path.name
     assert blocks == {8, 16, 24}
     demo = load_config(DistillConfig, [ROOT / "configs/distill/sample.yaml", ROOT / "configs/ablations/lgf-warmup.yaml"])
-    assert _schedule_warnings(demo) == []  # the demo's schedule fits the demo's 30 steps
+    assert schedule_warnings(demo) == []  # the demo's schedule fits the demo's 30 steps

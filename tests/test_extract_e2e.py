@@ -235,7 +235,7 @@ def test_columns_are_keyed_by_the_dtype_workers_really_compute_in(tmp_path, smal
     would compute otherwise than its column declares refuses to start instead of mixing precisions."""
     from pipeline.runner import prepare_store
     from stages.extract.shard_worker import ShardWorker
-    from stages.extract.columns.registry import compute_dtype
+    from stages.core.devices import compute_dtype
     from stages.extract.columns.teacher import teacher_spec
 
     assert compute_dtype("bfloat16", "auto", 0) == "float32" and compute_dtype("bfloat16", "auto", 1) == "bfloat16"

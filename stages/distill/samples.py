@@ -49,7 +49,7 @@ def _sample(cfg: Any, data: Any, keys: list[str], model: torch.nn.Module, ctx: A
 
     from stages.media.corpus import ClipEntry
     from stages.media.decode import decode_clip
-    from pipeline.inspect import write_mp4
+    from stages.media.video import write_mp4
     from stages.families.cogvideox.encoders import load_encoders
     from stages.families.sampling import CPU_STEPS, GPU_STEPS, sample_video
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.inspect import write_mp4
+from stages.media.video import write_mp4
 from stages.evaluate.clips import HeldOutClip
 from stages.families.sampling import Sampling, build_pipeline, sample_image_video_wan, sample_text_video, sample_video
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -19,10 +19,6 @@ from stages.core.fs import is_local, join, write_json_atomic
 from stages.store.format import CHECKSUM, COMMIT_KEYS, ArraySpec, ShardBusy, StoreError, error_line, checksum, read_json, schema_bytes
 from stages.store.lease import Lease, LeaseOwner, claim, lease_alive
 from stages.store.writer import ShardWriter, compressors
-
-if TYPE_CHECKING:  # type only: the store opens its columns
-    from stages.store.feature_store import FeatureStore
-
 
 @dataclass
 class ShardData:
@@ -47,7 +43,7 @@ class ShardData:
 class Column:
     """One column of the store: the output of one producer config over the whole snapshot."""
 
-    def __init__(self, store: "FeatureStore", meta: dict):
+    def __init__(self, store: Any, meta: dict):  # store: the FeatureStore that opened this column (its fs and url)
         self.store = store
         self.meta = meta
         self.name: str = meta["name"]

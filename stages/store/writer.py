@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import zarr
@@ -11,10 +11,6 @@ import zarr
 from stages.core.fs import join, write_json_atomic
 from stages.store.format import CHECKSUM, StoreError, checksum
 from stages.store.lease import Lease
-
-if TYPE_CHECKING:  # type only: a Column starts its writers (Column.open_shard)
-    from stages.store.column import Column
-
 
 class ShardWriter:
     """One attempt at a shard of a column: rows appended in clip order (by one thread), then one commit.
@@ -25,7 +21,7 @@ class ShardWriter:
     writes the commit record last; an attempt abandoned before it is garbage.
     """
 
-    def __init__(self, column: Column, shard: int, capacity: int, lease: Lease):
+    def __init__(self, column: Any, shard: int, capacity: int, lease: Lease):  # column: the Column that opened it (Column.open_shard)
         self.column, self.shard, self.lease = column, shard, lease
         self.name = lease.attempt
         self.group = zarr.open_group(column._zarr_target(join("shards", self.name)), mode="w", **column._zarr_kwargs())

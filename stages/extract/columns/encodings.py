@@ -16,7 +16,7 @@ import numpy as np
 from stages.config.extract import ExtractConfig
 from stages.extract.producer import ColumnSpec
 from stages.store import ArraySpec
-from stages.extract.columns.registry import check_compute_dtype, compute_dtype
+from stages.core.devices import check_compute_dtype, compute_dtype
 from stages.core.compiling import compile_modules, vae_compile_targets
 from stages.families.cogvideox.encoders import (
     TINY,

@@ -32,8 +32,7 @@ from stages.extract.producer import ColumnSpec
 from stages.core.quantize import QUANT_INT8, quantize
 from stages.store import ArraySpec
 from stages.store.schema import IMAGE_TEACHER, IMAGE_TEACHER_COLUMN
-from stages.core.devices import resolve_device, resolve_dtype
-from stages.extract.columns.registry import check_compute_dtype, compute_dtype
+from stages.core.devices import check_compute_dtype, compute_dtype, resolve_device, resolve_dtype
 from stages.core.grid import TokenGrid, latent_frame_groups, to_token_grid, token_grid
 from stages.core.lgf import SINGLE_STACK, lgf_probs
 

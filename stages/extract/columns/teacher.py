@@ -28,8 +28,7 @@ from stages.extract.producer import ColumnSpec
 from stages.core.quantize import QUANT_INT8, quantize, scale_name
 from stages.store import ArraySpec
 from stages.store.schema import QUALITY, TEACHER, TEACHER_COLUMN, TEACHER_RECORD
-from stages.core.devices import resolve_device, resolve_dtype
-from stages.extract.columns.registry import check_compute_dtype, compute_dtype
+from stages.core.devices import check_compute_dtype, compute_dtype, resolve_device, resolve_dtype
 from stages.core.compiling import compile_modules, sam2_compile_targets
 from stages.teacher.prompts import Prompt, manifest_prompt
 from stages.teacher.sam2_model import build_sam2, feature_channels

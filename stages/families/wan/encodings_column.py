@@ -26,7 +26,7 @@ from diffusers import AutoencoderKLWan
 from stages.config.extract import ExtractConfig
 from stages.extract.producer import ColumnSpec
 from stages.store import ArraySpec
-from stages.extract.columns.registry import check_compute_dtype, compute_dtype
+from stages.core.devices import check_compute_dtype, compute_dtype
 from stages.families.cogvideox.encoders import caption_tokens
 from stages.families.wan.encoders import (
     TINY_WAN_MODELS,
