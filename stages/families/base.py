@@ -84,6 +84,10 @@ class Student(ABC):
     vae_classes: tuple[str, ...] = ()  # diffusers VAE class names in vae/config.json's "_class_name"
     hub_name_prefixes: tuple[str, ...] = ()  # lower-case name prefixes of its published hub ids (no download)
 
+    def tiny_encoders(self, task: str) -> str:
+        """The tiny encoder preset (encoders.model) whose store the tiny student of `task` trains on."""
+        raise NotImplementedError(f"the {self.family} family has no tiny encoder preset")
+
     def known_configs(self, model: str) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
         """(transformer config, VAE config) of a tiny preset or known hub id without a download, else None."""
         return None

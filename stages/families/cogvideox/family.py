@@ -53,6 +53,9 @@ class CogVideoXStudent(Student):
     vae_classes = ("AutoencoderKLCogVideoX",)
     hub_name_prefixes = ("cogvideo",)  # THUDM/CogVideoX-5b, THUDM/CogVideoX1.5-5B-I2V, ...
 
+    def tiny_encoders(self, task: str) -> str:
+        return cogvideox.TINY  # one preset for both tasks (the I2V image latents are stored either way)
+
     def known_configs(self, model: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         from stages.families.cogvideox.encoders import TINY_VAE_CONFIG
 

@@ -238,6 +238,11 @@ class WanStudent(Student):
 
     encoder_presets = TINY_WAN_MODELS
 
+    def tiny_encoders(self, task: str) -> str:
+        from stages.families.wan.encoders import TINY_WAN22, TINY_WAN_I2V
+
+        return {"i2v": TINY_WAN_I2V, "ti2v": TINY_WAN22}.get(task, TINY_WAN)  # + CLIP (Wan 2.1 I2V); the Wan 2.2 VAE
+
     def known_configs(self, model: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         if model == TINY_WAN:
             return tiny_transformer_config(), dict(TINY_WAN_VAE_CONFIG)
