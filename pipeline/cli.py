@@ -300,7 +300,7 @@ def generate(
     enc_cfg = enc_col.producer_config["encoders"]
     student_cfg = info["config"]["student"]
     lora = None if no_lora else run / "lora"
-    from stages.families.base import infer_family
+    from stages.families.registry import infer_family
 
     is_wan = infer_family(student_cfg["model"], student_cfg.get("family")) == "wan"
     if is_wan and student_cfg.get("task") == "i2v":  # Wan 2.1 I2V: the clip's first frame and caption

@@ -49,11 +49,6 @@ KNOWN: dict[str, str] = {
     # the CogVideoX diffusion objective sits in distill/losses.py; it belongs to its family
     "stages.families.cogvideox.family -> stages.distill.losses": "family: the objective moves into families/cogvideox/",
     "stages.families.wan.family -> stages.distill.losses": "family: _caption_dropout/_rand_device move with the objective",
-    # a stage-one column producer living in the family folder: one encodings producer in extract over family.encoders
-    "stages.families.wan.encodings_column -> stages.extract.producer": "family: one encodings producer in stages/extract/columns/",
-    "stages.families.wan.encodings_column -> stages.extract.student_geometry": "family: as above",
-    # base.py finds the families by importing them; the dict registry (families/registry.py) ends it
-    "circle: stages.families.base stages.families.cogvideox.family": "family: registry.py",
 }
 
 

@@ -14,7 +14,7 @@ from conftest import ROOT
 from stages.config.loader import load_config
 from stages.config.distill import DistillConfig
 from stages.config.extract import ExtractConfig
-from stages.families.base import geometry_of, get_student, student_for
+from stages.families.registry import geometry_of, get_student, student_for
 from stages.families.wan.family import (
     TINY_WAN,
     WAN22_SCHEDULER,

@@ -45,8 +45,10 @@ class StudentConfig:
     model: str = "THUDM/CogVideoX-5b-I2V"  # diffusers-format folder or hub id (transformer/, scheduler/), or "tiny"
     # i2v: first-frame latent concatenated on channels (in_channels 32); ti2v: Wan 2.2 TI2V, latent frame 0 kept clean
     task: Literal["i2v", "t2v", "ti2v"] = "i2v"
-    # cogvideox | wan; None: from the model ("tiny" = cogvideox, "tiny-wan", or transformer/config.json's class)
-    family: Literal["cogvideox", "wan"] | None = None
+    # a registered family (stages/families/registry.py: cogvideox, wan, ...), checked against the registry when the
+    # student is resolved (the trainer's first step, the memory plan); None: from the model (a family's tiny preset or
+    # known hub id, or transformer/config.json's class)
+    family: str | None = None
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # frozen base weights on GPU (CPU runs fp32)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     lora: LoRAConfig = field(default_factory=LoRAConfig)

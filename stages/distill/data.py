@@ -132,25 +132,24 @@ def teacher_arrays(cfg: DistillConfig, column_lgf: dict | None, directions: int 
 def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig, student: Any = None) -> tuple[int, int, int]:
     """Refuse, before any step, a store whose shapes do not fit the student. Returns the token grid.
 
-    student: the family (stages/distill/students); None = CogVideoX.
+    student: the family (stages/families/); None = the family of the transformer config's class.
     """
-    if student is None:
-        from stages.families.cogvideox.family import CogVideoXStudent
+    from stages.families.registry import encodings_family, student_of
 
-        student = CogVideoXStudent()
+    if student is None:
+        student = student_of(transformer_config)
     lat = data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
     where = f"{data.store.url} ({data.encodings.dirname})"
     if lat[0] != 2 * transformer_config.out_channels:
         raise StoreMismatch(f"{where}: latents have {lat[0] // 2} channels, the student predicts {transformer_config.out_channels}")
-    vae = data.encodings.attrs.get("vae_family", "cogvideox")
+    vae = encodings_family(data.encodings.attrs)
     if vae != student.family:
         raise StoreMismatch(f"{where}: the encodings were made with the {vae} VAE/text encoder, the student is {student.family}")
-    if cfg.student.task == "i2v":  # the first-frame condition the image-to-video student is fed
-        needed = ["image_latents"] + (["image_embeds"] if student.family == "wan" else [])
-        missing = [k for k in needed if k not in data.encodings.schema]
-        if missing:
-            raise StoreMismatch(f"{where}: student.task=i2v needs {', '.join(missing)}, which these encodings do not hold "
-                                "(extracted for text-to-video): re-extract with an image-to-video encoders model")
+    # the condition arrays the task's student is fed (image-to-video: the first frame's)
+    missing = [k for k in student.condition_arrays(cfg.student.task) if k not in data.encodings.schema]
+    if missing:
+        raise StoreMismatch(f"{where}: student.task={cfg.student.task} needs {', '.join(missing)}, which these encodings do not hold "
+                            "(extracted for text-to-video): re-extract with an image-to-video encoders model")
     problem = student.check_latent_grid(transformer_config, lat[1:])
     if problem:
         raise StoreMismatch(f"{where}: {problem}")

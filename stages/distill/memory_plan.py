@@ -20,9 +20,7 @@ in tests/test_memory_plan.py); everything else is exact counting.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -103,44 +101,22 @@ class MemoryPlan:
 
 
 def plan_family(model: str, family: str | None = None) -> str:
-    """The student family of `student.model` for a plan, without a download for the known hub ids."""
-    from stages.families.base import infer_family
-    from stages.families.wan.family import KNOWN_TRANSFORMERS as WAN_KNOWN
-
-    if family:
-        return infer_family(model, family)
-    if model in WAN_KNOWN:
-        return "wan"
-    if model == "tiny" or model.startswith("tiny-") or (Path(model) / "transformer" / "config.json").exists():
-        return infer_family(model)
-    return "cogvideox"  # the CogVideoX hub ids (KNOWN_TRANSFORMERS of student.py) and the default
-
-
-def transformer_config(model: str) -> dict[str, Any]:
-    """The transformer config of `student.model` without loading weights: tiny, a local folder, or a known hub id."""
-    from stages.families.cogvideox.transformer import KNOWN_TRANSFORMERS, TINY, tiny_transformer_config
-    from stages.families.wan.family import KNOWN_TRANSFORMERS as WAN_KNOWN, TINY_WAN, tiny_transformer_config as tiny_wan
-
-    if model == TINY:
-        return tiny_transformer_config("i2v")
-    if model == TINY_WAN:
-        return tiny_wan()
-    if model in WAN_KNOWN:
-        return dict(WAN_KNOWN[model])
-    from stages.families.cogvideox.family import COGVIDEOX_15_KNOWN
-
-    if model in COGVIDEOX_15_KNOWN:
-        return dict(COGVIDEOX_15_KNOWN[model])
-    path = Path(model) / "transformer" / "config.json"
-    if path.exists():
-        return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
-    if model in KNOWN_TRANSFORMERS:
-        return dict(KNOWN_TRANSFORMERS[model])
-    from diffusers import CogVideoXTransformer3DModel
+    """The student family of `student.model` for a plan (known hub ids answer without a download)."""
+    from stages.families.registry import infer_family
 
     try:
-        return dict(CogVideoXTransformer3DModel.load_config(model, subfolder="transformer"))
-    except Exception as exc:  # offline hub id, typo
+        return infer_family(model, family)
+    except (OSError, ValueError) as exc:  # offline hub id, typo, an unregistered family
+        raise MemoryPlanError(f"student.model={model!r}: {exc}") from exc
+
+
+def transformer_config(model: str, family: str | None = None) -> dict[str, Any]:
+    """The transformer config of `student.model` without loading weights: tiny, a local folder, or a known hub id."""
+    from stages.families import registry
+
+    try:
+        return registry.transformer_config(model, family)
+    except (OSError, ValueError) as exc:  # offline hub id, typo
         raise MemoryPlanError(f"student.model={model!r}: no transformer/config.json there and not a known hub id ({exc})") from exc
 
 
@@ -157,14 +133,12 @@ def plan_memory(
     (256: memory_attention of the released SAM2 models, the default feature). A Wan plan uses the CogVideoX block
     coefficients (an estimate: a Wan block's saved tensors were not measured; its text sits in cross-attention, not
     in the token count)."""
-    from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
-
-    from stages.families.cogvideox.transformer import configure_student
-    from stages.families.base import get_student
+    from stages.families.lora import configure_student
+    from stages.families.registry import get_student
 
     family = plan_family(cfg.student.model, getattr(cfg.student, "family", None))
     student = get_student(family)
-    config = {**transformer_config(cfg.student.model), **(transformer_overrides or {})}
+    config = {**transformer_config(cfg.student.model, family), **(transformer_overrides or {})}
     if cfg.student.task == "t2v":
         config["in_channels"] = config.get("out_channels") or config["in_channels"]
     dtype = getattr(torch, cfg.student.dtype)
@@ -172,25 +146,17 @@ def plan_memory(
     try:  # built in the student dtype directly (a cast after the fact makes diffusers warn)
         torch.set_default_dtype(dtype)
         with torch.device("meta"):
-            transformer = (WanTransformer3DModel if family == "wan" else CogVideoXTransformer3DModel).from_config(config)
-            configure_student(transformer, _without_attention(cfg.student))
+            transformer = student.transformer_from_config(config)
+            configure_student(transformer, _without_attention(cfg.student), student.set_attention)
     finally:
         torch.set_default_dtype(default)
     c = transformer.config
     if latent_shape is None:
-        if family == "wan":
-            from stages.families.wan.family import KNOWN_LATENT_SHAPES
-
-            # 81 frames of 480x832 through the Wan 2.1 VAE; Wan 2.2 TI2V-5B its 121 frames of 704x1280 (16x VAE)
-            latent_shape = KNOWN_LATENT_SHAPES.get(cfg.student.model, (21, 60, 104))
-        else:
-            # CogVideoX 1.5's sample size is its RoPE limit (300x300), not a video size: plan its 768x1360
-            size = (96, 170) if c.patch_size_t else (c.sample_height, c.sample_width)
-            latent_shape = ((c.sample_frames - 1) // c.temporal_compression_ratio + 1, *size)
+        latent_shape = student.plan_latent_shape(c, cfg.student.model)
     frames, h, w = student.token_grid(c, latent_shape)
     video_tokens = frames * h * w
-    # CogVideoX attends over text + video tokens jointly; Wan's blocks carry video tokens only (text enters by cross-attention)
-    tokens = video_tokens + (0 if family == "wan" else (text_len or c.max_text_seq_length))
+    # the tokens the blocks attend over: text + video jointly for some families, video only when text is cross-attended
+    tokens = student.attention_tokens(c, video_tokens, text_len)
     width = c.num_attention_heads * c.attention_head_dim
 
     params = sum(p.numel() for p in transformer.parameters())

@@ -115,6 +115,7 @@ def full_tensor(value: torch.Tensor) -> torch.Tensor:
 
 
 def _blocks(transformer: nn.Module) -> nn.ModuleList:
-    """The transformer's block list, each block one FSDP unit: CogVideoX `transformer_blocks`, Wan `blocks`."""
-    blocks = getattr(transformer, "transformer_blocks", None)
-    return blocks if blocks is not None else transformer.blocks
+    """The transformer's block list, each block one FSDP unit, as its family names it (Student.blocks)."""
+    from stages.families.registry import student_of
+
+    return student_of(transformer).blocks(transformer)

@@ -53,7 +53,7 @@ def _sample(cfg: Any, data: Any, keys: list[str], model: torch.nn.Module, ctx: A
     from stages.families.cogvideox.encoders import load_encoders
     from stages.families.sampling import CPU_STEPS, GPU_STEPS, sample_video
 
-    from stages.families.base import infer_family
+    from stages.families.registry import infer_family
 
     family = infer_family(cfg.student.model, getattr(cfg.student, "family", None))
     if family != "cogvideox":  # Wan samples go through `sam2videox generate` / `evaluate` (their stock pipelines)

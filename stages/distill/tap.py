@@ -33,12 +33,12 @@ class FeatureTap:
     """
 
     def __init__(self, transformer: torch.nn.Module, block: int, student: Any = None):
-        # student: the family (stages/distill/students) saying where the blocks are, what a block returns
-        # and the input layout; None = CogVideoX
+        # student: the family (stages/families/) saying where the blocks are, what a block returns
+        # and the input layout; None = the family of the transformer's class (stages/families/registry.py)
         if student is None:
-            from stages.families.cogvideox.family import CogVideoXStudent
+            from stages.families.registry import student_of
 
-            student = CogVideoXStudent()
+            student = student_of(transformer)
         self._student = student
         blocks = student.blocks(transformer)
         if not 0 <= block < len(blocks):

@@ -36,8 +36,9 @@ from stages.distill.teacher_filter import filtered_keys, quality_column
 from stages.distill.losses import feature_losses
 from stages.distill.projector import Projector, ProjectorSpec
 from stages.core.devices import resolve_device, resolve_dtype
-from stages.families.cogvideox.transformer import configure_student
-from stages.families.base import Student, get_student, student_for
+from stages.families.base import Student
+from stages.families.lora import configure_student
+from stages.families.registry import student_for, student_of
 from stages.distill.tap import FeatureTap
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class LossContext:
     # DDP's reducer needs every trainable parameter in every backward; FSDP's hooks do not (False there)
     touch_unused: bool = True
     image_scale: float | None = None  # image latents' factor: None = scaling_factor; 1 / it for CogVideoX 1.5
-    student: Student | None = None  # the family (training objective); None = CogVideoX
+    student: Student | None = None  # the family (training objective); None = the one of transformer_config's class
     latents_mean: torch.Tensor | None = None  # [C] per-channel latent normalisation (Wan VAE), else None
     latents_std: torch.Tensor | None = None
 
@@ -113,7 +114,7 @@ def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict
     forward: a DistillModel (or its DDP wrapper): model kwargs -> (v prediction, tapped features).
     """
     batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    student = ctx.student or get_student("cogvideox")  # None: CogVideoX (callers built before the interface)
+    student = ctx.student or student_of(ctx.transformer_config)  # None: the family of the transformer's class
     inputs = student.prepare_inputs(ctx, batch, generator)
     autocast = torch.autocast("cuda", dtype=ctx.autocast_dtype) if ctx.autocast_dtype else contextlib.nullcontext()
     with autocast:
@@ -166,6 +167,7 @@ class Trainer:
     def __init__(self, cfg: DistillConfig, resume: bool = False, on_step: Callable[[StepMetrics], None] | None = None):
         self.cfg, self.on_step = cfg, on_step
         self.rank, self.world, self.device = init_distributed(cfg.student.device)
+        self.student = student_for(cfg.student.model, cfg.student.family)  # first: an unregistered family fails in one line
         self.out = Path(cfg.out)
         self.data = open_training_data(cfg)
         # decided from the store alone: every rank excludes the same clips (before the model loads: a
@@ -176,14 +178,13 @@ class Trainer:
         self._check_precision()
         self._check_memory()
         dtype = resolve_dtype(cfg.student.dtype, self.device)
-        self.student = student_for(cfg.student.model, cfg.student.family)
         transformer, self.scheduler = self.student.load(cfg.student.model, cfg.student.task, dtype, self.device)
         self.grid = check_fit(self.data, transformer.config, cfg, self.student)  # before anything is trained
         self.tconfig = transformer.config
         # peft draws LoRA A from the global RNG: seed it, on every device the model may be on, inside a fork
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
             torch.manual_seed(step_seed(cfg.train.seed, "init"))
-            configure_student(transformer, cfg.student)
+            configure_student(transformer, cfg.student, self.student.set_attention)
         self.input_dtype = transformer.dtype  # of the model inputs: the base dtype (fp32 for a full fine-tune)
         projector = self._build_projector(transformer) if cfg.losses.needs_projector else None
         self.model = DistillModel(transformer, projector, cfg.tap.block, self.student).to(self.device)

@@ -1,7 +1,7 @@
 """The student geometry stage one extracts for: from the student model's configs when `student.model` is set.
 
 VAE compression and patch sizes come from the model's transformer/ and vae/ config.json (or a tiny
-preset) through the student family's `geometry` (stages/distill/students), so the teacher's token grid
+preset) through the student family's `geometry` (stages/families/registry.py), so the teacher's token grid
 is the one the student will compute; the `student.*` numbers in the extract config are then only a
 cross-check. Reads config files only, no weights.
 """
@@ -24,7 +24,7 @@ def resolve_student_geometry(cfg: ExtractConfig) -> StudentGridConfig:
     s = cfg.student
     if not s.model:
         return s
-    from stages.families.base import geometry_of
+    from stages.families.registry import geometry_of
 
     geo = geometry_of(s.model)
     derived = {"vae_spatial": geo.vae_spatial, "vae_temporal": geo.vae_temporal, "patch_size": geo.patch_size,

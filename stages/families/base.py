@@ -1,12 +1,14 @@
-"""One interface for every student family (CogVideoX, Wan): what differs between them lives behind it.
+"""One interface for every student family: what differs between them lives behind it.
 
-A family module (students/cogvideox.py, students/wan.py) says how to load its transformer and
+A family folder (stages/families/<family>/family.py, registered in stages/families/registry.py) says how to load its transformer and
 training scheduler (diffusers folder, hub id or its tiny random preset), its geometry (VAE compression
 and patch sizes, so the teacher's token grid follows from the configs), how one training step's
 inputs and loss are built (objective: noise, target, weight), where the tap reads video tokens and
 which modules LoRA adapts, and which stock pipeline loads the exported LoRA. The trainer, the tap,
 the data checks and the CLI only wire them; the family comes from `student.family` or from the
-transformer config's class name.
+registry (stages/families/registry.py), which asks each family what it knows.
+It also says what stage one stores for it (`encodings_layout`, `load_encoders`: the one encodings producer,
+stages/extract/columns/encodings.py, runs over them) and what the memory plan needs (configs on the meta device).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
 
 import torch
 
 from stages.core.grid import TokenGrid, token_grid as grid_for_clip
-
-FAMILIES = ("cogvideox", "wan")
+from stages.store import ArraySpec
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,55 @@ class Geometry:
         return grid_for_clip(num_frames, height, width, self.vae_temporal, self.vae_spatial, self.patch_size, p_t)
 
 
+@dataclass(frozen=True)
+class EncodingsLayout:
+    """What a family's encodings column holds, from config files alone (no weights): the producer config's
+    family parts (hashed into the column key), the array schema, the column attrs, the VAE compression."""
+
+    encoders: dict[str, Any]  # the encoders.* settings that determine the content (compute_dtype is added)
+    model: dict[str, Any]  # the models' configs (vae, text encoder, ...), and a tiny preset's version
+    schema: dict[str, ArraySpec]  # per-clip arrays: latents, prompt_embeds, prompt_mask, the task's condition
+    attrs: dict[str, Any]  # what readers need: scaling / normalisation, compression, the prompt's encoding
+    spatial: int  # VAE spatial compression (pixels per latent side)
+    temporal: int  # VAE temporal compression
+
+
+class Encoders(Protocol):
+    """A family's VAE and text encoder(s), loaded once per extraction worker (stages/families/<family>/encoders.py)."""
+
+    device: Any  # torch.device the models run on
+    dtype: Any  # torch.dtype they compute in
+
+    def check_layout(self, layout: EncodingsLayout, model: str) -> None:
+        """Raise (one line) when the loaded weights disagree with the configs the layout came from."""
+
+    def column_arrays(self, encoders_cfg: Any) -> dict[str, np.ndarray]:
+        """Arrays stored once per column (the empty prompt's embeddings, for caption dropout)."""
+
+    def encode_clip(self, frames: np.ndarray, key: str, caption: str, encoders_cfg: Any) -> tuple[dict[str, np.ndarray], dict]:
+        """uint8 [F, H, W, 3] of one clip -> (the layout's arrays, record fields; "caption_truncated": tokens when cut)."""
+
+
 class Student(ABC):
     """A student family. Stateless: methods take the transformer (or its config) they act on."""
 
     family: str
     transformer_class: str  # diffusers class name in transformer/config.json's "_class_name"
     pipeline_classes: Mapping[str, str]  # task -> the stock diffusers pipeline class that loads the LoRA
+
+    # -- what the registry asks (stages/families/registry.py): which names and classes are this family's
+    tiny_presets: tuple[str, ...] = ()  # student.model names of the tiny random presets this family builds
+    encoder_presets: tuple[str, ...] = ()  # encoders.model names of its tiny encoder presets
+    vae_classes: tuple[str, ...] = ()  # diffusers VAE class names in vae/config.json's "_class_name"
+    hub_name_prefixes: tuple[str, ...] = ()  # lower-case name prefixes of its published hub ids (no download)
+
+    def tiny_encoders(self, task: str) -> str:
+        """The tiny encoder preset (encoders.model) whose store the tiny student of `task` trains on."""
+        raise NotImplementedError(f"the {self.family} family has no tiny encoder preset")
+
+    def known_configs(self, model: str) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+        """(transformer config, VAE config) of a tiny preset or known hub id without a download, else None."""
+        return None
 
     # -- loading
     @abstractmethod
@@ -74,6 +120,10 @@ class Student(ABC):
     @abstractmethod
     def text_dim(self, transformer_config: Any) -> int: ...
 
+    def condition_arrays(self, task: str) -> tuple[str, ...]:
+        """The encodings arrays a task's condition reads besides latents and prompts (i2v: the first frame's)."""
+        return ("image_latents",) if task == "i2v" else ()
+
     def num_blocks(self, transformer_config: Any) -> int:
         return int(transformer_config.num_layers)
 
@@ -100,101 +150,40 @@ class Student(ABC):
     def loss_from_output(self, ctx: Any, output: torch.Tensor, inputs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(L_diff, aux) from the transformer's output."""
 
+    # -- attention (the backend the blocks compute with)
+    def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
+        """Select the attention kernel; returns the backend used. The default keeps diffusers' SDPA processors
+        and refuses any other backend in one line (a family with its own kernels overrides this)."""
+        if backend != "sdpa":
+            raise ValueError(f"attention={backend!r} is not supported for the {self.family} student; use attention=sdpa")
+        return "sdpa"
+
+    # -- memory plan (the transformer on the meta device, its token count)
+    def transformer_from_config(self, config: Mapping[str, Any]) -> torch.nn.Module:
+        """The transformer from its config (on the current device: the memory plan builds it on meta)."""
+        import diffusers
+
+        return getattr(diffusers, self.transformer_class).from_config(dict(config))
+
+    def plan_latent_shape(self, transformer_config: Any, model: str) -> tuple[int, int, int]:
+        """The latent (T, H8, W8) a memory plan assumes when the run does not say: the model's sample size."""
+        raise NotImplementedError(f"the {self.family} student has no default sample size: pass latent_shape")
+
+    def attention_tokens(self, transformer_config: Any, video_tokens: int, text_len: int | None) -> int:
+        """Tokens per sample the blocks attend over (joint text + video for some families); default video only."""
+        return video_tokens
+
+    # -- stage one: the encodings column (stages/extract/columns/encodings.py runs these)
+    def encodings_layout(self, encoders_cfg: Any, video_cfg: Any) -> EncodingsLayout:
+        """The column's layout for `encoders.*` and `video.*` (an ExtractConfig's), from config files alone."""
+        raise NotImplementedError(f"the {self.family} family has no encoders for stage one")
+
+    def load_encoders(self, encoders_cfg: Any, device: str) -> Encoders:
+        """The VAE and text encoder(s) of encoders_cfg.model, in eval mode on `device` (a worker's)."""
+        raise NotImplementedError(f"the {self.family} family has no encoders for stage one")
+
     # -- export and sampling
     def pipeline_class(self, task: str):
         import diffusers
 
         return getattr(diffusers, self.pipeline_classes[task])
-
-
-def get_student(family: str) -> Student:
-    if family == "cogvideox":
-        from stages.families.cogvideox.family import CogVideoXStudent
-
-        return CogVideoXStudent()
-    if family == "wan":
-        from stages.families.wan.family import WanStudent
-
-        return WanStudent()
-    raise ValueError(f"unknown student family {family!r}; valid: {', '.join(FAMILIES)}")
-
-
-def family_of_class(class_name: str) -> str:
-    """The family of a diffusers transformer class name (transformer/config.json's _class_name)."""
-    for family in FAMILIES:
-        if get_student(family).transformer_class == class_name:
-            return family
-    raise ValueError(f"transformer class {class_name!r} is no supported student; supported: CogVideoXTransformer3DModel, WanTransformer3DModel")
-
-
-def infer_family(model: str, family: str | None = None) -> str:
-    """`family` when given, else from the model: "tiny" (CogVideoX), "tiny-<family>", or the folder's
-    transformer/config.json class name (hub ids are read through diffusers' config loader, no weights)."""
-    if family:
-        get_student(family)  # validates the name
-        return family
-    if model == "tiny":
-        return "cogvideox"
-    if model.startswith("tiny-"):
-        return infer_family(model, model.removeprefix("tiny-"))
-    from stages.families.cogvideox.family import COGVIDEOX_15_KNOWN
-    from stages.families.wan.family import KNOWN_TRANSFORMERS as WAN_KNOWN
-
-    if model in WAN_KNOWN:
-        return "wan"
-    if model in COGVIDEOX_15_KNOWN:
-        return "cogvideox"
-    path = Path(model) / "transformer" / "config.json"
-    if path.is_file():
-        return family_of_class(json.loads(path.read_text()).get("_class_name", ""))
-    from diffusers import ConfigMixin
-
-    class _Any(ConfigMixin):
-        config_name = "config.json"
-
-    return family_of_class(_Any.load_config(model, subfolder="transformer").get("_class_name", ""))
-
-
-def model_configs(model: str, family: str | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(family, transformer config, VAE config) of a student model: config files only, no weights.
-
-    "tiny" / "tiny-wan" give the tiny presets' configs; a folder or hub id its transformer/ and vae/
-    config.json (a student folder without vae/ cannot say its compression: pass a full model folder).
-    """
-    family = infer_family(model, family)
-    if model == "tiny":
-        from stages.families.cogvideox.transformer import tiny_transformer_config
-        from stages.families.cogvideox.encoders import TINY_VAE_CONFIG
-
-        return family, tiny_transformer_config(), dict(TINY_VAE_CONFIG)
-    if model == "tiny-wan":
-        from stages.families.wan.family import tiny_transformer_config as tiny_wan
-        from stages.families.wan.encoders import TINY_WAN_VAE_CONFIG
-
-        return family, tiny_wan(), dict(TINY_WAN_VAE_CONFIG)
-    from stages.families.cogvideox.family import COGVIDEOX_15_KNOWN, COGVIDEOX_15_VAE
-    from stages.families.wan.family import KNOWN_TRANSFORMERS as WAN_KNOWN, KNOWN_VAES as WAN_VAES, WAN21_VAE
-
-    if model in WAN_KNOWN:  # published configs known without a download
-        return family, dict(WAN_KNOWN[model]), dict(WAN_VAES.get(model, WAN21_VAE))
-    if model in COGVIDEOX_15_KNOWN:
-        return family, dict(COGVIDEOX_15_KNOWN[model]), dict(COGVIDEOX_15_VAE)
-    from diffusers import ConfigMixin
-
-    class _Any(ConfigMixin):
-        config_name = "config.json"
-
-    try:
-        return family, dict(_Any.load_config(model, subfolder="transformer")), dict(_Any.load_config(model, subfolder="vae"))
-    except (OSError, EnvironmentError) as exc:
-        raise ValueError(f"student.model={model!r}: cannot read transformer/config.json and vae/config.json ({exc})") from None
-
-
-def geometry_of(model: str, family: str | None = None) -> Geometry:
-    """The token-grid geometry of a student model, from its configs (see model_configs)."""
-    family, transformer, vae = model_configs(model, family)
-    return get_student(family).geometry(transformer, vae)
-
-
-def student_for(model: str, family: str | None = None) -> Student:
-    return get_student(infer_family(model, family))

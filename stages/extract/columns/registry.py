@@ -14,11 +14,7 @@ def column_spec(name: str, cfg: ExtractConfig) -> ColumnSpec:
 
         return teacher_spec(cfg)
     if name == "encodings":
-        from stages.families.wan.encodings_column import is_wan_encoders, wan_encodings_spec
-
-        if is_wan_encoders(cfg.encoders.model):  # one column name per store; its content follows the student family
-            return wan_encodings_spec(cfg)
-        from stages.extract.columns.encodings import encodings_spec
+        from stages.extract.columns.encodings import encodings_spec  # its content follows the encoders' family
 
         return encodings_spec(cfg)
     if name == "image_teacher":
@@ -34,10 +30,6 @@ def make_producer(name: str, cfg: ExtractConfig, device: str) -> ColumnProducer:
 
         return TeacherProducer(cfg, device)
     if name == "encodings":
-        from stages.families.wan.encodings_column import WanEncodingsProducer, is_wan_encoders
-
-        if is_wan_encoders(cfg.encoders.model):
-            return WanEncodingsProducer(cfg, device)
         from stages.extract.columns.encodings import EncodingsProducer
 
         return EncodingsProducer(cfg, device)

@@ -17,6 +17,7 @@ deterministically into a cache folder and then loaded through the same `from_pre
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import logging
@@ -37,7 +38,10 @@ from tokenizers.models import Unigram
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from stages.config.loader import config_hash
+from stages.core.compiling import compile_modules, vae_compile_targets
 from stages.core.devices import resolve_device, resolve_dtype
+from stages.families.base import EncodingsLayout
+from stages.store import ArraySpec
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +149,37 @@ class Encoders:
     @property
     def text_dim(self) -> int:
         return int(self.text_encoder.config.d_model)
+
+    # -- the family's Encoders interface (stages/families/base.py), run by the one encodings producer
+    def check_layout(self, layout: EncodingsLayout, model: str) -> None:
+        """The loaded weights must match the config files the layout was computed from."""
+        spec_geo = read_model_configs(model).geometry
+        if self.geometry != spec_geo or self.text_dim != layout.schema["prompt_embeds"].shape[1]:
+            raise ValueError(
+                f"loaded encoders ({self.geometry}, text dim {self.text_dim}) do not match the configs "
+                f"of {model} ({spec_geo}, {layout.schema['prompt_embeds']})"
+            )
+
+    def compile(self) -> None:
+        compile_modules("encoders", vae_compile_targets(self.vae), self.device)
+
+    def column_arrays(self, encoders_cfg: Any) -> dict[str, np.ndarray]:
+        """The empty-prompt embedding, for classifier-free-guidance dropout of captions in stage two."""
+        embeds, mask = encode_prompt(self, "", encoders_cfg.max_text_len)
+        return {"empty_prompt_embeds": embeds, "empty_prompt_mask": mask}
+
+    def encode_clip(self, frames: np.ndarray, key: str, caption: str, encoders_cfg: Any) -> tuple[dict[str, np.ndarray], dict]:
+        """(latents, image_latents, prompt_embeds, prompt_mask; {"image_noise_sigma", "image_seed"[, "caption_truncated"]})."""
+        e = encoders_cfg
+        seed = clip_seed(e.seed, key)
+        image = encode_image(self, frames[0], seed, e.image_noise_sigma_mean, e.image_noise_sigma_std)
+        embeds, mask = encode_prompt(self, caption, e.max_text_len)
+        tokens = caption_tokens(self, caption)
+        arrays = {"latents": encode_video(self, frames), "image_latents": image.latents, "prompt_embeds": embeds, "prompt_mask": mask}
+        record: dict[str, Any] = {"image_noise_sigma": image.sigma, "image_seed": seed}
+        if tokens > e.max_text_len:
+            record["caption_truncated"] = tokens
+        return arrays, record
 
 
 @dataclass(frozen=True)
@@ -373,3 +408,57 @@ def encode_prompt(enc: Encoders, text: str, max_len: int) -> tuple[np.ndarray, n
     hidden = enc.text_encoder(input_ids=tokens.input_ids.to(enc.device))[0]
     mask = tokens.attention_mask[0].numpy().astype(np.uint8)
     return _to_fp16(hidden[0], "prompt embeddings"), mask
+
+
+# -- the encodings column (its one producer: stages/extract/columns/encodings.py) --------------
+
+
+def encodings_layout(encoders_cfg: Any, video: Any) -> EncodingsLayout:
+    """The column's layout from the VAE and T5 configs alone: latents [2C, T, H/s, W/s] (posterior), the noised
+    first frame's latents [C, 1, H/s, W/s], T5 prompt embeddings [L, D] and their mask [L]."""
+    enc = encoders_cfg
+    models = read_model_configs(enc.model)
+    geo = models.geometry
+    t, h, w = geo.latent_frames(video.num_frames), video.height // geo.spatial, video.width // geo.spatial
+    c, length = geo.latent_channels, enc.max_text_len
+    schema = {
+        "latents": ArraySpec((2 * c, t, h, w), "float16"),
+        "image_latents": ArraySpec((c, 1, h, w), "float16"),
+        "prompt_embeds": ArraySpec((length, models.text_dim), "float16"),
+        "prompt_mask": ArraySpec((length,), "uint8"),
+    }
+    # the device never changes content, nor compile (speed only; CPU ignores it)
+    encoders = {k: v for k, v in dataclasses.asdict(enc).items() if k not in ("device", "compile")}
+    model: dict[str, Any] = {"vae": models.vae, "text_encoder": models.text_encoder}
+    if enc.model == TINY:
+        model["tiny_version"] = TINY_VERSION
+    return EncodingsLayout(encoders, model, schema, _column_attrs(enc, geo, models.text_dim), geo.spatial, geo.temporal)
+
+
+def _column_attrs(enc: Any, geo: VaeGeometry, text_dim: int) -> dict[str, Any]:
+    return {
+        "scaling_factor": geo.scaling_factor,
+        "latent_channels": geo.latent_channels,
+        "temporal_compression": geo.temporal,
+        "spatial_compression": geo.spatial,
+        "invert_scale_latents": geo.invert_scale_latents,
+        "latents": "VAE posterior parameters [mean | logvar] on channels (DiagonalGaussianDistribution), "
+        "unscaled: sample, then multiply by scaling_factor",
+        "image_noise": {
+            "sigma": "exp(N(mean, std)) per clip, seeded by (encoders.seed, clip key)",
+            "mean": enc.image_noise_sigma_mean,
+            "std": enc.image_noise_sigma_std,
+            "space": "pixels in [-1, 1], noise added before VAE encoding",
+            "image_latents": "one posterior sample of the noised first frame, unscaled",
+        },
+        "prompt": {
+            "max_text_len": enc.max_text_len,
+            "text_dim": text_dim,
+            "encoded_with_attention_mask": False,  # as diffusers' CogVideoX pipelines
+        },
+    }
+
+
+def load_column_encoders(encoders_cfg: Any, device: str) -> Encoders:
+    e = encoders_cfg
+    return load_encoders(e.model, e.dtype, device, e.vae_slicing, e.vae_tiling)

@@ -26,6 +26,10 @@ COGVIDEOX_15_KNOWN: dict[str, dict[str, Any]] = {
     "THUDM/CogVideoX1.5-5B-I2V": COGVIDEOX_15_5B_I2V_TRANSFORMER,
     "THUDM/CogVideoX1.5-5B": {**COGVIDEOX_15_5B_I2V_TRANSFORMER, "in_channels": 16, "ofs_embed_dim": None},
 }
+# vae/config.json of CogVideoX(-5b, -5b-I2V) 1.0: 8x spatial, 4x temporal, 16 channels
+COGVIDEOX_5B_VAE: dict[str, Any] = {
+    "block_out_channels": [128, 256, 256, 512], "latent_channels": 16, "temporal_compression_ratio": 4, "scaling_factor": 0.7,
+}
 # vae/config.json of CogVideoX 1.5: 4 blocks (8x spatial), 4x temporal, image latents divided by the factor
 COGVIDEOX_15_VAE: dict[str, Any] = {
     "block_out_channels": [128, 256, 256, 512], "latent_channels": 16, "temporal_compression_ratio": 4,
@@ -42,6 +46,26 @@ class CogVideoXStudent(Student):
     family = "cogvideox"
     transformer_class = "CogVideoXTransformer3DModel"
     pipeline_classes = {"i2v": "CogVideoXImageToVideoPipeline", "t2v": "CogVideoXPipeline"}
+
+    # -- what the registry asks
+    tiny_presets = (cogvideox.TINY,)
+    encoder_presets = (cogvideox.TINY,)
+    vae_classes = ("AutoencoderKLCogVideoX",)
+    hub_name_prefixes = ("cogvideo",)  # THUDM/CogVideoX-5b, THUDM/CogVideoX1.5-5B-I2V, ...
+
+    def tiny_encoders(self, task: str) -> str:
+        return cogvideox.TINY  # one preset for both tasks (the I2V image latents are stored either way)
+
+    def known_configs(self, model: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        from stages.families.cogvideox.encoders import TINY_VAE_CONFIG
+
+        if model == cogvideox.TINY:
+            return cogvideox.tiny_transformer_config("i2v"), dict(TINY_VAE_CONFIG)
+        if model in COGVIDEOX_15_KNOWN:
+            return dict(COGVIDEOX_15_KNOWN[model]), dict(COGVIDEOX_15_VAE)
+        if model in cogvideox.KNOWN_TRANSFORMERS:
+            return dict(cogvideox.KNOWN_TRANSFORMERS[model]), dict(COGVIDEOX_5B_VAE)
+        return None
 
     def load(self, model: str, task: str, dtype: torch.dtype, device: str | torch.device):
         return cogvideox.load_student(model, task, dtype, device)
@@ -80,6 +104,29 @@ class CogVideoXStudent(Student):
 
     def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
         return transformer.transformer_blocks
+
+    # -- attention, memory plan and stage one (the interface's later sections)
+    def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
+        return cogvideox.set_attention(transformer, backend)
+
+    def plan_latent_shape(self, transformer_config: Any, model: str) -> tuple[int, int, int]:
+        c = transformer_config
+        # CogVideoX 1.5's sample size is its RoPE limit (300x300), not a video size: plan its 768x1360
+        size = (96, 170) if c.patch_size_t else (c.sample_height, c.sample_width)
+        return ((c.sample_frames - 1) // c.temporal_compression_ratio + 1, *size)
+
+    def attention_tokens(self, transformer_config: Any, video_tokens: int, text_len: int | None) -> int:
+        return video_tokens + (text_len or transformer_config.max_text_seq_length)  # joint text + video attention
+
+    def encodings_layout(self, encoders_cfg: Any, video_cfg: Any):
+        from stages.families.cogvideox.encoders import encodings_layout
+
+        return encodings_layout(encoders_cfg, video_cfg)
+
+    def load_encoders(self, encoders_cfg: Any, device: str):
+        from stages.families.cogvideox.encoders import load_column_encoders
+
+        return load_column_encoders(encoders_cfg, device)
 
     def video_tokens(self, block_output: Any) -> torch.Tensor:
         return block_output[0]  # a CogVideoX block returns (video tokens, text tokens)

@@ -3,7 +3,8 @@
 Loads a diffusers-format model (folder or hub id with `transformer/` and `scheduler/`) or a tiny
 random-weight one, and holds the geometry helpers the trainer needs: the token grid of a latent
 and the 3D RoPE the inference pipelines compute. No VAE and no text encoder: stage two reads
-their outputs from the feature store.
+their outputs from the feature store. LoRA and full fine-tuning are family-independent
+(stages/families/lora.py); this module adds CogVideoX's attention backends to them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
 from diffusers.models.embeddings import apply_rotary_emb, get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
-from peft import LoraConfig
+
+from stages.families import lora
+# the family-independent LoRA helpers, importable from here as before the move
+from stages.families.lora import apply_lora, cast_trainable_to_fp32, enable_full_finetune, trainable_parameters  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -140,51 +144,6 @@ def load_student(
     return transformer, scheduler
 
 
-def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-def apply_lora(
-    transformer: CogVideoXTransformer3DModel,
-    rank: int,
-    alpha: float,
-    targets: Sequence[str] = ("to_q", "to_k", "to_v", "to_out.0"),
-    dropout: float = 0.0,
-    adapter_name: str = "default",
-) -> list[torch.nn.Parameter]:
-    """Freeze the base weights and add a PEFT LoRA adapter (as diffusers' scripts do); returns its params.
-
-    LoRA B starts at zero, so the adapted model equals the base model until trained. The adapter's
-    parameters are kept in fp32 even over a half-precision base, so small updates are not rounded away.
-    """
-    transformer.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=True, target_modules=list(targets))
-    transformer.add_adapter(config, adapter_name=adapter_name)
-    if not trainable_parameters(transformer):
-        raise ValueError(f"LoRA targets {list(targets)} matched no module of the transformer")
-    return cast_trainable_to_fp32(transformer)
-
-
-def enable_full_finetune(transformer: CogVideoXTransformer3DModel) -> list[torch.nn.Parameter]:
-    """Make every transformer weight trainable (the full fine-tuning option), as fp32 master weights.
-
-    Why fp32: AdamW steps of lr 1e-5 are far below bf16's resolution (8 mantissa bits), so a bf16
-    weight would round most updates away. As diffusers' `cast_training_params`, the trainable copy is
-    fp32 and the forward runs in bf16 (CUDA autocast under DDP, FSDP's all-gather dtype under FSDP).
-    """
-    transformer.requires_grad_(True)
-    return cast_trainable_to_fp32(transformer)
-
-
-def cast_trainable_to_fp32(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Trainable parameters -> fp32 in place (frozen ones keep their dtype); returns them."""
-    params = trainable_parameters(module)
-    for p in params:
-        if p.dtype != torch.float32:
-            p.data = p.data.float()
-    return params
-
-
 def set_attention(transformer: CogVideoXTransformer3DModel, backend: str) -> str:
     """Select the attention kernel; returns the backend actually used.
 
@@ -208,19 +167,8 @@ def set_attention(transformer: CogVideoXTransformer3DModel, backend: str) -> str
 
 
 def configure_student(transformer: CogVideoXTransformer3DModel, cfg: Any) -> list[torch.nn.Parameter]:
-    """Apply a `StudentConfig` (stages/config/distill.py): LoRA or full fine-tuning, checkpointing, attention.
-
-    Returns the trainable parameters. Gradient checkpointing uses diffusers' non-reentrant default,
-    which keeps the tapped features attached to the graph (see stages/distill/tap.py).
-    """
-    if cfg.full_finetune:
-        params = enable_full_finetune(transformer)
-    else:
-        params = apply_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
-    if cfg.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    set_attention(transformer, cfg.attention)
-    return params
+    """stages.families.lora.configure_student with CogVideoX's attention backends (`set_attention`)."""
+    return lora.configure_student(transformer, cfg, set_attention)
 
 
 def token_grid(transformer_config: Any, latent_shape: Sequence[int]) -> tuple[int, int, int]:

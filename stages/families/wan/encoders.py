@@ -9,10 +9,22 @@ Stage two never loads these models. What differs from CogVideoX (stages/families
 
 Models come from a diffusers folder / hub id (`vae/`, `text_encoder/`, `tokenizer/`) or the "tiny-wan"
 preset: the real architectures with random weights at toy width, saved and loaded in diffusers format.
+
+The encodings column (its one producer is stages/extract/columns/encodings.py; this module gives its layout and
+per-clip encode): the same column name and arrays as CogVideoX's, so stage two streams it alike, with what differs
+in the attrs: `vae_family` "wan", the VAE's per-channel `latents_mean` / `latents_std` (the student normalises
+x0 = (z - mean) / std), scaling_factor 1. Text-to-video stores no image arrays. An image-to-video model (one with
+image_encoder/, or "tiny-wan-i2v") adds the Wan 2.1 I2V condition as WanImageToVideoPipeline builds it from the
+first frame: `image_latents` (the VAE mode of [frame 0, zeros], unnormalised) and `image_embeds` (CLIP's
+penultimate hidden state); the CLIP config is in the column config, so the column key changes with the task. The
+prompt is encoded with its mask and zeroed past its tokens, as WanPipeline does (max_text_len 512 for the real
+models). The Wan 2.2 VAE (TI2V-5B, or the "tiny-wan22" preset) gives the same arrays with 48 channels at 16x
+spatial; TI2V's image condition is the first latent frame of `latents` itself, so its stores hold no image arrays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
 import re
@@ -27,7 +39,11 @@ from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CL
 
 from stages.config.loader import config_hash
 from stages.core.devices import resolve_device, resolve_dtype
-from stages.families.cogvideox.encoders import TINY_T5_CONFIG, _pixels, publish_cached, _to_fp16, _tiny_pieces, cache_root, tiny_tokenizer
+from stages.families.base import EncodingsLayout
+from stages.families.cogvideox.encoders import (
+    TINY_T5_CONFIG, _pixels, _tiny_pieces, _to_fp16, cache_root, caption_tokens, publish_cached, tiny_tokenizer,
+)
+from stages.store import ArraySpec
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +64,24 @@ TINY_WAN_VAE_CONFIG: dict[str, Any] = {
 }
 
 
+# The Wan 2.1 VAE (vae/config.json of every Wan 2.1 model): 8x spatial, 4x temporal, 16 channels
+WAN21_VAE: dict[str, Any] = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                             "temperal_downsample": [False, True, True]}
+# The Wan 2.2 VAE (vae/config.json of TI2V-5B, diffusers' convert_wan_to_diffusers.py vae22 config): residual blocks,
+# a 2x2 pixel patch in front (12 = 3 x 2 x 2 input channels), so 16x spatial (8 from the stages x 2 from the patch),
+# 4x temporal, 48 channels
+WAN22_VAE: dict[str, Any] = {
+    "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+    "temperal_downsample": [False, True, True], "is_residual": True, "in_channels": 12, "out_channels": 12,
+    "patch_size": 2, "scale_factor_spatial": 16, "scale_factor_temporal": 4,
+    "latents_mean": [-0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891, 0.157, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502, -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.123, -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.052, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667],
+    "latents_std": [0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.499, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659, 0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.06, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744],
+}
+
 
 def tiny_wan22_vae_config() -> dict[str, Any]:
     """The Wan 2.2 VAE (residual blocks, 2x2 pixel patch: 16x spatial, 4x temporal, 48 channels with TI2V-5B's
     latents_mean/std) at toy width: base 8, one residual block per stage."""
-    from stages.families.wan.family import WAN22_VAE
-
     return {**WAN22_VAE, "base_dim": 8, "decoder_base_dim": 8, "num_res_blocks": 1}
 
 
@@ -88,6 +116,28 @@ class WanEncoders:
     @property
     def text_dim(self) -> int:
         return int(self.text_encoder.config.d_model)
+
+    # -- the family's Encoders interface (stages/families/base.py), run by the one encodings producer
+    def check_layout(self, layout: EncodingsLayout, model: str) -> None:
+        if self.text_dim != layout.schema["prompt_embeds"].shape[1]:
+            raise ValueError(f"loaded UMT5 is {self.text_dim} wide, the config of {model} says "
+                             f"{layout.schema['prompt_embeds'].shape[1]}")
+
+    def compile(self) -> None:
+        """Not compiled: encoders.compile applies to the CogVideoX VAE only (the Wan VAE runs eager)."""
+
+    def column_arrays(self, encoders_cfg: Any) -> dict[str, np.ndarray]:
+        embeds, mask = encode_prompt_wan(self, "", encoders_cfg.max_text_len)
+        return {"empty_prompt_embeds": embeds, "empty_prompt_mask": mask}
+
+    def encode_clip(self, frames: np.ndarray, key: str, caption: str, encoders_cfg: Any) -> tuple[dict[str, np.ndarray], dict]:
+        """(latents, prompt_embeds, prompt_mask[, image_latents, image_embeds (I2V)]; {["caption_truncated"]})."""
+        embeds, mask = encode_prompt_wan(self, caption, encoders_cfg.max_text_len)
+        arrays = {"latents": encode_video_wan(self, frames), "prompt_embeds": embeds, "prompt_mask": mask}
+        if self.image_encoder is not None:
+            arrays["image_latents"], arrays["image_embeds"] = encode_image_condition_wan(self, frames)
+        tokens = caption_tokens(self, caption)
+        return arrays, ({"caption_truncated": tokens} if tokens > encoders_cfg.max_text_len else {})
 
 
 @dataclass(frozen=True)
@@ -245,3 +295,51 @@ def encode_prompt_wan(enc: WanEncoders, text: str, max_len: int) -> tuple[np.nda
     length = int(mask.gt(0).sum())
     hidden = torch.cat([hidden[:length], hidden.new_zeros(max_len - length, hidden.shape[1])])
     return _to_fp16(hidden, "prompt embeddings"), mask[0].numpy().astype(np.uint8)
+
+
+# -- the encodings column (its one producer: stages/extract/columns/encodings.py) --------------
+
+
+def encodings_layout(encoders_cfg: Any, video: Any) -> EncodingsLayout:
+    """The column's layout from the Wan VAE, UMT5 (and, for I2V, CLIP) configs alone."""
+    enc = encoders_cfg
+    vae_config, text_config = read_wan_configs(enc.model)
+    geo = WanVaeGeometry.from_config(vae_config)
+    t, h, w = geo.latent_frames(video.num_frames), video.height // geo.spatial, video.width // geo.spatial
+    c, length, text_dim = geo.latent_channels, enc.max_text_len, int(text_config["d_model"])
+    schema = {
+        "latents": ArraySpec((2 * c, t, h, w), "float16"),
+        "prompt_embeds": ArraySpec((length, text_dim), "float16"),
+        "prompt_mask": ArraySpec((length,), "uint8"),
+    }
+    image_config = read_image_encoder_config(enc.model)
+    if image_config is not None:  # Wan 2.1 I2V: the first-frame condition and its CLIP embeddings
+        schema["image_latents"] = ArraySpec((c, t, h, w), "float16")
+        schema["image_embeds"] = ArraySpec((image_tokens(image_config), int(image_config["hidden_size"])), "float16")
+    keep = ("model", "max_text_len", "dtype", "seed")  # image noise, slicing and tiling do not apply
+    encoders = {k: v for k, v in dataclasses.asdict(enc).items() if k in keep}
+    model: dict[str, Any] = {"family": "wan", "vae": vae_config, "text_encoder": text_config}
+    if image_config is not None:
+        model["image_encoder"] = image_config
+    if enc.model in TINY_WAN_MODELS:
+        model["tiny_version"] = TINY_WAN_VERSION
+    attrs = {
+        "vae_family": "wan",
+        "scaling_factor": 1.0,  # the Wan VAE normalises per channel instead (latents_mean / latents_std)
+        "latents_mean": list(geo.latents_mean),
+        "latents_std": list(geo.latents_std),
+        "latent_channels": c,
+        "temporal_compression": geo.temporal,
+        "spatial_compression": geo.spatial,
+        "invert_scale_latents": False,
+        "latents": "Wan VAE posterior parameters [mean | logvar] on channels, unnormalised: sample z, then "
+        "x0 = (z - latents_mean) / latents_std per channel",
+        "task": "i2v" if image_config is not None else "t2v",
+        "prompt": {"max_text_len": length, "text_dim": text_dim, "encoded_with_attention_mask": True,
+                   "padding": "zeros after the prompt's tokens (WanPipeline)"},
+    }
+    return EncodingsLayout(encoders, model, schema, attrs, geo.spatial, geo.temporal)
+
+
+def load_column_encoders(encoders_cfg: Any, device: str) -> WanEncoders:
+    return load_wan_encoders(encoders_cfg.model, encoders_cfg.dtype, device)

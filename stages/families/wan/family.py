@@ -41,6 +41,8 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 from diffusers.utils.torch_utils import randn_tensor
 
 from stages.families.base import Geometry, Student
+# the VAE configs live with the encoders (stage one); named here too, as before
+from stages.families.wan.encoders import TINY_WAN_MODELS, TINY_WAN_VAE_CONFIG, WAN21_VAE, WAN22_VAE  # noqa: F401
 
 TINY_WAN = "tiny-wan"
 TINY_SEED = 0
@@ -53,9 +55,6 @@ WAN21_T2V_1_3B_TRANSFORMER: dict[str, Any] = {
     "text_dim": 4096,
 }
 WAN21_T2V_14B_TRANSFORMER: dict[str, Any] = {**WAN21_T2V_1_3B_TRANSFORMER, "num_attention_heads": 40, "num_layers": 40, "ffn_dim": 13824}
-# The Wan 2.1 VAE (vae/config.json of every Wan 2.1 model): 8x spatial, 4x temporal, 16 channels
-WAN21_VAE: dict[str, Any] = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
-                             "temperal_downsample": [False, True, True]}
 # The scheduler folder of the Wan 2.1 Diffusers checkpoints: UniPC on flow sigmas, shift 3.0 (480P)
 WAN21_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "prediction_type": "flow_prediction",
                                    "use_flow_sigmas": True, "flow_shift": 3.0}
@@ -67,16 +66,6 @@ WAN21_I2V_14B_TRANSFORMER: dict[str, Any] = {**WAN21_T2V_14B_TRANSFORMER, "in_ch
 # on 48 latent channels; text-to-video, and image-to-video by keeping the first latent frame clean (below).
 WAN22_TI2V_5B_TRANSFORMER: dict[str, Any] = {**WAN21_T2V_1_3B_TRANSFORMER, "num_attention_heads": 24, "num_layers": 30,
                                              "ffn_dim": 14336, "in_channels": 48, "out_channels": 48}
-# The Wan 2.2 VAE (vae/config.json of TI2V-5B, diffusers' convert_wan_to_diffusers.py vae22 config): residual blocks,
-# a 2x2 pixel patch in front (12 = 3 x 2 x 2 input channels), so 16x spatial (8 from the stages x 2 from the patch),
-# 4x temporal, 48 channels
-WAN22_VAE: dict[str, Any] = {
-    "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
-    "temperal_downsample": [False, True, True], "is_residual": True, "in_channels": 12, "out_channels": 12,
-    "patch_size": 2, "scale_factor_spatial": 16, "scale_factor_temporal": 4,
-    "latents_mean": [-0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891, 0.157, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502, -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.123, -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.052, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667],
-    "latents_std": [0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.499, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659, 0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.06, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744],
-}
 # TI2V-5B's scheduler folder: UniPC on flow sigmas, shift 5.0; its pipeline config sets expand_timesteps (per-token t)
 WAN22_SCHEDULER: dict[str, Any] = {**WAN21_SCHEDULER, "flow_shift": 5.0}
 WAN22_TI2V_5B = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
@@ -242,6 +231,25 @@ class WanStudent(Student):
     # ti2v: Wan 2.2 TI2V-5B, whose Diffusers folder is a WanPipeline with expand_timesteps (the LoRA format is the same)
     pipeline_classes = {"t2v": "WanPipeline", "i2v": "WanImageToVideoPipeline", "ti2v": "WanPipeline"}
 
+    # -- what the registry asks
+    tiny_presets = (TINY_WAN,)
+    vae_classes = ("AutoencoderKLWan",)
+    hub_name_prefixes = ("wan",)  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers, Wan-AI/Wan2.2-TI2V-5B-Diffusers, ...
+
+    encoder_presets = TINY_WAN_MODELS
+
+    def tiny_encoders(self, task: str) -> str:
+        from stages.families.wan.encoders import TINY_WAN22, TINY_WAN_I2V
+
+        return {"i2v": TINY_WAN_I2V, "ti2v": TINY_WAN22}.get(task, TINY_WAN)  # + CLIP (Wan 2.1 I2V); the Wan 2.2 VAE
+
+    def known_configs(self, model: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        if model == TINY_WAN:
+            return tiny_transformer_config(), dict(TINY_WAN_VAE_CONFIG)
+        if model in KNOWN_TRANSFORMERS:  # published configs known without a download
+            return dict(KNOWN_TRANSFORMERS[model]), dict(KNOWN_VAES.get(model, WAN21_VAE))
+        return None
+
     def load(self, model: str, task: str, dtype: torch.dtype, device: str | torch.device):
         if task not in self.pipeline_classes:
             raise ValueError(f"{model}: student.task={task!r}; a Wan student is t2v (Wan 2.1 T2V), i2v (Wan 2.1 I2V) "
@@ -308,6 +316,26 @@ class WanStudent(Student):
 
     def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
         return transformer.blocks
+
+    # -- data, memory plan and stage one (the interface's later sections)
+    def condition_arrays(self, task: str) -> tuple[str, ...]:
+        return ("image_latents", "image_embeds") if task == "i2v" else ()  # Wan 2.1 I2V: + CLIP image tokens
+
+    def plan_latent_shape(self, transformer_config: Any, model: str) -> tuple[int, int, int]:
+        # 81 frames of 480x832 through the Wan 2.1 VAE; Wan 2.2 TI2V-5B its 121 frames of 704x1280 (16x VAE)
+        return KNOWN_LATENT_SHAPES.get(model, (21, 60, 104))
+
+    # attention_tokens: the default (video only): Wan's text enters by cross-attention, not the token sequence
+
+    def encodings_layout(self, encoders_cfg: Any, video_cfg: Any):
+        from stages.families.wan.encoders import encodings_layout
+
+        return encodings_layout(encoders_cfg, video_cfg)
+
+    def load_encoders(self, encoders_cfg: Any, device: str):
+        from stages.families.wan.encoders import load_column_encoders
+
+        return load_column_encoders(encoders_cfg, device)
 
     def video_tokens(self, block_output: Any) -> torch.Tensor:
         return block_output  # a Wan block returns the video tokens [B, T*h*w, D] alone

@@ -1,0 +1,94 @@
+"""One battery for every registered family and task: a family added to stages/families/registry.py runs it by
+being registered (the cases are read from the registry, not listed here).
+
+Per (family, task), on the family's tiny presets and the shipped sample clip size (49 frames of 128x192):
+- configs -> geometry: the transformer built on the meta device from the family's own configs, and the grid it
+  implies equals the grid of the latents the family's encodings column stores (stage one and stage two agree);
+- one training step's inputs and loss: finite, the same for the same seed, different for another;
+- the tap: block L's video tokens as [B, T, h, w, D] on that grid, D the transformer's width.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import ROOT
+from stages.config.distill import LossesConfig
+from stages.config.extract import ExtractConfig
+from stages.config.loader import load_config
+from stages.distill.data import image_scale
+from stages.distill.tap import FeatureTap
+from stages.distill.trainer import LossContext
+from stages.families.registry import FAMILIES, get_student
+
+CASES = [(family, task) for family, cls in FAMILIES.items() for task in cls.pipeline_classes]
+BATCH = 2
+
+
+def _layout(student, task):
+    """The family's encodings layout for its tiny encoders of `task` at the sample clip size (configs only)."""
+    cfg = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", [f"encoders.model={student.tiny_encoders(task)}"])
+    return student.encodings_layout(cfg.encoders, cfg.video), cfg.video
+
+
+def _batch(layout, generator) -> dict[str, torch.Tensor]:
+    """Random arrays of the layout's schema with a batch axis (what the stream yields)."""
+    return {k: torch.randn((BATCH, *spec.shape), generator=generator) for k, spec in layout.schema.items() if spec.dtype != "uint8"}
+
+
+def _vector(values):
+    return None if values is None else torch.tensor(values, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("family,task", CASES)
+def test_configs_give_the_stored_grid_on_the_meta_device(family, task):
+    student = get_student(family)
+    tiny = student.tiny_presets[0]
+    transformer_cfg, _ = student.known_configs(tiny)
+    layout, video = _layout(student, task)
+    with torch.device("meta"):
+        transformer = student.transformer_from_config(transformer_cfg)
+    assert all(p.is_meta for p in transformer.parameters())
+    geometry = student.geometry(transformer.config, layout.model["vae"])
+    assert (geometry.vae_spatial, geometry.vae_temporal) == (layout.spatial, layout.temporal)
+    latents = layout.schema["latents"].shape  # [2C, T, H8, W8]
+    grid = student.token_grid(transformer.config, latents[1:])
+    assert geometry.token_grid(video.num_frames, video.height, video.width).shape == grid
+    assert all(n > 0 for n in grid) and student.num_blocks(transformer.config) == len(student.blocks(transformer))
+
+
+@pytest.mark.parametrize("family,task", CASES)
+def test_inputs_loss_and_tap_tokens(family, task):
+    student = get_student(family)
+    transformer, scheduler = student.load(student.tiny_presets[0], task, torch.float32, "cpu")
+    layout, _ = _layout(student, task)
+    assert set(student.condition_arrays(task)) <= set(layout.schema)
+    latents = layout.schema["latents"].shape
+    attrs = layout.attrs
+    ctx = LossContext(
+        transformer.config, scheduler, LossesConfig(), task, float(attrs["scaling_factor"]), 1000, 0.0, 0.0, None,
+        student.rotary(transformer.config, latents[1:], torch.device("cpu")), None, torch.float32, torch.device("cpu"),
+        None, None, image_scale=image_scale(attrs), student=student,
+        latents_mean=_vector(attrs.get("latents_mean")), latents_std=_vector(attrs.get("latents_std")),
+    )
+    batch = _batch(layout, torch.Generator().manual_seed(1))
+    block = student.num_blocks(transformer.config) - 1
+
+    def step(seed: int):
+        inputs = student.prepare_inputs(ctx, batch, torch.Generator().manual_seed(seed))
+        with torch.no_grad(), FeatureTap(transformer, block, student) as tap:
+            output = transformer(**inputs.model_kwargs)[0]
+            features = tap.pop()
+        loss, aux = student.loss_from_output(ctx, output, inputs)
+        return loss, aux, features
+
+    loss, aux, features = step(0)
+    again, _, _ = step(0)
+    other, _, _ = step(1)
+    assert torch.isfinite(loss) and loss.ndim == 0 and aux["per_sample"].shape == (BATCH,)
+    assert torch.equal(loss, again)  # same seed, same noise and timestep: the same loss
+    assert not torch.equal(loss, other)
+    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    assert features.shape == (BATCH, *student.token_grid(transformer.config, latents[1:]), width)
+    assert torch.isfinite(features).all()
