@@ -46,9 +46,6 @@ SIBLINGS: set[tuple[str, str]] = {("stages.families", "stages.store")}
 # problem not listed AND on a listed one that is gone, so this list only shrinks: delete the entry
 # with the fix. Keys carry no line numbers (they move with every edit); the failure text has them.
 KNOWN: dict[str, str] = {
-    # the CogVideoX diffusion objective sits in distill/losses.py; it belongs to its family
-    "stages.families.cogvideox.family -> stages.distill.losses": "family: the objective moves into families/cogvideox/",
-    "stages.families.wan.family -> stages.distill.losses": "family: _caption_dropout/_rand_device move with the objective",
 }
 
 

@@ -9,13 +9,11 @@ import torch
 from stages.config.loader import from_dict
 from stages.config.distill import TINY, DistillConfig
 from stages.config.extract import LGFConfig
+from stages.families.cogvideox.objective import diffusion_loss, diffusion_loss_from_output, prepare_diffusion_inputs
 from stages.distill.losses import (
-    diffusion_loss,
-    diffusion_loss_from_output,
     feature_losses,
     lgf_loss,
     mask_loss,
-    prepare_diffusion_inputs,
     repa_loss,
     teacher_target,
     weight_at,

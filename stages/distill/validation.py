@@ -36,7 +36,8 @@ import torch.distributed as dist
 from stages.store import StoreError, join_shard_data
 from stages.distill.stream import _read, collate
 from stages.distill.data import TrainingData
-from stages.distill.losses import diffusion_loss_from_output, lgf_loss, prepare_diffusion_inputs, repa_teacher, teacher_target
+from stages.distill.losses import lgf_loss, repa_teacher, teacher_target
+from stages.families.cogvideox.objective import diffusion_loss_from_output, prepare_diffusion_inputs
 from stages.distill.tap import FeatureTap
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """CogVideoX (1.0 and 1.5, I2V and T2V) behind the student interface.
 
-The implementation stays where it was (stages/families/cogvideox/transformer.py: loading, LoRA, RoPE; losses.py:
+The implementation sits beside it (transformer.py: loading, LoRA, RoPE; objective.py:
 the v-prediction objective of diffusers' CogVideoX LoRA scripts; export.py): this class only points
 the interface at it, so CogVideoX trains exactly as before (the golden curve is unchanged).
 """
@@ -132,7 +132,7 @@ class CogVideoXStudent(Student):
         return block_output[0]  # a CogVideoX block returns (video tokens, text tokens)
 
     def prepare_inputs(self, ctx: Any, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> Any:
-        from stages.distill.losses import prepare_diffusion_inputs
+        from stages.families.cogvideox.objective import prepare_diffusion_inputs
 
         return prepare_diffusion_inputs(
             ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.scaling_factor, generator,
@@ -142,7 +142,7 @@ class CogVideoXStudent(Student):
         )
 
     def loss_from_output(self, ctx: Any, output: torch.Tensor, inputs: Any):
-        from stages.distill.losses import diffusion_loss_from_output
+        from stages.families.cogvideox.objective import diffusion_loss_from_output
 
         return diffusion_loss_from_output(ctx.scheduler, output, inputs)
 

@@ -170,7 +170,7 @@ def prepare_flow_inputs(
     first_frame_clean: Wan 2.2 TI2V -- latent frame 0 clean (the posterior mean), per-token timesteps [B, T*h*w]
     with 0 on its tokens, and the loss over frames 1.. (the module docstring).
     """
-    from stages.distill.losses import _caption_dropout, _rand_device
+    from stages.families.noise import caption_dropout as _caption_dropout, rand_device as _rand_device
 
     device = latent_params.device
     batch = latent_params.shape[0]
