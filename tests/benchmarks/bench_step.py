@@ -54,6 +54,7 @@ from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXTr
 
 from stages.config.distill import LoRAConfig, LossesConfig, StudentConfig  # noqa: E402
 from stages.distill.trainer import LossContext, distill_loss, step_seed  # noqa: E402
+from stages.families.registry import student_of  # noqa: E402
 from stages.distill.projector import Projector, ProjectorSpec  # noqa: E402
 from stages.families.cogvideox.transformer import (  # noqa: E402
     COGVIDEOX_5B_I2V_TRANSFORMER,
@@ -152,6 +153,7 @@ def forward_loss(parts: StepParts, batch: dict, seed: int, step: int, lgf: bool)
         parts.transformer.config, parts.scheduler, parts.losses, "i2v", parts.scaling_factor, parts.timesteps,
         parts.image_dropout, parts.caption_dropout, parts.empty_prompt, parts.rotary, parts.column_lgf,
         parts.transformer.dtype, device, parts.autocast_dtype, parts.projector if lgf else None,
+        student=student_of(parts.transformer),
     )
 
     def forward(model_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -308,7 +310,7 @@ def run_fsdp(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: i
     ctx = LossContext(
         cfg, parts.scheduler, parts.losses, "i2v", parts.scaling_factor, parts.timesteps, parts.image_dropout,
         parts.caption_dropout, parts.empty_prompt, parts.rotary, parts.column_lgf, parts.transformer.dtype, device,
-        parts.autocast_dtype, parts.projector, touch_unused=False,
+        parts.autocast_dtype, parts.projector, touch_unused=False, student=student_of(parts.transformer),
     )  # fmt: skip
     seconds, peak = [], 0.0
     for i in range(warmup + steps):
