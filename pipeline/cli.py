@@ -279,8 +279,8 @@ def distill(
         return
     try:
         summary = _run_distill(cfg, resume, show_progress=True)
-    except (StoreError, MemoryPlanError, ResumeMismatch) as exc:  # one line, exit 2: the message names the fix
-        kind = {StoreError: "store error", MemoryPlanError: "memory plan", ResumeMismatch: "resume"}
+    except (StoreError, MemoryPlanError, ResumeMismatch, OSError) as exc:  # one line, exit 2: the message names the fix
+        kind = {StoreError: "store error", MemoryPlanError: "memory plan", ResumeMismatch: "resume", OSError: "I/O error"}
         typer.secho(f"{next(v for k, v in kind.items() if isinstance(exc, k))}: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     if summary["rank"] == 0:

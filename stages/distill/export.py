@@ -21,6 +21,7 @@ import torch
 from diffusers import CogVideoXImageToVideoPipeline
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+from stages.config.secrets import redact
 from stages.distill.projector import Projector, save_projector
 
 logger = logging.getLogger(__name__)
@@ -78,14 +79,25 @@ def write_lora(
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in state.items()}
     pipeline_class.save_lora_weights(
-        out_dir, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata
+        out_dir, transformer_lora_layers=state, transformer_lora_adapter_metadata=canonical_metadata(metadata)
     )
     if projector is not None:
         save_projector(projector, out_dir / PROJECTOR_DIR)
     if info is not None:
-        (out_dir / INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        (out_dir / INFO_NAME).write_text(json.dumps(redact(info), indent=2, sort_keys=True, default=str))
     logger.info("exported LoRA (%d tensors) to %s", len(state), out_dir)
     return out_dir
+
+
+def canonical_metadata(metadata: Any) -> Any:
+    """The LoraConfig metadata with every set as a sorted list: peft keeps target_modules as a set, which
+    diffusers writes into the header in hash order (PYTHONHASHSEED varies it per process), so two
+    identical runs would export files that differ byte-wise."""
+    if isinstance(metadata, dict):
+        return {k: canonical_metadata(v) for k, v in metadata.items()}
+    if isinstance(metadata, (set, frozenset)):
+        return sorted(metadata, key=str)
+    return metadata
 
 
 def save_full_transformer(config: Any, state: dict[str, torch.Tensor], out_dir: str | Path, dtype: torch.dtype) -> Path:
