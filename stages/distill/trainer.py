@@ -274,6 +274,7 @@ class Trainer:
         """<out>/holdout.json for `evaluate`, once every refusal check has passed; a resume must keep its split."""
         from stages.store.holdout import check_resumed_split, write_holdout
 
+        self.stream.batches_per_epoch(self.position.epoch)  # refuses a batch no rank can fill, before anything is written
         if resume:
             check_resumed_split(self.out, self.holdout)
         if self.rank == 0:
