@@ -275,3 +275,18 @@ def test_exported_lora_bytes_do_not_depend_on_the_process(tmp_path):
         meta = json.loads(f.metadata()["lora_adapter_metadata"])
     targets = meta["transformer.target_modules"]
     assert targets == sorted(targets) and len(targets) == 7
+
+
+# -- 8: temp claim files a kill left ----------------------------------------------------------
+
+def test_garbage_collection_sweeps_old_temp_claim_files(tmp_path):
+    store = build(tmp_path)
+    column = store.column("teacher")
+    claims = Path(store.path) / "columns" / column.dirname / "claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    old, fresh = claims / "00001.json.0123abcd.tmp", claims / "00002.json.4567ef01.tmp"
+    for path in (old, fresh):
+        path.write_text('{"shard": 1')
+    os.utime(old, (0, 0))  # left by a run killed long ago
+    column.collect_garbage(column_grace_s=600)
+    assert not old.exists() and fresh.exists()  # a fresh one may be a live writer's, a moment before its link

@@ -227,6 +227,24 @@ def clear_torn_claims(fs: fsspec.AbstractFileSystem, claims_dir: str) -> list[st
     return torn
 
 
+def sweep_temp_files(fs: fsspec.AbstractFileSystem, claims_dir: str, grace_s: float) -> list[str]:
+    """Delete the `<claim>.json.<uuid>.tmp` files (write_temp_beside) older than `grace_s` under `claims_dir`:
+    a live writer links or renames its temp file within milliseconds; one a kill left behind is never
+    renamed. Local disks only (object stores write claims in one PUT, no temp file). Returns their paths."""
+    if not is_local(fs) or not fs.exists(claims_dir):
+        return []
+    now, swept = time.time(), []
+    for path in fs.ls(claims_dir, detail=False):
+        if path.endswith(".tmp"):
+            try:
+                if now - os.path.getmtime(path) > grace_s:
+                    os.unlink(path)
+                    swept.append(path)
+            except FileNotFoundError:  # renamed or removed by its writer meanwhile
+                continue
+    return swept
+
+
 def _owner_text(claim: dict | None) -> str:
     owner = (claim or {}).get("owner", {})
     return f"pid {owner.get('pid')} on {owner.get('host')} (run {owner.get('run')})"

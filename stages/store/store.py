@@ -41,7 +41,7 @@ import zarr
 
 from stages.config.loader import config_hash
 from stages.core.fs import filesystem, is_local, join, write_json_atomic
-from stages.store.lease import Lease, LeaseOwner, claim, lease_alive
+from stages.store.lease import Lease, LeaseOwner, claim, lease_alive, sweep_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +507,7 @@ class Column:
             name = path.rsplit("/", 1)[-1]
             if name.endswith(".takeover") and name[:5].isdigit() and int(name[:5]) in committed:
                 fs.rm(path)
+        sweep_temp_files(fs, base, column_grace_s)  # temp claim files a kill left before their rename
         return removed
 
     def _check_arrays(self, shard: int, arrays: dict[str, np.ndarray], n: int) -> None:
