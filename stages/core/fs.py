@@ -59,7 +59,11 @@ def missing_bucket(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
     if is_local(fs):
         return None
     bucket = path.strip("/").split("/", 1)[0]
-    return None if fs.exists(bucket) else bucket
+    try:  # not fs.exists: it answers False for missing credentials too, which must say so instead
+        fs.info(bucket)
+    except FileNotFoundError:
+        return bucket
+    return None
 
 
 def json_blob(obj: Any) -> str:
