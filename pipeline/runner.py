@@ -25,8 +25,9 @@ from stages.config.extract import ExtractConfig
 from stages.extract.growth import Growth, bucket_listing, grow, known_keys
 from stages.store.integrity import readable_commit_records, verify_store
 from stages.extract.producer import load_registry
-from stages.core.fs import credentials_hint, is_local, missing_credentials
+from stages.core.fs import credentials_hint, filesystem, is_local, join, missing_bucket, missing_credentials
 from stages.store import Column, FeatureStore, Snapshot, StoreError
+from stages.store.lease import clear_torn_claims
 from stages.extract.shard_worker import ShardReport, ShardWorker
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ def prepare_store(
     try:
         store = FeatureStore(store_url, cfg.corpus.storage_options)
         _check_store_path(store)
+        _check_buckets(store, cfg)
         snapshot = store.snapshot()
         if snapshot is None:
             entries = list_corpus(cfg.corpus)
@@ -185,6 +187,23 @@ def prepare_store(
 def _check_store_path(store: FeatureStore) -> None:
     if is_local(store.fs) and os.path.exists(store.path) and not os.path.isdir(store.path):
         raise StoreError(f"store path {store.url} is a file, not a folder: name a new folder (or an existing store)")
+
+
+def _clear_torn_claims(columns) -> None:
+    """extract --repair: claim files a torn write left unreadable would block their shards for good."""
+    for column in columns:
+        for path in clear_torn_claims(column.store.fs, join(column.store.path, "columns", column.dirname, "claims")):
+            log.warning("repair: removed the torn claim file %s (column %s)", path, column.dirname)
+
+
+def _check_buckets(store: FeatureStore, cfg: ExtractConfig) -> None:
+    """The store's and the corpus's buckets must exist: nothing here ever creates one (a typo would make a new bucket)."""
+    for url, what in ((store.url, "store"), (cfg.corpus.url, "corpus")):
+        fs, path = (store.fs, store.path) if what == "store" else filesystem(url, cfg.corpus.storage_options)
+        bucket = missing_bucket(fs, path)
+        if bucket is not None:
+            raise StoreError(f"{what} {url}: bucket '{bucket}' does not exist (or these credentials cannot see it); "
+                             f"check the URL, or create the bucket first: nothing here creates one")
 
 
 def _raise_if_credentials(exc: BaseException, store_url: str, cfg: ExtractConfig) -> None:
@@ -243,6 +262,8 @@ def run_extract(
         check_ray_address(cfg.ray.address, cfg.ray.connect_timeout_s)  # before anything is written to the store
     growth = Growth()
     store, snapshot, columns = prepare_store(cfg, store_url, registry, append, growth)
+    if repair:
+        _clear_torn_claims(columns.values())
     check = verify_store(store, full=repair, columns=columns.values())
     damaged, repaired = [], {}
     for dirname, shards in check.damaged_shards().items():

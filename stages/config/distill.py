@@ -245,6 +245,9 @@ class DataConfig:
     # a clip whose arrays fail their commit checksum (or whose shard cannot be read): fail stops the
     # run naming store, column, shard, clip and array; skip logs it, leaves it out and counts it
     on_corrupt: Literal["fail", "skip"] = "fail"
+    # columns that committed different shards: refused naming the gaps; true trains on the shards every
+    # column committed, logging what is left out
+    allow_partial_columns: bool = False
     # teacher-quality filter (default: drop lost-subject clips); counts per rule in the log and summary.json
     filter: FilterConfig = field(default_factory=FilterConfig)
     # held-out split (stages/store/holdout.py): clips whose sha256(key) falls below this fraction are never

@@ -40,11 +40,30 @@ def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> Non
     Local: write a temp file beside it, fsync, rename. Object stores: a single PUT is atomic.
     """
     blob = json_blob(obj)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    make_parent(fs, path)
     if is_local(fs):
         os.replace(write_temp_beside(path, blob), path)
     else:
         fs.pipe_file(path, blob.encode())
+
+
+def make_parent(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """The folder of `path` on local disk. Object stores have no folders, and s3fs's makedirs would
+    create the bucket itself: a typo in a store URL must never make a new bucket."""
+    if is_local(fs):
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+
+
+def missing_bucket(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """The bucket of an object-store `path` when it does not exist (None: it does, or `fs` is local)."""
+    if is_local(fs):
+        return None
+    bucket = path.strip("/").split("/", 1)[0]
+    try:  # not fs.exists: it answers False for missing credentials too, which must say so instead
+        fs.info(bucket)
+    except FileNotFoundError:
+        return bucket
+    return None
 
 
 def json_blob(obj: Any) -> str:

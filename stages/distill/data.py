@@ -36,9 +36,10 @@ class TrainingData:
         return [c for c in (self.teacher, self.encodings) if c is not None]
 
     def stream(
-        self, batch_size: int, seed: int, shuffle_buffer: int, num_workers: int, on_corrupt: str = "fail", exclude: Collection[str] = ()
+        self, batch_size: int, seed: int, shuffle_buffer: int, num_workers: int, on_corrupt: str = "fail", exclude: Collection[str] = (),
+        allow_partial_columns: bool = False,
     ) -> ClipStream:
-        return ClipStream(self.store, self.columns, self.arrays, batch_size, seed, shuffle_buffer, num_workers, on_corrupt, exclude)
+        return ClipStream(self.store, self.columns, self.arrays, batch_size, seed, shuffle_buffer, num_workers, on_corrupt, exclude, allow_partial_columns)
 
 
 # columns a run can train against (data.teacher_column): SAM2's two-pass `teacher` (the default) and

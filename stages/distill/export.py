@@ -21,12 +21,14 @@ import torch
 from diffusers import CogVideoXImageToVideoPipeline
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+from stages.config.secrets import redact
 from stages.distill.projector import Projector, save_projector
 
 logger = logging.getLogger(__name__)
 
 PROJECTOR_DIR = "projector"
 INFO_NAME = "sam2videox.json"
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights writes
 
 
 def export_lora(
@@ -78,14 +80,43 @@ def write_lora(
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in state.items()}
     pipeline_class.save_lora_weights(
-        out_dir, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata
+        out_dir, transformer_lora_layers=state, transformer_lora_adapter_metadata=canonical_metadata(metadata)
     )
+    canonical_header(out_dir / LORA_FILE)
     if projector is not None:
         save_projector(projector, out_dir / PROJECTOR_DIR)
     if info is not None:
-        (out_dir / INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        (out_dir / INFO_NAME).write_text(json.dumps(redact(info), indent=2, sort_keys=True, default=str))
     logger.info("exported LoRA (%d tensors) to %s", len(state), out_dir)
     return out_dir
+
+
+def canonical_metadata(metadata: Any) -> Any:
+    """The LoraConfig metadata with every set as a sorted list: peft keeps target_modules as a set, which
+    diffusers writes into the header in hash order (PYTHONHASHSEED varies it per process), so two
+    identical runs would export files that differ byte-wise."""
+    if isinstance(metadata, dict):
+        return {k: canonical_metadata(v) for k, v in metadata.items()}
+    if isinstance(metadata, (set, frozenset)):
+        return sorted(metadata, key=str)
+    return metadata
+
+
+def canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's header with its __metadata__ entries in sorted order.
+
+    safetensors serialises the metadata from a Rust HashMap, whose order is random per process, so
+    the same tensors and metadata give files that differ byte-wise. Layout: 8-byte little-endian
+    header length, the JSON header (space-padded to 8 bytes, as safetensors writes it), the data.
+    """
+    blob = path.read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + n :])
 
 
 def save_full_transformer(config: Any, state: dict[str, torch.Tensor], out_dir: str | Path, dtype: torch.dtype) -> Path:

@@ -31,6 +31,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from stages.store import Column, FeatureStore, StoreError, join_shard_data
+from stages.store.integrity import column_gaps
 from stages.store.schema import CLIP, COMMIT
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class ClipStream:
         num_workers: int = 0,
         on_corrupt: str = "fail",  # fail | skip: what a damaged clip does (see the module docstring)
         exclude: Collection[str] = (),  # clip keys never streamed nor counted (held-out clips, filtered clips)
+        allow_partial_columns: bool = False,  # train on the shards every column committed (else refuse a gap)
     ):
         if on_corrupt not in ("fail", "skip"):
             raise ValueError(f"on_corrupt must be fail or skip, got {on_corrupt!r}")
@@ -84,6 +86,7 @@ class ClipStream:
         snapshots = {c.meta.get("snapshot") for c in columns}
         if len(snapshots) > 1:
             raise StoreError(f"columns {', '.join(c.dirname for c in columns)} were built from different corpus snapshots")
+        check_column_coverage(store.url, {c.dirname: c.committed_shards() for c in columns}, allow_partial_columns)
         self.clip_counts = self._joined_counts()
         if not self.clip_counts:
             raise StoreError(f"no shard of {store.url} is committed in every column ({', '.join(c.dirname for c in columns)})")
@@ -203,6 +206,26 @@ class ClipStream:
             multiprocessing_context=_worker_context() if self.num_workers else None,
         )
         return _one_line_errors(itertools.islice(loader, position.batch, total))
+
+
+def check_column_coverage(url: str, committed: dict[str, Collection[int]], allow_partial: bool) -> None:
+    """Training joins the columns by clip, so a shard one column lacks is left out: refuse that in one
+    line naming the column and its missing shards, or (data.allow_partial_columns) log what is left out."""
+    gaps = column_gaps(committed)
+    if not gaps:
+        return
+    every = set().union(*map(set, committed.values()))
+    parts = "; ".join(f"column {name} lacks {len(missing)} of {len(every)} shards {_ids(missing)}" for name, missing in sorted(gaps.items()))
+    if not allow_partial:
+        raise StoreError(
+            f"{url}: {parts}; extract them (`sam2videox extract --store {url}` with the same config), or pass "
+            f"data.allow_partial_columns=true to train on the {len(set.intersection(*map(set, committed.values())))} shards every column committed"
+        )
+    log.warning("%s: %s: training on the shards every column committed (data.allow_partial_columns=true)", url, parts)
+
+
+def _ids(shards: list[int], most: int = 20) -> str:
+    return "[" + ", ".join(map(str, shards[:most])) + (f", ... {len(shards) - most} more" if len(shards) > most else "") + "]"
 
 
 def _read(col: Column, data, name: str, row: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from stages.config.loader import to_dict
+from stages.config.secrets import redact
 from stages.config.distill import DistillConfig, LossesConfig
 from stages.distill.stream import StreamPosition
 from stages.distill import parallel
@@ -198,7 +199,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 has fp32's range: no scaling
         self.holdout = self._held_out()  # never trained on: left out of the stream (and of its batch count)
         exclude = set(self.filter.keys) | set(self.holdout.keys)  # filtered and held-out clips
-        self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers, cfg.data.on_corrupt, exclude)
+        self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers, cfg.data.on_corrupt, exclude,
+                                       cfg.data.allow_partial_columns)
         self.empty_prompt = self._empty_prompt()
         lat = self.data.encodings.schema["latents"].shape
         self.rotary = self.student.rotary(self.tconfig, lat[1:], self.device)
@@ -209,6 +211,7 @@ class Trainer:
             remove_stale_temp(self.out)
         if resume:
             self._resume()
+        self._write_holdout(resume)  # only now: a refused run (resume, memory, fit) leaves the old split alone
 
     # -- construction ------------------------------------------------------------------
     def _build_projector(self, transformer) -> Projector:
@@ -261,14 +264,22 @@ class Trainer:
 
     def _held_out(self):
         """The run's held-out split (stages/store/holdout.py), written to <out>/holdout.json for `evaluate`."""
-        from stages.store.holdout import make_holdout, write_holdout
+        from stages.store.holdout import make_holdout
 
         keys = [c["key"] for c in self.data.store.require_snapshot().clips]
         split = make_holdout(keys, self.cfg.data.holdout, self.cfg.data.holdout_keys)
-        if self.rank == 0:
-            write_holdout(self.out, split)
         log.info("held out %d of %d clips (data.holdout=%g, %d explicit)", len(split.keys), split.total, split.fraction, len(split.explicit))
         return split
+
+    def _write_holdout(self, resume: bool) -> None:
+        """<out>/holdout.json for `evaluate`, once every refusal check has passed; a resume must keep its split."""
+        from stages.store.holdout import check_resumed_split, write_holdout
+
+        self.stream.batches_per_epoch(self.position.epoch)  # refuses a batch no rank can fill, before anything is written
+        if resume:
+            check_resumed_split(self.out, self.holdout)
+        if self.rank == 0:
+            write_holdout(self.out, self.holdout)
 
     def _validator(self):
         from stages.distill.validation import Validator
@@ -354,7 +365,7 @@ class Trainer:
             return None
         from stages.distill.curves import plot_loss_curve
 
-        info = {"step": self.step, "config": to_dict(self.cfg), "teacher_column": self.data.teacher.dirname if self.data.teacher else None,
+        info = {"step": self.step, "config": redact(to_dict(self.cfg)), "teacher_column": self.data.teacher.dirname if self.data.teacher else None,
                 "encodings_column": self.data.encodings.dirname, "store": self.data.store.url}
         out = self._export(gathered, info)
         plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss_curve.png")
@@ -450,7 +461,7 @@ class Trainer:
 
     # -- persistence ---------------------------------------------------------------------
     def save(self) -> None:
-        extra = {"position": self.position.to_json(), "config": to_dict(self.cfg), "world_size": self.world,
+        extra = {"position": self.position.to_json(), "config": redact(to_dict(self.cfg)), "world_size": self.world,
                  "scaler": self.scaler.state_dict()}
         if self.sharded:
             from stages.distill.checkpoint.sharded import save_sharded
@@ -472,7 +483,7 @@ class Trainer:
         for path in reversed(found):
             saved, error = _read_state(path)
             if saved is not None:
-                changed = compare(saved.get("config", {}), to_dict(self.cfg), str(path))  # refuses before loading
+                changed = compare(redact(saved.get("config", {})), redact(to_dict(self.cfg)), str(path))  # refuses before loading; never logs a secret
                 state, error = self._load_checkpoint(path)
             if self._agree(error is None):
                 break

@@ -17,7 +17,7 @@ import zarr
 
 from stages.core.fs import is_local, join, write_json_atomic
 from stages.store.format import CHECKSUM, COMMIT_KEYS, ArraySpec, ShardBusy, StoreError, error_line, checksum, read_json, schema_bytes
-from stages.store.lease import Lease, LeaseOwner, claim, lease_alive
+from stages.store.lease import Lease, LeaseOwner, claim, lease_alive, sweep_temp_files
 from stages.store.writer import ShardWriter, compressors
 
 @dataclass
@@ -306,6 +306,7 @@ class Column:
             name = path.rsplit("/", 1)[-1]
             if name.endswith(".takeover") and name[:5].isdigit() and int(name[:5]) in committed:
                 fs.rm(path)
+        sweep_temp_files(fs, base, column_grace_s)  # temp claim files a kill left before their rename
         return removed
 
     def _check_arrays(self, shard: int, arrays: dict[str, np.ndarray], n: int) -> None:

@@ -88,6 +88,22 @@ def write_holdout(run_dir: str | Path, holdout: Holdout) -> Path:
     return path
 
 
+def check_resumed_split(run_dir: str | Path, holdout: Holdout) -> None:
+    """A resumed run must hold out the clips its checkpoints were trained without: HoldoutError (one
+    line, old -> new counts) when <run>/holdout.json names another key set (e.g. the store grew by a
+    clip that falls in the split). A run folder without the file (written before it existed) passes."""
+    if not (Path(run_dir) / FILENAME).exists():
+        return
+    old = read_holdout(run_dir)
+    if set(old.keys) != set(holdout.keys):
+        gone, new = sorted(set(old.keys) - set(holdout.keys)), sorted(set(holdout.keys) - set(old.keys))
+        raise HoldoutError(
+            f"{Path(run_dir) / FILENAME}: the resumed run would hold out another split ({len(old.keys)} -> {len(holdout.keys)} keys; "
+            f"added {new[:5]}, dropped {gone[:5]}): it trained on clips it would now validate on; "
+            f"resume with the store and data.holdout/holdout_keys it started with, or start a new run"
+        )
+
+
 def read_holdout(run_dir: str | Path) -> Holdout:
     """The split a run trained without; a clear one-line error when the file is missing or malformed."""
     path = Path(run_dir) / FILENAME

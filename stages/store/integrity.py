@@ -20,7 +20,7 @@ from typing import Iterable
 
 from stages.store.column import Column, ShardData
 from stages.store.feature_store import FeatureStore
-from stages.store.format import ClipDamage, StoreError, read_json
+from stages.store.format import COLUMN_KEYS, ClipDamage, StoreError, read_json
 from stages.store.schema import CLIP, COMMIT
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,51 @@ class VerifyReport:
 
 
 def verify_store(store: FeatureStore, full: bool = True, columns: Iterable[Column] | None = None) -> VerifyReport:
-    """Check every committed shard of `columns` (default: all of the store's columns)."""
+    """Check every committed shard of `columns` (default: all of the store's columns).
+
+    The whole store (columns=None) is also checked across columns: a column folder whose column.json is
+    missing or unreadable (its committed shards would be invisible), and columns that disagree on the
+    committed shards (training joins them by clip: the shards one lacks would be left out)."""
     report = VerifyReport(store.url, full)
-    for column in store.columns() if columns is None else columns:
+    if columns is None:
+        columns, report.damaged = column_folders(store)
+        committed = {c.dirname: c.committed_shards() for c in columns}
+        for name, missing in column_gaps(committed).items():
+            others = sorted(n for n, shards in committed.items() if n != name and set(missing) & set(shards))
+            report.damaged += [ClipDamage(name, shard, f"not committed, while {', '.join(others)} committed it (a run training on both would leave its clips out); "
+                                                        f"`sam2videox extract` with this column's config extracts it") for shard in missing]
+    for column in columns:
         verify_column(column, full, report)
     return report
+
+
+def column_gaps(committed: dict[str, Iterable[int]]) -> dict[str, list[int]]:
+    """{column: shards another column committed but it did not}; empty when the columns agree."""
+    sets = {name: set(shards) for name, shards in committed.items()}
+    every = set().union(*sets.values()) if sets else set()
+    return {name: sorted(every - shards) for name, shards in sets.items() if every - shards}
+
+
+def column_folders(store: FeatureStore) -> tuple[list[Column], list[ClipDamage]]:
+    """(the columns whose column.json reads, damage of every folder under columns/ whose column.json is
+    missing or unreadable): FeatureStore.columns() skips the first silently and fails on the second."""
+    fs, base = store.fs, f"{store.path}/columns"
+    columns, damage = [], []
+    for folder in sorted(fs.ls(base, detail=False)) if fs.exists(base) else []:
+        name, meta = folder.rstrip("/").rsplit("/", 1)[-1], f"{folder.rstrip('/')}/column.json"
+        try:
+            columns.append(Column(store, read_json(fs, meta, COLUMN_KEYS)))
+            continue
+        except StoreError as exc:
+            cause = str(exc)
+        commits = f"{folder.rstrip('/')}/commits"
+        names = [p.rsplit("/", 1)[-1] for p in fs.ls(commits, detail=False)] if fs.exists(commits) else []
+        shards = sum(n.endswith(".json") and n[:-5].isdigit() for n in names)
+        if not shards and not fs.exists(meta):  # nothing committed to lose (a column being created, a stray file)
+            continue
+        damage.append(ClipDamage(name, None, f"{cause}: the column's {shards} committed shard(s) are invisible to every reader; "
+                                             f"`sam2videox extract` with the config that made it writes it again"))
+    return columns, damage
 
 
 def verify_column(column: Column, full: bool, report: VerifyReport) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Iterable
 
 import fsspec
 
-from stages.core.fs import is_local, json_blob, read_json, write_json_atomic, write_temp_beside
+from stages.core.fs import is_local, json_blob, make_parent, read_json, write_json_atomic, write_temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def lease_alive(claim: dict, now: float | None = None) -> bool:
 def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> bool:
     """Write JSON at `path` only if nothing is there; True when this call created it."""
     blob = json_blob(obj)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    make_parent(fs, path)  # local only: never a bucket
     if is_local(fs):
         tmp = write_temp_beside(path, blob)
         try:
@@ -172,7 +172,7 @@ def claim(fs: fsspec.AbstractFileSystem, path: str, shard: int, attempt: str, ow
         if create_exclusive(fs, path, record):
             return Lease(fs, path, record)
         try:
-            existing = read_json(fs, path)
+            existing = read_claim(fs, path)
         except FileNotFoundError:
             continue
         if lease_alive(existing) and existing.get("owner", {}).get("run") != owner.run:
@@ -185,6 +185,64 @@ def claim(fs: fsspec.AbstractFileSystem, path: str, shard: int, attempt: str, ow
         write_json_atomic(fs, path, record)
         return Lease(fs, path, record)
     return None
+
+
+class TornClaim(ValueError):
+    """A claim file that is not a claim (cut short or garbled): no run can tell whether its owner lives."""
+
+
+def read_claim(fs: fsspec.AbstractFileSystem, path: str) -> dict:
+    """A claim file's record; TornClaim naming the file and its column when it does not parse."""
+    try:
+        record = read_json(fs, path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TornClaim(_torn_text(path, f"not valid JSON ({exc})")) from None
+    if not isinstance(record, dict) or not isinstance(record.get("owner"), dict):
+        raise TornClaim(_torn_text(path, "not a claim record (no owner)"))
+    return record
+
+
+def _torn_text(path: str, why: str) -> str:
+    parts = path.rstrip("/").split("/")
+    column = parts[-3] if len(parts) >= 3 else "?"
+    return f"column {column}: claim file {path} is {why}; `sam2videox extract --repair` clears it (the shard is then extracted again)"
+
+
+def clear_torn_claims(fs: fsspec.AbstractFileSystem, claims_dir: str) -> list[str]:
+    """Delete the claim files under `claims_dir` that do not parse (extract --repair); returns their paths.
+
+    A torn claim has no readable owner, so it cannot be a live run's lease worth keeping."""
+    torn = []
+    for path in sorted(fs.ls(claims_dir, detail=False)) if fs.exists(claims_dir) else []:
+        name = path.rsplit("/", 1)[-1]
+        if not (name.endswith(".json") and name[:-5].isdigit()):
+            continue
+        try:
+            read_claim(fs, path)
+        except TornClaim:
+            fs.rm(path)
+            torn.append(path)
+        except FileNotFoundError:  # released this instant
+            continue
+    return torn
+
+
+def sweep_temp_files(fs: fsspec.AbstractFileSystem, claims_dir: str, grace_s: float) -> list[str]:
+    """Delete the `<claim>.json.<uuid>.tmp` files (write_temp_beside) older than `grace_s` under `claims_dir`:
+    a live writer links or renames its temp file within milliseconds; one a kill left behind is never
+    renamed. Local disks only (object stores write claims in one PUT, no temp file). Returns their paths."""
+    if not is_local(fs) or not fs.exists(claims_dir):
+        return []
+    now, swept = time.time(), []
+    for path in fs.ls(claims_dir, detail=False):
+        if path.endswith(".tmp"):
+            try:
+                if now - os.path.getmtime(path) > grace_s:
+                    os.unlink(path)
+                    swept.append(path)
+            except FileNotFoundError:  # renamed or removed by its writer meanwhile
+                continue
+    return swept
 
 
 def _owner_text(claim: dict | None) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,29 @@ def save_checkpoint(out_dir: Path, step: int, modules: dict[str, torch.nn.Module
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
     tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    save_file(trainable_state(modules), str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), **extra}
-    return commit(tmp, final, state, keep_last)
+    try:
+        tmp.mkdir()
+        save_file(trainable_state(modules), str(tmp / "model.safetensors"))
+        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), **extra}
+        return commit(tmp, final, state, keep_last)
+    except (OSError, SafetensorError) as exc:  # disk full, quota, read-only: the committed checkpoints stay
+        shutil.rmtree(tmp, ignore_errors=True)  # give back what the half write took
+        raise CheckpointWriteError(final, exc) from None
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (disk full, permission, read-only filesystem), naming it.
+
+    An OSError, so the CLI prints it as one line like any other I/O error; nothing committed is lost."""
+
+    def __init__(self, final: Path, cause: BaseException):
+        kept = [p.name for p in list_checkpoints(final.parent.parent)]
+        super().__init__(
+            f"could not write checkpoint {final} ({type(cause).__name__}: {cause}); its partial folder was removed, "
+            f"committed checkpoints are intact ({', '.join(kept) or 'none yet'}): free space or fix the folder, then rerun with --resume"
+        )
 
 
 def commit(tmp: Path, final: Path, state: dict, keep_last: int) -> Path:

@@ -29,7 +29,7 @@ APPLIED = (
 
 # what a checkpoint written before a key existed trained with: runs before the held-out split trained
 # on every clip (so resuming one needs data.holdout=0; the split itself is refused when it changes)
-LEGACY = {"data.holdout": 0.0, "data.holdout_keys": []}
+LEGACY = {"data.holdout": 0.0, "data.holdout_keys": [], "data.allow_partial_columns": False}
 
 
 class ResumeMismatch(ValueError):
