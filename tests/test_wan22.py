@@ -217,3 +217,22 @@ def test_wan21_student_refuses_a_wan22_store(wan22_store, tmp_path):
         "data.num_workers=0", "train.steps=1", "data.holdout=0"])
     with pytest.raises(StoreMismatch, match=r"store \(encodings-\w+\): latents have 48 channels, the student predicts 16"):
         Trainer(cfg)
+
+
+def test_tiny_wan22_ti2v_run_validates(wan22_store, tmp_path):
+    """eval.every > 0 on a TI2V run: validation at fixed t through the first-frame objective writes finite val rows."""
+    import numpy as np
+
+    from stages.distill.curves import read_metrics
+    from stages.distill.trainer import Trainer
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
+        f"data.store={wan22_store}", f"out={tmp_path / 'run'}", *WAN22, "data.num_workers=0", "train.steps=1",
+        "train.batch_size=1", "data.holdout=0.01", "eval.every=1", "train.checkpoint_every=100"])
+    trainer = Trainer(cfg)
+    trainer.run()
+    trainer.close()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl", "val")
+    assert [r["step"] for r in rows] == [1] and rows[0]["clips"] == 1
+    terms = rows[0]["terms"]
+    assert {"diff", "diff@100", "diff@500", "diff@900", "lgf"} <= set(terms) and all(np.isfinite(v) for v in terms.values())

@@ -173,7 +173,7 @@ def plan_memory(
         torch.set_default_dtype(dtype)
         with torch.device("meta"):
             transformer = (WanTransformer3DModel if family == "wan" else CogVideoXTransformer3DModel).from_config(config)
-            configure_student(transformer, _without_attention(cfg.student))
+            configure_student(transformer, _without_attention(cfg.student), student)
     finally:
         torch.set_default_dtype(default)
     c = transformer.config

@@ -183,7 +183,7 @@ class Trainer:
         # peft draws LoRA A from the global RNG: seed it, on every device the model may be on, inside a fork
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
             torch.manual_seed(step_seed(cfg.train.seed, "init"))
-            configure_student(transformer, cfg.student)
+            configure_student(transformer, cfg.student, self.student)
         self.input_dtype = transformer.dtype  # of the model inputs: the base dtype (fp32 for a full fine-tune)
         projector = self._build_projector(transformer) if cfg.losses.needs_projector else None
         self.model = DistillModel(transformer, projector, cfg.tap.block, self.student).to(self.device)

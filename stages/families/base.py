@@ -39,6 +39,19 @@ class Geometry:
         return grid_for_clip(num_frames, height, width, self.vae_temporal, self.vae_spatial, self.patch_size, p_t)
 
 
+def xformers_usable(transformer: torch.nn.Module, log: Any) -> bool:
+    """Whether xformers can run `transformer` (CUDA and xformers importable); warns on `log` why not (SDPA then)."""
+    if transformer.device.type != "cuda":
+        log.warning("attention=xformers needs CUDA (model is on %s): using SDPA", transformer.device)
+        return False
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError:
+        log.warning("attention=xformers but xformers is not installed: using SDPA")
+        return False
+    return True
+
+
 class Student(ABC):
     """A student family. Stateless: methods take the transformer (or its config) they act on."""
 
@@ -105,6 +118,22 @@ class Student(ABC):
         import diffusers
 
         return getattr(diffusers, self.pipeline_classes[task])
+
+    # -- attention (configure_student calls it with student.attention)
+    def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
+        """Select `transformer`'s attention kernel; returns the backend used. "sdpa" (diffusers' default processors,
+        torch SDPA) is every family's; a family that has another overrides this. Refuses the rest in one line."""
+        if backend == "sdpa":
+            return "sdpa"
+        from stages.config.loader import ConfigError
+
+        raise ConfigError(f"student.attention={backend}: the {self.family} student has no {backend} attention; use student.attention=sdpa")
+
+    # -- validation (stages/distill/validation.py: the trainer's own objective at fixed timesteps and noise)
+    def validation_inputs(self, ctx: Any, batch: Mapping[str, torch.Tensor], timestep: int, generator: torch.Generator) -> Any:
+        """prepare_inputs at the fixed `timestep` (0..N-1, no t draw) and without image or caption dropout (the
+        conditioning is the clip's own); every other draw (posterior, noise) from `generator`. loss_from_output scores it."""
+        raise ValueError(f"student family {self.family!r} has no validation objective: set eval.every=0")
 
 
 def get_student(family: str) -> Student:

@@ -99,6 +99,23 @@ class CogVideoXStudent(Student):
 
         return diffusion_loss_from_output(ctx.scheduler, output, inputs)
 
+    # -- attention
+    def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
+        """sdpa, or xformers through this project's CogVideoX processor (joint text+video attention, RoPE kept)."""
+        if backend not in ("sdpa", "xformers"):
+            return super().set_attention(transformer, backend)
+        return cogvideox.set_attention(transformer, backend)
+
+    # -- validation
+    def validation_inputs(self, ctx: Any, batch: Mapping[str, torch.Tensor], timestep: int, generator: torch.Generator) -> Any:
+        from stages.distill.losses import prepare_diffusion_inputs
+
+        return prepare_diffusion_inputs(
+            ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.scaling_factor, generator,
+            task=ctx.task, image_latents=batch.get("image_latents"), image_scale=ctx.image_scale, rotary=ctx.rotary,
+            dtype=ctx.dtype, fixed_timesteps=torch.tensor([timestep]),
+        )
+
 
 def tiny_15_transformer_config(task: str = "i2v") -> dict[str, Any]:
     """The tiny CogVideoX with CogVideoX 1.5's switches: temporal patch 2, ofs embedding (I2V), no patch bias,

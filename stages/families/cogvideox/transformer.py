@@ -207,8 +207,9 @@ def set_attention(transformer: CogVideoXTransformer3DModel, backend: str) -> str
     return "xformers"
 
 
-def configure_student(transformer: CogVideoXTransformer3DModel, cfg: Any) -> list[torch.nn.Parameter]:
-    """Apply a `StudentConfig` (stages/config/distill.py): LoRA or full fine-tuning, checkpointing, attention.
+def configure_student(transformer: torch.nn.Module, cfg: Any, student: Any) -> list[torch.nn.Parameter]:
+    """Apply a `StudentConfig` (stages/config/distill.py): LoRA or full fine-tuning, checkpointing, and the attention
+    backend through `student` (the transformer's family: stages/families/base.py Student.set_attention).
 
     Returns the trainable parameters. Gradient checkpointing uses diffusers' non-reentrant default,
     which keeps the tapped features attached to the graph (see stages/distill/tap.py).
@@ -219,7 +220,7 @@ def configure_student(transformer: CogVideoXTransformer3DModel, cfg: Any) -> lis
         params = apply_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    set_attention(transformer, cfg.attention)
+    student.set_attention(transformer, cfg.attention)
     return params
 
 

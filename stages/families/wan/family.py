@@ -30,6 +30,7 @@ latent frame 0; timestep = (m[0, 0, :, ::2, ::2] * t).flatten() per token):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -40,7 +41,9 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from diffusers.utils.torch_utils import randn_tensor
 
-from stages.families.base import Geometry, Student
+from stages.families.base import Geometry, Student, xformers_usable
+
+log = logging.getLogger(__name__)
 
 TINY_WAN = "tiny-wan"
 TINY_SEED = 0
@@ -172,6 +175,7 @@ def prepare_flow_inputs(
     image_latents: torch.Tensor | None = None,
     image_embeds: torch.Tensor | None = None,
     first_frame_clean: bool = False,
+    fixed_timesteps: torch.Tensor | None = None,
 ) -> FlowInputs:
     """Sample x0, sigma, eps and build the transformer's inputs (see the module docstring).
 
@@ -180,6 +184,8 @@ def prepare_flow_inputs(
     image_latents [B, C, T, H8, W8] / image_embeds [B, N, D_img]: the stored I2V condition (I2V transformers only).
     first_frame_clean: Wan 2.2 TI2V -- latent frame 0 clean (the posterior mean), per-token timesteps [B, T*h*w]
     with 0 on its tokens, and the loss over frames 1.. (the module docstring).
+    fixed_timesteps: [B] (or [1]) timesteps in 0..N-1 used instead of drawing u (validation at fixed t): sigma = t / N,
+    the timestep the model sees for that sigma; the u draw is then skipped, the other draws are unchanged.
     """
     from stages.distill.losses import _caption_dropout, _rand_device
 
@@ -192,12 +198,16 @@ def prepare_flow_inputs(
     if clean.shape[1] != transformer_config.out_channels or transformer_config.in_channels != clean.shape[1] + extra:
         raise ValueError(f"latents have {clean.shape[1]} channels{f' + {extra} of image condition' if extra else ''}; "
                          f"the Wan transformer takes {transformer_config.in_channels} and predicts {transformer_config.out_channels}")
-    u = compute_density_for_timestep_sampling(weighting, batch, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
-                                              device=_rand_device(generator), generator=generator)
-    n = len(scheduler.timesteps)  # N training sigmas, 1 down to 1/N before the shift (no terminal 0 until set_timesteps)
-    index = (u * n).long().clamp(0, n - 1)
-    sigmas = scheduler.sigmas[index].to(device=device, dtype=torch.float32)
-    timesteps = scheduler.timesteps[index].to(device=device, dtype=torch.float32)
+    if fixed_timesteps is not None:
+        timesteps = fixed_timesteps.to(device=device, dtype=torch.float32).expand(batch)
+        sigmas = timesteps / float(scheduler.config.num_train_timesteps)
+    else:
+        u = compute_density_for_timestep_sampling(weighting, batch, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
+                                                  device=_rand_device(generator), generator=generator)
+        n = len(scheduler.timesteps)  # N training sigmas, 1 down to 1/N before the shift (no terminal 0 until set_timesteps)
+        index = (u * n).long().clamp(0, n - 1)
+        sigmas = scheduler.sigmas[index].to(device=device, dtype=torch.float32)
+        timesteps = scheduler.timesteps[index].to(device=device, dtype=torch.float32)
     noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=clean.dtype)
     s = sigmas.view(-1, 1, 1, 1, 1)
     noisy = (1.0 - s) * clean + s * noise
@@ -325,6 +335,29 @@ class WanStudent(Student):
 
     def loss_from_output(self, ctx: Any, output: torch.Tensor, inputs: FlowInputs):
         return flow_loss_from_output(output, inputs)
+
+    # -- attention
+    def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
+        """sdpa, or xformers through diffusers' attention dispatcher (WanAttnProcessor calls dispatch_attention_fn, so
+        the kernel swaps without a processor of ours; CogVideoX's joint-attention processor does not fit Wan's blocks)."""
+        if backend != "xformers":
+            return super().set_attention(transformer, backend)
+        if not xformers_usable(transformer, log):
+            return "sdpa"
+        transformer.set_attention_backend("xformers")
+        return "xformers"
+
+    # -- validation
+    def validation_inputs(self, ctx: Any, batch: Mapping[str, torch.Tensor], timestep: int, generator: torch.Generator) -> FlowInputs:
+        """The flow objective at sigma = t / N (the model sees t), no caption dropout."""
+        if ctx.latents_mean is None or ctx.latents_std is None:
+            raise ValueError("a Wan student needs the encodings column's latents_mean/latents_std attrs (a Wan-VAE store)")
+        return prepare_flow_inputs(
+            ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.latents_mean, ctx.latents_std,
+            generator, dtype=ctx.dtype, image_latents=batch.get("image_latents") if ctx.task == "i2v" else None,
+            image_embeds=batch.get("image_embeds") if ctx.task == "i2v" else None, first_frame_clean=ctx.task == "ti2v",
+            fixed_timesteps=torch.tensor([float(timestep)]),
+        )
 
 
 def build_wan_pipeline(student_model: str, encoders_model: str, lora_dir: str | Path | None, device: str = "cpu",
