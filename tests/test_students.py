@@ -361,7 +361,8 @@ def test_memory_plan_of_the_wan_i2v_config():
 
 def test_tiny_wan_run_validates_through_its_own_objective(wan_store, tmp_path):
     """eval.every > 0 on a Wan run: validation goes through the Wan family's flow-matching inputs and loss at the
-    fixed timesteps (it used to call CogVideoX's objective and crash on use_learned_positional_embeddings)."""
+    fixed timesteps (it used to call CogVideoX's objective and crash on use_learned_positional_embeddings); and
+    eval.sample_every samples it through its stock pipeline."""
     from stages.distill.curves import read_metrics
     from stages.distill.trainer import Trainer
 
@@ -369,9 +370,12 @@ def test_tiny_wan_run_validates_through_its_own_objective(wan_store, tmp_path):
     assert load_config(DistillConfig, demo).eval.every > 0  # make demo STUDENT=wan logs val/* rows
     cfg = load_config(DistillConfig, demo, [
         f"data.store={wan_store}", f"out={tmp_path / 'run'}", "data.num_workers=0", "train.steps=2", "train.batch_size=1",
-        "train.checkpoint_every=100", "data.holdout=0.3", "eval.every=1"])
+        "train.checkpoint_every=100", "data.holdout=0.3", "eval.every=1", "eval.sample_every=2", "eval.sample_steps=1"])
     trainer = Trainer(cfg)
     trainer.run()
+    # in-training samples go through the run's own pipeline (WanPipeline for t2v): they used to be skipped for Wan
+    samples = list((tmp_path / "run" / "samples" / "step-000002").rglob("*.mp4"))
+    assert len(samples) == 1 and samples[0].stat().st_size > 0
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl", "val")
     assert [r["step"] for r in rows] == [1, 2]
     terms = rows[-1]["terms"]

@@ -119,6 +119,38 @@ class Student(ABC):
 
         return getattr(diffusers, self.pipeline_classes[task])
 
+    # -- inference (the stock pipeline of each task, and how to sample it: generate, in-training samples, evaluate)
+    def export_pipeline_class(self, task: str | None = None):
+        """The stock pipeline class whose save_lora_weights / lora_state_dict write and read this family's LoRA file
+        (None: the family's first task; every task of a family shares its LoRA loader mixin)."""
+        return self.pipeline_class(task or next(iter(self.pipeline_classes)))
+
+    def inference_scheduler(self, student_model: str, task: str) -> Any:
+        """The scheduler the stock pipeline of `task` samples with (from the student folder, or the tiny preset's)."""
+        raise ValueError(f"student family {self.family!r} has no sampling pipeline")
+
+    def pipeline_around(self, transformer: torch.nn.Module, student_model: str, encoders_model: str, task: str,
+                        device: str | torch.device, dtype: torch.dtype, low_memory: bool = False) -> Any:
+        """The stock diffusers pipeline of `task` around `transformer` (no copy; in-training samples pass the trainer's),
+        with the encoders of `encoders_model`. low_memory: VAE slicing/tiling where the family has them."""
+        raise ValueError(f"student family {self.family!r} has no sampling pipeline")
+
+    def build_pipeline(self, student_model: str, encoders_model: str, lora_dir: str | Path | None, task: str,
+                       device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+        """The stock pipeline of `task` from a student (folder, hub id or tiny preset), its encoders, and a LoRA
+        folder loaded through the pipeline's own load_lora_weights (None: the base model)."""
+        transformer, _ = self.load(student_model, task, dtype, device)
+        pipe = self.pipeline_around(transformer, student_model, encoders_model, task, device, dtype)
+        if lora_dir is not None:
+            pipe.load_lora_weights(str(lora_dir))
+        return pipe.to(device)
+
+    def sample(self, pipe: Any, task: str, first_frame: Any, prompt: str, num_frames: int, height: int, width: int,
+               steps: int, guidance: float, seed: int, max_text_len: int, dynamic_cfg: bool = False) -> Any:
+        """uint8 [F, H, W, 3] from `pipe` (build_pipeline's): image-to-video tasks from first_frame (uint8 [H, W, 3],
+        the sample's size), text-to-video ones from the prompt at height x width (first_frame ignored)."""
+        raise ValueError(f"student family {self.family!r} has no sampling pipeline")
+
     # -- attention (configure_student calls it with student.attention)
     def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
         """Select `transformer`'s attention kernel; returns the backend used. "sdpa" (diffusers' default processors,

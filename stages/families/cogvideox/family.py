@@ -99,6 +99,24 @@ class CogVideoXStudent(Student):
 
         return diffusion_loss_from_output(ctx.scheduler, output, inputs)
 
+    # -- inference (stages/families/cogvideox/sampling.py: CogVideoXImageToVideoPipeline for i2v, CogVideoXPipeline for t2v)
+    def inference_scheduler(self, student_model: str, task: str) -> Any:
+        from stages.families.cogvideox import sampling
+
+        return sampling.inference_scheduler(student_model)
+
+    def pipeline_around(self, transformer, student_model, encoders_model, task, device, dtype, low_memory=False):
+        from stages.families.cogvideox import sampling
+
+        return sampling.pipeline_around(transformer, student_model, encoders_model, task, device, dtype, low_memory)
+
+    def sample(self, pipe, task, first_frame, prompt, num_frames, height, width, steps, guidance, seed, max_text_len,
+               dynamic_cfg=False):
+        from stages.families.cogvideox import sampling
+
+        return sampling.sample(pipe, task, first_frame, prompt, num_frames, height, width, steps, guidance, seed,
+                               max_text_len, dynamic_cfg)
+
     # -- attention
     def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
         """sdpa, or xformers through this project's CogVideoX processor (joint text+video attention, RoPE kept)."""

@@ -249,8 +249,9 @@ def flow_loss_from_output(model_output: torch.Tensor, inputs: FlowInputs) -> tup
 class WanStudent(Student):
     family = "wan"
     transformer_class = "WanTransformer3DModel"
-    # ti2v: Wan 2.2 TI2V-5B, whose Diffusers folder is a WanPipeline with expand_timesteps (the LoRA format is the same)
-    pipeline_classes = {"t2v": "WanPipeline", "i2v": "WanImageToVideoPipeline", "ti2v": "WanPipeline"}
+    # ti2v: Wan 2.2 TI2V-5B trains image-to-video (clean latent frame 0), so it is sampled as the stock image-to-video
+    # pipeline with expand_timesteps, from the first frame (the LoRA format is every Wan pipeline's)
+    pipeline_classes = {"t2v": "WanPipeline", "i2v": "WanImageToVideoPipeline", "ti2v": "WanImageToVideoPipeline"}
 
     def load(self, model: str, task: str, dtype: torch.dtype, device: str | torch.device):
         if task not in self.pipeline_classes:
@@ -336,6 +337,26 @@ class WanStudent(Student):
     def loss_from_output(self, ctx: Any, output: torch.Tensor, inputs: FlowInputs):
         return flow_loss_from_output(output, inputs)
 
+    # -- inference (stages/families/wan/sampling.py: WanPipeline for t2v, WanImageToVideoPipeline for i2v and ti2v)
+    def inference_scheduler(self, student_model: str, task: str) -> UniPCMultistepScheduler:
+        from stages.families.wan import sampling
+
+        tiny = {"t2v": WAN21_SCHEDULER, "i2v": WAN21_SCHEDULER, "ti2v": WAN22_SCHEDULER}
+        return sampling.inference_scheduler(student_model, task, TINY_WAN, tiny)
+
+    def pipeline_around(self, transformer, student_model, encoders_model, task, device, dtype, low_memory=False):
+        from stages.families.wan import sampling
+
+        return sampling.pipeline_around(transformer, self.inference_scheduler(student_model, task), encoders_model, task,
+                                        device, dtype)
+
+    def sample(self, pipe, task, first_frame, prompt, num_frames, height, width, steps, guidance, seed, max_text_len,
+               dynamic_cfg=False):
+        from stages.families.wan import sampling
+
+        return sampling.sample(pipe, task, first_frame, prompt, num_frames, height, width, steps, guidance, seed,
+                               max_text_len, dynamic_cfg)
+
     # -- attention
     def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
         """sdpa, or xformers through diffusers' attention dispatcher (WanAttnProcessor calls dispatch_attention_fn, so
@@ -362,29 +383,6 @@ class WanStudent(Student):
 
 def build_wan_pipeline(student_model: str, encoders_model: str, lora_dir: str | Path | None, device: str = "cpu",
                        dtype: torch.dtype = torch.float32, task: str = "t2v"):
-    """The stock diffusers WanPipeline (t2v; ti2v: Wan 2.2 with expand_timesteps) or WanImageToVideoPipeline (i2v)
-    from a student (folder, hub id or "tiny-wan") and its encoders ("tiny-wan-i2v" or an I2V folder for i2v: the CLIP
-    image encoder; "tiny-wan22" or the TI2V-5B folder for ti2v: the Wan 2.2 VAE)."""
-    from diffusers import WanImageToVideoPipeline, WanPipeline
-
-    from stages.families.wan.encoders import load_wan_encoders
-
-    student = WanStudent()
-    transformer, _ = student.load(student_model, task, dtype, device)
-    enc = load_wan_encoders(encoders_model, dtype, device)
-    if student_model == TINY_WAN:
-        scheduler = UniPCMultistepScheduler(**(WAN22_SCHEDULER if task == "ti2v" else WAN21_SCHEDULER))
-    else:
-        scheduler = UniPCMultistepScheduler.from_pretrained(student_model, subfolder="scheduler")
-    parts = dict(tokenizer=enc.tokenizer, text_encoder=enc.text_encoder, vae=enc.vae, transformer=transformer, scheduler=scheduler)
-    if task == "i2v":
-        if enc.image_encoder is None:
-            raise ValueError(f"encoders {encoders_model!r} have no image_encoder/: an I2V pipeline needs the CLIP image encoder")
-        pipe = WanImageToVideoPipeline(**parts, image_encoder=enc.image_encoder, image_processor=enc.image_processor)
-    elif task == "ti2v":  # Wan 2.2 TI2V-5B's folder: WanPipeline with per-token timesteps (expand_timesteps)
-        pipe = WanPipeline(**parts, expand_timesteps=True)
-    else:
-        pipe = WanPipeline(**parts)
-    if lora_dir is not None:
-        pipe.load_lora_weights(str(lora_dir))
-    return pipe.to(device)
+    """The stock diffusers pipeline of a Wan `task` (WanStudent.build_pipeline): WanPipeline (t2v),
+    WanImageToVideoPipeline (i2v; ti2v with expand_timesteps)."""
+    return WanStudent().build_pipeline(student_model, encoders_model, lora_dir, task, device, dtype)
