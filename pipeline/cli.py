@@ -272,65 +272,25 @@ def generate(
     seed: int = typer.Option(0, "--seed"),
     no_lora: bool = typer.Option(False, "--no-lora", help="sample the base model (for comparison)"),
 ) -> None:
-    """Sample a video with the stock diffusers pipeline of the run's student (CogVideoX I2V, Wan T2V) + its LoRA."""
-    from stages.config.loader import from_dict
-    from stages.media.corpus import ClipEntry
-    from stages.media.decode import decode_clip
-    from stages.config.extract import VideoConfig
-    from pipeline.inspect import write_mp4
-    from stages.store import FeatureStore, StoreError
-    from stages.families.sampling import build_pipeline, resolve_sampling, sample_video
+    """Sample a video with the stock diffusers pipeline of the run's student and task + its LoRA."""
+    from stages.media.video import write_mp4
+    from stages.evaluate.generate import generate_from_run
+    from stages.families.sampling import resolve_sampling
+    from stages.store import StoreError
 
     _setup_logging(False)
     try:
         sampling = resolve_sampling(device, dtype, steps)
-    except ValueError as exc:
+        made = generate_from_run(run, store, key, sampling, guidance, seed, dynamic_cfg, lora=not no_lora)
+    except (StoreError, ValueError) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc
-    info = json.loads((run / "lora" / "sam2videox.json").read_text())
-    fstore = FeatureStore(store)
-    try:
-        enc_col = fstore.column(info["encodings_column"])
-        video = from_dict(VideoConfig, enc_col.producer_config["video"], source=f"{enc_col.dirname}/column.json")
-        snapshot = fstore.require_snapshot()
-        entry = ClipEntry.from_json(snapshot.clips[snapshot.find(key)])
-    except StoreError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from exc
-    enc_cfg = enc_col.producer_config["encoders"]
-    student_cfg = info["config"]["student"]
-    lora = None if no_lora else run / "lora"
-    from stages.families.registry import infer_family
-
-    is_wan = infer_family(student_cfg["model"], student_cfg.get("family")) == "wan"
-    if is_wan and student_cfg.get("task") == "i2v":  # Wan 2.1 I2V: the clip's first frame and caption
-        from stages.families.wan.family import build_wan_pipeline
-        from stages.families.sampling import sample_image_video_wan
-
-        first = decode_clip(entry.url, video, fstore.storage_options).frames[0]
-        pipe = build_wan_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype, task="i2v")
-        frames = sample_image_video_wan(pipe, first, entry.caption or "", video.num_frames, sampling.steps, guidance, seed,
-                                        enc_cfg["max_text_len"])
-    elif is_wan:  # text-to-video (Wan 2.1 T2V; Wan 2.2 TI2V through its WanPipeline with expand_timesteps): the caption alone
-        from stages.families.wan.family import build_wan_pipeline
-        from stages.families.sampling import sample_text_video
-
-        pipe = build_wan_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype,
-                                  task=student_cfg.get("task") or "t2v")
-        frames = sample_text_video(pipe, entry.caption or "", video.num_frames, video.height, video.width, sampling.steps,
-                                   guidance, seed, enc_cfg["max_text_len"])
-    else:
-        first = decode_clip(entry.url, video, fstore.storage_options).frames[0]
-        pipe = build_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype)
-        frames = sample_video(
-            pipe, first, entry.caption, video.num_frames, sampling.steps, guidance, seed, enc_cfg["max_text_len"], dynamic_cfg
-        )
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_mp4(out, frames, video.fps)
-    ran = len(pipe.scheduler.timesteps)  # what the scheduler really stepped through
+    write_mp4(out, made.frames, made.fps)
+    f, h, w = made.frames.shape[:3]
     typer.echo(
-        f"wrote {out} ({frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]}) from '{entry.key}': {entry.caption!r}; "
-        f"{ran} steps on {sampling.device} in {str(sampling.dtype).removeprefix('torch.')}, guidance {guidance}"
+        f"wrote {out} ({f} frames {h}x{w}) from '{made.key}': {made.caption!r}; {made.pipeline} ({made.task}), "
+        f"{made.steps} steps on {sampling.device} in {str(sampling.dtype).removeprefix('torch.')}, guidance {guidance}"
         f"{' (dynamic)' if dynamic_cfg else ''}"
     )
 

@@ -36,7 +36,10 @@ def test_tiny_cogvideox15_end_to_end(tmp_path, sample_generator):
     from stages.families.cogvideox.family import save_tiny_cogvideox15
     from stages.distill.trainer import Trainer
     from stages.extract.columns.teacher import student_grid
-    from stages.families.sampling import build_pipeline
+    from stages.families.registry import get_student
+
+    def build_pipeline(student, encoders, lora):
+        return get_student("cogvideox").build_pipeline(student, encoders, lora, "i2v")
 
     model = str(save_tiny_cogvideox15(tmp_path / "tiny-cogvideox15"))
     corpus = tmp_path / "clips"

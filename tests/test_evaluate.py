@@ -97,7 +97,8 @@ def test_samples_share_seeds_and_a_lora_loaded_in_turn_equals_the_generate_path(
     LoRA was unloaded) and the run's sample equals `generate`'s pipeline built with the LoRA."""
     from stages.evaluate.clips import load_clips, store_settings
     from stages.evaluate.sampling import Model, SamplingSettings, grid_video, sample_models
-    from stages.families.sampling import build_pipeline, resolve_sampling, sample_video
+    from stages.families.registry import get_student
+    from stages.families.sampling import resolve_sampling
 
     store = FeatureStore(student_store)
     video, encoders, _ = store_settings(store)
@@ -111,8 +112,9 @@ def test_samples_share_seeds_and_a_lora_loaded_in_turn_equals_the_generate_path(
     assert set(seconds) == {"base", "run", "base_again"}
     assert np.array_equal(samples["base"][key], samples["base_again"][key])
     assert not np.array_equal(samples["base"][key], samples["run"][key])  # the trained LoRA changes the sample
-    pipe = build_pipeline("tiny", encoders["model"], lora, "cpu", torch.float32)
-    alone = sample_video(pipe, clips[0].frames[0], clips[0].caption, 17, 2, 6.0, 3, encoders["max_text_len"])
+    cogvideox = get_student("cogvideox")
+    pipe = cogvideox.build_pipeline("tiny", encoders["model"], lora, "i2v", "cpu", torch.float32)
+    alone = cogvideox.sample(pipe, "i2v", clips[0].frames[0], clips[0].caption, 17, 128, 192, 2, 6.0, 3, encoders["max_text_len"])
     assert np.abs(alone.astype(int) - samples["run"][key].astype(int)).max() <= 1  # float reassociation only
     for name in ("base", "run"):
         assert (tmp_path / name / f"{key}.mp4").stat().st_size > 0
@@ -187,3 +189,27 @@ def test_one_held_out_clip_leaves_fvd_out_with_the_reason(student_store, trained
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["rows"][trained_run.name]["fvd"] is None and "needs >= 2" in report["protocol"]["fvd"]["skipped"]
     assert report["protocol"]["vbench"] == {"skipped": "--no-vbench"}
+
+
+def test_a_cogvideox_t2v_run_is_sampled_through_cogvideox_pipeline(student_store, tmp_path):
+    """A CogVideoX text-to-video run (tiny task t2v): `generate` and `evaluate` sample it through the stock
+    CogVideoXPipeline from the caption at the clip's size (load_student(model, "i2v") used to refuse it)."""
+    from stages.families.registry import get_student
+
+    run = tmp_path / "t2v"
+    r = CliRunner().invoke(app, ["distill", "-c", str(SAMPLE), "--store", student_store, "--out", str(run), "data.num_workers=0",
+                                 "student.task=t2v", "train.steps=1", "train.batch_size=1", "train.checkpoint_every=100"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "sample.mp4"
+    r = CliRunner().invoke(app, ["generate", "--run", str(run), "--store", student_store, "--out", str(out), "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 0 and "17 frames 128x192" in r.output and "CogVideoXPipeline (t2v)" in r.output
+    cogvideox = get_student("cogvideox")
+    pipe = cogvideox.build_pipeline("tiny", "tiny", run / "lora", "t2v")
+    assert type(pipe).__name__ == "CogVideoXPipeline"
+    ev = tmp_path / "eval"
+    r = invoke("--store", student_store, "--runs", str(run), "--base", "--out", str(ev), "--steps", "2", "--clips", "1", "--no-vbench")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((ev / "report.json").read_text())["rows"]
+    assert set(rows) == {"base", "t2v"} and all(np.isfinite(rows[m]["flicker"]) for m in rows)
+    assert len(list((ev / "samples").rglob("*.mp4"))) == 2

@@ -11,10 +11,11 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 
 from stages.config.loader import ConfigError, from_dict, load_config
 from stages.config.distill import TINY, DistillConfig
+from stages.families.base import Student
+from stages.families.registry import get_student
 from stages.families.cogvideox.transformer import (
     XFormersCogVideoXAttnProcessor,
     apply_lora,
-    configure_student,
     enable_full_finetune,
     load_student,
     rotary_embedding,
@@ -22,6 +23,7 @@ from stages.families.cogvideox.transformer import (
     set_attention,
     token_grid,
 )
+from stages.families.lora import configure_student
 
 
 def _inputs(config, frames: int = 2, batch: int = 1):
@@ -84,7 +86,7 @@ def test_configure_student_from_tiny_config(caplog):
     transformer, _ = load_student(cfg.student.model, cfg.student.task)
     cfg.student.attention = "xformers"  # no CUDA here: must fall back to SDPA, loudly
     with caplog.at_level(logging.WARNING):
-        params = configure_student(transformer, cfg.student)
+        params = configure_student(transformer, cfg.student, get_student("cogvideox").set_attention)
     assert "using SDPA" in caplog.text
     assert isinstance(transformer.transformer_blocks[0].attn1.processor, CogVideoXAttnProcessor2_0)
     assert transformer.gradient_checkpointing and len(params) == 24
@@ -180,3 +182,30 @@ def test_full_finetune_keeps_fp32_masters_under_a_bf16_model():
 
     assert changed_share(master=True) > 0.9
     assert changed_share(master=False) < 0.5  # what full fine-tuning did before: bf16 weights, bf16 moments
+
+
+@pytest.mark.parametrize("family, model, task", [("cogvideox", "tiny", "i2v"), ("wan", "tiny-wan", "t2v")])
+def test_attention_backend_is_the_familys_own(family, model, task, caplog):
+    """configure_student asks the family for its attention backend: attention=xformers on a Wan transformer goes through
+    Wan's (diffusers' dispatcher), never CogVideoX's joint-attention processor; sdpa keeps the stock processors."""
+    student = get_student(family)
+    transformer, _ = student.load(model, task, torch.float32, "cpu")
+    stock = {name: type(p) for name, p in transformer.attn_processors.items()}
+    cfg = from_dict(DistillConfig, TINY)
+    cfg.student.attention = "xformers"  # no CUDA here: the family's own fallback to SDPA, loudly
+    with caplog.at_level(logging.WARNING):
+        configure_student(transformer, cfg.student, student.set_attention)
+    said = [r for r in caplog.records if "attention=xformers" in r.getMessage()]
+    assert len(said) == 1 and "using SDPA" in said[0].getMessage()
+    assert said[0].name.startswith(f"stages.families.{family}.")  # the family's code decided, not another's
+    assert {name.removeprefix("base_model.model."): type(p) for name, p in transformer.attn_processors.items()} == stock
+    assert student.set_attention(transformer, "sdpa") == "sdpa"
+
+
+def test_a_family_without_an_attention_backend_refuses_it_in_one_line():
+    """The interface's default: sdpa only; anything else is a config error of one line naming the key."""
+    transformer, _ = get_student("wan").load("tiny-wan", "t2v", torch.float32, "cpu")
+    with pytest.raises(ConfigError) as info:
+        Student.set_attention(get_student("wan"), transformer, "flash3")
+    assert str(info.value) == "student.attention=flash3: the wan student has no flash3 attention; use student.attention=sdpa"
+    assert Student.set_attention(get_student("wan"), transformer, "sdpa") == "sdpa"

@@ -47,7 +47,9 @@ def test_resume_continues_the_exact_trajectory(student_store, tmp_path):
 
 
 def test_run_exports_a_lora_the_stock_pipeline_loads(student_store, tmp_path):
-    from stages.families.sampling import build_pipeline, sample_video
+    from stages.families.registry import get_student
+
+    cogvideox = get_student("cogvideox")
 
     out = tmp_path / "run"
     trainer = Trainer(distill_config(student_store, out, "train.steps=2", "optim.lr=0.05"))
@@ -56,8 +58,8 @@ def test_run_exports_a_lora_the_stock_pipeline_loads(student_store, tmp_path):
     assert (exported / "pytorch_lora_weights.safetensors").exists() and (exported / "projector" / "projector.json").exists()
     assert (out / "loss_curve.png").stat().st_size > 0 and any((out / "tensorboard").iterdir())
     image = np.full((128, 192, 3), 90, np.uint8)
-    base = sample_video(build_pipeline("tiny", "tiny", None), image, "a red stick figure", 9, steps=2, guidance_scale=1.0, max_text_len=16)
-    tuned = sample_video(build_pipeline("tiny", "tiny", exported), image, "a red stick figure", 9, steps=2, guidance_scale=1.0, max_text_len=16)
+    base, tuned = (cogvideox.sample(cogvideox.build_pipeline("tiny", "tiny", lora, "i2v"), "i2v", image, "a red stick figure", 9,
+                                    128, 192, steps=2, guidance=1.0, seed=0, max_text_len=16) for lora in (None, exported))
     assert base.shape == tuned.shape == (9, 128, 192, 3)
     assert np.abs(base.astype(int) - tuned.astype(int)).max() > 0
     gen = ["generate", "--run", str(out), "--store", student_store, "--out", str(tmp_path / "x.mp4")]

@@ -6,6 +6,7 @@ on an image by keeping latent frame 0 clean with timestep 0 on its tokens (the p
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_students import _on_meta
@@ -89,7 +90,8 @@ def test_ti2v_task_needs_a_wan22_transformer(tmp_path):
     wan.save_tiny(tmp_path / "wan21")
     with pytest.raises(ValueError, match="in_channels 16; student.task=ti2v is Wan 2.2 TI2V"):
         student_for(str(tmp_path / "wan21")).load(str(tmp_path / "wan21"), "ti2v", torch.float32, "cpu")
-    assert wan.pipeline_class("ti2v").__name__ == "WanPipeline"
+    # TI2V trains image-to-video (clean frame 0): its LoRA is written and sampled through the image-to-video pipeline
+    assert wan.pipeline_class("ti2v").__name__ == wan.export_pipeline_class("ti2v").__name__ == "WanImageToVideoPipeline"
 
 
 def test_memory_plan_of_the_wan22_config():
@@ -120,9 +122,20 @@ def wan22_store(tmp_path_factory, sample_generator) -> str:
     return url
 
 
-def _run(pipe) -> torch.Tensor:
-    return pipe("a dog runs", negative_prompt="", height=128, width=192, num_frames=9, num_inference_steps=2, guidance_scale=3.0,
-                generator=torch.Generator().manual_seed(0), max_sequence_length=16, output_type="latent").frames
+FIRST = (np.random.default_rng(0).random((128, 192, 3)) * 255).astype(np.uint8)  # a first frame at the store's size
+
+
+def _run(pipe, first: np.ndarray = FIRST) -> torch.Tensor:
+    """The stock image-to-video pipeline (expand_timesteps) from a first frame; prompt embeddings as test_students'
+    _run_i2v (this diffusers' I2V pipeline calls ftfy on a text prompt)."""
+    from PIL import Image
+
+    from stages.families.wan.encoders import WanEncoders, encode_prompt_wan
+
+    enc = WanEncoders(pipe.vae, pipe.text_encoder, pipe.tokenizer, torch.device("cpu"), torch.float32)
+    text, empty = (torch.from_numpy(encode_prompt_wan(enc, p, 16)[0]).float()[None] for p in ("a dog runs", ""))
+    return pipe(Image.fromarray(first), prompt_embeds=text, negative_prompt_embeds=empty, height=128, width=192, num_frames=9,
+                num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="latent").frames
 
 
 def test_tiny_wan22_ti2v_end_to_end(wan22_store, tmp_path):
@@ -160,10 +173,13 @@ def test_tiny_wan22_ti2v_end_to_end(wan22_store, tmp_path):
 
     base = _run(build_wan_pipeline(TINY_WAN, TINY_WAN22, None, task="ti2v"))
     pipe = build_wan_pipeline(TINY_WAN, TINY_WAN22, lora, task="ti2v")
-    assert pipe.config.expand_timesteps
+    assert type(pipe).__name__ == "WanImageToVideoPipeline" and pipe.config.expand_timesteps and pipe.image_encoder is None
     with_lora = _run(pipe)
     assert with_lora.shape == (1, 48, 3, 8, 12)
     assert (with_lora - base).abs().max() > 1e-3
+    # image-to-video as trained: latent frame 0 is the first frame's clean latent, so another first frame changes it
+    other = _run(pipe, 255 - FIRST)
+    assert (other[:, :, 0] - with_lora[:, :, 0]).abs().max() > 1e-3
     with safe_open(str(lora / "pytorch_lora_weights.safetensors"), "pt") as f:
         meta = {k.removeprefix("transformer."): v for k, v in json.loads(f.metadata()["lora_adapter_metadata"]).items()}
     state = load_file(str(lora / "pytorch_lora_weights.safetensors"))
@@ -184,7 +200,26 @@ def test_tiny_wan22_ti2v_end_to_end(wan22_store, tmp_path):
     out = tmp_path / "sample.mp4"
     result = CliRunner().invoke(app, ["generate", "--run", str(tmp_path / "run"), "--store", wan22_store, "--out", str(out), "--steps", "2"])
     assert result.exit_code == 0, result.output
-    assert out.stat().st_size > 0 and "9 frames 128x192" in result.output
+    assert out.stat().st_size > 0 and "9 frames 128x192" in result.output and "WanImageToVideoPipeline (ti2v)" in result.output
+
+    # evaluate samples it from the held-out clip's first frame: its sample is the family's sample from that frame
+    from stages.evaluate.clips import load_clips, store_settings
+    from stages.evaluate.sampling import Model, SamplingSettings, sample_models
+    from stages.families.sampling import resolve_sampling
+
+    store = FeatureStore(wan22_store)
+    video, encoders, _ = store_settings(store)
+    key = store.require_snapshot().clips[0]["key"]
+    clips = load_clips(store, [key], video)
+    settings = SamplingSettings(resolve_sampling("cpu", None, 2), 3.0, 0, encoders["max_text_len"], video.fps)
+    samples, _ = sample_models([Model("run", TINY_WAN, lora, "ti2v")], clips, encoders["model"], settings, tmp_path / "ev")
+    wan = get_student("wan")
+    direct = wan.build_pipeline(TINY_WAN, TINY_WAN22, lora, "ti2v")
+    from_first = wan.sample(direct, "ti2v", clips[0].frames[0], clips[0].caption or "", 9, 128, 192, 2, 3.0, 0, encoders["max_text_len"])
+    assert np.abs(from_first.astype(int) - samples["run"][key].astype(int)).max() <= 1
+    from_other = wan.sample(direct, "ti2v", 255 - clips[0].frames[0], clips[0].caption or "", 9, 128, 192, 2, 3.0, 0,
+                            encoders["max_text_len"])
+    assert np.abs(from_other.astype(int) - samples["run"][key].astype(int)).max() > 1
 
 
 GOLDEN = ROOT / "tests" / "golden" / "distill_tiny_wan22.json"
@@ -217,3 +252,22 @@ def test_wan21_student_refuses_a_wan22_store(wan22_store, tmp_path):
         "data.num_workers=0", "train.steps=1", "data.holdout=0"])
     with pytest.raises(StoreMismatch, match=r"store \(encodings-\w+\): latents have 48 channels, the student predicts 16"):
         Trainer(cfg)
+
+
+def test_tiny_wan22_ti2v_run_validates(wan22_store, tmp_path):
+    """eval.every > 0 on a TI2V run: validation at fixed t through the first-frame objective writes finite val rows."""
+    import numpy as np
+
+    from stages.distill.curves import read_metrics
+    from stages.distill.trainer import Trainer
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
+        f"data.store={wan22_store}", f"out={tmp_path / 'run'}", *WAN22, "data.num_workers=0", "train.steps=1",
+        "train.batch_size=1", "data.holdout=0.01", "eval.every=1", "train.checkpoint_every=100"])
+    trainer = Trainer(cfg)
+    trainer.run()
+    trainer.close()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl", "val")
+    assert [r["step"] for r in rows] == [1] and rows[0]["clips"] == 1
+    terms = rows[0]["terms"]
+    assert {"diff", "diff@100", "diff@500", "diff@900", "lgf"} <= set(terms) and all(np.isfinite(v) for v in terms.values())

@@ -1,11 +1,12 @@
-"""Export the trained LoRA in the format the stock diffusers CogVideoX pipelines load.
+"""Export the trained LoRA in the format the student family's stock diffusers pipelines load.
 
     out_dir/pytorch_lora_weights.safetensors   keys "transformer.<module>.lora_{A,B}.weight" + the
                                                adapter's LoraConfig (rank, alpha, targets) as metadata
     out_dir/projector/                         projector.safetensors + projector.json (training only)
 
-`CogVideoXImageToVideoPipeline.load_lora_weights(out_dir)` (and CogVideoXPipeline's, the same
-CogVideoXLoraLoaderMixin) loads it as is. The LoraConfig metadata matters: without it diffusers
+The family's pipeline (Student.export_pipeline_class: e.g. CogVideoXImageToVideoPipeline / CogVideoXPipeline,
+WanPipeline / WanImageToVideoPipeline, each family's one LoRA loader mixin) writes it, and its `load_lora_weights(out_dir)`
+loads it as is. The LoraConfig metadata matters: without it diffusers
 assumes alpha == rank, and a LoRA trained with another alpha would load at the wrong scale.
 The projector sits in a subfolder because the loader refuses a folder with two .safetensors files.
 """
@@ -18,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import CogVideoXImageToVideoPipeline
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from stages.config.secrets import redact
 from stages.distill.projector import Projector, save_projector
+from stages.families.registry import family_of_class, get_student
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,11 @@ def export_lora(
     info: dict[str, Any] | None = None,
     adapter_name: str = "default",
     dtype: torch.dtype | None = None,
-    pipeline_class: Any = CogVideoXImageToVideoPipeline,
+    pipeline_class: Any = None,
 ) -> Path:
     """Write the transformer's LoRA adapter (and optionally the projector) to `out_dir`.
 
+    pipeline_class: the stock pipeline whose save_lora_weights writes it; None: the transformer's family's.
     info: JSON-able run facts (config, step, teacher column) written to sam2videox.json beside it.
     dtype: cast the LoRA tensors on the way out (e.g. torch.bfloat16 to halve the file); None keeps them.
     The model itself is not modified.
@@ -52,7 +54,18 @@ def export_lora(
         )
     state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
     metadata = transformer.peft_config[adapter_name].to_dict()
-    return write_lora(state, metadata, out_dir, projector, info, dtype, pipeline_class)
+    return write_lora(state, metadata, out_dir, projector, info, dtype, pipeline_class=pipeline_class or lora_pipeline_class(transformer))
+
+
+def lora_pipeline_class(transformer: torch.nn.Module) -> Any:
+    """The stock pipeline class that writes and reads `transformer`'s family's LoRA file: the family of its diffusers
+    class (the MRO's, so an FSDP-wrapped FSDP<Class> is its class's family)."""
+    for cls in type(transformer).__mro__:
+        try:
+            return get_student(family_of_class(cls.__name__)).export_pipeline_class()
+        except ValueError:
+            continue
+    raise ValueError(f"{type(transformer).__name__} is no supported student transformer: cannot say its LoRA format")
 
 
 def lora_from_trainable_state(state: dict[str, torch.Tensor], adapter_name: str = "default") -> dict[str, torch.Tensor]:
@@ -69,12 +82,13 @@ def write_lora(
     projector: Projector | None = None,
     info: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
-    pipeline_class: Any = CogVideoXImageToVideoPipeline,
+    *,
+    pipeline_class: Any,
 ) -> Path:
     """Write LoRA tensors (peft keys, no adapter name) + their LoraConfig metadata in the diffusers format.
 
-    pipeline_class: the stock pipeline whose `save_lora_weights` writes the file (its family's loader
-    mixin: CogVideoX's by default, WanPipeline for a Wan student).
+    pipeline_class: the stock pipeline whose `save_lora_weights` writes the file (Student.export_pipeline_class:
+    the family's loader mixin).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +155,7 @@ def load_lora_for_training(transformer: torch.nn.Module, lora_dir: str | Path, a
 
     The adapter must have been added with the same rank and targets (stages.families.cogvideox.transformer.apply_lora).
     """
-    state, _ = CogVideoXImageToVideoPipeline.lora_state_dict(str(lora_dir), return_lora_metadata=True)
+    state, _ = lora_pipeline_class(transformer).lora_state_dict(str(lora_dir), return_lora_metadata=True)
     prefix = "transformer."
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     result = set_peft_model_state_dict(transformer, state, adapter_name=adapter_name)

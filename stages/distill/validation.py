@@ -37,7 +37,6 @@ from stages.store import StoreError, join_shard_data
 from stages.distill.stream import _read, collate
 from stages.distill.data import TrainingData
 from stages.distill.losses import lgf_loss, repa_teacher, teacher_target
-from stages.families.cogvideox.objective import diffusion_loss_from_output, prepare_diffusion_inputs
 from stages.distill.tap import FeatureTap
 
 log = logging.getLogger(__name__)
@@ -136,6 +135,7 @@ class Validator:
     def evaluate(self, step: int) -> dict:
         """{"step", "split": "val", "clips", "terms": {...}, "n/a": [...], "seconds"}: terms the same on every rank."""
         e, ctx = self.cfg.eval, self.ctx
+        student = ctx.student  # the run's family: its own objective, as the trainer's loss
         projector = ctx.projector
         started = time.perf_counter()
         was_training = self.model.training
@@ -149,17 +149,13 @@ class Validator:
                 batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
                 for t in e.timesteps:
                     gen = torch.Generator(device="cpu").manual_seed(_seed(e.seed, key, t))
-                    inputs = prepare_diffusion_inputs(
-                        ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.scaling_factor, gen,
-                        task=ctx.task, image_latents=batch.get("image_latents"), image_scale=ctx.image_scale, rotary=ctx.rotary,
-                        dtype=ctx.dtype, fixed_timesteps=torch.tensor([t]),
-                    )  # no image or caption dropout: the conditioning is the clip's own
+                    inputs = student.validation_inputs(ctx, batch, t, gen)  # the family's objective at fixed t and noise
                     autocast = torch.autocast("cuda", dtype=ctx.autocast_dtype) if ctx.autocast_dtype else contextlib.nullcontext()
                     with autocast:
                         output, features = self.forward(inputs.model_kwargs)
                     if tap is not None:
                         features = tap.pop()
-                    l_diff, _ = diffusion_loss_from_output(ctx.scheduler, output, inputs)
+                    l_diff, _ = student.loss_from_output(ctx, output, inputs)
                     _add(sums, f"diff@{t}", l_diff.item())
                     if self.has_teacher and features is not None:
                         self._teacher_terms(sums, features, batch, projector)

@@ -1,8 +1,9 @@
 """Samples for the comparison: every model generates from the same first frames, captions and seeds.
 
-One stock pipeline per student model, without a LoRA: CogVideoXImageToVideoPipeline (stages/families/sampling.py's
-build_pipeline; first frame + caption) or, for a Wan 2.1 text-to-video student, WanPipeline (the caption
-alone, at the clip's size). Each run's LoRA is loaded into it, sampled from, and unloaded again, so the VAE
+One stock pipeline per (student model, task), without a LoRA: the family's pipeline of the task
+(Student.build_pipeline), sampled by Student.sample from the held-out clip's first frame and caption
+(image-to-video tasks: CogVideoX I2V, Wan 2.1 I2V, Wan 2.2 TI2V) or its caption alone at the clip's size
+(text-to-video: CogVideoX T2V, Wan 2.1 T2V). Each run's LoRA is loaded into it, sampled from, and unloaded again, so the VAE
 and text encoder load once however many runs (ablations) there are. The base model is the same pipeline
 with no LoRA loaded.
 """
@@ -19,7 +20,8 @@ import numpy as np
 
 from stages.media.video import write_mp4
 from stages.evaluate.clips import HeldOutClip
-from stages.families.sampling import Sampling, build_pipeline, sample_image_video_wan, sample_text_video, sample_video
+from stages.families.registry import student_for
+from stages.families.sampling import Sampling
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ class Model:
     name: str  # report row: a run's name, or "base"
     student: str  # student model (folder, hub id or "tiny")
     lora_dir: Path | None  # None: the base model
-    task: str = "i2v"  # i2v: from the clip's first frame and caption; t2v: the caption alone
+    task: str = "i2v"  # the run's student.task: image-to-video ones from the clip's first frame and caption
 
 
 @dataclass(frozen=True)
@@ -82,19 +84,16 @@ def sample_models(models: list[Model], clips: list[HeldOutClip], encoders_model:
 
 
 def _build(student: str, task: str, encoders_model: str, s: Sampling) -> tuple[object, Callable]:
-    """(the stock pipeline of `student` without a LoRA, a function (pipe, clip, steps, guidance, seed, text len) -> frames):
-    CogVideoX I2V and Wan 2.1 I2V from the clip's first frame and caption, Wan 2.1 T2V from the caption at the clip's size."""
-    from stages.families.registry import infer_family
+    """(the stock pipeline of `student`'s task without a LoRA, a function (pipe, clip, steps, guidance, seed, text len)
+    -> frames): the family samples from the held-out clip's first frame (uint8 [H, W, 3]) and caption at its size."""
+    family = student_for(student)
+    pipe = family.build_pipeline(student, encoders_model, None, task, s.device, s.dtype)
 
-    if infer_family(student, None) != "wan":
-        pipe = build_pipeline(student, encoders_model, None, s.device, s.dtype)
-        return pipe, lambda p, c, *a: sample_video(p, c.frames[0], c.caption, c.frames.shape[0], *a)
-    from stages.families.wan.family import build_wan_pipeline
+    def sample(p, clip: HeldOutClip, steps: int, guidance: float, seed: int, max_text_len: int):
+        frames, height, width = clip.frames.shape[:3]
+        return family.sample(p, task, clip.frames[0], clip.caption or "", frames, height, width, steps, guidance, seed, max_text_len)
 
-    pipe = build_wan_pipeline(student, encoders_model, None, s.device, s.dtype, task=task)
-    if task == "i2v":
-        return pipe, lambda p, c, *a: sample_image_video_wan(p, c.frames[0], c.caption or "", c.frames.shape[0], *a)
-    return pipe, lambda p, c, *a: sample_text_video(p, c.caption or "", *c.frames.shape[:3], *a)
+    return pipe, sample
 
 
 def grid_video(real: np.ndarray, samples: dict[str, np.ndarray]) -> np.ndarray:

@@ -13,7 +13,6 @@ stages/extract/columns/encodings.py, runs over them) and what the memory plan ne
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +68,19 @@ class Encoders(Protocol):
 
     def encode_clip(self, frames: np.ndarray, key: str, caption: str, encoders_cfg: Any) -> tuple[dict[str, np.ndarray], dict]:
         """uint8 [F, H, W, 3] of one clip -> (the layout's arrays, record fields; "caption_truncated": tokens when cut)."""
+
+
+def xformers_usable(transformer: torch.nn.Module, log: Any) -> bool:
+    """Whether xformers can run `transformer` (CUDA and xformers importable); warns on `log` why not (SDPA then)."""
+    if transformer.device.type != "cuda":
+        log.warning("attention=xformers needs CUDA (model is on %s): using SDPA", transformer.device)
+        return False
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError:
+        log.warning("attention=xformers but xformers is not installed: using SDPA")
+        return False
+    return True
 
 
 class Student(ABC):
@@ -150,14 +162,6 @@ class Student(ABC):
     def loss_from_output(self, ctx: Any, output: torch.Tensor, inputs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(L_diff, aux) from the transformer's output."""
 
-    # -- attention (the backend the blocks compute with)
-    def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
-        """Select the attention kernel; returns the backend used. The default keeps diffusers' SDPA processors
-        and refuses any other backend in one line (a family with its own kernels overrides this)."""
-        if backend != "sdpa":
-            raise ValueError(f"attention={backend!r} is not supported for the {self.family} student; use attention=sdpa")
-        return "sdpa"
-
     # -- memory plan (the transformer on the meta device, its token count)
     def transformer_from_config(self, config: Mapping[str, Any]) -> torch.nn.Module:
         """The transformer from its config (on the current device: the memory plan builds it on meta)."""
@@ -187,3 +191,52 @@ class Student(ABC):
         import diffusers
 
         return getattr(diffusers, self.pipeline_classes[task])
+
+    # -- inference (the stock pipeline of each task, and how to sample it: generate, in-training samples, evaluate)
+    def export_pipeline_class(self, task: str | None = None):
+        """The stock pipeline class whose save_lora_weights / lora_state_dict write and read this family's LoRA file
+        (None: the family's first task; every task of a family shares its LoRA loader mixin)."""
+        return self.pipeline_class(task or next(iter(self.pipeline_classes)))
+
+    def inference_scheduler(self, student_model: str, task: str) -> Any:
+        """The scheduler the stock pipeline of `task` samples with (from the student folder, or the tiny preset's)."""
+        raise ValueError(f"student family {self.family!r} has no sampling pipeline")
+
+    def pipeline_around(self, transformer: torch.nn.Module, student_model: str, encoders_model: str, task: str,
+                        device: str | torch.device, dtype: torch.dtype, low_memory: bool = False) -> Any:
+        """The stock diffusers pipeline of `task` around `transformer` (no copy; in-training samples pass the trainer's),
+        with the encoders of `encoders_model`. low_memory: VAE slicing/tiling where the family has them."""
+        raise ValueError(f"student family {self.family!r} has no sampling pipeline")
+
+    def build_pipeline(self, student_model: str, encoders_model: str, lora_dir: str | Path | None, task: str,
+                       device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+        """The stock pipeline of `task` from a student (folder, hub id or tiny preset), its encoders, and a LoRA
+        folder loaded through the pipeline's own load_lora_weights (None: the base model)."""
+        transformer, _ = self.load(student_model, task, dtype, device)
+        pipe = self.pipeline_around(transformer, student_model, encoders_model, task, device, dtype)
+        if lora_dir is not None:
+            pipe.load_lora_weights(str(lora_dir))
+        return pipe.to(device)
+
+    def sample(self, pipe: Any, task: str, first_frame: Any, prompt: str, num_frames: int, height: int, width: int,
+               steps: int, guidance: float, seed: int, max_text_len: int, dynamic_cfg: bool = False) -> Any:
+        """uint8 [F, H, W, 3] from `pipe` (build_pipeline's): image-to-video tasks from first_frame (uint8 [H, W, 3],
+        the sample's size), text-to-video ones from the prompt at height x width (first_frame ignored)."""
+        raise ValueError(f"student family {self.family!r} has no sampling pipeline")
+
+    # -- attention (configure_student calls it with student.attention)
+    def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
+        """Select `transformer`'s attention kernel; returns the backend used. "sdpa" (diffusers' default processors,
+        torch SDPA) is every family's; a family that has another overrides this. Refuses the rest in one line."""
+        if backend == "sdpa":
+            return "sdpa"
+        from stages.config.loader import ConfigError
+
+        raise ConfigError(f"student.attention={backend}: the {self.family} student has no {backend} attention; use student.attention=sdpa")
+
+    # -- validation (stages/distill/validation.py: the trainer's own objective at fixed timesteps and noise)
+    def validation_inputs(self, ctx: Any, batch: Mapping[str, torch.Tensor], timestep: int, generator: torch.Generator) -> Any:
+        """prepare_inputs at the fixed `timestep` (0..N-1, no t draw) and without image or caption dropout (the
+        conditioning is the clip's own); every other draw (posterior, noise) from `generator`. loss_from_output scores it."""
+        raise ValueError(f"student family {self.family!r} has no validation objective: set eval.every=0")
+

@@ -1,7 +1,9 @@
-"""Sample a video with the stock diffusers image-to-video pipeline and a trained LoRA.
+"""The family-independent part of sampling: where and how to sample (device, dtype, steps), and the one
+stock-pipeline call every family's sampler shares.
 
-Inference needs no SAM2 and no projector (method.md): the fine-tuned CogVideoX runs alone. This is
-the end of the demo and the proof that the exported LoRA is what a user's diffusers code loads.
+Inference needs no SAM2 and no projector (method.md): the fine-tuned student runs alone, through its task's
+stock diffusers pipeline (each family's folder builds it: Student.build_pipeline / Student.sample). This is the
+end of the demo and the proof that the exported LoRA is what a user's diffusers code loads.
 """
 
 from __future__ import annotations
@@ -12,12 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import CogVideoXDPMScheduler, CogVideoXImageToVideoPipeline
-from PIL import Image
 
 from stages.core.devices import resolve_device, resolve_dtype
-from stages.families.cogvideox.transformer import load_student
-from stages.families.cogvideox.encoders import load_encoders
 
 log = logging.getLogger(__name__)
 
@@ -59,87 +57,6 @@ def resolve_sampling(device: str | None = None, dtype: str | None = None, steps:
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     return Sampling(dev, resolved, steps)
-
-
-def build_pipeline(student_model: str, encoders_model: str, lora_dir: str | Path | None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> CogVideoXImageToVideoPipeline:
-    """The stock CogVideoXImageToVideoPipeline from a student (folder, hub id or "tiny") and encoders."""
-    transformer, scheduler = load_student(student_model, "i2v", dtype, device)
-    enc = load_encoders(encoders_model, dtype, device, vae_slicing=False, vae_tiling=False)
-    pipe = CogVideoXImageToVideoPipeline(
-        tokenizer=enc.tokenizer,
-        text_encoder=enc.text_encoder,
-        vae=enc.vae,
-        transformer=transformer,
-        scheduler=CogVideoXDPMScheduler.from_config(scheduler.config),
-    )
-    if lora_dir is not None:
-        pipe.load_lora_weights(str(lora_dir))
-    return pipe.to(device)
-
-
-def sample_video(
-    pipe: CogVideoXImageToVideoPipeline,
-    image: np.ndarray,  # uint8 [H, W, 3]: the first frame
-    prompt: str,
-    num_frames: int,
-    steps: int = 8,
-    guidance_scale: float = 6.0,
-    seed: int = 0,
-    max_text_len: int = 226,
-    use_dynamic_cfg: bool = False,
-) -> np.ndarray:
-    """uint8 [F, H, W, 3] frames generated from `image` and `prompt`.
-
-    use_dynamic_cfg: the stock pipeline's cosine-ramped guidance scale (CogVideoX's recommended
-    setting with the DPM scheduler); off, a constant `guidance_scale`.
-    """
-    h, w = image.shape[:2]
-    return _sample(pipe, num_frames, h, w, steps, guidance_scale, seed, image=Image.fromarray(image), prompt=prompt,
-                   max_sequence_length=max_text_len, use_dynamic_cfg=use_dynamic_cfg)
-
-
-def sample_image_video_wan(
-    pipe,
-    first: np.ndarray,
-    prompt: str,
-    num_frames: int,
-    steps: int = 8,
-    guidance_scale: float = 5.0,
-    seed: int = 0,
-    max_text_len: int = 512,
-) -> np.ndarray:
-    """uint8 [F, H, W, 3] frames from the first frame [H, W, 3] and `prompt` through the stock WanImageToVideoPipeline.
-
-    The prompt goes in as embeddings from stage one's encoder (the pipeline's own UMT5 encoding, without ftfy:
-    this diffusers' I2V pipeline calls ftfy unconditionally on a text prompt, and ftfy is no dependency here).
-    """
-    from PIL import Image
-
-    from stages.families.wan.encoders import WanEncoders, encode_prompt_wan
-
-    device = pipe.text_encoder.device
-    enc = WanEncoders(pipe.vae, pipe.text_encoder, pipe.tokenizer, device, pipe.text_encoder.dtype)
-    text, empty = (torch.from_numpy(encode_prompt_wan(enc, p, max_text_len)[0]).to(device, pipe.transformer.dtype)[None]
-                   for p in (prompt, ""))
-    height, width = first.shape[:2]
-    return _sample(pipe, num_frames, height, width, steps, guidance_scale, seed, image=Image.fromarray(first),
-                   prompt_embeds=text, negative_prompt_embeds=empty)
-
-
-def sample_text_video(
-    pipe,
-    prompt: str,
-    num_frames: int,
-    height: int,
-    width: int,
-    steps: int = 8,
-    guidance_scale: float = 5.0,
-    seed: int = 0,
-    max_text_len: int = 512,
-) -> np.ndarray:
-    """uint8 [F, H, W, 3] frames from `prompt` through a stock text-to-video pipeline (WanPipeline)."""
-    return _sample(pipe, num_frames, height, width, steps, guidance_scale, seed, prompt=prompt, negative_prompt="",
-                   max_sequence_length=max_text_len)
 
 
 def _sample(pipe, num_frames: int, height: int, width: int, steps: int, guidance_scale: float, seed: int, **inputs) -> np.ndarray:

@@ -59,11 +59,12 @@ from stages.distill.projector import Projector, ProjectorSpec  # noqa: E402
 from stages.families.cogvideox.transformer import (  # noqa: E402
     COGVIDEOX_5B_I2V_TRANSFORMER,
     COGVIDEOX_5B_SCHEDULER,
-    configure_student,
     rotary_embedding,
     tiny_transformer_config,
 )
+from stages.families.lora import configure_student  # noqa: E402
 from stages.distill.tap import FeatureTap  # noqa: E402
+from stages.families.registry import get_student  # noqa: E402
 from stages.core.lgf import lgf_probs  # noqa: E402
 
 LGF_SETTINGS = {"kernel": 7, "tau": 0.1, "offsets": [1], "fusion": "gram"}  # method.md defaults = the stored target's
@@ -225,7 +226,7 @@ def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, at
     student = StudentConfig(model="<synthetic>", lora=LoRAConfig(rank=preset.lora_rank, alpha=float(preset.lora_rank)),
                             gradient_checkpointing=True, attention=attention, full_finetune=full_finetune)
     torch.manual_seed(0)  # peft draws LoRA A from the global RNG
-    lora_params = configure_student(transformer, student)
+    lora_params = configure_student(transformer, student, get_student("cogvideox").set_attention)
     width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
     projector = Projector(ProjectorSpec(width, preset.teacher_channels, preset.projector_hidden, 2)).to(device)
     optimizer = torch.optim.AdamW(

@@ -12,12 +12,7 @@ from stages.families.registry import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
 # module -> who moves it behind the family interface
-KNOWN: dict[str, str] = {
-    "stages/distill/validation.py": "validation through Student.validation_inputs (branch infer)",
-    "stages/distill/samples.py": "in-training samples through Student's sampling methods",
-    "stages/evaluate/sampling.py": "evaluate's sampling through Student's sampling methods",
-    "pipeline/cli.py": "generate's family choice through Student's sampling methods",
-}
+KNOWN: dict[str, str] = {}
 
 
 def family_questions(path: Path, root: Path = ROOT) -> list[str]:

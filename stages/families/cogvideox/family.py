@@ -106,9 +106,6 @@ class CogVideoXStudent(Student):
         return transformer.transformer_blocks
 
     # -- attention, memory plan and stage one (the interface's later sections)
-    def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
-        return cogvideox.set_attention(transformer, backend)
-
     def plan_latent_shape(self, transformer_config: Any, model: str) -> tuple[int, int, int]:
         c = transformer_config
         # CogVideoX 1.5's sample size is its RoPE limit (300x300), not a video size: plan its 768x1360
@@ -145,6 +142,41 @@ class CogVideoXStudent(Student):
         from stages.families.cogvideox.objective import diffusion_loss_from_output
 
         return diffusion_loss_from_output(ctx.scheduler, output, inputs)
+
+    # -- inference (stages/families/cogvideox/sampling.py: CogVideoXImageToVideoPipeline for i2v, CogVideoXPipeline for t2v)
+    def inference_scheduler(self, student_model: str, task: str) -> Any:
+        from stages.families.cogvideox import sampling
+
+        return sampling.inference_scheduler(student_model)
+
+    def pipeline_around(self, transformer, student_model, encoders_model, task, device, dtype, low_memory=False):
+        from stages.families.cogvideox import sampling
+
+        return sampling.pipeline_around(transformer, student_model, encoders_model, task, device, dtype, low_memory)
+
+    def sample(self, pipe, task, first_frame, prompt, num_frames, height, width, steps, guidance, seed, max_text_len,
+               dynamic_cfg=False):
+        from stages.families.cogvideox import sampling
+
+        return sampling.sample(pipe, task, first_frame, prompt, num_frames, height, width, steps, guidance, seed,
+                               max_text_len, dynamic_cfg)
+
+    # -- attention
+    def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
+        """sdpa, or xformers through this project's CogVideoX processor (joint text+video attention, RoPE kept)."""
+        if backend not in ("sdpa", "xformers"):
+            return super().set_attention(transformer, backend)
+        return cogvideox.set_attention(transformer, backend)
+
+    # -- validation
+    def validation_inputs(self, ctx: Any, batch: Mapping[str, torch.Tensor], timestep: int, generator: torch.Generator) -> Any:
+        from stages.families.cogvideox.objective import prepare_diffusion_inputs
+
+        return prepare_diffusion_inputs(
+            ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.scaling_factor, generator,
+            task=ctx.task, image_latents=batch.get("image_latents"), image_scale=ctx.image_scale, rotary=ctx.rotary,
+            dtype=ctx.dtype, fixed_timesteps=torch.tensor([timestep]),
+        )
 
 
 def tiny_15_transformer_config(task: str = "i2v") -> dict[str, Any]:

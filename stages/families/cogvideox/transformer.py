@@ -18,7 +18,6 @@ from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXTr
 from diffusers.models.embeddings import apply_rotary_emb, get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
 
-from stages.families import lora
 # the family-independent LoRA helpers, importable from here as before the move
 from stages.families.lora import apply_lora, cast_trainable_to_fp32, enable_full_finetune, trainable_parameters  # noqa: F401
 
@@ -164,11 +163,6 @@ def set_attention(transformer: CogVideoXTransformer3DModel, backend: str) -> str
         return "sdpa"
     transformer.set_attn_processor(XFormersCogVideoXAttnProcessor())
     return "xformers"
-
-
-def configure_student(transformer: CogVideoXTransformer3DModel, cfg: Any) -> list[torch.nn.Parameter]:
-    """stages.families.lora.configure_student with CogVideoX's attention backends (`set_attention`)."""
-    return lora.configure_student(transformer, cfg, set_attention)
 
 
 def token_grid(transformer_config: Any, latent_shape: Sequence[int]) -> tuple[int, int, int]:

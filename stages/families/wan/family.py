@@ -30,6 +30,7 @@ latent frame 0; timestep = (m[0, 0, :, ::2, ::2] * t).flatten() per token):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -40,9 +41,11 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from diffusers.utils.torch_utils import randn_tensor
 
-from stages.families.base import Geometry, Student
+from stages.families.base import Geometry, Student, xformers_usable
 # the VAE configs live with the encoders (stage one); named here too, as before
 from stages.families.wan.encoders import TINY_WAN_MODELS, TINY_WAN_VAE_CONFIG, WAN21_VAE, WAN22_VAE  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 TINY_WAN = "tiny-wan"
 TINY_SEED = 0
@@ -161,6 +164,7 @@ def prepare_flow_inputs(
     image_latents: torch.Tensor | None = None,
     image_embeds: torch.Tensor | None = None,
     first_frame_clean: bool = False,
+    fixed_timesteps: torch.Tensor | None = None,
 ) -> FlowInputs:
     """Sample x0, sigma, eps and build the transformer's inputs (see the module docstring).
 
@@ -169,6 +173,8 @@ def prepare_flow_inputs(
     image_latents [B, C, T, H8, W8] / image_embeds [B, N, D_img]: the stored I2V condition (I2V transformers only).
     first_frame_clean: Wan 2.2 TI2V -- latent frame 0 clean (the posterior mean), per-token timesteps [B, T*h*w]
     with 0 on its tokens, and the loss over frames 1.. (the module docstring).
+    fixed_timesteps: [B] (or [1]) timesteps in 0..N-1 used instead of drawing u (validation at fixed t): sigma = t / N,
+    the timestep the model sees for that sigma; the u draw is then skipped, the other draws are unchanged.
     """
     from stages.families.noise import caption_dropout as _caption_dropout, rand_device as _rand_device
 
@@ -181,12 +187,16 @@ def prepare_flow_inputs(
     if clean.shape[1] != transformer_config.out_channels or transformer_config.in_channels != clean.shape[1] + extra:
         raise ValueError(f"latents have {clean.shape[1]} channels{f' + {extra} of image condition' if extra else ''}; "
                          f"the Wan transformer takes {transformer_config.in_channels} and predicts {transformer_config.out_channels}")
-    u = compute_density_for_timestep_sampling(weighting, batch, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
-                                              device=_rand_device(generator), generator=generator)
-    n = len(scheduler.timesteps)  # N training sigmas, 1 down to 1/N before the shift (no terminal 0 until set_timesteps)
-    index = (u * n).long().clamp(0, n - 1)
-    sigmas = scheduler.sigmas[index].to(device=device, dtype=torch.float32)
-    timesteps = scheduler.timesteps[index].to(device=device, dtype=torch.float32)
+    if fixed_timesteps is not None:
+        timesteps = fixed_timesteps.to(device=device, dtype=torch.float32).expand(batch)
+        sigmas = timesteps / float(scheduler.config.num_train_timesteps)
+    else:
+        u = compute_density_for_timestep_sampling(weighting, batch, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
+                                                  device=_rand_device(generator), generator=generator)
+        n = len(scheduler.timesteps)  # N training sigmas, 1 down to 1/N before the shift (no terminal 0 until set_timesteps)
+        index = (u * n).long().clamp(0, n - 1)
+        sigmas = scheduler.sigmas[index].to(device=device, dtype=torch.float32)
+        timesteps = scheduler.timesteps[index].to(device=device, dtype=torch.float32)
     noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=clean.dtype)
     s = sigmas.view(-1, 1, 1, 1, 1)
     noisy = (1.0 - s) * clean + s * noise
@@ -228,8 +238,9 @@ def flow_loss_from_output(model_output: torch.Tensor, inputs: FlowInputs) -> tup
 class WanStudent(Student):
     family = "wan"
     transformer_class = "WanTransformer3DModel"
-    # ti2v: Wan 2.2 TI2V-5B, whose Diffusers folder is a WanPipeline with expand_timesteps (the LoRA format is the same)
-    pipeline_classes = {"t2v": "WanPipeline", "i2v": "WanImageToVideoPipeline", "ti2v": "WanPipeline"}
+    # ti2v: Wan 2.2 TI2V-5B trains image-to-video (clean latent frame 0), so it is sampled as the stock image-to-video
+    # pipeline with expand_timesteps, from the first frame (the LoRA format is every Wan pipeline's)
+    pipeline_classes = {"t2v": "WanPipeline", "i2v": "WanImageToVideoPipeline", "ti2v": "WanImageToVideoPipeline"}
 
     # -- what the registry asks
     tiny_presets = (TINY_WAN,)
@@ -354,32 +365,52 @@ class WanStudent(Student):
     def loss_from_output(self, ctx: Any, output: torch.Tensor, inputs: FlowInputs):
         return flow_loss_from_output(output, inputs)
 
+    # -- inference (stages/families/wan/sampling.py: WanPipeline for t2v, WanImageToVideoPipeline for i2v and ti2v)
+    def inference_scheduler(self, student_model: str, task: str) -> UniPCMultistepScheduler:
+        from stages.families.wan import sampling
+
+        tiny = {"t2v": WAN21_SCHEDULER, "i2v": WAN21_SCHEDULER, "ti2v": WAN22_SCHEDULER}
+        return sampling.inference_scheduler(student_model, task, TINY_WAN, tiny)
+
+    def pipeline_around(self, transformer, student_model, encoders_model, task, device, dtype, low_memory=False):
+        from stages.families.wan import sampling
+
+        return sampling.pipeline_around(transformer, self.inference_scheduler(student_model, task), encoders_model, task,
+                                        device, dtype)
+
+    def sample(self, pipe, task, first_frame, prompt, num_frames, height, width, steps, guidance, seed, max_text_len,
+               dynamic_cfg=False):
+        from stages.families.wan import sampling
+
+        return sampling.sample(pipe, task, first_frame, prompt, num_frames, height, width, steps, guidance, seed,
+                               max_text_len, dynamic_cfg)
+
+    # -- attention
+    def set_attention(self, transformer: torch.nn.Module, backend: str) -> str:
+        """sdpa, or xformers through diffusers' attention dispatcher (WanAttnProcessor calls dispatch_attention_fn, so
+        the kernel swaps without a processor of ours; CogVideoX's joint-attention processor does not fit Wan's blocks)."""
+        if backend != "xformers":
+            return super().set_attention(transformer, backend)
+        if not xformers_usable(transformer, log):
+            return "sdpa"
+        transformer.set_attention_backend("xformers")
+        return "xformers"
+
+    # -- validation
+    def validation_inputs(self, ctx: Any, batch: Mapping[str, torch.Tensor], timestep: int, generator: torch.Generator) -> FlowInputs:
+        """The flow objective at sigma = t / N (the model sees t), no caption dropout."""
+        if ctx.latents_mean is None or ctx.latents_std is None:
+            raise ValueError("a Wan student needs the encodings column's latents_mean/latents_std attrs (a Wan-VAE store)")
+        return prepare_flow_inputs(
+            ctx.transformer_config, ctx.scheduler, batch["latents"], batch["prompt_embeds"], ctx.latents_mean, ctx.latents_std,
+            generator, dtype=ctx.dtype, image_latents=batch.get("image_latents") if ctx.task == "i2v" else None,
+            image_embeds=batch.get("image_embeds") if ctx.task == "i2v" else None, first_frame_clean=ctx.task == "ti2v",
+            fixed_timesteps=torch.tensor([float(timestep)]),
+        )
+
 
 def build_wan_pipeline(student_model: str, encoders_model: str, lora_dir: str | Path | None, device: str = "cpu",
                        dtype: torch.dtype = torch.float32, task: str = "t2v"):
-    """The stock diffusers WanPipeline (t2v; ti2v: Wan 2.2 with expand_timesteps) or WanImageToVideoPipeline (i2v)
-    from a student (folder, hub id or "tiny-wan") and its encoders ("tiny-wan-i2v" or an I2V folder for i2v: the CLIP
-    image encoder; "tiny-wan22" or the TI2V-5B folder for ti2v: the Wan 2.2 VAE)."""
-    from diffusers import WanImageToVideoPipeline, WanPipeline
-
-    from stages.families.wan.encoders import load_wan_encoders
-
-    student = WanStudent()
-    transformer, _ = student.load(student_model, task, dtype, device)
-    enc = load_wan_encoders(encoders_model, dtype, device)
-    if student_model == TINY_WAN:
-        scheduler = UniPCMultistepScheduler(**(WAN22_SCHEDULER if task == "ti2v" else WAN21_SCHEDULER))
-    else:
-        scheduler = UniPCMultistepScheduler.from_pretrained(student_model, subfolder="scheduler")
-    parts = dict(tokenizer=enc.tokenizer, text_encoder=enc.text_encoder, vae=enc.vae, transformer=transformer, scheduler=scheduler)
-    if task == "i2v":
-        if enc.image_encoder is None:
-            raise ValueError(f"encoders {encoders_model!r} have no image_encoder/: an I2V pipeline needs the CLIP image encoder")
-        pipe = WanImageToVideoPipeline(**parts, image_encoder=enc.image_encoder, image_processor=enc.image_processor)
-    elif task == "ti2v":  # Wan 2.2 TI2V-5B's folder: WanPipeline with per-token timesteps (expand_timesteps)
-        pipe = WanPipeline(**parts, expand_timesteps=True)
-    else:
-        pipe = WanPipeline(**parts)
-    if lora_dir is not None:
-        pipe.load_lora_weights(str(lora_dir))
-    return pipe.to(device)
+    """The stock diffusers pipeline of a Wan `task` (WanStudent.build_pipeline): WanPipeline (t2v),
+    WanImageToVideoPipeline (i2v; ti2v with expand_timesteps)."""
+    return WanStudent().build_pipeline(student_model, encoders_model, lora_dir, task, device, dtype)
