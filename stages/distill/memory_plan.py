@@ -109,8 +109,12 @@ def plan_family(model: str, family: str | None = None) -> str:
 
     if family:
         return infer_family(model, family)
+    from stages.families.ltx.family import KNOWN_TRANSFORMERS as LTX_KNOWN
+
     if model in WAN_KNOWN:
         return "wan"
+    if model in LTX_KNOWN:
+        return "ltx"
     if model == "tiny" or model.startswith("tiny-") or (Path(model) / "transformer" / "config.json").exists():
         return infer_family(model)
     return "cogvideox"  # the CogVideoX hub ids (KNOWN_TRANSFORMERS of student.py) and the default
@@ -127,6 +131,10 @@ def transformer_config(model: str) -> dict[str, Any]:
         return tiny_wan()
     if model in WAN_KNOWN:
         return dict(WAN_KNOWN[model])
+    from stages.families.ltx.family import model_configs as ltx_configs
+
+    if ltx_configs(model) is not None:  # tiny-ltx, Lightricks/LTX-Video
+        return ltx_configs(model)[0]
     from stages.families.cogvideox.family import COGVIDEOX_15_KNOWN
 
     if model in COGVIDEOX_15_KNOWN:
@@ -157,7 +165,7 @@ def plan_memory(
     (256: memory_attention of the released SAM2 models, the default feature). A Wan plan uses the CogVideoX block
     coefficients (an estimate: a Wan block's saved tensors were not measured; its text sits in cross-attention, not
     in the token count)."""
-    from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
+    import diffusers
 
     from stages.families.cogvideox.transformer import configure_student
     from stages.families.base import get_student
@@ -172,7 +180,7 @@ def plan_memory(
     try:  # built in the student dtype directly (a cast after the fact makes diffusers warn)
         torch.set_default_dtype(dtype)
         with torch.device("meta"):
-            transformer = (WanTransformer3DModel if family == "wan" else CogVideoXTransformer3DModel).from_config(config)
+            transformer = getattr(diffusers, student.transformer_class).from_config(config)
             configure_student(transformer, _without_attention(cfg.student))
     finally:
         torch.set_default_dtype(default)
@@ -183,6 +191,10 @@ def plan_memory(
 
             # 81 frames of 480x832 through the Wan 2.1 VAE; Wan 2.2 TI2V-5B its 121 frames of 704x1280 (16x VAE)
             latent_shape = KNOWN_LATENT_SHAPES.get(cfg.student.model, (21, 60, 104))
+        elif family == "ltx":
+            from stages.families.ltx.family import DEFAULT_LATENT_SHAPE, KNOWN_LATENT_SHAPES as LTX_SHAPES
+
+            latent_shape = LTX_SHAPES.get(cfg.student.model, DEFAULT_LATENT_SHAPE)  # 121 frames of 512x768
         else:
             # CogVideoX 1.5's sample size is its RoPE limit (300x300), not a video size: plan its 768x1360
             size = (96, 170) if c.patch_size_t else (c.sample_height, c.sample_width)
@@ -190,7 +202,7 @@ def plan_memory(
     frames, h, w = student.token_grid(c, latent_shape)
     video_tokens = frames * h * w
     # CogVideoX attends over text + video tokens jointly; Wan's blocks carry video tokens only (text enters by cross-attention)
-    tokens = video_tokens + (0 if family == "wan" else (text_len or c.max_text_seq_length))
+    tokens = video_tokens + (0 if family in ("wan", "ltx") else (text_len or c.max_text_seq_length))
     width = c.num_attention_heads * c.attention_head_dim
 
     params = sum(p.numel() for p in transformer.parameters())

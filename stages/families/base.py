@@ -21,7 +21,7 @@ import torch
 
 from stages.core.grid import TokenGrid, token_grid as grid_for_clip
 
-FAMILIES = ("cogvideox", "wan")
+FAMILIES = ("cogvideox", "wan", "ltx")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,10 @@ class Student(ABC):
     @abstractmethod
     def input_grid(self, transformer_config: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         """(T, h, w) token grid of a transformer input, in this family's layout."""
+
+    def forward_grid(self, transformer_config: Any, model_kwargs: Mapping[str, Any]) -> tuple[int, int, int]:
+        """(T, h, w) token grid of one forward's kwargs (LTX: packed tokens, the grid is in num_frames/height/width)."""
+        return self.input_grid(transformer_config, model_kwargs["hidden_states"])
 
     def rotary(self, transformer_config: Any, latent_shape: Sequence[int], device: torch.device) -> Any:
         """Positional embedding computed outside the model once per run (None: the model computes its own)."""
@@ -116,6 +120,10 @@ def get_student(family: str) -> Student:
         from stages.families.wan.family import WanStudent
 
         return WanStudent()
+    if family == "ltx":
+        from stages.families.ltx.family import LtxStudent
+
+        return LtxStudent()
     raise ValueError(f"unknown student family {family!r}; valid: {', '.join(FAMILIES)}")
 
 
@@ -124,7 +132,7 @@ def family_of_class(class_name: str) -> str:
     for family in FAMILIES:
         if get_student(family).transformer_class == class_name:
             return family
-    raise ValueError(f"transformer class {class_name!r} is no supported student; supported: CogVideoXTransformer3DModel, WanTransformer3DModel")
+    raise ValueError(f"transformer class {class_name!r} is no supported student; supported: CogVideoXTransformer3DModel, WanTransformer3DModel, LTXVideoTransformer3DModel")
 
 
 def infer_family(model: str, family: str | None = None) -> str:
@@ -138,10 +146,13 @@ def infer_family(model: str, family: str | None = None) -> str:
     if model.startswith("tiny-"):
         return infer_family(model, model.removeprefix("tiny-"))
     from stages.families.cogvideox.family import COGVIDEOX_15_KNOWN
+    from stages.families.ltx.family import KNOWN_TRANSFORMERS as LTX_KNOWN
     from stages.families.wan.family import KNOWN_TRANSFORMERS as WAN_KNOWN
 
     if model in WAN_KNOWN:
         return "wan"
+    if model in LTX_KNOWN:
+        return "ltx"
     if model in COGVIDEOX_15_KNOWN:
         return "cogvideox"
     path = Path(model) / "transformer" / "config.json"
@@ -172,6 +183,12 @@ def model_configs(model: str, family: str | None = None) -> tuple[str, dict[str,
         from stages.families.wan.encoders import TINY_WAN_VAE_CONFIG
 
         return family, tiny_wan(), dict(TINY_WAN_VAE_CONFIG)
+    if family == "ltx":
+        from stages.families.ltx.family import model_configs as ltx_configs
+
+        known = ltx_configs(model)
+        if known is not None:
+            return family, *known
     from stages.families.cogvideox.family import COGVIDEOX_15_KNOWN, COGVIDEOX_15_VAE
     from stages.families.wan.family import KNOWN_TRANSFORMERS as WAN_KNOWN, KNOWN_VAES as WAN_VAES, WAN21_VAE
 

@@ -34,8 +34,11 @@ def column_spec(name: str, cfg: ExtractConfig) -> ColumnSpec:
 
         return teacher_spec(cfg)
     if name == "encodings":
+        from stages.families.ltx.encodings_column import is_ltx_encoders, ltx_encodings_spec
         from stages.families.wan.encodings_column import is_wan_encoders, wan_encodings_spec
 
+        if is_ltx_encoders(cfg.encoders.model):
+            return ltx_encodings_spec(cfg)
         if is_wan_encoders(cfg.encoders.model):  # one column name per store; its content follows the student family
             return wan_encodings_spec(cfg)
         from stages.extract.columns.encodings import encodings_spec
@@ -54,8 +57,11 @@ def make_producer(name: str, cfg: ExtractConfig, device: str) -> ColumnProducer:
 
         return TeacherProducer(cfg, device)
     if name == "encodings":
+        from stages.families.ltx.encodings_column import LtxEncodingsProducer, is_ltx_encoders
         from stages.families.wan.encodings_column import WanEncodingsProducer, is_wan_encoders
 
+        if is_ltx_encoders(cfg.encoders.model):
+            return LtxEncodingsProducer(cfg, device)
         if is_wan_encoders(cfg.encoders.model):
             return WanEncodingsProducer(cfg, device)
         from stages.extract.columns.encodings import EncodingsProducer
