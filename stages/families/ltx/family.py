@@ -308,6 +308,20 @@ class LtxStudent(Student):
     def loss_from_output(self, ctx: Any, output: torch.Tensor, inputs: LtxInputs):
         return ltx_loss_from_output(output, inputs)
 
+    # -- inference: the stock pipeline of each task (stages/families/ltx/sampling.py)
+    def build_pipeline(self, student_model: str, encoders_model: str, lora_dir: str | Path | None,
+                       device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, task: str = "t2v"):
+        from stages.families.ltx.sampling import build_ltx_pipeline
+
+        return build_ltx_pipeline(student_model, encoders_model, lora_dir, device, dtype, task)
+
+    def sample(self, pipe, task: str, first, prompt: str, num_frames: int, steps: int = 8, guidance_scale: float = 3.0,
+               seed: int = 0, max_text_len: int = 128):
+        """uint8 [F, H, W, 3]: i2v from the clip's first frame [H, W, 3] and caption, t2v from the caption at its size."""
+        from stages.families.ltx.sampling import sample_ltx
+
+        return sample_ltx(pipe, task, first, prompt, num_frames, steps, guidance_scale, seed, max_text_len)
+
 
 def model_configs(model: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(transformer config, VAE config) of the tiny preset or a known hub id without a download; None otherwise."""
@@ -318,3 +332,4 @@ def model_configs(model: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     if model in KNOWN_TRANSFORMERS:
         return dict(KNOWN_TRANSFORMERS[model]), dict(KNOWN_VAES[model])
     return None
+
