@@ -300,10 +300,17 @@ def generate(
     enc_cfg = enc_col.producer_config["encoders"]
     student_cfg = info["config"]["student"]
     lora = None if no_lora else run / "lora"
-    from stages.families.registry import infer_family
+    from stages.families.registry import infer_family, student_for
 
     is_wan = infer_family(student_cfg["model"], student_cfg.get("family")) == "wan"
-    if is_wan and student_cfg.get("task") == "i2v":  # Wan 2.1 I2V: the clip's first frame and caption
+    student = student_for(student_cfg["model"], student_cfg.get("family"))
+    if hasattr(student, "sample"):  # a family that samples through its own stock pipelines (until Student has a sampling interface)
+        task = student_cfg.get("task") or "t2v"
+        first = decode_clip(entry.url, video, fstore.storage_options).frames[0]
+        pipe = student.build_pipeline(student_cfg["model"], enc_cfg["model"], lora, sampling.device, sampling.dtype, task)
+        frames = student.sample(pipe, task, first, entry.caption or "", video.num_frames, sampling.steps, guidance, seed,
+                                enc_cfg["max_text_len"])
+    elif is_wan and student_cfg.get("task") == "i2v":  # Wan 2.1 I2V: the clip's first frame and caption
         from stages.families.wan.family import build_wan_pipeline
         from stages.families.sampling import sample_image_video_wan
 

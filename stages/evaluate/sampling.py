@@ -84,8 +84,12 @@ def sample_models(models: list[Model], clips: list[HeldOutClip], encoders_model:
 def _build(student: str, task: str, encoders_model: str, s: Sampling) -> tuple[object, Callable]:
     """(the stock pipeline of `student` without a LoRA, a function (pipe, clip, steps, guidance, seed, text len) -> frames):
     CogVideoX I2V and Wan 2.1 I2V from the clip's first frame and caption, Wan 2.1 T2V from the caption at the clip's size."""
-    from stages.families.registry import infer_family
+    from stages.families.registry import infer_family, student_for
 
+    family = student_for(student, None)
+    if hasattr(family, "sample"):  # a family that samples through its own stock pipelines (until Student has a sampling interface)
+        pipe = family.build_pipeline(student, encoders_model, None, s.device, s.dtype, task)
+        return pipe, lambda p, c, *a: family.sample(p, task, c.frames[0], c.caption or "", c.frames.shape[0], *a)
     if infer_family(student, None) != "wan":
         pipe = build_pipeline(student, encoders_model, None, s.device, s.dtype)
         return pipe, lambda p, c, *a: sample_video(p, c.frames[0], c.caption, c.frames.shape[0], *a)

@@ -33,8 +33,10 @@ def _layout(student, task):
 
 
 def _batch(layout, generator) -> dict[str, torch.Tensor]:
-    """Random arrays of the layout's schema with a batch axis (what the stream yields)."""
-    return {k: torch.randn((BATCH, *spec.shape), generator=generator) for k, spec in layout.schema.items() if spec.dtype != "uint8"}
+    """Random arrays of the layout's schema with a batch axis (what the stream yields); uint8 ones (the prompt mask)
+    all ones: every token real."""
+    return {k: torch.randn((BATCH, *spec.shape), generator=generator) if spec.dtype != "uint8"
+            else torch.ones((BATCH, *spec.shape), dtype=torch.uint8) for k, spec in layout.schema.items()}
 
 
 def _vector(values):
