@@ -22,9 +22,10 @@ NNODES      ?= 1
 NODE_RANK   ?= 0
 MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
-# STUDENT=wan: the demo with a tiny Wan 2.1 T2V student (configs/*/sample_wan.yaml) instead of CogVideoX
+# STUDENT=wan: the demo with a tiny Wan 2.1 T2V student (configs/*/sample_wan.yaml) instead of CogVideoX;
+# STUDENT=ltx: a tiny LTX-Video image-to-video student (configs/*/sample_ltx.yaml)
 STUDENT ?= cogvideox
-SAMPLE_SUFFIX := $(if $(filter wan,$(STUDENT)),_wan,)
+SAMPLE_SUFFIX := $(if $(filter wan ltx,$(STUDENT)),_$(STUDENT),)
 DEMO   ?= out/demo$(subst _,-,$(SAMPLE_SUFFIX))
 DISTILL_CONFIG ?= configs/distill/sample$(SAMPLE_SUFFIX).yaml
 

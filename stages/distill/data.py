@@ -84,6 +84,7 @@ def open_training_data(cfg: DistillConfig) -> TrainingData:
     arrays = {"encodings": ["latents", "prompt_embeds"] + (["image_latents"] if cfg.student.task == "i2v" else [])}
     if cfg.student.task == "i2v" and "image_embeds" in encodings.schema:  # Wan 2.1 I2V: CLIP image embeddings
         arrays["encodings"].append("image_embeds")
+    arrays["encodings"] += list(encodings.attrs.get("training_arrays", []))  # what the column says its student reads besides (a prompt mask)
     column_lgf = teacher.attrs.get("lgf") if teacher is not None else None
     if teacher is not None:
         if cfg.losses.mask.weight > 0 and "mask" not in teacher.schema:

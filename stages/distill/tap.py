@@ -86,7 +86,7 @@ class FeatureTap:
         if _in_backward():
             return  # a checkpoint recompute never re-enters the top-level forward, but be safe
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # [B, T, C, H8, W8] (CogVideoX)
-        self._grid = self._student.input_grid(self._config, hidden)
+        self._grid = self._student.forward_grid(self._config, {**kwargs, "hidden_states": hidden})
         self._grad_expected = torch.is_grad_enabled()
         self._features = None
         self.captures = 0

@@ -125,6 +125,11 @@ class Student(ABC):
     def input_grid(self, transformer_config: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         """(T, h, w) token grid of a transformer input, in this family's layout."""
 
+    def forward_grid(self, transformer_config: Any, model_kwargs: Mapping[str, Any]) -> tuple[int, int, int]:
+        """(T, h, w) token grid of one forward's kwargs; default: from its hidden_states (input_grid). A family
+        whose input is packed tokens without a grid reads it from its own kwargs instead."""
+        return self.input_grid(transformer_config, model_kwargs["hidden_states"])
+
     def rotary(self, transformer_config: Any, latent_shape: Sequence[int], device: torch.device) -> Any:
         """Positional embedding computed outside the model once per run (None: the model computes its own)."""
         return None

@@ -13,11 +13,13 @@ from typing import Any, Mapping
 
 from stages.families.base import Geometry, Student
 from stages.families.cogvideox.family import CogVideoXStudent
+from stages.families.ltx.family import LtxStudent
 from stages.families.wan.family import WanStudent
 
 FAMILIES: dict[str, type[Student]] = {
     "cogvideox": CogVideoXStudent,
     "wan": WanStudent,
+    "ltx": LtxStudent,
 }
 # The family of stores written before the encodings column recorded `vae_family`: the first one the project had
 LEGACY_ENCODINGS_FAMILY = "cogvideox"

@@ -5,7 +5,10 @@ Per (family, task), on the family's tiny presets and the shipped sample clip siz
 - configs -> geometry: the transformer built on the meta device from the family's own configs, and the grid it
   implies equals the grid of the latents the family's encodings column stores (stage one and stage two agree);
 - one training step's inputs and loss: finite, the same for the same seed, different for another;
-- the tap: block L's video tokens as [B, T, h, w, D] on that grid, D the transformer's width.
+- the tap: block L's video tokens as [B, T, h, w, D] on that grid, D the transformer's width;
+- validation: the same objective at fixed timesteps, seeded noise: finite, reproducible, and moving with t;
+- attention: sdpa accepted, an unknown backend refused in one line naming it;
+- sampling: the task's stock pipeline built from the tiny presets gives uint8 frames of the asked size.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ def _layout(student, task):
 
 
 def _batch(layout, generator) -> dict[str, torch.Tensor]:
-    """Random arrays of the layout's schema with a batch axis (what the stream yields)."""
-    return {k: torch.randn((BATCH, *spec.shape), generator=generator) for k, spec in layout.schema.items() if spec.dtype != "uint8"}
+    """Random arrays of the layout's schema with a batch axis (what the stream yields); uint8 ones (the prompt mask)
+    all ones: every token real."""
+    return {k: torch.randn((BATCH, *spec.shape), generator=generator) if spec.dtype != "uint8"
+            else torch.ones((BATCH, *spec.shape), dtype=torch.uint8) for k, spec in layout.schema.items()}
 
 
 def _vector(values):
@@ -58,12 +63,10 @@ def test_configs_give_the_stored_grid_on_the_meta_device(family, task):
     assert all(n > 0 for n in grid) and student.num_blocks(transformer.config) == len(student.blocks(transformer))
 
 
-@pytest.mark.parametrize("family,task", CASES)
-def test_inputs_loss_and_tap_tokens(family, task):
-    student = get_student(family)
+def _context(student, task):
+    """(tiny transformer, the trainer's LossContext for it, the layout) of one (family, task)."""
     transformer, scheduler = student.load(student.tiny_presets[0], task, torch.float32, "cpu")
     layout, _ = _layout(student, task)
-    assert set(student.condition_arrays(task)) <= set(layout.schema)
     latents = layout.schema["latents"].shape
     attrs = layout.attrs
     ctx = LossContext(
@@ -72,6 +75,15 @@ def test_inputs_loss_and_tap_tokens(family, task):
         None, None, image_scale=image_scale(attrs), student=student,
         latents_mean=_vector(attrs.get("latents_mean")), latents_std=_vector(attrs.get("latents_std")),
     )
+    return transformer, ctx, layout
+
+
+@pytest.mark.parametrize("family,task", CASES)
+def test_inputs_loss_and_tap_tokens(family, task):
+    student = get_student(family)
+    transformer, ctx, layout = _context(student, task)
+    assert set(student.condition_arrays(task)) <= set(layout.schema)
+    latents = layout.schema["latents"].shape
     batch = _batch(layout, torch.Generator().manual_seed(1))
     block = student.num_blocks(transformer.config) - 1
 
@@ -92,3 +104,44 @@ def test_inputs_loss_and_tap_tokens(family, task):
     width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
     assert features.shape == (BATCH, *student.token_grid(transformer.config, latents[1:]), width)
     assert torch.isfinite(features).all()
+
+
+@pytest.mark.parametrize("family,task", CASES)
+def test_validation_step_at_fixed_timesteps(family, task):
+    student = get_student(family)
+    transformer, ctx, layout = _context(student, task)
+    batch = _batch(layout, torch.Generator().manual_seed(2))
+
+    def val_loss(t: int, seed: int = 7) -> torch.Tensor:
+        inputs = student.validation_inputs(ctx, batch, t, torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            output = transformer(**inputs.model_kwargs)[0]
+        return student.loss_from_output(ctx, output, inputs)[0]
+
+    low, high = val_loss(100), val_loss(900)
+    assert torch.isfinite(low) and torch.isfinite(high)
+    assert torch.equal(low, val_loss(100))  # fixed t and seeded noise: the same number at every validation
+    assert not torch.equal(low, high)  # the timestep reaches the objective
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_attention_backends(family):
+    from stages.config.loader import ConfigError
+
+    student = get_student(family)
+    transformer, _ = student.load(student.tiny_presets[0], next(iter(student.pipeline_classes)), torch.float32, "cpu")
+    assert student.set_attention(transformer, "sdpa") == "sdpa"
+    with pytest.raises(ConfigError, match=r"^student.attention=flash9: .*use student.attention=sdpa$"):
+        student.set_attention(transformer, "flash9")
+
+
+@pytest.mark.parametrize("family,task", CASES)
+def test_sampling_through_the_tasks_stock_pipeline(family, task):
+    student = get_student(family)
+    pipe = student.build_pipeline(student.tiny_presets[0], student.tiny_encoders(task), None, task, "cpu", torch.float32)
+    assert type(pipe).__name__ == student.pipeline_classes[task]
+    cfg = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", [f"encoders.model={student.tiny_encoders(task)}"])
+    frames, height, width = cfg.video.num_frames, cfg.video.height, cfg.video.width  # the size the tiny presets train at
+    first = (torch.rand(height, width, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    video = student.sample(pipe, task, first, "a dog runs", frames, height, width, 2, 1.0, 0, cfg.encoders.max_text_len)
+    assert video.dtype.name == "uint8" and video.shape[1:] == (height, width, 3) and video.shape[0] >= 1
