@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +15,12 @@ import torch
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
+# tests/ mirrors the source tree (tests/<floor>/test_<module>.py) without packages; a few tests reuse another's
+# builders by module name (test_golden_curve's synthetic store, test_store_integrity's build), so every folder
+# of tests is importable from any other, as when they sat in one folder
+for _folder in sorted(p for p in Path(__file__).parent.iterdir() if p.is_dir() and p.name not in ("benchmarks", "fixtures", "golden") and not p.name.startswith((".", "_"))):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 os.environ.setdefault("TQDM_DISABLE", "1")
 # Tiny models on 2 shared cores: one intra-op thread each is ~100x faster than two contending ones.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_parallel.py: one stage-two run per rank, results written as JSON.
+"""Run under torchrun by tests/distill/test_parallel.py: one stage-two run per rank, results written as JSON.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/distributed_run.py SPEC.json
 

@@ -15,7 +15,7 @@ configures it (LoRA or full fine-tuning, fp32 masters), and its parameters are c
 
 S is the shard group: the world size for fsdp, parallel.shard_size for hsdp. Activation bytes are an
 estimate (coefficients from the CogVideoX block's saved tensors, checked against a measured CPU step
-in tests/test_memory_plan.py); everything else is exact counting.
+in tests/distill/test_memory_plan.py); everything else is exact counting.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 # Tensors a CogVideoX block keeps for backward, in (tokens x width) elements, measured with
-# saved_tensors_hooks on CPU (tests/test_memory_plan.py keeps them honest): a LoRA block keeps ~20
+# saved_tensors_hooks on CPU (tests/distill/test_memory_plan.py keeps them honest): a LoRA block keeps ~20
 # (frozen linears keep no inputs for weight gradients), a fully trained one ~29; under checkpointing a
 # block keeps only its input, ~1. Outside the blocks (patch embedding, final norm, output): ~2.5.
 BLOCK_SAVED_LORA = 20

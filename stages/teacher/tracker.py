@@ -5,7 +5,7 @@ the mask the forward pass predicted there, tracked F-1 -> 0, in its own state (t
 reverse inside the forward state would overwrite the forward outputs). Both passes reproduce
 what `SAM2VideoPredictor` computes when used the documented way (JPEG folder, `init_state`,
 `add_new_points_or_box` / `add_new_mask`, `propagate_in_video`; a fresh state for the reverse
-pass): tests/test_tracker_parity.py checks features and masks against it. Differences, by design:
+pass): tests/teacher/test_tracker_parity.py checks features and masks against it. Differences, by design:
 
 - frames come in as a uint8 tensor (no JPEG round trip, no float32 copy of the whole clip);
 - the image encoder runs once per frame, `image_batch` frames per call, and its output serves
@@ -18,7 +18,7 @@ pass): tests/test_tracker_parity.py checks features and masks against it. Differ
 - `track_batch` tracks B clips of one shape in lockstep: each clip is one row of SAM2's object
   batch (the batch SAM2's predictor uses for several objects of one video), with its own
   memories in that row of every state entry; the image encoder takes frames across clips.
-  Each clip's result equals `track` of that clip alone (float noise: tests/test_tracker_parity.py).
+  Each clip's result equals `track` of that clip alone (float noise: tests/teacher/test_tracker_parity.py).
 
 The SAM2 steps themselves are the model's own methods (`forward_image`,
 `_prepare_backbone_features`, `_track_step`, `_encode_memory_in_output`, `_encode_new_memory`).

@@ -11,7 +11,7 @@ The fwd/bwd features are kept so stage two can refuse nothing: a run with other 
 recomputes its target from them instead of re-extracting. They are int8 so that 256-channel
 memory-attention features fit: 49x480x720 (13x30x45 tokens) is 10.75 MB per clip in all, against
 19.7 MB with float16 fwd/bwd; the relations recomputed from them stay within KL 1e-3 of the fp32
-ones (tests/test_teacher_storage.py). Columns written before (float16 fwd/bwd, no "quantized"
+ones (tests/extract/test_teacher_storage.py). Columns written before (float16 fwd/bwd, no "quantized"
 attrs) still read: `Column.read_dequantized` returns float32 either way.
 """
 

@@ -14,7 +14,7 @@ from stages.media.corpus import list_corpus
 from stages.media.decode import decode_clip
 from stages.config.extract import CorpusConfig, VideoConfig
 
-GENERATOR = Path(__file__).resolve().parents[1] / "datasets" / "sample" / "generate.py"
+GENERATOR = Path(__file__).resolve().parents[2] / "datasets" / "sample" / "generate.py"
 SMALL = dict(clips=3, frames=17, fps=8, height=72, width=108, seed=0)  # one clip of each subject kind
 
 

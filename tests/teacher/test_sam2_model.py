@@ -26,7 +26,7 @@ from stages.teacher.sam2_model import (
     save_checkpoint,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _params_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:

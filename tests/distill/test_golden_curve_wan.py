@@ -1,6 +1,6 @@
 """Golden loss curve of the Wan family: the tiny Wan 2.1 T2V student on a fixed synthetic Wan store.
 
-As tests/test_golden_curve.py for CogVideoX: seeded numpy arrays (no extraction), so only stage two's
+As tests/distill/test_golden_curve.py for CogVideoX: seeded numpy arrays (no extraction), so only stage two's
 code moves it (the flow-matching objective, its shift and sigma sampling, the Wan tap, LGF, the
 optimiser). Regenerate on an intended change with SAM2VIDEOX_UPDATE_GOLDEN=1 and review the diff of
 tests/golden/distill_tiny_wan.json.

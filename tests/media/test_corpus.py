@@ -15,7 +15,7 @@ from PIL import Image
 from stages.media.corpus import ClipEntry, CorpusError, list_corpus, load_prompt_mask, validate_prompt
 from stages.config.extract import CorpusConfig
 
-GENERATOR = Path(__file__).resolve().parents[1] / "datasets" / "sample" / "generate.py"
+GENERATOR = Path(__file__).resolve().parents[2] / "datasets" / "sample" / "generate.py"
 
 
 def _touch(root: Path, rel: str, data: bytes = b"\x00") -> None:

@@ -7,7 +7,7 @@ import pytest
 from stages.config.loader import ConfigError, config_hash, load_config
 from stages.config.extract import ExtractConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs" / "extract").glob("*.yaml")))
