@@ -145,7 +145,11 @@ class Student(ABC):
         return int(transformer_config.num_layers)
 
     def check_latent_grid(self, transformer_config: Any, latent_shape: Sequence[int]) -> str | None:
-        """Why a stored latent grid (T, H8, W8) cannot train this model, or None."""
+        """Why a stored latent grid (T, H8, W8) cannot train this model, or None (default: token_grid's refusal)."""
+        try:
+            self.token_grid(transformer_config, latent_shape)
+        except ValueError as exc:
+            return str(exc)
         return None
 
     # -- tap and LoRA

@@ -241,13 +241,6 @@ class LtxStudent(Student):
     def text_dim(self, transformer_config: Any) -> int:
         return int(transformer_config.caption_channels)
 
-    def check_latent_grid(self, transformer_config: Any, latent_shape: Sequence[int]) -> str | None:
-        try:
-            self.token_grid(transformer_config, latent_shape)
-        except ValueError as exc:
-            return str(exc)
-        return None
-
     def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
         return transformer.transformer_blocks
 
