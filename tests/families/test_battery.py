@@ -8,7 +8,9 @@ Per (family, task), on the family's tiny presets and the shipped sample clip siz
 - the tap: block L's video tokens as [B, T, h, w, D] on that grid, D the transformer's width;
 - validation: the same objective at fixed timesteps, seeded noise: finite, reproducible, and moving with t;
 - attention: sdpa accepted, an unknown backend refused in one line naming it;
-- sampling: the task's stock pipeline built from the tiny presets gives uint8 frames of the asked size.
+- sampling: the task's stock pipeline built from the tiny presets gives uint8 frames of the asked size;
+- LoRA export: the exported folder, loaded by that stock pipeline's own load_lora_weights, computes what the
+  hand-merged model computes, and not what the base model computes.
 """
 
 from __future__ import annotations
@@ -145,3 +147,34 @@ def test_sampling_through_the_tasks_stock_pipeline(family, task):
     first = (torch.rand(height, width, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
     video = student.sample(pipe, task, first, "a dog runs", frames, height, width, 2, 1.0, 0, cfg.encoders.max_text_len)
     assert video.dtype.name == "uint8" and video.shape[1:] == (height, width, 3) and video.shape[0] >= 1
+
+
+@pytest.mark.parametrize("family,task", CASES)
+def test_lora_export_loads_in_the_stock_pipeline_equal_to_a_hand_merge(family, task, tmp_path):
+    import copy
+
+    from stages.distill.export import export_lora
+    from stages.families.lora import apply_lora
+
+    student = get_student(family)
+    transformer, ctx, layout = _context(student, task)
+    base = copy.deepcopy(transformer)
+    apply_lora(transformer, 4, 4.0, student.lora_targets)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # lora_B starts at zero: give the adapter something to say
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    export_lora(transformer, tmp_path / "lora", pipeline_class=student.export_pipeline_class(task))
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in transformer.modules():  # W + (alpha / r) B A merged into the base weights by hand
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+    merged = transformer
+    pipe = student.build_pipeline(student.tiny_presets[0], student.tiny_encoders(task), tmp_path / "lora", task, "cpu", torch.float32)
+    inputs = student.validation_inputs(ctx, _batch(layout, torch.Generator().manual_seed(4)), 500, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        loaded, hand, plain = (m(**inputs.model_kwargs)[0] for m in (pipe.transformer, merged, base))
+    assert torch.allclose(loaded, hand, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(loaded, plain, atol=1e-4)
