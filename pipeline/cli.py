@@ -179,7 +179,8 @@ def distill(
     def on_step(m, times) -> None:
         bars[0].update(1, loss=f"{m.loss:.4f}", data_wait=f"{times.data_wait_share or 0:.0%}")
 
-    kind = {StoreError: "store error", MemoryPlanError: "memory plan", ResumeMismatch: "resume", OSError: "I/O error"}
+    kind = {StoreError: "store error", MemoryPlanError: "memory plan", ResumeMismatch: "resume", ConfigError: "config",
+            OSError: "I/O error"}
     try:
         try:
             summary = run_distill(cfg, resume, on_start, on_step)

@@ -296,3 +296,18 @@ def test_student_for_a_saved_tiny_ltx_folder(tmp_path):
     assert student.pipeline_class("i2v").__name__ == "LTXImageToVideoPipeline"
     with pytest.raises(ValueError, match="t2v or i2v"):
         student.load(TINY_LTX, "ti2v", torch.float32, "cpu")
+
+
+def test_xformers_on_ltx_is_one_cli_line(ltx_store, tmp_path):
+    """LTX has no xformers path of ours: `distill` refuses it in one line (exit 2), before any step."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["distill", "--config", str(ROOT / "configs/distill/sample_ltx.yaml"), "--store", ltx_store,
+                                      "--out", str(tmp_path / "run"), "student.attention=xformers", "train.steps=1",
+                                      "data.holdout=0", "eval.every=0"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1] == "config: student.attention=xformers: the ltx student has no xformers attention; use student.attention=sdpa"
+    assert "Traceback" not in result.output

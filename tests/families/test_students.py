@@ -388,3 +388,4 @@ def test_tiny_wan_run_validates_through_its_own_objective(wan_store, tmp_path):
     assert trainer.validator.evaluate(2)["terms"] == terms
     assert len({terms["diff@100"], terms["diff@500"], terms["diff@900"]}) == 3
     trainer.close()
+
