@@ -253,11 +253,12 @@ def test_extract_names_a_torn_claim_and_repair_clears_it(student_store, tmp_path
 EXPORT_SCRIPT = """
 import sys, torch
 from peft import LoraConfig
+from diffusers import CogVideoXImageToVideoPipeline
 from stages.distill.export import write_lora
 cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj", "ff.net.0.proj", "ff.net.2"])
 g = torch.Generator().manual_seed(0)
 state = {f"blocks.0.attn1.{m}.lora_{ab}.weight": torch.randn(4, 4, generator=g) for m in ("to_q", "to_k") for ab in "AB"}
-write_lora(state, cfg.to_dict(), sys.argv[1])
+write_lora(state, cfg.to_dict(), sys.argv[1], pipeline_class=CogVideoXImageToVideoPipeline)
 """
 
 
