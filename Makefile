@@ -32,10 +32,10 @@ DISTILL_CONFIG ?= configs/distill/sample$(SAMPLE_SUFFIX).yaml
 export TQDM_DISABLE ?=
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install sample extract distill plan ablate evaluate demo demo-grounded test clean help gpu-wheels vbench-env twins
+.PHONY: install sample extract distill plan ablate evaluate score demo demo-grounded test clean help gpu-wheels vbench-env twins
 
 help:
-	@echo "make demo | test | install | sample | extract | distill | ablate | evaluate   (CONFIG=... STORE=... OUT=... ARGS=...)"
+	@echo "make demo | test | install | sample | extract | distill | ablate | evaluate | score   (CONFIG=... STORE=... OUT=... VIDEOS=... ARGS=...)"
 
 # Install order matters (see README "Install"): torch pinned first so nothing pulls a CUDA build;
 # sam2 built against it without build isolation (isolation downloads a second torch); then the rest,
@@ -96,6 +96,18 @@ demo-grounded: sample
 	  teacher.grounding.model=tiny teacher.grounding.box_threshold=0.8 allow_failures=true $(ARGS)
 	$(CLI) inspect $(DEMO)/grounded --failures
 
+
+# Score videos made elsewhere: VIDEOS = a folder with one sub-folder per method and the same file names in
+# each (README "Scoring videos made elsewhere"). Without VIDEOS: the sample twins laid out as such a folder
+# (intact vs each structure break, true masks beside them), scored against "intact".
+SCORE_OUT ?= out/score
+score: install
+ifdef VIDEOS
+	$(CLI) score --videos $(VIDEOS) --out $(SCORE_OUT) $(ARGS)
+else
+	$(PY) datasets/sample/generate.py --out $(SAMPLE) --score-folder out/score-twins
+	$(CLI) score --videos out/score-twins --reference intact --out $(SCORE_OUT) $(ARGS)
+endif
 
 # Compare runs on the store's held-out clips: RUNS = run folders or a folder of runs (after `make ablate`:
 # RUNS=$(OUT)/ablations gives the ablation table); EVAL = the report's folder; ARGS e.g. "--base --steps 20".

@@ -303,7 +303,12 @@ def evaluate(
     out: Path = typer.Option(..., "--out", "-o", help="evaluation folder: report.md/.json/.png, samples/, grids/"),
     base: bool = typer.Option(False, "--base", help="also evaluate the base model (no LoRA) as a row"),
     clips: Optional[int] = typer.Option(None, "--clips", help="only the first N held-out clips (sorted by key)"),
-    seed: int = typer.Option(0, "--seed", help="held-out clip i is sampled with seed + i by every model"),
+    seed: int = typer.Option(0, "--seed", help="first sampling seed"),
+    seeds: int = typer.Option(1, "--seeds", help="samples per clip and model (seeds seed .. seed+N-1, the same for every model)"),
+    reference: Optional[str] = typer.Option(None, "--reference", help="the row the others are compared to (default: base with --base)"),
+    judge_model: str = typer.Option("auto", "--judge-model", help="SAM2 config that tracks the samples (auto: the teacher's other size)"),
+    judge_checkpoint: Optional[str] = typer.Option("auto", "--judge-checkpoint", help="its official checkpoint (auto: beside the teacher's)"),
+    judge_prompt: str = typer.Option("auto", "--judge-prompt", help="auto | grounded | center: the subject on a sample's own frame 0"),
     steps: Optional[int] = typer.Option(None, "--steps", help="denoising steps (default: 50 on cuda, 8 on cpu)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda where a GPU exists)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16 | float16 | float32"),
@@ -321,17 +326,59 @@ def evaluate(
     from stages.evaluate.runs import EvaluateError
 
     _setup_logging(verbose)
-    opts = EvaluateOptions(store=store, out=out, runs=[*runs, *(extra_runs or [])], base=base, clips=clips, seed=seed, steps=steps,
-                           device=device, dtype=dtype, guidance=guidance, fvd_backbone=fvd_backbone, vbench=not no_vbench,
-                           holdout=holdout, holdout_keys=list(holdout_key), student=student)
+    opts = EvaluateOptions(store=store, out=out, runs=[*runs, *(extra_runs or [])], base=base, clips=clips, seed=seed, seeds=seeds,
+                           reference=reference, steps=steps, device=device, dtype=dtype, guidance=guidance, fvd_backbone=fvd_backbone,
+                           vbench=not no_vbench, holdout=holdout, holdout_keys=list(holdout_key), student=student,
+                           judge=_judge(judge_model, judge_checkpoint, judge_prompt))
     try:
         result = run_evaluate(opts)
     except EvaluateError as exc:
         raise _fail(f"evaluate: {exc}") from exc
     p = result.protocol
-    typer.echo(f"evaluated {', '.join(result.rows)} on {p['videos_per_model']} held-out clip(s) ({p['frames']} frames "
+    typer.echo(f"evaluated {', '.join(result.rows)} on {p['clips_per_model']} held-out clip(s) x {len(p['seeds'])} seed(s) ({p['frames']} frames "
                f"{p['resolution'][0]}x{p['resolution'][1]}, {p['sampling_steps']} steps, seeds {p['seeds']}) in {result.seconds['total']:.1f} s")
     typer.echo(f"report: {out / 'report.md'}")
+
+
+def _judge(model: str, checkpoint: Optional[str], prompt: str):
+    from stages.evaluate.judge import JudgeConfig
+
+    if prompt not in ("auto", "grounded", "center"):
+        raise _fail(f"--judge-prompt must be auto, grounded or center, got {prompt!r}")
+    return JudgeConfig(model=model, checkpoint=None if checkpoint in (None, "none") else checkpoint, prompt=prompt)
+
+
+@app.command()
+def score(
+    videos: Path = typer.Option(..., "--videos", help="one sub-folder per method, the same file names in each (+ optional real/)"),
+    out: Path = typer.Option(..., "--out", "-o", help="report.md/.json/.png and ledger.json"),
+    reference: Optional[str] = typer.Option(None, "--reference", help="the method the others are compared to (default: first by name)"),
+    judge_model: str = typer.Option("auto", "--judge-model", help="SAM2 config that tracks videos without <name>.npz masks"),
+    judge_checkpoint: Optional[str] = typer.Option(None, "--judge-checkpoint", help="its official checkpoint (none: random weights)"),
+    judge_prompt: str = typer.Option("auto", "--judge-prompt", help="auto | grounded | center: the subject on each video's frame 0"),
+    no_masks: bool = typer.Option(False, "--no-masks", help="ignore <name>.npz ground-truth masks: always ask the judge"),
+    fvd_backbone: str = typer.Option("tiny", "--fvd-backbone", help="FVD features (against real/ when it exists)"),
+    no_vbench: bool = typer.Option(False, "--no-vbench", help="skip VBench even where its env exists"),
+    skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="exit 0 when some videos could not be read (they are ledgered)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Score videos made elsewhere (published samples, another trainer's outputs): the same metrics, judge and report."""
+    from stages.evaluate.runs import EvaluateError
+    from stages.evaluate.score_videos import ScoreOptions, score as run_score
+
+    _setup_logging(verbose)
+    judge = _judge(judge_model, judge_checkpoint, judge_prompt)
+    opts = ScoreOptions(videos=videos, out=out, reference=reference, judge=judge, use_masks=not no_masks,
+                        fvd_backbone=fvd_backbone, vbench=not no_vbench, skip_unreadable=skip_unreadable)
+    try:
+        result = run_score(opts)
+    except EvaluateError as exc:
+        raise _fail(f"score: {exc}") from exc
+    typer.echo(f"scored {', '.join(result.methods)} on {len(result.names)} paired video(s); report: {out / 'report.md'}")
+    if result.ledger and not skip_unreadable:
+        first = result.ledger[0]
+        raise _fail(f"score: {first['reason']} ({len(result.ledger)} unreadable video(s) ledgered in {out / 'ledger.json'}; "
+                    f"their names were left out of every method)")
 
 
 @app.command()

@@ -9,6 +9,7 @@ sits on a textured background that pans slowly, so nothing in the frame is stati
 Usage:  python datasets/sample/generate.py --out DIR [--clips 16] [--frames 49] [--fps 8]
                                            [--height 144 --width 216] [--seed 0] [--force]
         [--twins TWIN_DIR [--twin-clips 3]]   (structure-broken twins: see generate_twins)
+        [--score-folder DIR [--twin-clips 3]] (the twins laid out for `sam2videox score`: see generate_score_folder)
 Writes  DIR/<key>.mp4, DIR/<key>.txt (caption), DIR/manifest.jsonl with one line per clip:
         {"key", "path" (relative to DIR), "caption", "prompt": {"box": [x0, y0, x1, y1]}}
 where the box is the subject's box on frame 0 in source pixel coordinates (pixel edges: the
@@ -509,6 +510,28 @@ def generate_twins(out_dir: str | os.PathLike, clips: int = 3, breaks: tuple[str
     return rows
 
 
+def generate_score_folder(out_dir: str | os.PathLike, clips: int = 3, breaks: tuple[str, ...] = BREAKS, frames: int = 49,
+                          fps: float = 8, height: int = 144, width: int = 216, seed: int = 0) -> list[str]:
+    """The twins as `sam2videox score --videos out_dir` reads a folder: one method per break plus "intact",
+    the same file names in each (the clip keys), true masks as <key>.npz beside each video, captions as
+    out_dir/<key>.txt and the real clips (= the intact twins) under real/ for FVD. Returns the methods."""
+    out = Path(out_dir)
+    methods = ("intact",) + tuple(breaks)
+    for index in range(clips):
+        for broken in methods:
+            twin = render_twin(index, broken, frames, fps, height, width, seed)
+            key = twin.key.rsplit("__", 1)[0]
+            for method in (broken, "real") if broken == "intact" else (broken,):
+                folder = out / method
+                folder.mkdir(parents=True, exist_ok=True)
+                _write_mp4(iter(twin.frames), folder / f"{key}.mp4", fps, height, width)
+                if method != "real":
+                    np.savez_compressed(folder / f"{key}.npz", masks=twin.masks)
+            (out / f"{key}.txt").write_text(twin.caption + "\n")
+    log.info("wrote a score folder of %d clips x %d methods to %s", clips, len(methods), out)
+    return list(methods)
+
+
 def _encode(spec: ClipSpec, path: Path, frames: int, fps: float, height: int, width: int, seed: int) -> list[int]:
     """Render and encode one clip to `path` (via a temp file); return its frame-0 box."""
     box: list[int] = []
@@ -624,9 +647,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="re-render even if the folder is up to date")
     parser.add_argument("--twins", default=None, metavar="DIR", help="also write structure-broken twins of the first --twin-clips clips to DIR")
     parser.add_argument("--twin-clips", type=int, default=3)
+    parser.add_argument("--score-folder", default=None, metavar="DIR", help="write the twins laid out for `sam2videox score` to DIR")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     generate(args.out, args.clips, args.frames, args.fps, args.height, args.width, args.seed, args.force)
+    if args.score_folder:
+        generate_score_folder(args.score_folder, min(args.twin_clips, args.clips), BREAKS, args.frames, args.fps, args.height,
+                              args.width, args.seed)
     if args.twins:
         generate_twins(args.twins, min(args.twin_clips, args.clips), BREAKS, args.frames, args.fps, args.height, args.width, args.seed)
 

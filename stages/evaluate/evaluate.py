@@ -1,11 +1,13 @@
 """`sam2videox evaluate`: runs (and the base model) compared on the held-out clips, one report.
 
-    held-out clips (runs.py)  ->  samples per model (sampling.py)  ->  per sample: video metrics and
-    the teacher's masks -> structure metrics (tracking.py)  ->  per model: means over clips, FVD
-    against the real clips, VBench (when its env exists), training-time validation  ->  report
+    held-out clips (runs.py)  ->  samples per model, clip and seed (sampling.py)  ->  per sample: the
+    registry's video metrics and, on the judge's masks (judge.py), its structure metrics  ->  per
+    model: means with intervals, paired differences to the reference (scoring.py, stats.py); FVD against
+    the real clips, VBench (when its env exists), training-time validation  ->  report.py
 
-Every model samples the same clips from the same first frames, captions and seeds. The report's
-protocol says what was measured how: backbone, frames, resolution, number of videos, seeds, steps.
+Every model samples the same clips from the same first frames, captions and seeds, so differences are
+paired. The report's protocol says what was measured how: backbone, frames, resolution, number of
+videos, seeds, steps, judge.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import numpy as np
 from stages.store import FeatureStore, StoreError
 from stages.evaluate.clips import load_clips, store_settings, teacher_config
 from stages.evaluate.runs import EvaluateError, heldout_keys, resolve_runs
+from stages.evaluate.judge import Judge, JudgeConfig, JudgeError, resolve_judge
 from stages.evaluate.sampling import BASE, Model, SamplingSettings, sample_models, write_grids
+from stages.evaluate.scoring import Video, measure_videos, summarise
+from stages.families.registry import student_for
 from stages.families.sampling import resolve_sampling
 
 log = logging.getLogger(__name__)
@@ -35,7 +40,10 @@ class EvaluateOptions:
     runs: list[Path] = field(default_factory=list)  # run folders, or folders of run folders
     base: bool = False  # also sample the base model (no LoRA)
     clips: int | None = None  # evaluate on the first N held-out clips (sorted by key); None: all
-    seed: int = 0
+    seed: int = 0  # first sampling seed
+    seeds: int = 1  # samples per clip and model, with seeds seed .. seed + seeds - 1 (paired across models)
+    reference: str | None = None  # the row every other model is compared to (default: base when --base, else none)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     steps: int | None = None  # sampling steps (None: stages/families/sampling.py's default for the device)
     device: str | None = None
     dtype: str | None = None
@@ -98,6 +106,14 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
         Model(r.name, r.student_model, r.lora_dir, r.student_task) for r in runs
     ]
 
+    names = [m.name for m in models]
+    reference = opts.reference or (BASE if opts.base else None)
+    if reference is not None and reference not in names:
+        raise EvaluateError(f"--reference {reference}: not one of the models evaluated ({', '.join(names)})")
+    if opts.seeds < 1:
+        raise EvaluateError(f"--seeds must be >= 1, got {opts.seeds}")
+    judge_plan = _plan_judge(opts.judge, teacher)
+
     from stages.evaluate.metrics.fvd import build_fvd_backbone
 
     try:  # before sampling: a backbone that cannot load is bad input, not a late failure
@@ -108,50 +124,56 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {"setup": time.perf_counter() - t_start}
-    settings = SamplingSettings(sampling, opts.guidance, opts.seed, encoders["max_text_len"], video.fps)
+    seeds = tuple(opts.seed + j for j in range(opts.seeds))
+    settings = SamplingSettings(sampling, opts.guidance, seeds, encoders["max_text_len"], video.fps)
     t0 = time.perf_counter()
     samples, per_model = sample_models(models, clips, encoders["model"], settings, out / "samples")
     seconds["sampling"] = time.perf_counter() - t0
-    grids = write_grids(clips, samples, out / "grids", video.fps)
+    grids = write_grids(clips, samples, out / "grids", video.fps, seeds[0])
 
     t0 = time.perf_counter()
-    tracker = None
-    if teacher is not None:  # built once, after sampling (its pipelines are released by then)
-        from stages.evaluate.tracking import build_teacher
-
-        tracker = build_teacher(teacher, teacher.device)
-    rows = {m.name: _sample_metrics(samples[m.name], clips, teacher, tracker) for m in models}
+    judge = None
+    if judge_plan is not None:  # built once, after sampling (its pipelines are released by then)
+        try:
+            judge = Judge(opts.judge, judge_plan)
+        except JudgeError as exc:
+            raise EvaluateError(str(exc)) from None
+    rows = measure_videos(_videos(models, clips, samples), judge)
+    summary = summarise(rows, names, reference)
     seconds["metrics"] = time.perf_counter() - t0
 
+    corpus: dict[str, dict[str, Any]] = {n: {} for n in names}
     t0 = time.perf_counter()
-    fvd_protocol = _add_fvd(rows, samples, clips, backbone)
+    fvd_protocol = _add_fvd(corpus, samples, clips, backbone, seeds[0])
     seconds["fvd"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    vbench = (_add_vbench(rows, out / "samples", clips, [m.name for m in models], out / "vbench", str(sampling.device))
+    vbench = (_add_vbench(corpus, out / "samples", clips, names, seeds[0], out / "vbench", str(sampling.device))
               if opts.vbench else {"skipped": "--no-vbench"})
     seconds["vbench"] = time.perf_counter() - t0
 
     for run in runs:
-        rows[run.name].update(_validation(run.path))
-    columns = list(dict.fromkeys(k for row in rows.values() for k in row))
-    rows = {name: {k: row.get(k) for k in columns} for name, row in rows.items()}  # None: not measurable for that model
+        corpus[run.name].update(_validation(run.path))
     protocol = {
         "store": opts.store,
         "clips": keys,
         "split": split,
-        "videos_per_model": len(clips),
+        "videos_per_model": len(clips) * len(seeds),
+        "clips_per_model": len(clips),
         "frames": int(video.num_frames),
         "resolution": [int(video.height), int(video.width)],
         "fps": float(video.fps),
-        "seeds": [opts.seed + i for i in range(len(clips))],
+        "seeds": list(seeds),
+        "reference": reference,
         "sampling_steps": sampling.steps,
         "guidance": opts.guidance,
         "device": str(sampling.device),
         "dtype": str(sampling.dtype).removeprefix("torch."),
-        "models": {m.name: {"student": m.student, "lora": str(m.lora_dir) if m.lora_dir else None} for m in models},
+        "models": {m.name: {"student": m.student, "lora": str(m.lora_dir) if m.lora_dir else None, "task": m.task} for m in models},
         "teacher": {"model": teacher.model, "checkpoint": teacher.checkpoint, "image_size": teacher.image_size, "prompt": teacher.prompt}
         if teacher else None,
+        "judge": ({**judge_plan.describe(), "prompt": _judge_prompt_rule(opts.judge)} if judge_plan
+                  else {"skipped": "no teacher column to choose a judge from: pass --judge-model (structure metrics left out)"}),
         "fvd": fvd_protocol,
         "validation": ("val/* columns: each run's last held-out validation (split=val rows of its metrics.jsonl, "
                        "stages/distill/validation.py); none for the base model or runs trained with eval.every=0"),
@@ -160,72 +182,83 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
     }
     from stages.evaluate.report import write_report
 
-    paths = write_report(rows, protocol, out)
+    warnings = list(judge_plan.warnings) if judge_plan else []
+    paths = write_report(summary, corpus, protocol, out, _corpus_definitions(fvd_protocol, vbench), warnings)
     seconds["total"] = time.perf_counter() - t_start
     (out / "timing.json").write_text(json.dumps(seconds, indent=1))
-    return EvaluateResult(rows, protocol, {"report": paths, "grids": [str(g) for g in grids], "samples": str(out / "samples")}, seconds)
+    rows_out = json.loads(paths["json"].read_text())["rows"]
+    return EvaluateResult(rows_out, protocol, {"report": paths, "grids": [str(g) for g in grids], "samples": str(out / "samples")}, seconds)
 
 
-def _mean(dicts: list[dict[str, float | None]]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for k in dicts[0]:
-        values = [d[k] for d in dicts if d.get(k) is not None and np.isfinite(d[k])]
-        out[k] = float(np.mean(values)) if values else None
+def _plan_judge(cfg: JudgeConfig, teacher) -> Any:
+    """The resolved judge, or None when there is nothing to choose it from (no teacher, judge model auto)."""
+    if cfg.model == "auto" and teacher is None:
+        return None
+    try:
+        return resolve_judge(cfg, teacher)
+    except JudgeError as exc:
+        raise EvaluateError(str(exc)) from None
+
+
+def _judge_prompt_rule(cfg: JudgeConfig) -> str:
+    return (f"image-to-video samples: the held-out clip's manifest prompt on frame 0 when the store has one; "
+            f"otherwise (and every text-to-video sample) found on the sample's own frame 0 by {cfg.prompt}")
+
+
+def _videos(models: list[Model], clips, samples) -> list[Video]:
+    """Every sample as a Video for scoring: image-to-video samples keep the clip's frame-0 prompt (they start
+    from that frame); text-to-video ones are prompted on their own frame 0 by the judge."""
+    out = []
+    for m in models:
+        from_first_frame = student_for(m.student).starts_from_first_frame(m.task)
+        for clip in clips:
+            for (key, seed), frames in samples[m.name].items():
+                if key == clip.key:
+                    out.append(Video(m.name, key, seed, frames, clip.caption, clip.prompt if from_first_frame else None))
     return out
 
 
-def _sample_metrics(samples: dict[str, np.ndarray], clips, teacher, tracker) -> dict[str, float | None]:
-    """Means over the clips of the weight-free video metrics and (with a teacher) the structure metrics."""
-    from stages.evaluate.metrics.video import video_metrics
-
-    per_clip = []
-    for clip in clips:
-        frames = samples[clip.key]
-        m = dict(video_metrics(frames))
-        if tracker is not None:
-            from stages.evaluate.metrics.structure import structure_metrics
-            from stages.evaluate.tracking import track_subject
-
-            masks, _ = track_subject(tracker, frames, clip.prompt, teacher.prompt)
-            m.update(structure_metrics(masks, frames))
-        per_clip.append(m)
-    return _mean(per_clip)
+def _corpus_definitions(fvd_protocol: dict, vbench: dict) -> dict[str, str]:
+    out = {"fvd": f"Frechet video distance to the real held-out clips ({fvd_protocol.get('protocol', fvd_protocol.get('backbone'))}); "
+                  f"lower is closer; not comparable across protocols, frame counts or N"}
+    out.update(vbench.get("definitions", {}) if isinstance(vbench, dict) else {})
+    out.update({"val/diff": "the run's last held-out validation L_diff at fixed timesteps and noise (lower is better)",
+                "val/lgf": "held-out LGF loss between projected student tokens and the teacher's LGF (lower is better)"})
+    return out
 
 
-def _add_fvd(rows, samples, clips, backbone) -> dict:
-    """FVD of each model's samples against the real held-out clips, one backbone for all; the protocol.
-
-    A Frechet distance needs two videos a side at least: with one held-out clip the column is None and
-    the protocol says why.
-    """
+def _add_fvd(corpus, samples, clips, backbone, seed: int) -> dict:
+    """FVD of each model's samples (every clip and seed) against the real held-out clips, one backbone for all;
+    the protocol. A Frechet distance needs two videos a side at least: below that the cell says n/a (N=..)."""
     from stages.evaluate.metrics.fvd import fvd
 
     if len(clips) < 2:
         for name in samples:
-            rows[name]["fvd"] = None
+            corpus[name]["fvd"] = {"value": None, "skipped": f"n/a (N={len(clips)})"}
         return {**backbone.protocol(), "skipped": f"FVD needs >= 2 videos a side; {len(clips)} held-out clip(s) evaluated"}
     real = [c.frames for c in clips]
     protocol: dict = {}
-    for name, by_clip in samples.items():
-        value, protocol = fvd(real, [by_clip[c.key] for c in clips], backbone)
-        rows[name]["fvd"] = float(value)
+    for name, by_sample in samples.items():
+        value, protocol = fvd(real, list(by_sample.values()), backbone)
+        corpus[name]["fvd"] = {"value": float(value)}
     return protocol
 
 
-def _add_vbench(rows, samples_dir: Path, clips, names: list[str], out_dir: Path, device: str) -> dict:
+def _add_vbench(corpus, samples_dir: Path, clips, names: list[str], seed: int, out_dir: Path, device: str) -> dict:
     """VBench scores per model (vbench_<dimension> columns) through the adapter's own env; {"skipped": why} otherwise."""
     from stages.evaluate.metrics import vbench_adapter
+    from stages.evaluate.sampling import sample_name
 
     reason = vbench_adapter.skip_reason()
     if reason:
         return {"skipped": reason}
-    prompts = {f"{c.key}.mp4": c.caption for c in clips}
+    prompts = {f"{sample_name(c.key, seed)}.mp4": c.caption for c in clips}
     dimensions: set[str] = set()
     for name in names:
         result = vbench_adapter.run_vbench(samples_dir / name, prompts, out_dir, name=name.replace("/", "_"), device=device)
         if result is None:
             return {"skipped": f"VBench run failed for {name} (see the log)"}
-        rows[name].update({f"vbench_{k}": float(v) for k, v in result.scores.items()})
+        corpus[name].update({f"vbench_{k}": float(v) for k, v in result.scores.items()})
         dimensions |= set(result.dimensions or result.scores)
     return {"dimensions": sorted(dimensions), "mode": "custom_input", "env": str(vbench_adapter.DEFAULT_ENV)}
 

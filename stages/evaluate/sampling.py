@@ -40,24 +40,24 @@ class Model:
 class SamplingSettings:
     sampling: Sampling  # device, dtype, steps
     guidance: float
-    seed: int  # clip i of the held-out list is sampled with seed + i, by every model
+    seeds: tuple[int, ...]  # every clip is sampled once per seed, by every model (paired comparisons)
     max_text_len: int
     fps: float
 
 
-def clip_seeds(clips: list[HeldOutClip], seed: int) -> dict[str, int]:
-    return {c.key: seed + i for i, c in enumerate(clips)}
+def sample_name(key: str, seed: int) -> str:
+    """The file stem of one sample: flat (a key's '/' becomes '__', as VBench wants flat names) plus its seed."""
+    return f"{key.replace('/', '__')}__seed{seed}"
 
 
 def sample_models(models: list[Model], clips: list[HeldOutClip], encoders_model: str, settings: SamplingSettings,
-                  out_dir: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
-    """Sample every model on every clip -> ({model: {clip key: uint8 [F, H, W, 3]}}, {model: seconds}).
+                  out_dir: Path) -> tuple[dict[str, dict[tuple[str, int], np.ndarray]], dict[str, float]]:
+    """Sample every model on every clip and seed -> ({model: {(clip key, seed): uint8 [F, H, W, 3]}}, {model: seconds}).
 
-    Writes out_dir/<model>/<clip key>.mp4 (a key's '/' becomes a sub-folder).
+    Writes out_dir/<model>/<sample_name(key, seed)>.mp4.
     """
     s = settings.sampling
-    seeds = clip_seeds(clips, settings.seed)
-    samples: dict[str, dict[str, np.ndarray]] = {}
+    samples: dict[str, dict[tuple[str, int], np.ndarray]] = {}
     seconds: dict[str, float] = {}
     pipes = {}
     for model in models:
@@ -70,13 +70,14 @@ def sample_models(models: list[Model], clips: list[HeldOutClip], encoders_model:
             t0 = time.perf_counter()
             samples[model.name] = {}
             for clip in clips:
-                frames = sample(pipe, clip, s.steps, settings.guidance, seeds[clip.key], settings.max_text_len)
-                samples[model.name][clip.key] = frames
-                path = out_dir / model.name / f"{clip.key}.mp4"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_mp4(path, frames, settings.fps)
+                for seed in settings.seeds:
+                    frames = sample(pipe, clip, s.steps, settings.guidance, seed, settings.max_text_len)
+                    samples[model.name][clip.key, seed] = frames
+                    path = out_dir / model.name / f"{sample_name(clip.key, seed)}.mp4"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_mp4(path, frames, settings.fps)
             seconds[model.name] = time.perf_counter() - t0
-            log.info("sampled %s on %d clips in %.1f s", model.name, len(clips), seconds[model.name])
+            log.info("sampled %s on %d clips x %d seeds in %.1f s", model.name, len(clips), len(settings.seeds), seconds[model.name])
         finally:
             if model.lora_dir is not None:
                 pipe.unload_lora_weights()
@@ -114,12 +115,13 @@ def grid_video(real: np.ndarray, samples: dict[str, np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([header, row], axis=1))
 
 
-def write_grids(clips: list[HeldOutClip], samples: dict[str, dict[str, np.ndarray]], out_dir: Path, fps: float) -> list[Path]:
-    """out_dir/<clip key>.mp4 per clip: real | base | runs side by side (samples' model order)."""
+def write_grids(clips: list[HeldOutClip], samples: dict[str, dict[tuple[str, int], np.ndarray]], out_dir: Path, fps: float,
+                seed: int) -> list[Path]:
+    """out_dir/<flat clip key>.mp4 per clip: real | base | runs side by side (samples' model order), at one seed."""
     paths = []
     for clip in clips:
-        path = out_dir / f"{clip.key}.mp4"
+        path = out_dir / f"{clip.key.replace('/', '__')}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_mp4(path, grid_video(clip.frames, {name: by_clip[clip.key] for name, by_clip in samples.items()}), fps)
+        write_mp4(path, grid_video(clip.frames, {name: by_clip[clip.key, seed] for name, by_clip in samples.items()}), fps)
         paths.append(path)
     return paths

@@ -141,6 +141,11 @@ class Student(ABC):
         """The encodings arrays a task's condition reads besides latents and prompts (i2v: the first frame's)."""
         return ("image_latents",) if task == "i2v" else ()
 
+    def starts_from_first_frame(self, task: str) -> bool:
+        """Whether a sample of `task` starts from a real clip's first frame (image-to-video): evaluation then
+        prompts its judge with that clip's frame-0 prompt; text-to-video samples are prompted on their own."""
+        return bool(self.condition_arrays(task))
+
     def num_blocks(self, transformer_config: Any) -> int:
         return int(transformer_config.num_layers)
 

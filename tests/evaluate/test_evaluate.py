@@ -96,7 +96,7 @@ def test_samples_share_seeds_and_a_lora_loaded_in_turn_equals_the_generate_path(
     """Base, then the run's LoRA, then base again on one pipeline: the second base sample equals the first (the
     LoRA was unloaded) and the run's sample equals `generate`'s pipeline built with the LoRA."""
     from stages.evaluate.clips import load_clips, store_settings
-    from stages.evaluate.sampling import Model, SamplingSettings, grid_video, sample_models
+    from stages.evaluate.sampling import Model, SamplingSettings, grid_video, sample_models, sample_name
     from stages.families.registry import get_student
     from stages.families.sampling import resolve_sampling
 
@@ -105,30 +105,30 @@ def test_samples_share_seeds_and_a_lora_loaded_in_turn_equals_the_generate_path(
     key = json.loads((trained_run / "holdout.json").read_text())["keys"][0]
     clips = load_clips(store, [key], video)
     assert clips[0].frames.shape == (17, 128, 192, 3) and clips[0].prompt is not None
-    settings = SamplingSettings(resolve_sampling("cpu", None, 2), 6.0, 3, encoders["max_text_len"], video.fps)
+    settings = SamplingSettings(resolve_sampling("cpu", None, 2), 6.0, (3,), encoders["max_text_len"], video.fps)
     lora = trained_run / "lora"
     models = [Model("base", "tiny", None), Model("run", "tiny", lora), Model("base_again", "tiny", None)]
     samples, seconds = sample_models(models, clips, encoders["model"], settings, tmp_path)
     assert set(seconds) == {"base", "run", "base_again"}
-    assert np.array_equal(samples["base"][key], samples["base_again"][key])
-    assert not np.array_equal(samples["base"][key], samples["run"][key])  # the trained LoRA changes the sample
+    assert np.array_equal(samples["base"][key, 3], samples["base_again"][key, 3])
+    assert not np.array_equal(samples["base"][key, 3], samples["run"][key, 3])  # the trained LoRA changes the sample
     cogvideox = get_student("cogvideox")
     pipe = cogvideox.build_pipeline("tiny", encoders["model"], lora, "i2v", "cpu", torch.float32)
     alone = cogvideox.sample(pipe, "i2v", clips[0].frames[0], clips[0].caption, 17, 128, 192, 2, 6.0, 3, encoders["max_text_len"])
-    assert np.abs(alone.astype(int) - samples["run"][key].astype(int)).max() <= 1  # float reassociation only
+    assert np.abs(alone.astype(int) - samples["run"][key, 3].astype(int)).max() <= 1  # float reassociation only
     for name in ("base", "run"):
-        assert (tmp_path / name / f"{key}.mp4").stat().st_size > 0
-    grid = grid_video(clips[0].frames, {"base": samples["base"][key], "run": samples["run"][key]})
+        assert (tmp_path / name / f"{sample_name(key, 3)}.mp4").stat().st_size > 0
+    grid = grid_video(clips[0].frames, {"base": samples["base"][key, 3], "run": samples["run"][key, 3]})
     assert grid.shape[0] == 17 and grid.shape[2] == 3 * 192 and grid.shape[1] > 128
     assert np.array_equal(grid[:, -128:, :192], clips[0].frames)  # real on the left, under the label bar
 
 
-def test_teacher_rebuilt_from_the_store_reproduces_the_stored_masks(student_store, trained_run):
-    """Tracking the real held-out clip with the teacher evaluate builds gives the teacher column's stored mask:
-    the structure metrics read samples with the network that made the training targets."""
+def test_a_judge_set_to_the_teacher_reproduces_the_stored_masks_and_is_flagged(student_store, trained_run):
+    """A judge configured as the store's teacher (same config, seed, size) gives the teacher column's stored mask on
+    the real held-out clip (the judge tracks like the teacher did), and resolve_judge flags it as the teacher."""
     from pipeline.inspect import find_clip
     from stages.evaluate.clips import load_clips, store_settings, teacher_config
-    from stages.evaluate.tracking import build_teacher, track_subject
+    from stages.evaluate.judge import Judge, JudgeConfig, resolve_judge
     from stages.core.grid import TokenGrid, mask_to_token_grid
 
     store = FeatureStore(student_store)
@@ -136,8 +136,12 @@ def test_teacher_rebuilt_from_the_store_reproduces_the_stored_masks(student_stor
     teacher = teacher_config(raw)
     key = json.loads((trained_run / "holdout.json").read_text())["keys"][0]
     clip = load_clips(store, [key], video, teacher.prompt)[0]
-    masks, presence = track_subject(build_teacher(teacher, "cpu"), clip.frames, clip.prompt, teacher.prompt)
-    assert masks.shape == (17, 128, 192) and masks.dtype == bool and presence.shape == (17,)
+    cfg = JudgeConfig(model=teacher.model, checkpoint=teacher.checkpoint, seed=teacher.seed, mask_threshold=teacher.mask_threshold,
+                      device="cpu", dtype=teacher.dtype)
+    plan = resolve_judge(cfg, teacher)
+    assert any("the judge is the teacher" in w for w in plan.warnings)
+    masks = Judge(cfg, plan).masks(clip.frames, clip.prompt)
+    assert masks.shape == (17, 128, 192) and masks.dtype == bool
     column, data, row, _ = find_clip(store, "teacher", key)
     stored = column.read_row(data, "mask", row)
     mine = mask_to_token_grid(torch.from_numpy(masks), TokenGrid(*stored.shape), 4).numpy()  # uint8 [T, h, w]
@@ -146,10 +150,12 @@ def test_teacher_rebuilt_from_the_store_reproduces_the_stored_masks(student_stor
 
 
 def test_evaluate_runs_and_base_end_to_end(student_store, trained_run, tmp_path):
-    pytest.importorskip("stages.evaluate.metrics.video", reason="metric functions (branch metrics) not merged yet")
+    from stages.evaluate.metrics.registry import METRICS
+    from stages.evaluate.sampling import sample_name
+
     out = tmp_path / "eval"
     r = invoke("--store", student_store, "--runs", str(trained_run), "--base", "--out", str(out), "--steps", "2",
-               "--seed", "7", "--clips", "2")
+               "--seed", "7", "--seeds", "2", "--clips", "2")
     assert r.exit_code == 0, r.output
     keys = json.loads((trained_run / "holdout.json").read_text())["keys"][:2]
     assert len(keys) == 2  # the session store's split (sha256 of its keys) holds out two clips: FVD is measurable
@@ -157,18 +163,23 @@ def test_evaluate_runs_and_base_end_to_end(student_store, trained_run, tmp_path)
     rows, protocol = report["rows"], report["protocol"]
     assert list(rows) == ["base", trained_run.name]
     for name, row in rows.items():
-        for column in ("flicker", "dynamic_degree", "warping_error", "mask_consistency", "fragmentation", "area_stability",
-                       "presence", "fvd"):
+        for column in [*METRICS, "fvd"]:
             assert row[column] is not None and np.isfinite(row[column]), (name, column)
         for key in keys:
-            assert (out / "samples" / name / f"{key}.mp4").stat().st_size > 0
+            for seed in (7, 8):
+                assert (out / "samples" / name / f"{sample_name(key, seed)}.mp4").stat().st_size > 0
+    assert len(report["per_video"]) == 2 * 2 * 2 and report["reference"] == "base"
+    assert set(report["verdicts"][trained_run.name]) >= set(METRICS)
+    assert report["intervals"]["base"]["presence"]["n"] == 4
+    judge = protocol["judge"]
+    assert judge["model"] == "tiny" and any("random weights" in w for w in judge["warnings"])
     assert rows[trained_run.name]["val/diff"] is not None and rows["base"]["val/diff"] is None  # no training run: no validation
     assert rows["base"]["fvd"] != rows[trained_run.name]["fvd"]
     for key in keys:
         assert (out / "grids" / f"{key}.mp4").stat().st_size > 0
     assert protocol["clips"] == keys and protocol["seeds"] == [7, 8] and protocol["sampling_steps"] == 2
-    assert protocol["frames"] == 17 and protocol["resolution"] == [128, 192] and protocol["videos_per_model"] == 2
-    assert protocol["fvd"]["backbone"] == "videomae:tiny" and protocol["fvd"]["num_generated"] == 2
+    assert protocol["frames"] == 17 and protocol["resolution"] == [128, 192] and protocol["videos_per_model"] == 4
+    assert protocol["fvd"]["num_generated"] == 4
     assert protocol["vbench"]["skipped"].startswith("VBench skipped")  # no .venv-vbench here
     text = (out / "report.md").read_text()
     assert f"| {trained_run.name} |" in text and "| base |" in text and "sampling_steps" in text
@@ -182,12 +193,11 @@ def test_evaluate_runs_and_base_end_to_end(student_store, trained_run, tmp_path)
 
 
 def test_one_held_out_clip_leaves_fvd_out_with_the_reason(student_store, trained_run, tmp_path):
-    pytest.importorskip("stages.evaluate.metrics.video", reason="metric functions (branch metrics) not merged yet")
     r = invoke("--store", student_store, "--runs", str(trained_run), "--out", str(tmp_path), "--steps", "1", "--clips", "1",
                "--no-vbench")
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["rows"][trained_run.name]["fvd"] is None and "needs >= 2" in report["protocol"]["fvd"]["skipped"]
+    assert report["rows"][trained_run.name]["fvd"] is None and "n/a (N=1)" in (tmp_path / "report.md").read_text()
     assert report["protocol"]["vbench"] == {"skipped": "--no-vbench"}
 
 
