@@ -39,7 +39,9 @@ help:
 
 # Install order matters (see README "Install"): torch pinned first so nothing pulls a CUDA build;
 # sam2 built against it without build isolation (isolation downloads a second torch); then the rest,
-# constrained to the same torch. Re-runs are a no-op until pyproject.toml or this file changes.
+# constrained to the same torch; then cd-fvd (FVD's reference detectors) with --no-deps, as its metadata
+# pulls torchvision and scipy, neither of which the modules used import. Re-runs are a no-op until
+# pyproject.toml or this file changes.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -49,6 +51,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q "$(TORCH_PIN)"
 	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation --no-deps "sam2==1.1.0"
 	$(PIP) install -q --no-build-isolation -c $(VENV)/constraints.txt -e ".[test,s3]"
+	$(PIP) install -q --no-deps "cd-fvd==0.1.1"
 	touch $(STAMP)
 
 sample: install
