@@ -313,7 +313,8 @@ def evaluate(
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda where a GPU exists)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16 | float16 | float32"),
     guidance: float = typer.Option(6.0, "--guidance", help="classifier-free guidance scale"),
-    fvd_backbone: str = typer.Option("tiny", "--fvd-backbone", help="FVD features: tiny | a VideoMAE folder or hub id | an I3D TorchScript file"),
+    fvd_backbone: str = typer.Option("tiny", "--fvd-backbone", help="FVD detector: tiny | videomae:PATH | i3d:PATH | stylegan-v:PATH | PATH"),
+    fvd_min_videos: int = typer.Option(32, "--fvd-min-videos", help="below this many videos a side FVD is n/a"),
     no_vbench: bool = typer.Option(False, "--no-vbench", help="skip VBench even where its env exists"),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="held-out clips by the split rule at this fraction (instead of the runs' holdout.json)"),
     holdout_key: list[str] = typer.Option([], "--holdout-key", help="a held-out clip key (repeat); with or instead of --holdout"),
@@ -328,6 +329,7 @@ def evaluate(
     _setup_logging(verbose)
     opts = EvaluateOptions(store=store, out=out, runs=[*runs, *(extra_runs or [])], base=base, clips=clips, seed=seed, seeds=seeds,
                            reference=reference, steps=steps, device=device, dtype=dtype, guidance=guidance, fvd_backbone=fvd_backbone,
+                           fvd_min_videos=fvd_min_videos,
                            vbench=not no_vbench, holdout=holdout, holdout_keys=list(holdout_key), student=student,
                            judge=_judge(judge_model, judge_checkpoint, judge_prompt))
     try:
@@ -357,7 +359,8 @@ def score(
     judge_checkpoint: Optional[str] = typer.Option(None, "--judge-checkpoint", help="its official checkpoint (none: random weights)"),
     judge_prompt: str = typer.Option("auto", "--judge-prompt", help="auto | grounded | center: the subject on each video's frame 0"),
     no_masks: bool = typer.Option(False, "--no-masks", help="ignore <name>.npz ground-truth masks: always ask the judge"),
-    fvd_backbone: str = typer.Option("tiny", "--fvd-backbone", help="FVD features (against real/ when it exists)"),
+    fvd_backbone: str = typer.Option("tiny", "--fvd-backbone", help="FVD detector against real/ when it exists (as evaluate's)"),
+    fvd_min_videos: int = typer.Option(32, "--fvd-min-videos", help="below this many videos a side FVD is n/a"),
     no_vbench: bool = typer.Option(False, "--no-vbench", help="skip VBench even where its env exists"),
     skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="exit 0 when some videos could not be read (they are ledgered)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -369,7 +372,7 @@ def score(
     _setup_logging(verbose)
     judge = _judge(judge_model, judge_checkpoint, judge_prompt)
     opts = ScoreOptions(videos=videos, out=out, reference=reference, judge=judge, use_masks=not no_masks,
-                        fvd_backbone=fvd_backbone, vbench=not no_vbench, skip_unreadable=skip_unreadable)
+                        fvd_backbone=fvd_backbone, fvd_min_videos=fvd_min_videos, vbench=not no_vbench, skip_unreadable=skip_unreadable)
     try:
         result = run_score(opts)
     except EvaluateError as exc:

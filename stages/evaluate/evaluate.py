@@ -48,7 +48,8 @@ class EvaluateOptions:
     device: str | None = None
     dtype: str | None = None
     guidance: float = 6.0
-    fvd_backbone: str = "tiny"  # "tiny", a VideoMAE folder/hub id, or a StyleGAN-V I3D TorchScript file
+    fvd_backbone: str = "tiny"  # tiny | videomae:PATH | i3d:PATH | stylegan-v:PATH | PATH (metrics/fvd.py)
+    fvd_min_videos: int = 32  # below this many videos a side FVD is "n/a (N=..)" (metrics/fvd.py MIN_VIDEOS)
     vbench: bool = True
     holdout: float | None = None  # explicit split: stages.store.holdout's rule at this fraction
     holdout_keys: list[str] = field(default_factory=list)  # explicit split: these clip keys
@@ -144,7 +145,7 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
 
     corpus: dict[str, dict[str, Any]] = {n: {} for n in names}
     t0 = time.perf_counter()
-    fvd_protocol = _add_fvd(corpus, samples, clips, backbone, seeds[0])
+    fvd_protocol = _add_fvd(corpus, samples, clips, backbone, opts.fvd_min_videos)
     seconds["fvd"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -227,20 +228,17 @@ def _corpus_definitions(fvd_protocol: dict, vbench: dict) -> dict[str, str]:
     return out
 
 
-def _add_fvd(corpus, samples, clips, backbone, seed: int) -> dict:
-    """FVD of each model's samples (every clip and seed) against the real held-out clips, one backbone for all;
-    the protocol. A Frechet distance needs two videos a side at least: below that the cell says n/a (N=..)."""
-    from stages.evaluate.metrics.fvd import fvd
+def _add_fvd(corpus, samples, clips, backbone, min_videos: int) -> dict:
+    """FVD of each model's samples (every clip and seed) against the real held-out clips, one backbone for all,
+    with its bootstrap interval; "n/a (N=..)" below min_videos a side (metrics/fvd.py). Returns the protocol."""
+    from stages.evaluate.metrics.fvd import fvd, fvd_cell
 
-    if len(clips) < 2:
-        for name in samples:
-            corpus[name]["fvd"] = {"value": None, "skipped": f"n/a (N={len(clips)})"}
-        return {**backbone.protocol(), "skipped": f"FVD needs >= 2 videos a side; {len(clips)} held-out clip(s) evaluated"}
     real = [c.frames for c in clips]
     protocol: dict = {}
     for name, by_sample in samples.items():
-        value, protocol = fvd(real, list(by_sample.values()), backbone)
-        corpus[name]["fvd"] = {"value": float(value)}
+        result = fvd(real, list(by_sample.values()), backbone, min_videos=min_videos)
+        protocol = result.protocol
+        corpus[name]["fvd"] = fvd_cell(result)
     return protocol
 
 

@@ -45,7 +45,8 @@ class ScoreOptions:
     reference: str | None = None  # the method every other is compared to (default: the first in name order)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     use_masks: bool = True  # measure on <name>.npz ground-truth masks where present (False: always the judge)
-    fvd_backbone: str = "tiny"
+    fvd_backbone: str = "tiny"  # tiny | videomae:PATH | i3d:PATH | stylegan-v:PATH | PATH (metrics/fvd.py)
+    fvd_min_videos: int = 32  # below this many videos a side FVD is "n/a (N=..)"
     vbench: bool = True
     skip_unreadable: bool = False  # False: an unreadable video makes the command exit 2 (after the report is written)
 
@@ -145,7 +146,7 @@ def score(opts: ScoreOptions) -> ScoreResult:
     rows = measure_videos(videos, judge)
     summary = summarise(rows, methods, reference)
     corpus: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    fvd_protocol = _fvd(corpus, root, methods, kept, loaded, backbone)
+    fvd_protocol = _fvd(corpus, root, methods, kept, loaded, backbone, opts.fvd_min_videos)
     masks_used = sum(v.masks is not None for v in videos)
     protocol = {
         "videos": str(root),
@@ -178,14 +179,14 @@ def _caption(root: Path, name: str) -> str:
     return side.read_text().strip() if side.is_file() else ""
 
 
-def _fvd(corpus, root: Path, methods: list[str], names: list[str], loaded, backbone) -> dict:
+def _fvd(corpus, root: Path, methods: list[str], names: list[str], loaded, backbone, min_videos: int) -> dict:
     """FVD of each method against DIR/real (same names) when that folder exists."""
     real_dir = root / REAL
     if not real_dir.is_dir():
         for m in methods:
             corpus[m]["fvd"] = {"value": None, "skipped": "n/a (no real/ folder)"}
         return {"skipped": f"no {real_dir} folder of real videos"}
-    from stages.evaluate.metrics.fvd import fvd
+    from stages.evaluate.metrics.fvd import fvd, fvd_cell
 
     real_files = _videos_in(real_dir)
     real = []
@@ -195,14 +196,11 @@ def _fvd(corpus, root: Path, methods: list[str], names: list[str], loaded, backb
                 real.append(read_video(real_files[n])[0])
             except VideoReadError as exc:
                 log.warning("FVD: %s", exc)
-    if len(real) < 2 or len(names) < 2:
-        for m in methods:
-            corpus[m]["fvd"] = {"value": None, "skipped": f"n/a (N={min(len(real), len(names))})"}
-        return {**backbone.protocol(), "skipped": f"FVD needs >= 2 videos a side; {len(real)} real, {len(names)} per method"}
     protocol: dict = {}
     for m in methods:
-        value, protocol = fvd(real, [loaded[m, n][0] for n in names], backbone)
-        corpus[m]["fvd"] = {"value": float(value)}
+        result = fvd(real, [loaded[m, n][0] for n in names], backbone, min_videos=min_videos)
+        protocol = result.protocol
+        corpus[m]["fvd"] = fvd_cell(result)
     return protocol
 
 

@@ -155,7 +155,7 @@ def test_evaluate_runs_and_base_end_to_end(student_store, trained_run, tmp_path)
 
     out = tmp_path / "eval"
     r = invoke("--store", student_store, "--runs", str(trained_run), "--base", "--out", str(out), "--steps", "2",
-               "--seed", "7", "--seeds", "2", "--clips", "2")
+               "--seed", "7", "--seeds", "2", "--clips", "2", "--fvd-min-videos", "2")
     assert r.exit_code == 0, r.output
     keys = json.loads((trained_run / "holdout.json").read_text())["keys"][:2]
     assert len(keys) == 2  # the session store's split (sha256 of its keys) holds out two clips: FVD is measurable
@@ -175,6 +175,8 @@ def test_evaluate_runs_and_base_end_to_end(student_store, trained_run, tmp_path)
     assert judge["model"] == "tiny" and any("random weights" in w for w in judge["warnings"])
     assert rows[trained_run.name]["val/diff"] is not None and rows["base"]["val/diff"] is None  # no training run: no validation
     assert rows["base"]["fvd"] != rows[trained_run.name]["fvd"]
+    fvd_cell = report["corpus"]["base"]["fvd"]
+    assert fvd_cell["low"] <= fvd_cell["value"] <= fvd_cell["high"] and protocol["fvd"]["protocol"] == "cd-fvd/videomae"
     for key in keys:
         assert (out / "grids" / f"{key}.mp4").stat().st_size > 0
     assert protocol["clips"] == keys and protocol["seeds"] == [7, 8] and protocol["sampling_steps"] == 2

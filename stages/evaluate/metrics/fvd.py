@@ -415,3 +415,11 @@ def fvd(real_videos: Sequence[np.ndarray], fake_videos: Sequence[np.ndarray], ba
                                            "method": "bootstrap over videos (each side resampled with replacement), "
                                                      "percentile interval shifted so the draws' median is the point value"}
     return FVDResult(value, low, high, n_real, n_fake, protocol)
+
+
+def fvd_cell(result: FVDResult) -> dict:
+    """A report cell: {"value", "low", "high"}, or {"value": None, "skipped": "n/a (N=..)"} (the full reason is in the protocol)."""
+    if result.value is not None:
+        return {"value": result.value, "low": result.low, "high": result.high}
+    short = result.protocol["skipped"].startswith("n/a (N=")
+    return {"value": None, "skipped": f"n/a (N={min(result.n_real, result.n_fake)})" if short else result.protocol["skipped"]}
