@@ -197,7 +197,7 @@ class Trainer:
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         fp16 = self._autocast_dtype() == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 has fp32's range: no scaling
-        self.holdout = self._held_out()  # never trained on: left out of the stream (and of its batch count)
+        self.holdout = self._held_out(resume)  # never trained on: left out of the stream (and of its batch count)
         exclude = set(self.filter.keys) | set(self.holdout.keys)  # filtered and held-out clips
         self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers, cfg.data.on_corrupt, exclude,
                                        cfg.data.allow_partial_columns)
@@ -211,7 +211,7 @@ class Trainer:
             remove_stale_temp(self.out)
         if resume:
             self._resume()
-        self._write_holdout(resume)  # only now: a refused run (resume, memory, fit) leaves the old split alone
+        self._write_holdout()  # only now: a refused run (resume, memory, fit) leaves the old split alone
 
     # -- construction ------------------------------------------------------------------
     def _build_projector(self, transformer) -> Projector:
@@ -262,22 +262,24 @@ class Trainer:
             raise MemoryPlanError(plan.refusal(capacity))
         log.info("memory plan: %.1f GiB of %.1f GiB per GPU", plan.total / 2**30, capacity / 2**30)
 
-    def _held_out(self):
-        """The run's held-out split (stages/store/holdout.py), written to <out>/holdout.json for `evaluate`."""
-        from stages.store.holdout import make_holdout
+    def _held_out(self, resume: bool):
+        """The run's held-out split (stages/store/holdout.py), written to <out>/holdout.json for `evaluate`.
 
-        keys = [c["key"] for c in self.data.store.require_snapshot().clips]
-        split = make_holdout(keys, self.cfg.data.holdout, self.cfg.data.holdout_keys)
+        A resume keeps the split in <out>/holdout.json (clips appended to the store since join training,
+        copies of held-out clips excepted); HoldoutError when it cannot be kept."""
+        from stages.store.holdout import make_holdout, resume_split
+
+        clips = self.data.store.require_snapshot().clips  # rows: content hash, url, source_id group copies
+        d = self.cfg.data
+        split = resume_split(self.out, clips, d.holdout, d.holdout_keys) if resume else make_holdout(clips, d.holdout, d.holdout_keys)
         log.info("held out %d of %d clips (data.holdout=%g, %d explicit)", len(split.keys), split.total, split.fraction, len(split.explicit))
         return split
 
-    def _write_holdout(self, resume: bool) -> None:
-        """<out>/holdout.json for `evaluate`, once every refusal check has passed; a resume must keep its split."""
-        from stages.store.holdout import check_resumed_split, write_holdout
+    def _write_holdout(self) -> None:
+        """<out>/holdout.json for `evaluate`, once every refusal check has passed."""
+        from stages.store.holdout import write_holdout
 
         self.stream.batches_per_epoch(self.position.epoch)  # refuses a batch no rank can fill, before anything is written
-        if resume:
-            check_resumed_split(self.out, self.holdout)
         if self.rank == 0:
             write_holdout(self.out, self.holdout)
 

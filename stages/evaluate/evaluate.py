@@ -84,13 +84,13 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
                             f"evaluate runs of one store together")
     video, encoders, teacher_raw = store_settings(store, next(iter(enc_cols)), next(iter(teacher_cols)))
     try:
-        snapshot_keys = [row["key"] for row in store.require_snapshot().clips]
+        snapshot_rows = store.require_snapshot().clips  # in snapshot order, with the content hashes that group copies
     except StoreError as exc:
         raise EvaluateError(f"store {opts.store}: {exc}") from None
-    keys, split = heldout_keys(runs, snapshot_keys, opts.holdout, opts.holdout_keys)
+    keys, split = heldout_keys(runs, snapshot_rows, opts.holdout, opts.holdout_keys)
     if not keys:
-        raise EvaluateError(f"no held-out clips in {opts.store} for these runs (their holdout.json lists none): "
-                            f"train with data.holdout > 0, or pass --holdout-key KEY")
+        raise EvaluateError(f"no held-out clips in {opts.store} for these runs (their holdout.json lists none, or --holdout 0): "
+                            f"train with data.holdout > 0 or data.holdout_keys")
     if opts.clips is not None:
         keys = keys[: opts.clips]
     teacher = teacher_config(teacher_raw) if teacher_raw is not None else None

@@ -96,36 +96,68 @@ def run_holdout(run: RunRef) -> dict | None:
         raise EvaluateError(f"run {run.name}: {exc}") from None
 
 
-def heldout_keys(runs: Sequence[RunRef], store_keys: Sequence[str], fraction: float | None = None,
+def heldout_keys(runs: Sequence[RunRef], store_clips: Sequence[str | dict], fraction: float | None = None,
                  explicit: Sequence[str] = ()) -> tuple[list[str], dict]:
     """The clips to evaluate on, sorted, and where they came from (written into the protocol).
 
+    store_clips: the store's snapshot rows in snapshot order (bare keys: clips without copies).
     Explicit (--holdout FRACTION and/or --holdout-key KEY): stages.store.holdout's rule on the store's
-    keys, the same split a run with data.holdout=FRACTION, data.holdout_keys=KEYS trains without.
-    Otherwise every run's holdout.json; they must all name the same clips.
+    clips, the same split a run with data.holdout=FRACTION, data.holdout_keys=KEYS trains without.
+    Otherwise every run's holdout.json; they must all name the same clips. Either way no run may have
+    trained on a chosen clip: each must be in every run's holdout.json, and no clip the run could
+    train on may be a copy of it (check_untrained).
     """
-    if fraction is not None or explicit:
-        from stages.store.holdout import HoldoutError, holdout_keys
+    from stages.store.holdout import HoldoutError, holdout_keys
 
+    splits = {r.name: run_holdout(r) for r in runs}
+    if fraction is not None or explicit:
         try:
-            keys = holdout_keys(list(store_keys), fraction or 0.0, list(explicit))
+            keys = sorted(holdout_keys(list(store_clips), fraction or 0.0, list(explicit)))
         except HoldoutError as exc:
             raise EvaluateError(f"held-out clips: {exc}") from None
-        return sorted(keys), {"source": "explicit", "fraction": fraction, "explicit": list(explicit)}
+        check_untrained(runs, splits, store_clips, keys)
+        return keys, {"source": "explicit", "fraction": fraction, "explicit": list(explicit)}
     if not runs:
         raise EvaluateError("no runs: give --runs, or --holdout FRACTION / --holdout-key KEY to evaluate the base model alone")
-    splits = {r.name: run_holdout(r) for r in runs}
     missing = [n for n, s in splits.items() if s is None]
     if missing:
-        raise EvaluateError(f"run(s) {', '.join(missing)} have no {HOLDOUT_FILE} (trained before the held-out split existed): "
-                            f"pass --holdout FRACTION or --holdout-key KEY to name the clips")
-    groups: dict[tuple[str, ...], list[str]] = {}
+        raise EvaluateError(f"run(s) {', '.join(missing)} have no {HOLDOUT_FILE} (trained before the held-out split existed, on every "
+                            f"clip of the store): no clip is held out from them; leave them out of --runs")
+    by_split: dict[tuple[str, ...], list[str]] = {}  # held-out keys -> the runs holding out exactly those
     for name, split in splits.items():
-        groups.setdefault(tuple(sorted(split["keys"])), []).append(name)
-    if len(groups) > 1:
-        described = "; ".join(f"{', '.join(names)}: {len(k)} clips" for k, names in groups.items())
-        raise EvaluateError(f"the runs were trained with different held-out clips ({described}): evaluate them separately "
-                            f"or pass --holdout/--holdout-key to choose the clips")
-    keys = list(next(iter(groups)))
+        by_split.setdefault(tuple(sorted(split["keys"])), []).append(name)
+    if len(by_split) > 1:
+        described = "; ".join(f"{', '.join(names)}: {len(k)} clips" for k, names in by_split.items())
+        common = sorted(set.intersection(*(set(k) for k in by_split)))
+        hint = (f"or name clips all of them held out with --holdout-key ({len(common)} in common: {', '.join(common[:5])})" if common
+                else "they hold out no clip in common")
+        raise EvaluateError(f"the runs were trained with different held-out clips ({described}): evaluate them separately, {hint}")
+    keys = list(next(iter(by_split)))
+    check_untrained(runs, splits, store_clips, keys)
     first = next(iter(splits.values()))
     return keys, {"source": "runs", "fraction": first.get("fraction"), "rule": first.get("rule")}
+
+
+def check_untrained(runs: Sequence[RunRef], splits: dict[str, dict | None], store_clips: Sequence[str | dict], keys: Sequence[str]) -> None:
+    """EvaluateError naming the clip and the run when a run may have trained on a chosen clip: the clip is not in
+    the run's holdout.json (a run without one trained on every clip), or shares a source video (content hash,
+    url, source_id) with a clip the run could train on (a split made before copies were grouped)."""
+    from stages.store.holdout import Holdout, clip_groups, trained_copies
+
+    if not keys:
+        return  # nothing chosen: the caller says so
+    groups = clip_groups(store_clips)
+    for run in runs:
+        split = splits[run.name]
+        if split is None:
+            raise EvaluateError(f"clip {keys[0]}: run {run.name} has no {HOLDOUT_FILE} (trained before the held-out split existed, "
+                                f"on every clip of the store): it trained on it; leave the run out of --runs")
+        trained = sorted(set(keys) - set(split["keys"]))
+        if trained:
+            raise EvaluateError(f"clip {trained[0]}: run {run.name} trained on it (not in {run.path / HOLDOUT_FILE}; {len(trained)} of the "
+                                f"{len(keys)} chosen clips are not): choose clips every run held out, or drop --holdout/--holdout-key")
+        copies = trained_copies(Holdout(**split), store_clips, keys, groups)
+        if copies:
+            held, copy = copies[0]
+            raise EvaluateError(f"clip {held}: run {run.name} trained on {copy}, the same video (content hash, url or source_id), "
+                                f"so the clip is not held out from it ({len(copies)} such clip(s))")

@@ -47,6 +47,9 @@ class ClipEntry:
     content_hash: str | None = field(default=None, compare=False)  # see content_hash(); None when not hashed or unreadable
     duplicate_of: str | None = field(default=None, compare=False)  # key of the first clip with the same content
     duplicates: tuple[str, ...] = field(default=(), compare=False)  # keys dropped as copies of this one (corpus.dedupe)
+    # manifest `source_id`: the source video this clip is a window or crop of; clips of one source are
+    # held out together (stages/store/holdout.py groups them, as it groups identical files)
+    source_id: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict:
         out = {"key": self.key, "url": self.url, "caption": self.caption, "prompt": self.prompt}
@@ -57,6 +60,8 @@ class ClipEntry:
             out["duplicate_of"] = self.duplicate_of
         if self.duplicates:
             out["duplicates"] = list(self.duplicates)
+        if self.source_id is not None:
+            out["source_id"] = self.source_id
         return out
 
     @classmethod
@@ -65,6 +70,7 @@ class ClipEntry:
         return cls(
             key=d["key"], url=d["url"], caption=d.get("caption", ""), prompt=d.get("prompt"),
             content_hash=d.get("content_hash"), duplicate_of=d.get("duplicate_of"), duplicates=tuple(d.get("duplicates", ())),
+            source_id=d.get("source_id"),
         )
 
 
@@ -223,7 +229,10 @@ def _parse_line(line: str, where: str, fs: fsspec.AbstractFileSystem, base: str)
             raise CorpusError(f"{where}: bad 'prompt': {e}") from e
         if "mask" in prompt:  # the worker does not know the manifest's folder: resolve it here
             prompt = {**prompt, "mask": _resolve(fs, base, prompt["mask"])}
-    return ClipEntry(key=row["key"], url=_resolve(fs, base, row["path"]), caption=caption, prompt=prompt)
+    source_id = row.get("source_id")
+    if source_id is not None and (not isinstance(source_id, str) or not source_id.strip()):
+        raise CorpusError(f"{where}: 'source_id' must be a non-empty string (the source video's id), got {source_id!r}")
+    return ClipEntry(key=row["key"], url=_resolve(fs, base, row["path"]), caption=caption, prompt=prompt, source_id=source_id)
 
 
 def validate_prompt(prompt: object) -> None:

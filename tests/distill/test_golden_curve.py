@@ -27,11 +27,17 @@ T, H8, W8, C = 5, 16, 24, 16  # 17 frames at 128x192: the tiny student's latent 
 
 
 def synthetic_store(url: str, clips: int = 6) -> None:
-    import torch
-
-    rng = np.random.default_rng(0)
     store = FeatureStore(url)
     store.freeze_snapshot(Snapshot("/synthetic", 2, [{"key": f"c{i}", "url": f"/synthetic/c{i}.mp4", "caption": "", "prompt": None} for i in range(clips)]))
+    enc, teacher = synthetic_columns(store)
+    enc.write_column_arrays({"empty_prompt_embeds": np.zeros((16, 32), "float16")})
+    rng = np.random.default_rng(0)
+    for shard in range(clips // 2):
+        write_synthetic_shard(enc, teacher, shard, [f"c{i}" for i in (2 * shard, 2 * shard + 1)], rng)
+
+
+def synthetic_columns(store: FeatureStore):
+    """The store's encodings and teacher columns (created on first use, opened after)."""
     enc = store.create_column("encodings", {"synthetic": 1}, {
         "latents": ArraySpec((32, T, H8, W8), "float16"), "image_latents": ArraySpec((16, 1, H8, W8), "float16"),
         "prompt_embeds": ArraySpec((16, 32), "float16"), "prompt_mask": ArraySpec((16,), "uint8")}, {"scaling_factor": 0.7})
@@ -40,17 +46,23 @@ def synthetic_store(url: str, clips: int = 6) -> None:
         "fwd": ArraySpec((T, 8, 12, C), "float16"), "bwd": ArraySpec((T, 8, 12, C), "float16"),
         "lgf": ArraySpec((T - 1, 8, 12, 49), "float16"), "mask": ArraySpec((T, 8, 12), "uint8")},
         {"grid": [T, 8, 12], "channels": C, "lgf": lgf})
-    enc.write_column_arrays({"empty_prompt_embeds": np.zeros((16, 32), "float16")})
-    for shard in range(clips // 2):
-        recs = [{"key": f"c{i}", "index": i} for i in (2 * shard, 2 * shard + 1)]
-        lat = rng.standard_normal((2, 32, T, H8, W8)).astype("float16")
-        lat[:, 16:] = -4.0  # small posterior log-variance
-        enc.write_shard(shard, {"latents": lat, "image_latents": rng.standard_normal((2, 16, 1, H8, W8)).astype("float16"),
-                                "prompt_embeds": rng.standard_normal((2, 16, 32)).astype("float16"), "prompt_mask": np.ones((2, 16), "uint8")}, recs, [])
-        fwd = rng.standard_normal((2, T, 8, 12, C)).astype("float16")
-        bwd = (fwd + 0.3 * rng.standard_normal(fwd.shape)).astype("float16")
-        target = lgf_probs(torch.from_numpy(fwd.astype("float32")), 7, 0.1).numpy().astype("float16")
-        teacher.write_shard(shard, {"fwd": fwd, "bwd": bwd, "lgf": target, "mask": rng.integers(0, 256, (2, T, 8, 12)).astype("uint8")}, recs, [])
+    return enc, teacher
+
+
+def write_synthetic_shard(enc, teacher, shard: int, keys: list[str], rng: np.random.Generator) -> None:
+    """Seeded arrays for the clips `keys` (snapshot indices 2*shard, 2*shard+1) in both columns."""
+    import torch
+
+    recs = [{"key": k, "index": 2 * shard + j} for j, k in enumerate(keys)]
+    n = len(keys)
+    lat = rng.standard_normal((n, 32, T, H8, W8)).astype("float16")
+    lat[:, 16:] = -4.0  # small posterior log-variance
+    enc.write_shard(shard, {"latents": lat, "image_latents": rng.standard_normal((n, 16, 1, H8, W8)).astype("float16"),
+                            "prompt_embeds": rng.standard_normal((n, 16, 32)).astype("float16"), "prompt_mask": np.ones((n, 16), "uint8")}, recs, [])
+    fwd = rng.standard_normal((n, T, 8, 12, C)).astype("float16")
+    bwd = (fwd + 0.3 * rng.standard_normal(fwd.shape)).astype("float16")
+    target = lgf_probs(torch.from_numpy(fwd.astype("float32")), 7, 0.1).numpy().astype("float16")
+    teacher.write_shard(shard, {"fwd": fwd, "bwd": bwd, "lgf": target, "mask": rng.integers(0, 256, (n, T, 8, 12)).astype("uint8")}, recs, [])
 
 
 def run_curve(tmp_path, name: str, *overrides: str) -> dict[str, list[float]]:

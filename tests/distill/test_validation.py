@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -12,10 +13,12 @@ from conftest import ROOT
 from pipeline.cli import app
 from stages.config.loader import ConfigError, load_config
 from stages.config.distill import DistillConfig
-from stages.store.holdout import holdout_keys, read_holdout
+from stages.core.fs import write_json_atomic
+from stages.store import FeatureStore, Snapshot
+from stages.store.holdout import Holdout, holdout_keys, key_position, read_holdout, write_holdout
 from stages.distill.curves import read_metrics
 from stages.distill.trainer import Trainer
-from test_golden_curve import synthetic_store
+from test_golden_curve import synthetic_columns, synthetic_store, write_synthetic_shard
 
 SAMPLE = ROOT / "configs/distill/sample.yaml"
 CLIPS = [f"c{i}" for i in range(8)]
@@ -188,3 +191,69 @@ def live_encoders() -> int:
 
     gc.collect()
     return sum(isinstance(o, (AutoencoderKLCogVideoX, T5EncoderModel)) for o in gc.get_objects())
+
+
+# -- the split of a resumed run, and copies of one video ------------------------------------------
+
+def grouped_store(url: str, links: dict[str, str] | None = None) -> FeatureStore:
+    """4 synthetic clips c0..c3 (2 shards); links: {key: key whose video (url) it shares}."""
+    links = links or {}
+    store = FeatureStore(url)
+    rows = [{"key": f"c{i}", "url": f"/synthetic/{links.get(f'c{i}', f'c{i}')}.mp4", "caption": "", "prompt": None} for i in range(4)]
+    store.freeze_snapshot(Snapshot("/synthetic", 2, rows))
+    enc, teacher = synthetic_columns(store)
+    enc.write_column_arrays({"empty_prompt_embeds": np.zeros((16, 32), "float16")})
+    rng = np.random.default_rng(0)
+    for shard in range(2):
+        write_synthetic_shard(enc, teacher, shard, [f"c{2 * shard}", f"c{2 * shard + 1}"], rng)
+    return store
+
+
+def append_clips(store: FeatureStore, rows: list[dict]) -> None:
+    """`extract --append` of 2 clips: one new shard in the snapshot and in every column."""
+    snapshot = store.require_snapshot()
+    grown = snapshot.append([{"caption": "", "prompt": None, **r} for r in rows])
+    write_json_atomic(store.fs, f"{store.path}/corpus/snapshot.json", grown.to_json())
+    enc, teacher = synthetic_columns(store)
+    write_synthetic_shard(enc, teacher, snapshot.num_shards, [r["key"] for r in rows], np.random.default_rng(1))
+
+
+def trained_clips(run: Path) -> set[str]:
+    return {k for line in (run / "ranks" / "rank-0.jsonl").read_text().splitlines() for k in json.loads(line)["clips"]}
+
+
+def test_a_resume_on_a_grown_store_keeps_its_split(tmp_path):
+    """data.holdout=0.01 of c0..c3 holds out the lowest-hash clip (c2). The store then grows by n342, whose hash
+    is below 0.01 (recomputed, the split would be {n342} and c2 would go back to training), and by a copy of c2's
+    video. The resume keeps {c2}, holds the copy out with it, and trains on n342."""
+    assert key_position("n342") < 0.01 and holdout_keys(CLIPS[:4], 0.01) == {"c2"}
+    store = grouped_store(str(tmp_path / "store"))
+    run = tmp_path / "run"
+    common = ("data.holdout=0.01", "train.checkpoint_every=2")
+    Trainer(config(str(tmp_path / "store"), run, *common, "train.steps=2")).run()
+    assert read_holdout(run).keys == ["c2"]
+    append_clips(store, [{"key": "n342", "url": "/synthetic/n342.mp4"}, {"key": "copy_of_c2", "url": "/synthetic/c2.mp4"}])
+    Trainer(config(str(tmp_path / "store"), run, *common, "train.steps=10"), resume=True).run()
+    split = read_holdout(run)
+    assert split.keys == ["c2", "copy_of_c2"] and split.total == 6
+    trained = trained_clips(run)
+    assert "n342" in trained and not trained & {"c2", "copy_of_c2"}
+
+
+def test_a_resume_whose_held_out_clip_was_trained_as_a_copy_is_refused_in_one_line(tmp_path):
+    """A split made before copies were grouped (holdout.json holds out c2, not c0, the same video): the run
+    trained on the held-out clip's copy, and its resume says so (exit 2, one line) instead of carrying on."""
+    store = str(tmp_path / "store")
+    grouped_store(store, {"c0": "c2"})
+    run = tmp_path / "run"
+    args = ["distill", "-c", str(SAMPLE), "-s", store, "-o", str(run), "data.num_workers=0", "train.batch_size=1",
+            "train.caption_dropout=0.0", "data.holdout=0.01", "train.checkpoint_every=2"]
+    assert CliRunner().invoke(app, [*args, "train.steps=2"]).exit_code == 0
+    assert read_holdout(run).keys == ["c0", "c2"]  # grouped now: the copy is held out too
+    write_holdout(run, Holdout(0.01, [], ["c2"], 4))  # what the per-key rule wrote
+    before = (run / "holdout.json").read_bytes()
+    result = CliRunner().invoke(app, [*args, "train.steps=4", "--resume"])
+    assert result.exit_code == 2, result.output
+    line = (result.stderr or result.output).strip()
+    assert len(line.splitlines()) == 1 and "held-out clip c2 is the same video as c0, which the run may have trained on" in line
+    assert (run / "holdout.json").read_bytes() == before and "Traceback" not in result.output

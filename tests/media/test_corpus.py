@@ -94,12 +94,27 @@ def test_manifest_paths_captions_prompts(tmp_path):
         ('{"key": "k", "path": "a.mp4", "prompt": {"bbox": [0, 0, 1, 1]}}', r"manifest.jsonl:2: bad 'prompt': unknown key\(s\) \['bbox'\]"),
         ('{"key": "k", "path": "a.mp4", "prompt": {"box": [5, 0, 1, 1]}}', r"manifest.jsonl:2: bad 'prompt': 'box' must be \[x0, y0, x1, y1\]"),
         ('{"key": "first", "path": "b.mp4"}', r"manifest.jsonl:2: duplicate key 'first' \(first on line 1\)"),
+        ('{"key": "k", "path": "a.mp4", "source_id": 7}', r"manifest.jsonl:2: 'source_id' must be a non-empty string"),
     ],
 )
 def test_manifest_errors_name_file_line_and_key(tmp_path, line, message):
     _manifest(tmp_path, [{"key": "first", "path": "a.mp4"}, line])
     with pytest.raises(CorpusError, match=message):
         list_corpus(CorpusConfig(url=str(tmp_path)))
+
+
+def test_manifest_source_id_groups_windows_of_one_video_in_the_held_out_split(tmp_path):
+    """Two windows of one source video (source_id) are held out together; a row without one is written as before."""
+    from stages.store.holdout import clip_groups
+
+    _manifest(tmp_path, [{"key": "w0", "path": "v0.mp4", "source_id": "video-1"}, {"key": "w1", "path": "v1.mp4", "source_id": "video-1"},
+                         {"key": "other", "path": "v2.mp4"}])
+    entries = list_corpus(CorpusConfig(url=str(tmp_path), content_hash=False))
+    rows = [e.to_json() for e in entries]
+    assert [r.get("source_id") for r in rows] == [None, "video-1", "video-1"] and "source_id" not in rows[0]
+    assert ClipEntry.from_json(rows[1]).source_id == "video-1"
+    groups = clip_groups(rows)
+    assert groups["w0"] == groups["w1"] != groups["other"]
 
 
 @pytest.mark.parametrize(

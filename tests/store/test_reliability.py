@@ -23,7 +23,7 @@ from stages.config.extract import ExtractConfig
 from stages.config.loader import load_config, to_dict
 from stages.config.secrets import REDACTED, redact
 from stages.distill.stream import ClipStream
-from stages.store.holdout import HoldoutError, check_resumed_split, make_holdout, write_holdout
+from stages.store.holdout import HoldoutError, make_holdout, resume_split, write_holdout
 from stages.store.lease import LeaseOwner, TornClaim, claim, clear_torn_claims
 from stages.store import FeatureStore, StoreError
 from test_store_integrity import build
@@ -117,12 +117,11 @@ def test_refused_runs_leave_holdout_json_alone(student_store, tmp_path):
 def test_a_resumed_split_must_name_the_same_keys(tmp_path):
     keys = [f"clip_{i:03d}" for i in range(40)]
     write_holdout(tmp_path, make_holdout(keys, 0.1))
-    check_resumed_split(tmp_path, make_holdout(keys, 0.1))  # the same split: fine
-    check_resumed_split(tmp_path / "never-written", make_holdout(keys, 0.3))  # a run from before holdout.json
-    split = make_holdout(keys, 0.1)
-    extra = next(k for k in keys if k not in split.keys)  # e.g. a clip an appended store put in the split
-    with pytest.raises(HoldoutError, match=rf"holdout\.json: the resumed run would hold out another split \({len(split.keys)} -> {len(split.keys) + 1} keys; added \['{extra}'\]"):
-        check_resumed_split(tmp_path, make_holdout(keys, 0.1, [extra]))
+    assert resume_split(tmp_path, keys, 0.1) == make_holdout(keys, 0.1)  # the same split: fine
+    assert resume_split(tmp_path / "never-written", keys, 0.3) == make_holdout(keys, 0.3)  # a run from before holdout.json
+    extra = next(k for k in keys if k not in make_holdout(keys, 0.1).keys)  # another explicit key: another split
+    with pytest.raises(HoldoutError, match=rf"holdout\.json: the run's split was made with other settings \(data\.holdout_keys: \[\] -> \['{extra}'\]\)"):
+        resume_split(tmp_path, keys, 0.1, [extra])
 
 
 # -- 2 and 3: columns that disagree, a column without column.json --------------------------------
