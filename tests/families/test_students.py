@@ -307,9 +307,10 @@ def test_tiny_wan_i2v_end_to_end(wan_i2v_store, tmp_path):
     ours = image_condition(torch.from_numpy(condition.astype(np.float32))[None], mean, std)
     torch.testing.assert_close(ours, cond, atol=2e-2, rtol=1e-2)  # float16 storage
 
+    held = FeatureStore(wan_i2v_store).require_snapshot().clips[0]["key"]  # held out by name: evaluate samples it below
     cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
         f"data.store={wan_i2v_store}", f"out={tmp_path / 'run'}", f"student.model={TINY_WAN}", "student.task=i2v",
-        "data.num_workers=0", "train.steps=2", "data.holdout=0", "train.checkpoint_every=100"])
+        "data.num_workers=0", "train.steps=2", "data.holdout=0", f"data.holdout_keys=[{held}]", "train.checkpoint_every=100"])
     trainer = Trainer(cfg)
     history = trainer.run()
     assert trainer.grid == (3, 4, 6)
@@ -342,11 +343,10 @@ def test_tiny_wan_i2v_end_to_end(wan_i2v_store, tmp_path):
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 0 and "9 frames 64x96" in result.output
 
-    # evaluate samples it through the stock I2V pipeline too (a named clip: this tiny run held none out)
-    key = FeatureStore(wan_i2v_store).require_snapshot().clips[0]["key"]
+    # evaluate samples it through the stock I2V pipeline too, on the clip it held out
     ev = tmp_path / "eval"
     result = CliRunner().invoke(app, ["evaluate", "--store", wan_i2v_store, "--runs", str(tmp_path / "run"), "--base", "--out", str(ev),
-                                      "--steps", "2", "--holdout-key", key, "--no-vbench"])
+                                      "--steps", "2", "--no-vbench"])
     assert result.exit_code == 0, result.output
     assert set(json.loads((ev / "report.json").read_text())["rows"]) == {"base", "run"}
 
