@@ -1,17 +1,20 @@
 """Every per-video metric the evaluation computes, registered with its contract.
 
-A metric's contract is what it measures, which way is better, and whether it passed the invariance
-battery (tests/evaluate/test_metric_contracts.py): on the sample generator's clips and their
+A metric's contract is what it measures, which way is better, its range, and whether it passed the
+invariance battery (tests/evaluate/test_metric_contracts.py): on the sample generator's clips and their
 structure-broken twins, a frozen copy, a copy with each frame shown twice and a temporally subsampled
 copy of a moving intact clip must never beat the intact clip, and every twin break must rank below
 intact on the headline structure score. A metric that fails the battery (`motion_confounded`) is
 still reported, but only beside the motion it saw (`MOTION`, the mean flow magnitude) and never
-marked best on its own: a still video would win it.
+marked best on its own: a still video would win it. The flag is a measured claim: the battery test
+checks that every metric flagged False passes and every metric flagged True fails.
 
 Two kinds of per-video metric, both registered in `METRICS` by name:
-- "video": fn(frames uint8 [F, H, W, 3]) -> float, weight-free (no model);
+- "video": fn(frames uint8 [F, H, W, 3], fps) -> float, weight-free (no model);
 - "structure": fn(masks bool [F, H, W], frames uint8 [F, H, W, 3]) -> float, on the judge's (or the
   generator's true) subject masks.
+direction None is a descriptive measure (motion): shown, never ranked. A metric may be NaN where it is
+undefined (the deformation terms of a subject that never moves): the report shows it as not measured.
 Corpus-level metrics (FVD, VBench, validation) are not per video; their directions are in
 `CORPUS_DIRECTIONS`.
 """
@@ -29,40 +32,55 @@ from stages.evaluate.metrics import structure, video
 @dataclass(frozen=True)
 class Metric:
     name: str
-    kind: str  # "video" (fn(frames)) or "structure" (fn(masks, frames))
+    kind: str  # "video" (fn(frames, fps)) or "structure" (fn(masks, frames))
     fn: Callable[..., float]
     direction: str | None  # "higher" / "lower" is better; None: descriptive only (no best)
     measures: str  # one line for the report's glossary
     motion_confounded: bool = False  # fails the invariance battery: shown beside MOTION, never best alone
+    range: str = ""  # the values it takes, for the glossary ("[0, 1]", ">= 0", "{0, 1}"; NaN where undefined)
 
-    def __call__(self, frames: np.ndarray, masks: np.ndarray | None = None) -> float:
-        return float(self.fn(frames) if self.kind == "video" else self.fn(masks, frames))
+    def __call__(self, frames: np.ndarray, masks: np.ndarray | None = None, fps: float = video.VBENCH_FPS) -> float:
+        return float(self.fn(frames, fps) if self.kind == "video" else self.fn(masks, frames))
 
 
 MOTION = "flow_magnitude"  # the motion every confounded metric is read beside
-HEADLINE = "mask_consistency"  # the headline structure score (the twin ranking is tested on it)
+# The headline structure score: the one score that ranks every twin break (detach, jump, stretch,
+# vanish) below intact on every subject kind on true masks, and passes the battery (tested).
+HEADLINE = "structure_score"
 
 
-def _video(name, fn, direction, measures, confounded=False) -> Metric:
-    return Metric(name, "video", fn, direction, measures, confounded)
+def _video(name, fn, direction, measures, range_, confounded=False) -> Metric:
+    return Metric(name, "video", fn, direction, measures, confounded, range_)
 
 
-def _structure(name, fn, direction, measures, confounded=False) -> Metric:
-    return Metric(name, "structure", fn, direction, measures, confounded)
+def _structure(name, fn, direction, measures, range_, confounded=False) -> Metric:
+    return Metric(name, "structure", fn, direction, measures, confounded, range_)
 
 
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        _video("flicker", video.flicker, "lower", "mean |frame t+1 - frame t| in [0, 1] units", confounded=True),
-        _video("dynamic_degree", video.dynamic_degree, "higher", "share of frame pairs that move (frame differences)"),
-        _video("warping_error", video.warping_error, "lower", "occlusion-masked error of frame t warped onto t+1 by flow",
+        _video(MOTION, lambda f, fps: video.flow_magnitude(f), None,
+               "mean Farneback flow magnitude, px per frame pair at a long side of 360 px", ">= 0"),
+        _video("dynamic_degree_flow", video.dynamic_degree_flow, None,
+               "VBench's dynamic degree rule (top-5% flow over a resolution-scaled threshold) on Farneback flow", "{0, 1}"),
+        _video("frame_diff_motion", lambda f, fps: video.frame_diff_motion(f), None,
+               "share of frame pairs whose mean |difference| exceeds 0.01", "[0, 1]"),
+        _video("flicker", lambda f, fps: video.flicker(f), "lower", "mean |frame t+1 - frame t| in [0, 1] units", "[0, 1]",
                confounded=True),
+        _video("warping_error", lambda f, fps: video.warping_error(f), "lower",
+               "occlusion-masked error of frame t warped onto t+1 by flow, [0, 1] units", "[0, 1]", confounded=True),
+        _structure(HEADLINE, lambda m, f: structure.structure_score(m, f), "higher",
+                   "presence / (1 + fragmentation) / (1 + deformation_per_motion)", "[0, 1], NaN if the subject never moves"),
+        _structure("deformation_per_motion", lambda m, f: structure.deformation_per_motion(m, f), "lower",
+                   "subject shape change beyond its translation, per px of its flow", ">= 0, NaN if the subject never moves"),
         _structure("mask_consistency", lambda m, f: structure.mask_consistency(m, f), "higher",
-                   "flow-warped IoU of consecutive subject masks"),
-        _structure("fragmentation", lambda m, f: structure.fragmentation(m), "lower", "extra connected pieces of the subject mask"),
-        _structure("area_stability", lambda m, f: structure.area_stability(m), "higher", "exp(-mean |log area ratio|) of the mask"),
-        _structure("presence", lambda m, f: structure.presence(m), "higher", "share of frames where the subject is found"),
+                   "flow-warped IoU of consecutive subject masks", "[0, 1]", confounded=True),
+        _structure("fragmentation", lambda m, f: structure.fragmentation(m), "lower",
+                   "extra connected pieces of the subject mask", ">= 0"),
+        _structure("area_stability", lambda m, f: structure.area_stability(m), "higher",
+                   "exp(-mean |log area ratio|) of the mask", "(0, 1]", confounded=True),
+        _structure("presence", lambda m, f: structure.presence(m), "higher", "share of frames where the subject is found", "[0, 1]"),
     )
 }
 
@@ -77,6 +95,12 @@ def structure_metric_names() -> list[str]:
     return [n for n, m in METRICS.items() if m.kind == "structure"]
 
 
-def measure(frames: np.ndarray, masks: np.ndarray | None = None) -> dict[str, float]:
-    """Every registered metric of one video (structure metrics only when masks are given)."""
-    return {n: m(frames, masks) for n, m in METRICS.items() if m.kind == "video" or masks is not None}
+def directions() -> dict[str, str]:
+    """name -> "higher" / "lower" of every registered metric with a direction (the report's bold marks)."""
+    return {n: m.direction for n, m in METRICS.items() if m.direction is not None}
+
+
+def measure(frames: np.ndarray, masks: np.ndarray | None = None, fps: float = video.VBENCH_FPS) -> dict[str, float]:
+    """Every registered metric of one video (structure metrics only when masks are given); `fps` is the
+    video's frame rate (VBench's dynamic degree samples and thresholds by it)."""
+    return {n: m(frames, masks, fps) for n, m in METRICS.items() if m.kind == "video" or masks is not None}
