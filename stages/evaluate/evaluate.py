@@ -139,7 +139,7 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
             judge = Judge(opts.judge, judge_plan)
         except JudgeError as exc:
             raise EvaluateError(str(exc)) from None
-    rows = measure_videos(_videos(models, clips, samples), judge)
+    rows = measure_videos(_videos(models, clips, samples, video.fps), judge)
     summary = summarise(rows, names, reference)
     seconds["metrics"] = time.perf_counter() - t0
 
@@ -206,7 +206,7 @@ def _judge_prompt_rule(cfg: JudgeConfig) -> str:
             f"otherwise (and every text-to-video sample) found on the sample's own frame 0 by {cfg.prompt}")
 
 
-def _videos(models: list[Model], clips, samples) -> list[Video]:
+def _videos(models: list[Model], clips, samples, fps: float = 8.0) -> list[Video]:
     """Every sample as a Video for scoring: image-to-video samples keep the clip's frame-0 prompt (they start
     from that frame); text-to-video ones are prompted on their own frame 0 by the judge."""
     out = []
@@ -215,7 +215,7 @@ def _videos(models: list[Model], clips, samples) -> list[Video]:
         for clip in clips:
             for (key, seed), frames in samples[m.name].items():
                 if key == clip.key:
-                    out.append(Video(m.name, key, seed, frames, clip.caption, clip.prompt if from_first_frame else None))
+                    out.append(Video(m.name, key, seed, frames, clip.caption, clip.prompt if from_first_frame else None, fps=fps))
     return out
 
 

@@ -146,8 +146,8 @@ def write_report(summary: Summary, corpus: dict[str, dict[str, object]], protoco
     flat = {m: {**means.get(m, {}), **{k: (v.get("value") if isinstance(v, dict) else v) for k, v in corpus.get(m, {}).items()}}
             for m in summary.models}
     metrics = sorted({k for by in flat.values() for k in by})
-    data = {
-        "rows": {m: {k: (float(v) if _finite(v) else None) for k, v in by.items()} for m, by in flat.items()},
+    data = {  # rows: every model has every column (None: not measured for it)
+        "rows": {m: {k: (float(by[k]) if _finite(by.get(k)) else None) for k in metrics} for m, by in flat.items()},
         "intervals": {m: {k: (iv.to_json() if iv else None) for k, iv in by.items()} for m, by in summary.means.items()},
         "reference": summary.reference,
         "paired": {m: {k: (iv.to_json() if iv else None) for k, iv in by.items()} for m, by in summary.paired.items()},

@@ -104,12 +104,12 @@ def _read(files: dict[str, dict[str, Path]], names: list[str], use_masks: bool) 
     for method, by_name in files.items():
         for name in names:
             try:
-                frames, _ = read_video(by_name[name])
+                frames, fps = read_video(by_name[name])
             except VideoReadError as exc:
                 ledger.append({"file": str(by_name[name]), "method": method, "name": name, "reason": str(exc)})
                 bad.add(name)
                 continue
-            loaded[method, name] = (frames, _masks(by_name[name], frames) if use_masks else None)
+            loaded[method, name] = (frames, _masks(by_name[name], frames) if use_masks else None, fps)
     return {k: v for k, v in loaded.items() if k[1] not in bad}, ledger
 
 
@@ -132,7 +132,7 @@ def score(opts: ScoreOptions) -> ScoreResult:
     if not kept:
         raise EvaluateError(f"--videos {root}: no sample name decodes in every method ({ledger[0]['reason'] if ledger else 'none found'})")
     captions = {n: _caption(root, n) for n in kept}
-    videos = [Video(m, n, 0, loaded[m, n][0], captions[n], None, loaded[m, n][1]) for m in methods for n in kept]
+    videos = [Video(m, n, 0, loaded[m, n][0], captions[n], None, loaded[m, n][1], loaded[m, n][2]) for m in methods for n in kept]
     judge, plan = None, None
     if any(v.masks is None for v in videos):
         if opts.judge.model == "auto":

@@ -32,6 +32,7 @@ class Video:
     caption: str = ""
     prompt: Prompt | None = None  # where the judge finds the subject on frame 0; None: on the video's own frame 0
     masks: np.ndarray | None = None  # bool [F, H, W] ground truth: measured on these, the judge is not asked
+    fps: float = 8.0  # the video's frame rate (VBench's dynamic degree samples by it)
 
 
 @dataclass
@@ -54,7 +55,7 @@ def measure_videos(videos: list[Video], judge=None) -> list[dict]:
         masks = v.masks
         if masks is None and judge is not None:
             masks = judge.masks(v.frames, v.prompt, v.caption)
-        rows.append({"model": v.model, "clip": v.clip, "seed": v.seed, **measure(v.frames, masks)})
+        rows.append({"model": v.model, "clip": v.clip, "seed": v.seed, **measure(v.frames, masks, v.fps)})
     return rows
 
 

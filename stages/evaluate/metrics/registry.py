@@ -32,15 +32,16 @@ from stages.evaluate.metrics import structure, video
 @dataclass(frozen=True)
 class Metric:
     name: str
-    kind: str  # "video" (fn(frames, fps)) or "structure" (fn(masks, frames))
+    kind: str  # "video" (fn(frames, fps, cache)) or "structure" (fn(masks, frames, cache)); cache: video.FlowCache
     fn: Callable[..., float]
     direction: str | None  # "higher" / "lower" is better; None: descriptive only (no best)
     measures: str  # one line for the report's glossary
     motion_confounded: bool = False  # fails the invariance battery: shown beside MOTION, never best alone
     range: str = ""  # the values it takes, for the glossary ("[0, 1]", ">= 0", "{0, 1}"; NaN where undefined)
 
-    def __call__(self, frames: np.ndarray, masks: np.ndarray | None = None, fps: float = video.VBENCH_FPS) -> float:
-        return float(self.fn(frames, fps) if self.kind == "video" else self.fn(masks, frames))
+    def __call__(self, frames: np.ndarray, masks: np.ndarray | None = None, fps: float = video.VBENCH_FPS,
+                 cache: video.FlowCache | None = None) -> float:
+        return float(self.fn(frames, fps, cache) if self.kind == "video" else self.fn(masks, frames, cache))
 
 
 MOTION = "flow_magnitude"  # the motion every confounded metric is read beside
@@ -60,27 +61,27 @@ def _structure(name, fn, direction, measures, range_, confounded=False) -> Metri
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        _video(MOTION, lambda f, fps: video.flow_magnitude(f), None,
+        _video(MOTION, lambda f, fps, c: video.flow_magnitude(f, cache=c), None,
                "mean Farneback flow magnitude, px per frame pair at a long side of 360 px", ">= 0"),
-        _video("dynamic_degree_flow", video.dynamic_degree_flow, None,
+        _video("dynamic_degree_flow", lambda f, fps, c: video.dynamic_degree_flow(f, fps, cache=c), None,
                "VBench's dynamic degree rule (top-5% flow over a resolution-scaled threshold) on Farneback flow", "{0, 1}"),
-        _video("frame_diff_motion", lambda f, fps: video.frame_diff_motion(f), None,
+        _video("frame_diff_motion", lambda f, fps, c: video.frame_diff_motion(f), None,
                "share of frame pairs whose mean |difference| exceeds 0.01", "[0, 1]"),
-        _video("flicker", lambda f, fps: video.flicker(f), "lower", "mean |frame t+1 - frame t| in [0, 1] units", "[0, 1]",
+        _video("flicker", lambda f, fps, c: video.flicker(f), "lower", "mean |frame t+1 - frame t| in [0, 1] units", "[0, 1]",
                confounded=True),
-        _video("warping_error", lambda f, fps: video.warping_error(f), "lower",
+        _video("warping_error", lambda f, fps, c: video.warping_error(f, cache=c), "lower",
                "occlusion-masked error of frame t warped onto t+1 by flow, [0, 1] units", "[0, 1]", confounded=True),
-        _structure(HEADLINE, lambda m, f: structure.structure_score(m, f), "higher",
+        _structure(HEADLINE, lambda m, f, c: structure.structure_score(m, f, cache=c), "higher",
                    "presence / (1 + fragmentation) / (1 + deformation_per_motion)", "[0, 1], NaN if the subject never moves"),
-        _structure("deformation_per_motion", lambda m, f: structure.deformation_per_motion(m, f), "lower",
+        _structure("deformation_per_motion", lambda m, f, c: structure.deformation_per_motion(m, f, cache=c), "lower",
                    "subject shape change beyond its translation, per px of its flow", ">= 0, NaN if the subject never moves"),
-        _structure("mask_consistency", lambda m, f: structure.mask_consistency(m, f), "higher",
+        _structure("mask_consistency", lambda m, f, c: structure.mask_consistency(m, f, cache=c), "higher",
                    "flow-warped IoU of consecutive subject masks", "[0, 1]", confounded=True),
-        _structure("fragmentation", lambda m, f: structure.fragmentation(m), "lower",
+        _structure("fragmentation", lambda m, f, c: structure.fragmentation(m), "lower",
                    "extra connected pieces of the subject mask", ">= 0"),
-        _structure("area_stability", lambda m, f: structure.area_stability(m), "higher",
+        _structure("area_stability", lambda m, f, c: structure.area_stability(m), "higher",
                    "exp(-mean |log area ratio|) of the mask", "(0, 1]", confounded=True),
-        _structure("presence", lambda m, f: structure.presence(m), "higher", "share of frames where the subject is found", "[0, 1]"),
+        _structure("presence", lambda m, f, c: structure.presence(m), "higher", "share of frames where the subject is found", "[0, 1]"),
     )
 }
 
@@ -102,5 +103,6 @@ def directions() -> dict[str, str]:
 
 def measure(frames: np.ndarray, masks: np.ndarray | None = None, fps: float = video.VBENCH_FPS) -> dict[str, float]:
     """Every registered metric of one video (structure metrics only when masks are given); `fps` is the
-    video's frame rate (VBench's dynamic degree samples and thresholds by it)."""
-    return {n: m(frames, masks, fps) for n, m in METRICS.items() if m.kind == "video" or masks is not None}
+    video's frame rate (VBench's dynamic degree samples and thresholds by it). The metrics share one FlowCache."""
+    cache = video.FlowCache()
+    return {n: m(frames, masks, fps, cache) for n, m in METRICS.items() if m.kind == "video" or masks is not None}

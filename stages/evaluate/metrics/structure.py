@@ -53,7 +53,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from stages.evaluate.metrics.video import FLOW_MAX_SIDE, flow_size, grey_frames, pair_flows, reference_scale, warp_backward
+from stages.evaluate.metrics.video import FLOW_MAX_SIDE, FlowCache, flow_size, grey_frames, pair_flows, reference_scale, warp_backward
 
 MIN_PRESENT_PIXELS = 4  # a mask with fewer pixels counts as "subject absent"
 MIN_COMPONENT_PIXELS = 4  # components at most this small are speckle regardless of the mask's area
@@ -96,14 +96,15 @@ def _to_size(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(m.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA) >= 0.5 for m in masks])
 
 
-def mask_consistency(masks: np.ndarray, frames: np.ndarray | None = None, flow_max_side: int = FLOW_MAX_SIDE) -> float:
+def mask_consistency(masks: np.ndarray, frames: np.ndarray | None = None, flow_max_side: int = FLOW_MAX_SIDE,
+                     cache: FlowCache | None = None) -> float:
     """Mean flow-warped IoU of consecutive masks (plain IoU without frames); see the module docstring."""
     masks, frames = _check(masks, frames)
     h, w = masks.shape[1:]
     backs = None
     if frames is not None:
         grey = grey_frames(frames, flow_max_side)  # flow at reduced size, then scaled back up to the masks' size
-        backs = pair_flows(grey, backward=True)  # [F-1, h', w', 2]: flow t+1 -> t, where each pixel of t+1 came from
+        backs = pair_flows(grey, backward=True, cache=cache)  # [F-1, h', w', 2]: flow t+1 -> t, where each pixel of t+1 came from
         scale = np.array([w / grey.shape[2], h / grey.shape[1]], np.float32)
     scores = []
     for t in range(len(masks) - 1):
@@ -148,12 +149,13 @@ def _shifted(mask: np.ndarray, d: np.ndarray) -> np.ndarray:
     return cv2.warpAffine(mask.astype(np.float32), m, (mask.shape[1], mask.shape[0]), flags=cv2.INTER_LINEAR) >= 0.5
 
 
-def deformation_ratios(masks: np.ndarray, frames: np.ndarray, flow_max_side: int = FLOW_MAX_SIDE) -> np.ndarray:
+def deformation_ratios(masks: np.ndarray, frames: np.ndarray, flow_max_side: int = FLOW_MAX_SIDE,
+                       cache: FlowCache | None = None) -> np.ndarray:
     """D / (m + MOTION_FLOOR) of every pair where the subject is present and moves -> float64 [P] (module docstring).
 
     At flow resolution: the masks are brought to the flow's size, and D and m are both in reference px."""
     grey = grey_frames(frames, flow_max_side)
-    fwd = pair_flows(grey)  # [F-1, h, w, 2]: flow t -> t+1
+    fwd = pair_flows(grey, cache=cache)  # [F-1, h, w, 2]: flow t -> t+1
     small = _to_size(masks, grey.shape[1:])
     ref = reference_scale(grey.shape[1:])
     present = small.reshape(len(small), -1).sum(1) >= MIN_PRESENT_PIXELS
@@ -172,25 +174,26 @@ def deformation_ratios(masks: np.ndarray, frames: np.ndarray, flow_max_side: int
     return np.asarray(ratios, np.float64)
 
 
-def deformation_per_motion(masks: np.ndarray, frames: np.ndarray | None, flow_max_side: int = FLOW_MAX_SIDE) -> float:
+def deformation_per_motion(masks: np.ndarray, frames: np.ndarray | None, flow_max_side: int = FLOW_MAX_SIDE,
+                           cache: FlowCache | None = None) -> float:
     """Mean shape change per unit of motion over the pairs where the subject moves; NaN if it never
     does, or without frames (the motion is measured on them). See the module docstring."""
     masks, frames = _check(masks, frames)
     if frames is None or len(masks) < 2:
         return float("nan")
-    ratios = deformation_ratios(masks, frames, flow_max_side)
+    ratios = deformation_ratios(masks, frames, flow_max_side, cache)
     return float(ratios.mean()) if ratios.size else float("nan")
 
 
 def structure_score(masks: np.ndarray, frames: np.ndarray | None, flow_max_side: int = FLOW_MAX_SIDE,
-                    deformation: float | None = None) -> float:
+                    deformation: float | None = None, cache: FlowCache | None = None) -> float:
     """presence / (1 + fragmentation) / (1 + deformation_per_motion), in [0, 1]: 0 when the subject is
     never found, NaN when it never moves. `deformation`: deformation_per_motion if already computed."""
     masks, frames = _check(masks, frames)
     p = presence(masks)
     if p == 0.0:
         return 0.0
-    d = deformation_per_motion(masks, frames, flow_max_side) if deformation is None else deformation
+    d = deformation_per_motion(masks, frames, flow_max_side, cache) if deformation is None else deformation
     return float(p / (1.0 + fragmentation(masks)) / (1.0 + d))  # NaN deformation stays NaN
 
 
@@ -237,11 +240,12 @@ def structure_metrics(masks: np.ndarray, frames: np.ndarray | None = None, flow_
     """All structure metrics of one mask track (the registry's "structure" metrics, same names);
     without frames the flow-based deformation terms are NaN and mask_consistency is plain IoU."""
     masks, frames = _check(masks, frames)
-    deformation = deformation_per_motion(masks, frames, flow_max_side)
+    cache = FlowCache()
+    deformation = deformation_per_motion(masks, frames, flow_max_side, cache)
     return {
         "structure_score": structure_score(masks, frames, flow_max_side, deformation),
         "deformation_per_motion": deformation,
-        "mask_consistency": mask_consistency(masks, frames, flow_max_side),
+        "mask_consistency": mask_consistency(masks, frames, flow_max_side, cache),
         "fragmentation": fragmentation(masks),
         "area_stability": area_stability(masks),
         "presence": presence(masks),

@@ -27,8 +27,6 @@ each frame twice roughly halves them, so they are read beside flow_magnitude, ne
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 
 import cv2
 import numpy as np
@@ -49,10 +47,6 @@ VBENCH_COUNT = 4  # ... and a video is dynamic when round(4 * frames / 16) pairs
 VBENCH_COUNT_FRAMES = 16
 # Metrics with a direction; the motion measures have none (no best). registry.METRICS is the full contract.
 DIRECTIONS = {"flicker": "lower", "warping_error": "lower"}
-_CACHE_BYTES = 96 << 20  # flows kept (pair_flows): one 49-frame video at 240 x 360, both directions, is 66 MB
-_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (digest src, digest dst, h, w) -> float32 [h, w, 2]
-_cache_bytes = 0
-_cache_lock = threading.Lock()
 
 
 def _check(video: np.ndarray) -> np.ndarray:
@@ -117,33 +111,29 @@ def _digest(frame: np.ndarray) -> bytes:
     return hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
 
 
-def _cached(key: tuple) -> np.ndarray | None:
-    with _cache_lock:
-        flow = _cache.get(key)
-        if flow is not None:
-            _cache.move_to_end(key)
-        return flow
+class FlowCache:
+    """Farneback flows of one video's frame pairs, shared by the metrics that read them.
+
+    Several metrics of one video need the same flows (and the battery's copies of a clip share its
+    pairs), while Farneback is most of the metrics' cost. Keyed by a hash of the two frames' pixels,
+    never by object identity. One cache per video measured (registry.measure makes it): nothing is
+    kept between calls."""
+
+    def __init__(self) -> None:
+        self._flows: dict[tuple, np.ndarray] = {}  # (digest src, digest dst, h, w) -> float32 [h, w, 2]
+
+    def flow(self, src: np.ndarray, dst: np.ndarray, key: tuple) -> np.ndarray:
+        if key not in self._flows:
+            self._flows[key] = farneback(src, dst)
+        return self._flows[key]
 
 
-def _remember(key: tuple, flow: np.ndarray) -> np.ndarray:
-    global _cache_bytes
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = flow
-            _cache_bytes += flow.nbytes
-        while _cache_bytes > _CACHE_BYTES and len(_cache) > 1:
-            _cache_bytes -= _cache.popitem(last=False)[1].nbytes
-    return flow
-
-
-def pair_flows(grey: np.ndarray, backward: bool = False) -> np.ndarray:
+def pair_flows(grey: np.ndarray, backward: bool = False, cache: FlowCache | None = None) -> np.ndarray:
     """Farneback flow of every consecutive pair of grey frames [F, h, w] -> float32 [F-1, h, w, 2]:
     t -> t+1 (forward) or t+1 -> t (backward), at the frames' size.
 
     Two identical frames get exactly zero flow (Farneback returns ~0.01 px of noise on them, and they
-    have no motion). Several metrics of one video need the same flows, and the battery's copies of a
-    clip share its pairs, while Farneback is most of the metrics' cost: flows are cached per pair of
-    frames, keyed by a hash of their pixels (never by object identity), up to `_CACHE_BYTES`."""
+    have no motion). `cache`: flows already computed for this video by another metric (FlowCache)."""
     h, w = grey.shape[1:]
     digests = [_digest(f) for f in grey]
     out = np.zeros((max(len(grey) - 1, 0), h, w, 2), np.float32)
@@ -152,19 +142,16 @@ def pair_flows(grey: np.ndarray, backward: bool = False) -> np.ndarray:
         if digests[src] == digests[dst] and np.array_equal(grey[src], grey[dst]):
             continue  # no motion: zero flow
         key = (digests[src], digests[dst], h, w)
-        flow = _cached(key)
-        if flow is None:
-            flow = _remember(key, farneback(grey[src], grey[dst]))
-        out[t] = flow
+        out[t] = cache.flow(grey[src], grey[dst], key) if cache is not None else farneback(grey[src], grey[dst])
     return out
 
 
-def flow_magnitude(video: np.ndarray, flow_max_side: int = FLOW_MAX_SIDE) -> float:
+def flow_magnitude(video: np.ndarray, flow_max_side: int = FLOW_MAX_SIDE, cache: FlowCache | None = None) -> float:
     """Mean Farneback flow magnitude (t -> t+1) over all pixels and pairs, reference px per pair (0 for one frame)."""
     grey = grey_frames(video, flow_max_side)
     if len(grey) < 2:
         return 0.0
-    flows = pair_flows(grey)
+    flows = pair_flows(grey, cache=cache)
     return float(np.sqrt((flows.astype(np.float64) ** 2).sum(-1)).mean() * reference_scale(grey.shape[1:]))
 
 
@@ -173,7 +160,8 @@ def vbench_sample(video: np.ndarray, fps: float) -> np.ndarray:
     return video[:: max(1, round(fps / VBENCH_FPS))]
 
 
-def dynamic_degree_flow(video: np.ndarray, fps: float = VBENCH_FPS, flow_max_side: int = FLOW_MAX_SIDE) -> float:
+def dynamic_degree_flow(video: np.ndarray, fps: float = VBENCH_FPS, flow_max_side: int = FLOW_MAX_SIDE,
+                        cache: FlowCache | None = None) -> float:
     """VBench's dynamic degree of one video, on Farneback flow: 1.0 (dynamic) or 0.0 (static).
 
     Follows vbench/dynamic_degree.py: frames sampled to ~8 fps (every round(fps/8)-th); per consecutive
@@ -193,7 +181,7 @@ def dynamic_degree_flow(video: np.ndarray, fps: float = VBENCH_FPS, flow_max_sid
     thres = max(1.0, VBENCH_FPS / fps) * VBENCH_THRESHOLD * min(h, w) / VBENCH_SHORT_SIDE
     count_num = max(1, round(VBENCH_COUNT * len(grey) / VBENCH_COUNT_FRAMES))
     cut = max(1, int(h * w * VBENCH_TOP_FRACTION))
-    rad = np.sqrt((pair_flows(grey).astype(np.float64) ** 2).sum(-1)).reshape(len(grey) - 1, -1)  # [F-1, h*w]
+    rad = np.sqrt((pair_flows(grey, cache=cache).astype(np.float64) ** 2).sum(-1)).reshape(len(grey) - 1, -1)  # [F-1, h*w]
     top = -np.sort(-rad, axis=1)[:, :cut].mean(1)  # [F-1]: mean of each pair's top 5%
     return float((top > thres).sum() >= count_num)
 
@@ -223,7 +211,7 @@ def valid_flow_mask(flow_back: np.ndarray, flow_fwd: np.ndarray, tol: float = FB
     return (err <= tol) & inside
 
 
-def warping_error(video: np.ndarray, flow_max_side: int = FLOW_MAX_SIDE) -> float:
+def warping_error(video: np.ndarray, flow_max_side: int = FLOW_MAX_SIDE, cache: FlowCache | None = None) -> float:
     """Occlusion-masked mean absolute error of frame t warped onto t+1 by Farneback flow, [0, 1] units,
     at flow resolution (long side <= FLOW_MAX_SIDE)."""
     v = _check(video)
@@ -231,7 +219,7 @@ def warping_error(video: np.ndarray, flow_max_side: int = FLOW_MAX_SIDE) -> floa
         return 0.0
     v = downscale(v, flow_size(*v.shape[1:3], flow_max_side))
     grey = grey_frames(v, flow_max_side)
-    backs, fwds = pair_flows(grey, backward=True), pair_flows(grey)  # t+1 -> t, t -> t+1
+    backs, fwds = pair_flows(grey, backward=True, cache=cache), pair_flows(grey, cache=cache)  # t+1 -> t, t -> t+1
     total, count = 0.0, 0
     for t in range(len(v) - 1):
         valid = valid_flow_mask(backs[t], fwds[t])
@@ -243,11 +231,12 @@ def warping_error(video: np.ndarray, flow_max_side: int = FLOW_MAX_SIDE) -> floa
 
 
 def video_metrics(video: np.ndarray, flow_max_side: int = FLOW_MAX_SIDE, fps: float = VBENCH_FPS) -> dict[str, float]:
-    """All weight-free metrics of one video (the registry's "video" metrics, same names)."""
+    """All weight-free metrics of one video (the registry's "video" metrics, same names), sharing one FlowCache."""
+    cache = FlowCache()
     return {
-        "flow_magnitude": flow_magnitude(video, flow_max_side),
-        "dynamic_degree_flow": dynamic_degree_flow(video, fps, flow_max_side),
+        "flow_magnitude": flow_magnitude(video, flow_max_side, cache),
+        "dynamic_degree_flow": dynamic_degree_flow(video, fps, flow_max_side, cache),
         "frame_diff_motion": frame_diff_motion(video),
         "flicker": flicker(video),
-        "warping_error": warping_error(video, flow_max_side),
+        "warping_error": warping_error(video, flow_max_side, cache),
     }
