@@ -263,7 +263,8 @@ def test_an_aggregate_missing_a_dimension_is_left_out_with_a_note():
 def test_definitions_name_scales_dimensions_and_the_papers_figure():
     defs = vb.definitions(["vbench_subject_consistency", "i2v_quality_score", "fvd", "vbench_nope"])
     assert list(defs) == ["vbench_subject_consistency", "vbench_i2v_quality_score"]
-    assert "mean over the model's samples" in defs["vbench_subject_consistency"] or "aggregate over the model's samples" in defs["vbench_subject_consistency"]
+    ran = set(vb.CUSTOM_DIMENSIONS + vb.EXTRA_DIMENSIONS + vb.I2V_RUNNABLE)
+    assert all("over the model's samples" in vb.DEFINITIONS[d] and "[0, 1]" in vb.DEFINITIONS[d] for d in ran)  # aggregate and scale
     assert all(d in defs["vbench_i2v_quality_score"] for d in vb.I2V_QUALITY)
     assert "/ 100" in vb.DEFINITIONS["imaging_quality"] and "camera_motion" in vb.DEFINITIONS["i2v_score_no_camera"]
     assert "95.51" in vb.SCOPE_NOTE and "0.1462" in vb.SCOPE_NOTE and "dynamic_degree (0, 1) w 0.5" in vb.SCOPE_NOTE
@@ -277,6 +278,8 @@ def test_a_failing_vbench_run_is_skipped_with_its_last_error_line(tmp_path, monk
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     _weights(weights, hub, ("motion_smoothness",) + vb.I2V_RUNNABLE)
     monkeypatch.setenv("PYTHONPATH", "")  # the child must not see this checkout either
+    monkeypatch.chdir(tmp_path)
+    env = Path(".venv-vbench")  # relative, as DEFAULT_ENV is: the I2V call runs in another working directory
     videos, first = _samples(tmp_path, ["clip", "src/clip"])
     assert importlib.util.find_spec("vbench") is None  # vbench lives only in its own env, never in the project's
     with caplog.at_level(logging.WARNING):
@@ -310,8 +313,10 @@ def _env_has_vbench() -> bool:
 
 
 needs_env = pytest.mark.skipif(not _env_has_vbench(), reason="no .venv-vbench with vbench (make vbench-env)")
+slow = pytest.mark.slow  # subprocesses into the VBench env
 
 
+@slow
 @needs_env
 def test_vbench_i2v_reads_the_suite_as_pairs_of_first_frame_and_sample(tmp_path):
     """VBench's own standard-mode lookup and VBench-I2V's pairing on the adapter's suite (no weights needed)."""
@@ -330,6 +335,7 @@ def test_vbench_i2v_reads_the_suite_as_pairs_of_first_frame_and_sample(tmp_path)
                                                                            ("w-3.png", "w-3")]
 
 
+@slow
 @needs_env
 def test_vbench_temporal_flickering_runs_end_to_end_and_ranks_a_still_video_first(tmp_path, monkeypatch):
     """The one custom-input dimension without weights, through the real subprocess: nested keys come back as clip
@@ -352,3 +358,46 @@ def test_vbench_temporal_flickering_runs_end_to_end_and_ranks_a_still_video_firs
     assert result.scores["temporal_flickering"] == pytest.approx(np.mean(list(flick.values())))
     assert any("'src/noisy' -> 'src%2Fnoisy'" in n for n in result.notes)
     assert "VBench i2v_quality_score not computed" in " ".join(result.notes)
+
+
+def _dino_repo() -> Path | None:
+    """DINO's code as VBench keeps it (VBENCH_CACHE_DIR/dino_model/facebookresearch_dino_main), if present."""
+    repo = vb.cache_dir() / _DINO_REPO
+    return repo if (repo / "hubconf.py").is_file() else None
+
+
+_DINO_REPO = "dino_model/facebookresearch_dino_main"
+
+
+@slow
+@needs_env
+@pytest.mark.skipif(_dino_repo() is None, reason="no DINO code under VBENCH_CACHE_DIR/dino_model (VBench clones it there)")
+def test_vbench_i2v_subject_runs_end_to_end_on_random_dino_weights(tmp_path, monkeypatch):
+    """VBenchI2V.evaluate through the adapter, DINO ViT-B/16 with random weights saved where VBench and torch.hub read
+    them: nested keys come back as clip keys, and a sample that holds its first frame still scores above noise."""
+    from stages.media.video import write_mp4
+
+    cache, hub = tmp_path / "cache", tmp_path / "torch" / "hub"
+    (cache / _DINO_REPO).parent.mkdir(parents=True)
+    (cache / _DINO_REPO).symlink_to(_dino_repo())
+    save = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import vision_transformer as vits; torch.manual_seed(0)\n"
+            "sd = vits.vit_base(patch_size=16, num_classes=0).state_dict()\n[torch.save(sd, p) for p in sys.argv[2:]]")
+    for path in (cache / "dino_model/dino_vitbase16_pretrain.pth", hub / "checkpoints/dino_vitbase16_pretrain.pth"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(vb.env_python(VBENCH_ENV)), "-c", save, str(_dino_repo()), str(cache / "dino_model/dino_vitbase16_pretrain.pth"),
+                    str(hub / "checkpoints/dino_vitbase16_pretrain.pth")], check=True, capture_output=True)
+    monkeypatch.setenv("VBENCH_CACHE_DIR", str(cache))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    videos = tmp_path / "samples"
+    for key, frames in (("still", np.repeat(first[None], 4, axis=0)), ("src/noisy", rng.integers(0, 255, (4, 64, 96, 3), dtype=np.uint8))):
+        (videos / key).parent.mkdir(parents=True, exist_ok=True)
+        write_mp4(videos / f"{key}.mp4", frames, 8)
+    frames_dir = vb.write_first_frames({"still": first, "src/noisy": first}, tmp_path / "first")
+    result = vb.evaluate_vbench(videos, {"still": "a", "src/noisy": "b"}, tmp_path / "out", "m", first_frames_dir=frames_dir,
+                                env=VBENCH_ENV.absolute(), dimensions=(), i2v_dimensions=("i2v_subject",), device="cpu", timeout_s=500)
+    scores = {k: v["i2v_subject"] for k, v in result.per_video.items()}
+    assert set(scores) == {"still", "src/noisy"}, result.notes
+    assert 0.0 <= scores["src/noisy"] < scores["still"] <= 1.0
+    assert result.scores["i2v_subject"] == pytest.approx(np.mean(list(scores.values())))

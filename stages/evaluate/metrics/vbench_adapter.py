@@ -121,8 +121,9 @@ DEFINITIONS: dict[str, str] = {
     "motion_smoothness": "VBench custom-input motion_smoothness: per sample, how well AMT-S interpolation predicts the odd frames "
                          "from their neighbours, (255 - mean abs error) / 255; mean over the model's samples; [0, 1]; a still "
                          "video scores 1, so read it beside dynamic_degree",
-    "dynamic_degree": "VBench custom-input dynamic_degree: share of the model's samples that VBench's RAFT optical-flow rule "
-                      "calls dynamic (per sample 1 or 0); [0, 1]; more motion, not better quality by itself",
+    "dynamic_degree": "VBench custom-input dynamic_degree: per sample 1 when VBench's RAFT optical-flow rule calls it dynamic, "
+                      "else 0; mean over the model's samples (the share that move); [0, 1]; more motion, not better "
+                      "quality by itself",
     "aesthetic_quality": "VBench custom-input aesthetic_quality: per sample, the mean over frames of the LAION aesthetic "
                          "predictor (CLIP ViT-L/14 + linear head) / 10; mean over the model's samples; [0, 1]",
     "imaging_quality": "VBench custom-input imaging_quality: per sample, the mean over frames of MUSIQ (SPAQ) / 100, frames "
@@ -392,15 +393,17 @@ def definitions(columns, prefix: str = "vbench_") -> dict[str, str]:
 
 
 def _run(args: dict, args_path: Path, env: Path, timeout_s: float | None, cwd: Path | None, label: str) -> tuple[Path | None, str | None]:
-    """Run the runner on args; (results path, None) or (None, one-line reason)."""
+    """Run the runner on args; (results path, None) or (None, one-line reason). Paths absolute: cwd may move."""
     args_path.write_text(json.dumps(args))
     if cwd is not None:
         cwd.mkdir(parents=True, exist_ok=True)
     try:
-        proc = subprocess.run([str(env_python(env)), "-c", _RUNNER, str(args_path)], capture_output=True, text=True,
+        proc = subprocess.run([str(env_python(env).absolute()), "-c", _RUNNER, str(args_path.absolute())], capture_output=True, text=True,
                               timeout=timeout_s, cwd=cwd)
     except subprocess.TimeoutExpired:
         return None, f"{label} skipped: its run took longer than {timeout_s} s"
+    except OSError as exc:  # the env's python went missing or cannot execute
+        return None, f"{label} skipped: {env_python(env)} could not start ({exc.strerror or exc})"
     results = Path(args["out"]) / f"{args['name']}_eval_results.json"
     if proc.returncode != 0 or not results.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
