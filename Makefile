@@ -62,14 +62,22 @@ sample: install
 twins: install
 	$(PY) datasets/sample/generate.py --out $(SAMPLE) --twins datasets/sample/twins
 
-# VBench in a virtual environment of its own (it pins transformers==4.33.2 and numpy<2, which clash
-# with this project's). Its weights are not downloaded here: put them under $$VBENCH_CACHE_DIR
-# (default ~/.cache/vbench), laid out as stages/evaluate/metrics/vbench_adapter.py REQUIRED_WEIGHTS lists.
+# VBench in a virtual environment of its own (it pins transformers==4.33.2, timm<=1.0.12 and numpy<2,
+# which clash with this project's). vbench's wheel names no torch, so torch and a torchvision of the
+# same build come first (VBENCH_TORCH); DreamSim (VBench-I2V's i2v_background) with the peft and
+# open_clip releases that still import next to transformers 4.33 / timm 1.0.12. Its weights are not
+# downloaded here: put them under $$VBENCH_CACHE_DIR (default ~/.cache/vbench) and torch's hub dir, laid
+# out as stages/evaluate/metrics/vbench_adapter.py REQUIRED_WEIGHTS / REQUIRED_TORCH_HUB list.
 VBENCH_VENV ?= .venv-vbench
+VBENCH_TORCH ?= torch==2.14.1 torchvision==0.29.1
 vbench-env:
 	test -x $(VBENCH_VENV)/bin/python || $(PYTHON_BOOT) -m venv $(VBENCH_VENV)
 	$(VBENCH_VENV)/bin/python -m pip install -q --upgrade pip
-	$(VBENCH_VENV)/bin/python -m pip install -q "vbench==0.1.5"
+	$(VBENCH_VENV)/bin/python -m pip install -q $(VBENCH_TORCH)
+	$(VBENCH_VENV)/bin/python -m pip freeze | grep -i '^torch' > $(VBENCH_VENV)/constraints.txt
+	$(VBENCH_VENV)/bin/python -m pip install -q -c $(VBENCH_VENV)/constraints.txt "vbench==0.1.5" "timm>=0.9,<=1.0.12" \
+	  "dreamsim==0.2.1" "peft==0.10.0" "open_clip_torch==2.29.0"
+	$(VBENCH_VENV)/bin/python -c "import vbench, vbench2_beta_i2v, dreamsim"
 
 extract: sample
 	$(CLI) extract --config $(CONFIG) --store $(STORE) $(ARGS)
