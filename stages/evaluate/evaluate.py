@@ -149,7 +149,7 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
     seconds["fvd"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    vbench = (_add_vbench(corpus, out / "samples", clips, names, seeds[0], out / "vbench", str(sampling.device))
+    vbench = (_add_vbench(corpus, out / "samples", clips, models, seeds[0], out / "vbench", str(sampling.device))
               if opts.vbench else {"skipped": "--no-vbench"})
     seconds["vbench"] = time.perf_counter() - t0
 
@@ -242,23 +242,31 @@ def _add_fvd(corpus, samples, clips, backbone, min_videos: int) -> dict:
     return protocol
 
 
-def _add_vbench(corpus, samples_dir: Path, clips, names: list[str], seed: int, out_dir: Path, device: str) -> dict:
-    """VBench scores per model (vbench_<dimension> columns) through the adapter's own env; {"skipped": why} otherwise."""
+def _add_vbench(corpus, samples_dir: Path, clips, models: list[Model], seed: int, out_dir: Path, device: str) -> dict:
+    """VBench per model (vbench_<dimension> columns, at the first seed) through the adapter's own env: the
+    custom-input dimensions, and VBench-I2V against the held-out first frames for models that start from
+    them. {"skipped": why} when it cannot run; notes, definitions and the scope note otherwise."""
     from stages.evaluate.metrics import vbench_adapter
     from stages.evaluate.sampling import sample_name
 
     reason = vbench_adapter.skip_reason()
     if reason:
         return {"skipped": reason}
-    prompts = {f"{sample_name(c.key, seed)}.mp4": c.caption for c in clips}
+    prompts = {sample_name(c.key, seed): c.caption for c in clips}
+    first_frames = vbench_adapter.write_first_frames({sample_name(c.key, seed): c.frames[0] for c in clips}, out_dir / "first_frames")
+    notes: list[str] = []
     dimensions: set[str] = set()
-    for name in names:
-        result = vbench_adapter.run_vbench(samples_dir / name, prompts, out_dir, name=name.replace("/", "_"), device=device)
-        if result is None:
-            return {"skipped": f"VBench run failed for {name} (see the log)"}
-        corpus[name].update({f"vbench_{k}": float(v) for k, v in result.scores.items()})
-        dimensions |= set(result.dimensions or result.scores)
-    return {"dimensions": sorted(dimensions), "mode": "custom_input", "env": str(vbench_adapter.DEFAULT_ENV)}
+    for m in models:
+        i2v = student_for(m.student).starts_from_first_frame(m.task)
+        result = vbench_adapter.evaluate_vbench(samples_dir / m.name, prompts, out_dir, name=m.name, device=device,
+                                                first_frames_dir=first_frames if i2v else None,
+                                                i2v_dimensions=vbench_adapter.I2V_DIMENSIONS if i2v else ())
+        corpus[m.name].update({f"vbench_{k}": float(v) for k, v in result.scores.items()})
+        dimensions |= set(result.scores)
+        notes += [f"{m.name}: {n}" for n in result.notes]
+    columns = [f"vbench_{d}" for d in sorted(dimensions)]
+    return {"dimensions": sorted(dimensions), "mode": "custom_input + VBench-I2V (first frames)", "env": str(vbench_adapter.DEFAULT_ENV),
+            "notes": notes, "definitions": vbench_adapter.definitions(columns), "scope": vbench_adapter.SCOPE_NOTE}
 
 
 def _validation(run: Path) -> dict[str, float]:

@@ -58,9 +58,18 @@ def _interval(iv: Interval | None, signed: bool = False) -> str:
     return f"{_fmt(iv.mean, signed)} [{_fmt(iv.low, signed)}, {_fmt(iv.high, signed)}]"
 
 
+def confounded(metric: str) -> bool:
+    """A still or slowed video can win it (registry metrics by the battery; VBench's by its adapter)."""
+    from stages.evaluate.metrics.vbench_adapter import MOTION_CONFOUNDED
+
+    if metric in METRICS:
+        return METRICS[metric].motion_confounded
+    return metric.startswith("vbench_") and metric.removeprefix("vbench_") in MOTION_CONFOUNDED
+
+
 def _head(metric: str) -> str:
     d = direction(metric)
-    dagger = "†" if metric in METRICS and METRICS[metric].motion_confounded else ""
+    dagger = "†" if confounded(metric) else ""
     return f"{metric}{dagger} {ARROWS[d]}" if d else f"{metric}{dagger}"
 
 
@@ -68,8 +77,7 @@ def _diff_cell(summary: Summary, model: str, metric: str) -> str:
     diff, word = summary.paired[model].get(metric), summary.verdicts[model].get(metric, "n/a")
     if diff is None:
         return "-"
-    confounded = metric in METRICS and METRICS[metric].motion_confounded
-    if word in ("better", "worse") and not confounded:
+    if word in ("better", "worse") and not confounded(metric):
         word = f"**{word}**"
     elif word in ("better", "worse"):
         motion = summary.paired[model].get(MOTION)
@@ -101,12 +109,15 @@ def render(summary: Summary, corpus: dict[str, dict[str, object]], protocol: dic
     columns = list(dict.fromkeys(k for by in corpus.values() for k in by))
     if columns:
         lines += ["", "## Corpus metrics", "", "One value per model over all its videos (FVD: [95% bootstrap interval] over videos).", ""]
-        lines += _table(["model", *(f"{k} {ARROWS[direction(k)]}" if direction(k) else k for k in columns)],
+        lines += _table(["model", *map(_head, columns)],
                         [[m, *(_corpus_cell(corpus[m].get(k)) for k in columns)] for m in corpus])
     lines += ["", "## What each column means", ""]
     for name in [*metrics, *columns]:
         if name in definitions:
             lines.append(f"- **{name}**: {definitions[name]}")
+    scope = protocol.get("vbench", {}).get("scope") if isinstance(protocol.get("vbench"), dict) else None
+    if scope:
+        lines += ["", f"VBench: {scope}"]
     lines += ["", "## Protocol", ""]
     for k, v in protocol.items():
         lines.append(f"- **{k}**: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")

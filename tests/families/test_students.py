@@ -310,7 +310,8 @@ def test_tiny_wan_i2v_end_to_end(wan_i2v_store, tmp_path):
     held = FeatureStore(wan_i2v_store).require_snapshot().clips[0]["key"]  # held out by name: evaluate samples it below
     cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [
         f"data.store={wan_i2v_store}", f"out={tmp_path / 'run'}", f"student.model={TINY_WAN}", "student.task=i2v",
-        "data.num_workers=0", "train.steps=2", "data.holdout=0", f"data.holdout_keys=[{held}]", "train.checkpoint_every=100"])
+        "data.num_workers=0", "train.steps=2", "train.batch_size=1", "data.holdout=0", f"data.holdout_keys=[{held}]",
+        "train.checkpoint_every=100"])
     trainer = Trainer(cfg)
     history = trainer.run()
     assert trainer.grid == (3, 4, 6)
