@@ -325,6 +325,9 @@ class WanStudent(Student):
     def condition_arrays(self, task: str) -> tuple[str, ...]:
         return ("image_latents", "image_embeds") if task == "i2v" else ()  # Wan 2.1 I2V: + CLIP image tokens
 
+    def starts_from_first_frame(self, task: str) -> bool:
+        return task in ("i2v", "ti2v")  # TI2V keeps its first latent frame clean: no condition arrays, still image-to-video
+
     def plan_latent_shape(self, transformer_config: Any, model: str) -> tuple[int, int, int]:
         # 81 frames of 480x832 through the Wan 2.1 VAE; Wan 2.2 TI2V-5B its 121 frames of 704x1280 (16x VAE)
         return KNOWN_LATENT_SHAPES.get(model, (21, 60, 104))
