@@ -9,7 +9,8 @@ from pathlib import Path
 
 from stages.store import FeatureStore
 
-HEADLINE = ("fvd", "mask_consistency", "fragmentation", "warping_error", "val/diff")  # of the evaluation rows
+# of the evaluation rows: the headline structure score, the motion it was read at, FVD, validation L_diff
+HEADLINE = ("structure_score", "flow_magnitude", "fvd", "val/diff")
 
 
 class ReportError(ValueError):

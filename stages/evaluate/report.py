@@ -48,6 +48,7 @@ def _finite(v) -> bool:
 def _fmt(v, signed: bool = False) -> str:
     if not _finite(v):
         return "-"
+    v = 0.0 if abs(v) < 1e-12 else v  # round-off of a mean of differences that cancel
     text = f"{v:+.3g}" if signed else f"{v:.3g}"
     return text if abs(v) < 1e4 else (f"{v:+.0f}" if signed else f"{v:.0f}")
 
