@@ -220,6 +220,8 @@ class ClipStream:
     def epoch(self, position: StreamPosition) -> Iterator[dict]:
         """The batches of `position.epoch`, starting at batch `position.batch`: `batches_per_epoch()` in all,
         on every rank, whatever on_corrupt=skip left out (topped up, see the module docstring)."""
+        if position.batch >= self.batches_per_epoch(position.epoch):  # a checkpoint at an epoch's end: nothing to read
+            return iter(())
         return _one_line_errors(itertools.islice(self._epoch_batches(position.epoch), position.batch, None))
 
     def _epoch_batches(self, epoch: int) -> Iterator[dict]:
