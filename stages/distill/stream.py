@@ -12,11 +12,26 @@ comes next, which is how a resumed run continues the same trajectory.
 Every clip's arrays are checked against the CRC-32 in its commit record as they are read. A damaged
 clip (or a shard whose commit record or metadata cannot be read) stops the run with a StoreError
 naming store, column, shard, clip and array (on_corrupt="fail"), or is logged, counted and left
-out (on_corrupt="skip"): that epoch then yields fewer batches than `batches_per_epoch()` says.
+out (on_corrupt="skip").
+
+Skipping keeps the epoch's length. Damage is only seen at read time, and only by the rank that reads
+it, so a rank that left clips out would run out of batches first, start its next epoch a step early
+and drift from the others (whose positions were then not the one checkpointed). Instead each rank's
+epoch is fixed at `batches_per_epoch()`, counted from the commit records before anything is skipped,
+and a rank that comes up short tops the epoch up (`_top_up`): further passes over its own shards,
+read in this process, each with its own shuffle seed, until it has the epoch's batches (over every
+rank's shards, wrap-around, when its own hold no full batch of readable clips). That needs no
+communication between ranks, keeps every step a collective all ranks reach together, and keeps the
+position (epoch, batch) the same on every rank and a pure function of the seed and the stored
+bytes, so a resume inside a top-up continues it exactly. The alternative, trimming every rank's
+epoch to the shortest one, needs a collective in the data path each step (no rank knows another's
+damage) and drops good clips. A top-up pass meets the damage its first pass already counted, so
+`skipped` counts each epoch's damaged clips once per rank; a top-up repeats clips within the epoch.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -96,10 +111,14 @@ class ClipStream:
         """Clips left out as damaged so far (on_corrupt=skip), over all epochs and workers."""
         return self._skipped.value
 
-    def _damaged(self, err: StoreError, clips: int, cause: BaseException | None = None) -> None:
-        """on_corrupt=fail: raise `err`; skip: log it and count `clips` as left out."""
+    def _damaged(self, err: StoreError, clips: int, cause: BaseException | None = None, count: bool = True) -> None:
+        """on_corrupt=fail: raise `err`; skip: log it and count `clips` as left out (count=False: a top-up
+        pass meeting damage its epoch's first pass counted, logged at debug level)."""
         if self.on_corrupt == "fail":
             raise err from cause
+        if not count:
+            log.debug("top-up pass skipped %d damaged clip(s) again: %s", clips, err)
+            return
         with self._skipped.get_lock():
             self._skipped.value += clips
         log.warning("skipped %d damaged clip(s) (on_corrupt=skip): %s", clips, err)
@@ -176,14 +195,14 @@ class ClipStream:
             wds.batched(self.batch_size, collation_fn=collate, partial=False),
         )
 
-    def _read_shards(self, src: Iterator[dict]) -> Iterator[dict]:
+    def _read_shards(self, src: Iterator[dict], count: bool = True) -> Iterator[dict]:
         for item in src:
             shard = int(item["url"])
             try:
                 records, shards, rows = join_shard_data(self.columns, [c.read_shard(shard) for c in self.columns])
             except StoreError as exc:  # a commit, group or array metadata unreadable: every clip of the shard
                 keys = self._keys_of(shard)
-                self._damaged(StoreError(f"{self.store.url}: shard {shard} (clips {', '.join(keys)}): {exc}"), self.clip_counts.get(shard, len(keys)), exc)
+                self._damaged(StoreError(f"{self.store.url}: shard {shard} (clips {', '.join(keys)}): {exc}"), self.clip_counts.get(shard, len(keys)), exc, count)
                 continue
             for i, record in enumerate(records):
                 if record[CLIP.key] in self.exclude:
@@ -194,18 +213,63 @@ class ClipStream:
                         for name in self.arrays.get(col.name, []):
                             sample[name] = _read(col, shards[j], name, rows[j][i])
                 except StoreError as exc:  # read_row's message names store, column, shard, clip and array
-                    self._damaged(exc, 1)
+                    self._damaged(exc, 1, count=count)
                     continue
                 yield sample
 
     def epoch(self, position: StreamPosition) -> Iterator[dict]:
-        """The batches of `position.epoch`, starting at batch `position.batch`."""
-        total = self.batches_per_epoch(position.epoch)
+        """The batches of `position.epoch`, starting at batch `position.batch`: `batches_per_epoch()` in all,
+        on every rank, whatever on_corrupt=skip left out (topped up, see the module docstring)."""
+        if position.batch >= self.batches_per_epoch(position.epoch):  # a checkpoint at an epoch's end: nothing to read
+            return iter(())
+        return _one_line_errors(itertools.islice(self._epoch_batches(position.epoch), position.batch, None))
+
+    def _epoch_batches(self, epoch: int) -> Iterator[dict]:
+        total = self.batches_per_epoch(epoch)
         loader = DataLoader(
-            self.dataset(position.epoch), batch_size=None, num_workers=self.num_workers, persistent_workers=False,
+            self.dataset(epoch), batch_size=None, num_workers=self.num_workers, persistent_workers=False,
             multiprocessing_context=_worker_context() if self.num_workers else None,
         )
-        return _one_line_errors(itertools.islice(loader, position.batch, total))
+        got = yield from _take(loader, total)
+        passes, everyone = 0, False
+        while got < total:  # only on_corrupt=skip comes up short: fail raised at the damage
+            passes += 1
+            more = yield from _take(iter(self._top_up(epoch, passes, everyone)), total - got)
+            got += more
+            if more == 0 and not everyone and self.world_size > 1:
+                everyone = True  # the rank's own shards hold no full batch of readable clips: wrap around
+            elif more == 0:
+                raise StoreError(
+                    f"{self.store.url}: rank {self.rank} has no readable clip left for epoch {epoch} (batch {got + 1} of {total}, "
+                    f"batch size {self.batch_size}): the store is damaged throughout; `sam2videox inspect {self.store.url} --verify` "
+                    f"lists the damage, `extract --repair` rewrites it"
+                )
+
+    def _top_up(self, epoch: int, attempt: int, everyone: bool) -> wds.DataPipeline:
+        """Pass `attempt` (1, 2, ...) that tops up a rank's short epoch: over its own shards, or (everyone:
+        when those hold no full batch of readable clips) over every rank's, read here without workers and
+        shuffled with a seed of its own. Damage it meets is not counted again (`_damaged`)."""
+        order = self.shard_order(epoch)
+        shards = order if everyone else _split(order, self.rank, self.world_size)
+        return wds.DataPipeline(
+            wds.SimpleShardList([str(s) for s in shards]),
+            functools.partial(self._read_shards, count=False),
+            wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 8), seed=_seed(self.seed, epoch, self.rank, "top-up", attempt)),
+            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+        )
+
+
+def _take(items: Iterator[dict], most: int):
+    """Yield at most `most` of `items` (never reading one more); returns how many it yielded."""
+    taken = 0
+    if most <= 0:
+        return taken
+    for item in items:
+        yield item
+        taken += 1
+        if taken == most:
+            break
+    return taken
 
 
 def check_column_coverage(url: str, committed: dict[str, Collection[int]], allow_partial: bool) -> None:

@@ -5,7 +5,8 @@ space, and scored against the teacher. DDP or FSDP2 over torchrun (gloo on CPU, 
 stages/distill/parallel.py). Trainable parameters are fp32 masters in every strategy. Every random
 draw of a step comes from a generator seeded by (seed, step, global micro-batch), where the global
 micro-batch is rank * accumulation + micro: two ranks draw what one rank accumulating two draws.
-The stream's position is saved with the weights, so `--resume` continues the exact trajectory.
+Every rank's stream position is saved with the weights (state.json "positions", by rank), so
+`--resume` continues the exact trajectory on each rank.
 """
 
 from __future__ import annotations
@@ -406,6 +407,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for micro in range(accum):
             batch, wait = next(source)
+            if micro == 0:  # the epoch the step's first batch came from (the position before it may be the last one's end)
+                epoch = self.position.epoch
             waited += wait
             keys += batch["keys"]
             with parallel.gradient_sync(self.ddp, enabled=micro == accum - 1 or self.world == 1):
@@ -463,8 +466,9 @@ class Trainer:
 
     # -- persistence ---------------------------------------------------------------------
     def save(self) -> None:
-        extra = {"position": self.position.to_json(), "config": redact(to_dict(self.cfg)), "world_size": self.world,
-                 "scaler": self.scaler.state_dict()}
+        # "position" (rank 0's) stays for readers of older checkpoints and for a resume on another world size
+        extra = {"position": self.position.to_json(), "positions": self._rank_positions(), "config": redact(to_dict(self.cfg)),
+                 "world_size": self.world, "scaler": self.scaler.state_dict()}
         if self.sharded:
             from stages.distill.checkpoint.sharded import save_sharded
 
@@ -501,7 +505,19 @@ class Trainer:
         _truncate_metrics(self.out / "ranks" / f"rank-{self.rank}.jsonl", self.step)
         if self.rank == 0:
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
-        log.info("resumed from %s at step %d, stream position %s", path, self.step, state["position"])
+        log.info("resumed from %s at step %d, stream position %s", path, self.step, self.position.to_json())
+
+    def _rank_positions(self) -> list[dict]:
+        """Every rank's stream position, by rank (a collective: one all-gather of [epoch, batch] per rank).
+
+        The stream keeps them equal (stages/distill/stream.py: on_corrupt=skip tops a short rank's epoch
+        up), but each rank resumes from its own, so the checkpoint never stands in one rank's for another's."""
+        mine = torch.tensor([self.position.epoch, self.position.batch], dtype=torch.int64, device=self.device)
+        gathered = [mine]
+        if self.world > 1:
+            gathered = [torch.zeros_like(mine) for _ in range(self.world)]
+            dist.all_gather(gathered, mine)
+        return [StreamPosition(*map(int, t.tolist())).to_json() for t in gathered]
 
     def _load_checkpoint(self, path: Path) -> tuple[dict | None, str | None]:
         """(state.json, None) once `path` is loaded into model, optimizer and schedule; (None, cause) if it can't be."""
@@ -523,11 +539,13 @@ class Trainer:
         return bool(flag.item())
 
     def _position_for_world(self, state: dict) -> StreamPosition:
-        """The stream position to continue from; rescaled when the world size changed (sharded runs only)."""
+        """This rank's stream position to continue from; rank 0's rescaled when the world size changed (sharded
+        runs only). A checkpoint from before per-rank positions holds rank 0's only: every rank takes it."""
         position = StreamPosition(**state["position"])
         saved = int(state.get("world_size", self.world))
         if saved == self.world:
-            return position
+            positions = state.get("positions")
+            return StreamPosition(**positions[self.rank]) if positions and len(positions) == saved else position
         # each rank had consumed `batch` of its own split; the same share of the epoch on the new split
         batch = position.batch * saved // self.world
         log.warning("checkpoint written by %d ranks, resuming on %d: continuing at batch %d of epoch %d "

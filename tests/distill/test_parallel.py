@@ -114,3 +114,52 @@ def test_fsdp_full_finetune_resumes_loss_for_loss_and_exports_a_diffusers_folder
     trained = straight[0]["weights"]
     for name, p in loaded.named_parameters():
         torch.testing.assert_close(p.float(), trained[f"transformer.{name}"], atol=0, rtol=0, msg=name)
+
+
+def steps_per_epoch(out: Path, rank: int) -> dict[int, int]:
+    """{epoch: steps} of one rank, from its ranks/rank-<r>.jsonl."""
+    counts: dict[int, int] = {}
+    for line in (out / "ranks" / f"rank-{rank}.jsonl").read_text().splitlines():
+        epoch = json.loads(line)["epoch"]
+        counts[epoch] = counts.get(epoch, 0) + 1
+    return counts
+
+
+def test_on_corrupt_skip_keeps_ranks_in_step_and_resumes_loss_for_loss(student_store, tmp_path):
+    """One damaged clip, data.on_corrupt=skip, two DDP ranks. The store's 4 trainable clips (2 are held
+    out) lie in shards of 2 + 1 + 1; in epoch 0 rank 1 holds shard 0 alone, whose first clip is damaged.
+    It used to yield one batch where rank 0 yielded two, start epoch 1 a step early and stay a step
+    ahead, while only rank 0's position was checkpointed: a resume fed rank 1 other clips. Now both
+    ranks take the same steps per epoch (rank 1 tops epoch 0 up) and each resumes from its own position."""
+    from stages.store import FeatureStore
+    from test_store_integrity import attempt_dir
+
+    url = str(tmp_path / "store")
+    shutil.copytree(student_store, url)
+    store = FeatureStore(url)
+    chunk = next(p for p in sorted((attempt_dir(store, "teacher", 0) / "lgf").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    data = bytearray(chunk.read_bytes())
+    data[-3] ^= 0xFF  # shard 0, row 0: its lgf fails the commit checksum when read
+    chunk.write_bytes(bytes(data))
+    damaged = store.column("teacher").read_shard(0).records[0]["key"]
+    extra = ("data.on_corrupt=skip", "train.steps=6", "train.checkpoint_every=2", "train.keep_last=3")
+    straight = torchrun(tmp_path, "straight", {"mode": "run", "overrides": overrides(url, tmp_path / "a", *extra)})
+
+    per_rank = [steps_per_epoch(tmp_path / "a", r) for r in range(2)]
+    assert per_rank[0] == per_rank[1] == {0: 2, 1: 1, 2: 1, 3: 1, 4: 1}, per_rank
+    rows = [[json.loads(line) for line in (tmp_path / "a/ranks" / f"rank-{r}.jsonl").read_text().splitlines()] for r in range(2)]
+    assert all(damaged not in row["clips"] for r in rows for row in r)
+    assert rows[1][0]["clips"] == rows[1][1]["clips"]  # rank 1's epoch 0: its shard's readable clip, topped up
+    state = json.loads((tmp_path / "a/checkpoints/step-000002/state.json").read_text())
+    assert state["positions"] == [state["position"]] * 2 == [{"epoch": 0, "batch": 2}] * 2
+
+    # resume from the step-2 checkpoint (what a run stopped there left) on both ranks
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for later in ("step-000004", "step-000006"):
+        shutil.rmtree(tmp_path / "b/checkpoints" / later)
+    rest = torchrun(tmp_path, "rest", {"mode": "run", "overrides": overrides(url, tmp_path / "b", *extra), "resume": True})
+    assert [m["step"] for m in rest[0]["history"]] == [3, 4, 5, 6]
+    for r in range(2):
+        assert [m["loss"] for m in rest[r]["history"]] == [m["loss"] for m in straight[r]["history"][2:]]
+        assert (tmp_path / "b/ranks" / f"rank-{r}.jsonl").read_text() == (tmp_path / "a/ranks" / f"rank-{r}.jsonl").read_text()
+    assert_weights_close(rest[0]["weights"], straight[0]["weights"], atol=0)

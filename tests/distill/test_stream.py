@@ -113,3 +113,86 @@ def test_quantized_arrays_come_back_dequantized(tmp_path):
     assert batch["fwd"].dtype.is_floating_point
     order = [int(k[1:]) for k in batch["keys"]]
     np.testing.assert_allclose(batch["fwd"].numpy(), feats[order], atol=float(scale.max()) / 2 + 1e-6)
+
+
+# -- on_corrupt=skip across ranks: a rank that left clips out still yields the epoch's batch count ------
+
+
+def damaged_store(tmp_path):
+    """test_store_integrity's store (3 shards of 2 clips) with clip c2 (shard 1, row 0) damaged."""
+    from test_store_integrity import build, flip_bytes
+
+    store = build(tmp_path)
+    flip_bytes(store)
+    return store
+
+
+def rank_epochs(store, monkeypatch, epochs, **kw) -> dict[tuple[int, int], tuple[list[list[str]], int, int]]:
+    """(epoch, rank) -> (batches' keys, batches_per_epoch, clips skipped) for two simulated ranks."""
+    from test_store_integrity import make_stream
+
+    out = {}
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        for epoch in epochs:
+            stream = make_stream(store, batch_size=1, on_corrupt="skip", **kw)
+            batches = [b["keys"] for b in stream.epoch(StreamPosition(epoch))]
+            out[epoch, rank] = batches, stream.batches_per_epoch(epoch), stream.skipped
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_on_corrupt_skip_gives_every_rank_the_same_batch_count(tmp_path, monkeypatch, workers):
+    """Rank 1 holds one shard (2 clips), rank 0 two: in an epoch where the damaged clip is rank 1's,
+    rank 1 used to yield 1 batch where rank 0 yielded 2, start its next epoch a step early and drift."""
+    store = damaged_store(tmp_path)
+    seen = rank_epochs(store, monkeypatch, range(4), num_workers=workers)
+    short = [e for e in range(4) if seen[e, 1][2] == 1]  # epochs where the damage fell to the one-shard rank
+    assert short, "the damaged clip never landed on the short rank: the test would not exercise the top-up"
+    for epoch in range(4):
+        (keys0, total, _), (keys1, total1, _) = seen[epoch, 0], seen[epoch, 1]
+        assert total == total1 == 2
+        assert len(keys0) == len(keys1) == total  # the same batch count on both ranks, damage or not
+        flat0, flat1 = {k for b in keys0 for k in b}, {k for b in keys1 for k in b}
+        assert "c2" not in flat0 | flat1  # the damaged clip is never trained on
+        assert not flat0 & flat1  # the top-up comes from the rank's own shards first: still disjoint
+    for epoch in short:
+        assert seen[epoch, 1][0] == [["c3"], ["c3"]]  # its shard's other clip, once more
+
+
+def test_a_position_inside_the_top_up_resumes_the_same_sequence(tmp_path, monkeypatch):
+    from test_store_integrity import make_stream
+
+    store = damaged_store(tmp_path)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    stream = make_stream(store, batch_size=1, on_corrupt="skip", seed=5)
+    epoch = next(e for e in range(8) if stream.shard_order(e)[1::2] == [1])  # rank 1 holds only the damaged shard
+    full = keys_of(stream, epoch)
+    assert len(full) == stream.batches_per_epoch(epoch) == 2
+    assert keys_of(stream, epoch, batch=1) == full[1:]  # the topped-up batch, again
+    assert stream.skipped == 2  # met once per pass over the rank's shards (the top-up's re-reads are not counted)
+
+
+def test_a_rank_whose_every_clip_is_damaged_tops_up_from_the_other_shards(tmp_path, monkeypatch):
+    from test_store_integrity import build, delete_array_metadata
+
+    store = build(tmp_path)
+    delete_array_metadata(store)  # shard 1: neither clip can be read
+    seen = rank_epochs(store, monkeypatch, range(4))
+    for epoch in range(4):
+        assert len(seen[epoch, 0][0]) == len(seen[epoch, 1][0]) == seen[epoch, 0][1] == 2
+        assert not {"c2", "c3"} & {k for r in range(2) for b in seen[epoch, r][0] for k in b}
+
+
+def test_a_store_with_no_readable_clip_left_is_a_clear_error(tmp_path):
+    from test_store_integrity import attempt_dir, build, make_stream
+
+    store = build(tmp_path)
+    for shard in range(3):
+        (attempt_dir(store, "teacher", shard) / "lgf" / "zarr.json").unlink()
+    stream = make_stream(store, batch_size=1, on_corrupt="skip")
+    with pytest.raises(StoreError, match="no readable clip") as info:
+        list(stream.epoch(StreamPosition()))
+    assert store.url in str(info.value) and "\n" not in str(info.value)
