@@ -372,7 +372,7 @@ def score(
     _setup_logging(verbose)
     judge = _judge(judge_model, judge_checkpoint, judge_prompt)
     opts = ScoreOptions(videos=videos, out=out, reference=reference, judge=judge, use_masks=not no_masks,
-                        fvd_backbone=fvd_backbone, fvd_min_videos=fvd_min_videos, vbench=not no_vbench, skip_unreadable=skip_unreadable)
+                        fvd_backbone=fvd_backbone, fvd_min_videos=fvd_min_videos, vbench=not no_vbench)
     try:
         result = run_score(opts)
     except EvaluateError as exc:

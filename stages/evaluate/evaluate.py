@@ -181,14 +181,13 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
         "vbench": vbench,
         "sampling_seconds": per_model,
     }
-    from stages.evaluate.report import write_report
+    from stages.evaluate.report import flat_rows, write_report
 
     warnings = list(judge_plan.warnings) if judge_plan else []
     paths = write_report(summary, corpus, protocol, out, _corpus_definitions(fvd_protocol, vbench), warnings)
     seconds["total"] = time.perf_counter() - t_start
     (out / "timing.json").write_text(json.dumps(seconds, indent=1))
-    rows_out = json.loads(paths["json"].read_text())["rows"]
-    return EvaluateResult(rows_out, protocol, {"report": paths, "grids": [str(g) for g in grids], "samples": str(out / "samples")}, seconds)
+    return EvaluateResult(flat_rows(summary, corpus), protocol, {"report": paths, "grids": [str(g) for g in grids], "samples": str(out / "samples")}, seconds)
 
 
 def _plan_judge(cfg: JudgeConfig, teacher) -> Any:
@@ -209,13 +208,13 @@ def _judge_prompt_rule(cfg: JudgeConfig) -> str:
 def _videos(models: list[Model], clips, samples, fps: float = 8.0) -> list[Video]:
     """Every sample as a Video for scoring: image-to-video samples keep the clip's frame-0 prompt (they start
     from that frame); text-to-video ones are prompted on their own frame 0 by the judge."""
+    by_key = {c.key: c for c in clips}
     out = []
     for m in models:
         from_first_frame = student_for(m.student).starts_from_first_frame(m.task)
-        for clip in clips:
-            for (key, seed), frames in samples[m.name].items():
-                if key == clip.key:
-                    out.append(Video(m.name, key, seed, frames, clip.caption, clip.prompt if from_first_frame else None, fps=fps))
+        for (key, seed), frames in samples[m.name].items():
+            clip = by_key[key]
+            out.append(Video(m.name, key, seed, frames, clip.caption, clip.prompt if from_first_frame else None, fps=fps))
     return out
 
 

@@ -136,10 +136,20 @@ def _corpus_cell(v) -> str:
     return _fmt(v)
 
 
-def definitions_for(summary: Summary, extra: dict[str, str] | None = None) -> dict[str, str]:
+def definitions_for(extra: dict[str, str] | None = None) -> dict[str, str]:
     out = {name: m.measures + (" (fails the invariance battery: never best alone)" if m.motion_confounded else "")
            for name, m in METRICS.items()}
     return {**out, **(extra or {})}
+
+
+def flat_rows(summary: Summary, corpus: dict[str, dict[str, object]]) -> dict[str, dict[str, float | None]]:
+    """model -> column -> value: per-video means and corpus values in one row; every model has every column
+    (None: not measured for it). report.json's "rows"."""
+    means = summary.mean_values()
+    flat = {m: {**means.get(m, {}), **{k: (v.get("value") if isinstance(v, dict) else v) for k, v in corpus.get(m, {}).items()}}
+            for m in summary.models}
+    columns = sorted({k for by in flat.values() for k in by})
+    return {m: {k: (float(by[k]) if _finite(by.get(k)) else None) for k in columns} for m, by in flat.items()}
 
 
 def write_report(summary: Summary, corpus: dict[str, dict[str, object]], protocol: dict, out_dir, definitions: dict[str, str] | None = None,
@@ -150,16 +160,14 @@ def write_report(summary: Summary, corpus: dict[str, dict[str, object]], protoco
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    definitions = definitions_for(summary, definitions)
+    definitions = definitions_for(definitions)
     warnings = list(warnings or [])
     paths = {"md": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
     paths["md"].write_text(render(summary, corpus, protocol, definitions, warnings, title))
-    means = summary.mean_values()
-    flat = {m: {**means.get(m, {}), **{k: (v.get("value") if isinstance(v, dict) else v) for k, v in corpus.get(m, {}).items()}}
-            for m in summary.models}
-    metrics = sorted({k for by in flat.values() for k in by})
-    data = {  # rows: every model has every column (None: not measured for it)
-        "rows": {m: {k: (float(by[k]) if _finite(by.get(k)) else None) for k in metrics} for m, by in flat.items()},
+    rows = flat_rows(summary, corpus)
+    metrics = sorted({k for by in rows.values() for k in by})
+    data = {
+        "rows": rows,
         "intervals": {m: {k: (iv.to_json() if iv else None) for k, iv in by.items()} for m, by in summary.means.items()},
         "reference": summary.reference,
         "paired": {m: {k: (iv.to_json() if iv else None) for k, iv in by.items()} for m, by in summary.paired.items()},

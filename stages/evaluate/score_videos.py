@@ -12,7 +12,7 @@ Layout of DIR (one sub-folder per method, the same file names in each: a name is
 Names are paired across methods (same clip, seed 0), so each method's paired difference to the
 reference method (--reference, default the first method in name order) has an interval over names.
 A video that cannot be decoded is written to the report's ledger with its reason and its name is left
-out of every method (the pairing stays intact); the command then exits 2 naming the file, unless
+out of every method (the pairing stays intact); the CLI then exits 2 naming the file, unless
 --skip-unreadable.
 """
 
@@ -48,7 +48,6 @@ class ScoreOptions:
     fvd_backbone: str = "tiny"  # tiny | videomae:PATH | i3d:PATH | stylegan-v:PATH | PATH (metrics/fvd.py)
     fvd_min_videos: int = 32  # below this many videos a side FVD is "n/a (N=..)"
     vbench: bool = True
-    skip_unreadable: bool = False  # False: an unreadable video makes the command exit 2 (after the report is written)
 
 
 @dataclass
