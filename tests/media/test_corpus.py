@@ -43,6 +43,16 @@ def test_folder_listing_recursive_sorted_with_sidecar_captions(tmp_path):
     assert [e.key for e in limited] == ["a/y", "a/z"]  # the limit applies after sorting
 
 
+def test_a_listing_says_how_many_files_it_skips_by_extension(tmp_path, caplog):
+    for rel in ["a.mp4", "b.avi", "c.flv", "d.flv", "e.gif", "a.txt", "README", ".hidden.flv"]:
+        _touch(tmp_path, rel)
+    with caplog.at_level("WARNING", logger="stages.media.corpus"):
+        entries = list_corpus(CorpusConfig(url=str(tmp_path), content_hash=False))
+    assert [e.key for e in entries] == ["a", "b"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"corpus {tmp_path}: skipped 4 file(s) not in corpus.extensions (mp4, webm, mov, mkv, avi, m4v): 1 (none), 2 .flv, 1 .gif"]
+
+
 def test_folder_listing_rejects_duplicate_keys_and_empty_or_missing_buckets(tmp_path):
     _touch(tmp_path, "clip.mp4")
     _touch(tmp_path, "clip.webm")
