@@ -239,7 +239,7 @@ def _from_manifest(url: str, cfg: CorpusConfig) -> list[ClipEntry]:
                 raise CorpusError(f"{where}: duplicate key {entry.key!r} (first on {seen[entry.key]})")
             seen[entry.key] = f"line {where[len(url) + 1:]}" if where.startswith(url + ":") else where[len(url) + 1:]
             entries.append(entry)
-            if entry.end is not None:
+            if entry.start is not None or entry.end is not None:
                 ranged.append((where, entry))
     except FileNotFoundError as e:
         raise CorpusError(f"manifest not found: {url}") from e
@@ -263,8 +263,12 @@ def _check_ranges(ranged: list[tuple[str, ClipEntry]], cfg: CorpusConfig) -> Non
                 log.debug("corpus: cannot probe %s: %s: %s", e.url, type(exc).__name__, exc)
                 durations[e.url] = None
         duration = durations[e.url]
-        if duration is not None and e.end is not None and e.end > duration + RANGE_SLACK_S:
+        if duration is None:
+            continue
+        if e.end is not None and e.end > duration + RANGE_SLACK_S:
             raise CorpusError(f"{where}: range {e.offset:g}-{e.end:g} s ends past the end of {e.url} ({duration:.3f} s long)")
+        if e.offset >= duration:
+            raise CorpusError(f"{where}: start {e.offset:g} s is past the end of {e.url} ({duration:.3f} s long)")
 
 
 RANGE_SLACK_S = 0.05  # container durations and rounded manifest times disagree by a few ms; a frame at 24 fps is 42 ms

@@ -116,6 +116,9 @@ def test_a_range_past_the_video_end_names_file_and_row(long_corpus):
     m = _csv(long_corpus / "ranges.csv", ["path", "start", "end"], [["videos/talk.mp4", "0", "5"], ["videos/walk.mp4", "18", "25"]])
     with pytest.raises(CorpusError, match=r"ranges.csv:3: range 18-25 s ends past the end of .*walk.mp4 \(20.000 s long\)$"):
         list_corpus(CorpusConfig(url=str(long_corpus), manifest=str(m)))
+    m = _csv(long_corpus / "starts.csv", ["path", "start"], [["videos/talk.mp4", "21"]])
+    with pytest.raises(CorpusError, match=r"starts.csv:2: start 21 s is past the end of .*talk.mp4 \(20.000 s long\)$"):
+        list_corpus(CorpusConfig(url=str(long_corpus), manifest=str(m)))
 
 
 def test_bad_manifest_is_one_cli_line_and_writes_nothing(long_corpus):
