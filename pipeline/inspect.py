@@ -116,7 +116,7 @@ def panels(store: FeatureStore, key: str, column_name: str = TEACHER_COLUMN) -> 
     fwd, bwd = column.read_dequantized(data, TEACHER.fwd, row).astype(np.float32), column.read_dequantized(data, TEACHER.bwd, row).astype(np.float32)
     lgf, mask = column.read_row(data, TEACHER.lgf, row).astype(np.float32), column.read_row(data, TEACHER.mask, row)
     video = from_dict(VideoConfig, column.producer_config["video"], source=f"{column.dirname}/column.json")
-    frames = decode_clip(entry.url, video, store.storage_options).frames
+    frames = decode_clip(entry.url, video, store.storage_options, start=entry.start, end=entry.end).frames
     vt = column.producer_config["student"]["vae_temporal"]
     frames = frames[[0] + list(range(vt, len(frames), vt))]
     both = np.concatenate([fwd, bwd])

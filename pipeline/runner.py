@@ -21,6 +21,7 @@ from typing import Callable
 
 from stages.config.loader import to_dict, from_dict
 from stages.media.corpus import list_corpus
+from stages.media.decode import min_duration
 from stages.config.extract import ExtractConfig
 from stages.extract.growth import Growth, bucket_listing, grow, known_keys
 from stages.store.integrity import readable_commit_records, verify_store
@@ -64,6 +65,7 @@ class ExtractSummary:
     growth: Growth = field(default_factory=Growth)  # clips of the bucket beyond the snapshot (found / appended)
     damaged: list = field(default_factory=list)  # ClipDamage of committed shards left as they are (no --repair)
     repaired: dict[str, list[int]] = field(default_factory=dict)  # column dirname -> shards redone by --repair
+    cropped: list[list] = field(default_factory=list)  # [key, share lost] of clips cropped beyond video.max_crop
 
     @property
     def failed_keys(self) -> set[str]:
@@ -76,6 +78,7 @@ class ExtractSummary:
             return
         self.shards_run.append(report.shard)
         self.clips_processed += report.clips
+        self.cropped += report.cropped
         self.worker_s += report.seconds
         for name, seconds in report.model_s.items():
             self.model_s[name] = self.model_s.get(name, 0.0) + seconds
@@ -132,6 +135,10 @@ class ExtractSummary:
                                 f"to add them, rerun this command with --append"))
         if self.shards_run:
             out.append(("info", self.timing_line()))
+        if self.cropped:
+            key, loss = max(self.cropped, key=lambda c: c[1])
+            out.append(("warn", f"{len(self.cropped)} clips cropped beyond video.max_crop={cfg.video.max_crop:g} (the most: {key}, "
+                                f"{loss:.0%} of its frame lost); video.fit=pad letterboxes them, video.fit=skip leaves them out"))
         out += [("warn", f"repaired {dirname}: shard(s) {', '.join(map(str, shards))} extracted again") for dirname, shards in self.repaired.items()]
         if self.damaged:
             out += [("error", f"  damaged: {damage.line()}") for damage in self.damaged[:10]]
@@ -169,7 +176,7 @@ def prepare_store(
         _check_buckets(store, cfg)
         snapshot = store.snapshot()
         if snapshot is None:
-            entries = list_corpus(cfg.corpus)
+            entries = list_corpus(cfg.corpus, span=min_duration(cfg.video))
             snapshot = store.freeze_snapshot(Snapshot(cfg.corpus.url, cfg.corpus.clips_per_shard, [e.to_json() for e in entries]))
         else:
             _check_same_corpus(store, snapshot, cfg)

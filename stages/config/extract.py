@@ -10,12 +10,55 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
+MANIFEST_COLUMNS = ("key", "path", "caption", "prompt", "source_id", "start", "end")
+
+
+@dataclass
+class WindowsConfig:
+    """Many clips per long video (stages/media/windows.py): windows cut from a source without a time range.
+
+    Off unless `every` or `count` is set. Each window becomes a clip keyed `<source key>@<start>` (seconds,
+    zero-padded so keys sort in time order) whose snapshot row keeps its source (`source_id`) and range.
+    """
+
+    every: float | None = None  # a window every N seconds (from each shot's start with `shots`)
+    count: int | None = None  # or K windows per video, spread evenly over the non-overlapping windows that fit
+    length: float | None = None  # seconds per window; None: the span a clip samples (video.start_sec + num_frames / fps)
+    # PySceneDetect (scenedetect, ContentDetector; weight-free) finds shot cuts at listing time so a window
+    # never straddles one. It decodes each source once, at low cost (downscaled), in the listing process
+    shots: bool = False
+    shot_threshold: float = 27.0  # ContentDetector's threshold (its default): lower finds more cuts
+
+    def __post_init__(self) -> None:
+        if self.every is not None and self.count is not None:
+            raise ValueError("corpus.windows: set one of every (seconds) or count (windows per video), not both")
+        if self.every is not None and self.every <= 0:
+            raise ValueError(f"corpus.windows.every must be > 0 seconds, got {self.every}")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"corpus.windows.count must be >= 1, got {self.count}")
+        if self.length is not None and self.length <= 0:
+            raise ValueError(f"corpus.windows.length must be > 0 seconds, got {self.length}")
+        if self.shots and not self.enabled:
+            raise ValueError("corpus.windows.shots needs corpus.windows.every or corpus.windows.count")
+
+    @property
+    def enabled(self) -> bool:
+        return self.every is not None or self.count is not None
+
+
 @dataclass
 class CorpusConfig:
     url: str = "datasets/sample/clips"  # local folder or fsspec URL (file://, s3://) of video files
-    manifest: str | None = None  # manifest.jsonl (key, path, caption, prompt); default: <url>/manifest.jsonl if present
+    # a manifest: .jsonl (one JSON object a line), .csv / .tsv (a header row) or .parquet, with columns
+    # key (optional: derived from path), path (or url: a path relative to the manifest, or a URL), caption,
+    # prompt, source_id, start / end (seconds or H:MM:SS.mmm: a time range of a long source, one clip each);
+    # or a WebDataset .tar. Default: <url>/manifest.jsonl if present
+    manifest: str | None = None
+    # the manifest's column names where they differ from the ones above, e.g. {path: video, caption: text}
+    columns: dict[str, str] = field(default_factory=dict)
+    windows: WindowsConfig = field(default_factory=WindowsConfig)
     clips_per_shard: int = 8  # fixed clips per shard: the unit of work, commit and streaming
-    extensions: list[str] = field(default_factory=lambda: ["mp4", "webm", "mov", "mkv"])
+    extensions: list[str] = field(default_factory=lambda: ["mp4", "webm", "mov", "mkv", "avi", "m4v"])
     limit: int | None = None  # take only the first N clips of the listing (smoke runs)
     storage_options: dict = field(default_factory=dict)  # passed to fsspec (e.g. endpoint_url for s3)
     content_hash: bool = True  # hash each file (size + sha256 of its first and last MiB) to flag duplicate files
@@ -26,6 +69,9 @@ class CorpusConfig:
             raise ValueError("clips_per_shard must be >= 1")
         if self.dedupe and not self.content_hash:
             raise ValueError("dedupe needs content_hash=true (duplicates are found by content hash)")
+        unknown = sorted(set(self.columns) - set(MANIFEST_COLUMNS))
+        if unknown:
+            raise ValueError(f"corpus.columns: unknown field(s) {unknown}; expected some of {list(MANIFEST_COLUMNS)}")
 
 
 @dataclass

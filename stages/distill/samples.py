@@ -69,7 +69,7 @@ def _sample(cfg: Any, data: Any, keys: list[str], model: torch.nn.Module, ctx: A
     try:
         for key in keys:
             entry = ClipEntry.from_json(snapshot.clips[snapshot.find(key)])
-            first = decode_clip(entry.url, video, data.store.storage_options).frames[0]  # uint8 [H, W, 3]
+            first = decode_clip(entry.url, video, data.store.storage_options, start=entry.start, end=entry.end).frames[0]  # uint8 [H, W, 3]
             autocast = torch.autocast("cuda", dtype=ctx.autocast_dtype) if ctx.autocast_dtype else contextlib.nullcontext()
             with autocast:
                 frames = student.sample(pipe, task, first, entry.caption or "", video.num_frames, video.height, video.width,

@@ -70,7 +70,7 @@ def load_clips(store: FeatureStore, keys: list[str], video: VideoConfig, prompt_
     for key in keys:
         entry = ClipEntry.from_json(known[key])
         try:
-            clip = decode_clip(entry.url, video, store.storage_options)
+            clip = decode_clip(entry.url, video, store.storage_options, start=entry.start, end=entry.end)
         except ClipError as exc:
             raise EvaluateError(f"held-out clip '{key}': {exc}") from None
         prompt = None

@@ -55,7 +55,7 @@ def generate_from_run(run: Path, store: str, key: str, sampling: Sampling, guida
     encoders = column.producer_config["encoders"]
     task = student_cfg.get("task") or "i2v"
     family = student_for(student_cfg["model"], student_cfg.get("family"))
-    first = decode_clip(entry.url, video, fstore.storage_options).frames[0]  # uint8 [H, W, 3]
+    first = decode_clip(entry.url, video, fstore.storage_options, start=entry.start, end=entry.end).frames[0]  # uint8 [H, W, 3]
     pipe = family.build_pipeline(student_cfg["model"], encoders["model"], Path(run) / "lora" if lora else None, task,
                                  sampling.device, sampling.dtype)
     frames = family.sample(pipe, task, first, entry.caption or "", video.num_frames, video.height, video.width,

@@ -12,7 +12,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from stages.media.corpus import ClipEntry, list_corpus, mark_duplicates
+from stages.media.corpus import ClipEntry, copy_identity, list_corpus, mark_duplicates
+from stages.media.decode import min_duration
 from stages.config.extract import ExtractConfig
 from stages.core.fs import join, write_json_atomic
 from stages.store import FeatureStore, Snapshot
@@ -31,7 +32,7 @@ class Growth:
 
 def bucket_listing(cfg: ExtractConfig) -> list[ClipEntry]:
     """The bucket's clips as cfg lists them, names only (no file is read for hashing)."""
-    return list_corpus(dataclasses.replace(cfg.corpus, content_hash=False, dedupe=False))
+    return list_corpus(dataclasses.replace(cfg.corpus, content_hash=False, dedupe=False), span=min_duration(cfg.video))
 
 
 def known_keys(snapshot: Snapshot) -> set[str]:
@@ -64,7 +65,7 @@ def append_clips(store: FeatureStore, snapshot: Snapshot, cfg: ExtractConfig, ne
     """Extend the store's snapshot with `new` clips (hashed here) as new shards; returns the new snapshot."""
     keys = [e.key for e in new]
     if cfg.corpus.content_hash:
-        known = {c["content_hash"]: c["key"] for c in snapshot.clips if c.get("content_hash")}
+        known = {copy_identity(c): c["key"] for c in snapshot.clips if c.get("content_hash")}
         new = mark_duplicates(new, cfg.corpus, known)
     kept = {e.key for e in new} | {k for e in new for k in e.duplicates}
     grown = snapshot.append([e.to_json() for e in new], [k for k in keys if k not in kept])

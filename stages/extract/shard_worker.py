@@ -44,6 +44,8 @@ class ShardReport:
     write_s: float = 0.0  # Zarr writes in the writer thread plus the commit
     flush_s: float = 0.0  # waiting at the end of the shard for the writer (the part of write_s not overlapped)
     load_s: float = 0.0  # building models (the worker's first shard only)
+    # [key, share lost] of each clip whose centre crop lost more than video.max_crop (kept under fit=crop)
+    cropped: list[list] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -159,7 +161,7 @@ class ShardWorker:
         pin = any(_device(self.producer(n)).type == "cuda" for n in pending)
 
         def decode(entry: ClipEntry) -> DecodedClip:
-            clip = decode_clip(entry.url, video, options)
+            clip = decode_clip(entry.url, video, options, start=entry.start, end=entry.end)
             if pin:  # page-locked frames: the uint8 copy to the GPU is a straight DMA (pinning happens here, off the model's thread)
                 import torch
 
@@ -188,8 +190,13 @@ class ShardWorker:
                     outputs[name][1].append({**base, "stage": "decode", "reason": d.error.reason})
                 continue
             k += 1
+            if d.clip.fit == "crop" and d.clip.crop_loss > self.cfg.video.max_crop:
+                report.cropped.append([entry.key, round(d.clip.crop_loss, 4)])
             # provenance: source fps, duration, size, rotation, fit and crop box, frame indices and times
+            # (seconds from the source's first frame), and a window's range in its source
             record = {**base, "caption": entry.caption, **d.clip.record()}
+            if entry.start is not None or entry.end is not None:
+                record["range"] = [entry.offset, entry.end]
             for name in pending:
                 result = results[name][k]
                 if isinstance(result, BaseException):  # a failing clip must not take the shard down; the ledger says why

@@ -1,8 +1,13 @@
 """The corpus ("video bucket"): which clips exist, where they are, their captions and prompts.
 
 A bucket is a local folder or any fsspec URL (file://, s3://, memory://, ...). With a manifest
-(manifest.jsonl: one JSON object per line) the manifest is the truth; without one the bucket is
-listed recursively for video files, with captions from sidecar <stem>.txt files. Either way the
+(JSONL, CSV / TSV or Parquet: stages/media/manifest.py) the manifest is the truth; without one the
+bucket is listed recursively for video files, with captions from sidecar <stem>.txt files. A long
+source becomes many clips: a manifest row's time range (start / end) is one clip, and
+`corpus.windows` cuts sources without a range into windows (stages/media/windows.py); each such
+clip is keyed `<source key>@<start>` unless its row names a key, and its row keeps the source
+(`source_id`, and the shared url) and the range, so the held-out split keeps a source's windows
+together. Either way the
 result is sorted by key, so every process that lists the same bucket gets the same order, which is
 what the shard plan (stages/store/snapshot.py) is built on. Listing never decodes a video: a bad file is
 found, and recorded, by the worker that decodes it. It does read each listed file's first and last
@@ -26,6 +31,8 @@ from PIL import Image
 
 from stages.config.extract import CorpusConfig
 from stages.core.fs import filesystem, is_local
+from stages.media.manifest import ManifestError, read_rows
+from stages.media.windows import probe, shot_ranges, window_key, window_ranges
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,15 @@ class ClipEntry:
     # manifest `source_id`: the source video this clip is a window or crop of; clips of one source are
     # held out together (stages/store/holdout.py groups them, as it groups identical files)
     source_id: str | None = field(default=None, compare=False)
+    # the clip's time range in the source, seconds from its first frame (a manifest range or a window);
+    # None: the clip starts at the source's start (video.start_sec still applies, from the range's start)
+    start: float | None = None
+    end: float | None = None
+
+    @property
+    def offset(self) -> float:
+        """Seconds into the source where this clip's range starts (0 without a range)."""
+        return self.start or 0.0
 
     def to_json(self) -> dict:
         out = {"key": self.key, "url": self.url, "caption": self.caption, "prompt": self.prompt}
@@ -62,6 +78,10 @@ class ClipEntry:
             out["duplicates"] = list(self.duplicates)
         if self.source_id is not None:
             out["source_id"] = self.source_id
+        if self.start is not None:
+            out["start"] = self.start
+        if self.end is not None:
+            out["end"] = self.end
         return out
 
     @classmethod
@@ -70,20 +90,36 @@ class ClipEntry:
         return cls(
             key=d["key"], url=d["url"], caption=d.get("caption", ""), prompt=d.get("prompt"),
             content_hash=d.get("content_hash"), duplicate_of=d.get("duplicate_of"), duplicates=tuple(d.get("duplicates", ())),
-            source_id=d.get("source_id"),
+            source_id=d.get("source_id"), start=d.get("start"), end=d.get("end"),
         )
 
 
-def list_corpus(cfg: CorpusConfig) -> list[ClipEntry]:
-    """All clips of the bucket, sorted by key, first cfg.limit of them. Raises CorpusError."""
+def copy_identity(row: ClipEntry | dict) -> str | None:
+    """What two clips share when one is a copy of the other: the file's content hash and, for a clip
+    with a time range, that range (windows of one file are different clips, not copies)."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    digest = get("content_hash")
+    if digest is None or (get("start") is None and get("end") is None):
+        return digest
+    return f"{digest}@{get('start')}-{get('end')}"
+
+
+def list_corpus(cfg: CorpusConfig, span: float | None = None) -> list[ClipEntry]:
+    """All clips of the bucket, sorted by key, first cfg.limit of them. Raises CorpusError.
+
+    span: seconds of source one clip samples (stages/media/decode.py min_duration): the length of a
+    `corpus.windows` window unless corpus.windows.length says otherwise.
+    """
     fs, root = filesystem(cfg.url, cfg.storage_options)
     manifest = cfg.manifest
     if manifest is None and fs.isfile(f"{root}/manifest.jsonl"):
         manifest = f"{cfg.url.rstrip('/')}/manifest.jsonl"
     if manifest is not None:
-        entries, where = _from_manifest(manifest, cfg.storage_options), manifest
+        entries, where = _from_manifest(manifest, cfg), manifest
     else:
         entries, where = _from_listing(fs, root, cfg), cfg.url
+    if cfg.windows.enabled:
+        entries = _windowed(entries, cfg, span, where)
     entries.sort(key=lambda e: e.key)
     if not entries:
         raise CorpusError(f"empty corpus: no clips in {where} (extensions: {', '.join(cfg.extensions)})")
@@ -119,21 +155,26 @@ def content_hash(fs: fsspec.AbstractFileSystem, path: str, size: int) -> str:
 def mark_duplicates(entries: list[ClipEntry], cfg: CorpusConfig, known: dict[str, str] | None = None) -> list[ClipEntry]:
     """Hash every entry; flag copies (duplicate_of the first key) or, with cfg.dedupe, keep one.
 
-    known: {content hash: key} of clips listed before (an append): a copy of one of them is
-    flagged as its duplicate, or dropped with cfg.dedupe.
+    known: {copy_identity: key} of clips listed before (an append): a copy of one of them is
+    flagged as its duplicate, or dropped with cfg.dedupe. Windows of one file (different ranges)
+    are not copies of each other; the same range of two identical files is.
     """
     import dataclasses
 
     hashed: list[ClipEntry] = []
     unreadable: list[str] = []
+    by_url: dict[str, str | None] = {}  # windows of one source share its file: hash it once
     for e in entries:
-        try:
-            fs, path = filesystem(e.url, cfg.storage_options)
-            digest = content_hash(fs, path, fs.size(path))
-        except Exception as exc:  # missing, unreachable, no credentials: the worker that decodes it says why, per clip
-            log.debug("corpus: cannot hash %s: %s: %s", e.url, type(exc).__name__, exc)
+        if e.url not in by_url:
+            try:
+                fs, path = filesystem(e.url, cfg.storage_options)
+                by_url[e.url] = content_hash(fs, path, fs.size(path))
+            except Exception as exc:  # missing, unreachable, no credentials: the worker that decodes it says why, per clip
+                log.debug("corpus: cannot hash %s: %s: %s", e.url, type(exc).__name__, exc)
+                by_url[e.url] = None
+        digest = by_url[e.url]
+        if digest is None:
             unreadable.append(e.key)
-            digest = None
         hashed.append(dataclasses.replace(e, content_hash=digest))
     if unreadable:
         log.warning("corpus %s: %d file(s) could not be read for their content hash (first: %s)", cfg.url, len(unreadable), unreadable[0])
@@ -142,20 +183,21 @@ def mark_duplicates(entries: list[ClipEntry], cfg: CorpusConfig, known: dict[str
     out: list[ClipEntry] = []
     known = known or {}
     for e in hashed:
-        if e.content_hash in known:
+        ident = copy_identity(e)
+        if ident in known:
             if not cfg.dedupe:
-                out.append(dataclasses.replace(e, duplicate_of=known[e.content_hash]))
+                out.append(dataclasses.replace(e, duplicate_of=known[ident]))
             else:
-                log.info("corpus: %s dropped, a copy of %s (corpus.dedupe)", e.key, known[e.content_hash])
+                log.info("corpus: %s dropped, a copy of %s (corpus.dedupe)", e.key, known[ident])
             continue
-        if e.content_hash is None or e.content_hash not in first:
-            if e.content_hash is not None:
-                first[e.content_hash] = len(out)
+        if ident is None or ident not in first:
+            if ident is not None:
+                first[ident] = len(out)
             out.append(e)
             continue
-        kept = out[first[e.content_hash]]
+        kept = out[first[ident]]
         if cfg.dedupe:
-            copies.setdefault(first[e.content_hash], []).append(e.key)
+            copies.setdefault(first[ident], []).append(e.key)
         else:
             out.append(dataclasses.replace(e, duplicate_of=kept.key))
     for pos, keys in copies.items():
@@ -184,44 +226,75 @@ def _resolve(fs: fsspec.AbstractFileSystem, base: str, ref: str) -> str:
     return _to_url(fs, posixpath.normpath(posixpath.join(base, ref)))
 
 
-def _from_manifest(url: str, storage_options: dict) -> list[ClipEntry]:
-    fs, path = filesystem(url, storage_options)
-    try:
-        with fs.open(path, "r", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError as e:
-        raise CorpusError(f"manifest not found: {url}") from e
+def _from_manifest(url: str, cfg: CorpusConfig) -> list[ClipEntry]:
+    fs, path = filesystem(url, cfg.storage_options)
     base = posixpath.dirname(path)
     entries: list[ClipEntry] = []
-    seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        entry = _parse_line(line, f"{url}:{lineno}", fs, base)
-        if entry.key in seen:
-            raise CorpusError(f"{url}:{lineno}: duplicate key {entry.key!r} (first on line {seen[entry.key]})")
-        seen[entry.key] = lineno
-        entries.append(entry)
+    seen: dict[str, str] = {}
+    ranged: list[tuple[str, ClipEntry]] = []
+    try:
+        for where, row in read_rows(fs, path, url, cfg.columns):
+            entry = _parse_row(row, where, fs, base)
+            if entry.key in seen:
+                raise CorpusError(f"{where}: duplicate key {entry.key!r} (first on {seen[entry.key]})")
+            seen[entry.key] = f"line {where[len(url) + 1:]}" if where.startswith(url + ":") else where[len(url) + 1:]
+            entries.append(entry)
+            if entry.start is not None or entry.end is not None:
+                ranged.append((where, entry))
+    except FileNotFoundError as e:
+        raise CorpusError(f"manifest not found: {url}") from e
+    except ManifestError as e:
+        raise CorpusError(str(e)) from e
+    _check_ranges(ranged, cfg)
     return entries
 
 
-def _parse_line(line: str, where: str, fs: fsspec.AbstractFileSystem, base: str) -> ClipEntry:
-    """One manifest line -> ClipEntry; every problem names where (file:line) and the bad key."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise CorpusError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
+def _check_ranges(ranged: list[tuple[str, ClipEntry]], cfg: CorpusConfig) -> None:
+    """A range past its video's end is refused here, naming the row: one header read per source.
+
+    A source that cannot be opened is left to the worker that decodes it (it records why, per clip).
+    """
+    durations: dict[str, float | None] = {}
+    for where, e in ranged:
+        if e.url not in durations:
+            try:
+                durations[e.url] = probe(e.url, cfg.storage_options).duration
+            except Exception as exc:  # missing or not a video: the decoding worker records it in the ledger
+                log.debug("corpus: cannot probe %s: %s: %s", e.url, type(exc).__name__, exc)
+                durations[e.url] = None
+        duration = durations[e.url]
+        if duration is None:
+            continue
+        if e.end is not None and e.end > duration + RANGE_SLACK_S:
+            raise CorpusError(f"{where}: range {e.offset:g}-{e.end:g} s ends past the end of {e.url} ({duration:.3f} s long)")
+        if e.offset >= duration:
+            raise CorpusError(f"{where}: start {e.offset:g} s is past the end of {e.url} ({duration:.3f} s long)")
+
+
+RANGE_SLACK_S = 0.05  # container durations and rounded manifest times disagree by a few ms; a frame at 24 fps is 42 ms
+
+
+def _parse_row(row: object, where: str, fs: fsspec.AbstractFileSystem, base: str) -> ClipEntry:
+    """One manifest row (canonical fields) -> ClipEntry; every problem names where (file:line or row) and the bad field."""
     if not isinstance(row, dict):
         raise CorpusError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for name in ("key", "path"):
-        if not isinstance(row.get(name), str) or not row[name].strip():
-            raise CorpusError(f"{where}: '{name}' must be a non-empty string, got {row.get(name)!r}")
+    ref = row.get("path")
+    if not isinstance(ref, str) or not ref.strip():
+        raise CorpusError(f"{where}: 'path' must be a non-empty string, got {ref!r}")
+    key = row.get("key")
+    if key is not None and (not isinstance(key, str) or not key.strip()):
+        raise CorpusError(f"{where}: 'key' must be a non-empty string, got {key!r}")
     caption = row.get("caption", "")
     if caption is None:
         caption = ""
     if not isinstance(caption, str):
         raise CorpusError(f"{where}: 'caption' must be a string, got {type(caption).__name__}")
     prompt = row.get("prompt")
+    if isinstance(prompt, str):  # a CSV / Parquet cell holds the prompt as JSON text
+        try:
+            prompt = json.loads(prompt)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{where}: bad 'prompt': not valid JSON ({e.msg})") from e
     if prompt is not None:
         try:
             validate_prompt(prompt)
@@ -232,7 +305,98 @@ def _parse_line(line: str, where: str, fs: fsspec.AbstractFileSystem, base: str)
     source_id = row.get("source_id")
     if source_id is not None and (not isinstance(source_id, str) or not source_id.strip()):
         raise CorpusError(f"{where}: 'source_id' must be a non-empty string (the source video's id), got {source_id!r}")
-    return ClipEntry(key=row["key"], url=_resolve(fs, base, row["path"]), caption=caption, prompt=prompt, source_id=source_id)
+    start, end = _seconds(row.get("start"), "start", where), _seconds(row.get("end"), "end", where)
+    if end is not None and end <= (start or 0.0):
+        raise CorpusError(f"{where}: 'end' ({end:g} s) must be after 'start' ({start or 0.0:g} s)")
+    if start is not None or end is not None:
+        stem = _source_stem(ref)
+        source_id = source_id or stem
+        key = key or window_key(stem, start or 0.0)
+    key = key or _source_stem(ref)
+    return ClipEntry(key=key, url=_resolve(fs, base, ref), caption=caption, prompt=prompt, source_id=source_id, start=start, end=end)
+
+
+def _source_stem(ref: str) -> str:
+    """A key for a manifest row without one: its path without the extension ('clips/a.mp4' -> 'clips/a';
+    a URL loses its scheme: 's3://b/v/a.mp4' -> 'b/v/a')."""
+    ref = ref.split("://", 1)[1] if "://" in ref else posixpath.normpath(ref)
+    return posixpath.splitext(ref)[0].lstrip("/")
+
+
+def _seconds(value: object, name: str, where: str) -> float | None:
+    """A manifest time: seconds (number or numeric text) or a timecode 'H:MM:SS.mmm' / 'MM:SS'; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise CorpusError(f"{where}: '{name}' must be seconds or H:MM:SS.mmm, got {value!r}")
+    try:
+        if isinstance(value, (int, float)):
+            t = float(value)
+        elif isinstance(value, str):
+            parts = value.strip().split(":")
+            if len(parts) > 3:
+                raise ValueError(value)
+            t = 0.0
+            for part in parts:
+                t = t * 60 + float(part)
+        else:
+            raise ValueError(value)
+    except ValueError:
+        raise CorpusError(f"{where}: '{name}' must be seconds or H:MM:SS.mmm, got {value!r}") from None
+    if not math.isfinite(t) or t < 0:
+        raise CorpusError(f"{where}: '{name}' must be a finite time >= 0 s, got {value!r}")
+    return round(t, 6)
+
+
+def _windowed(entries: list[ClipEntry], cfg: CorpusConfig, span: float | None, where: str) -> list[ClipEntry]:
+    """corpus.windows: each entry without a range -> its windows (clips keyed <key>@<start>); ranged entries stay."""
+    import dataclasses
+
+    w = cfg.windows
+    length = w.length if w.length is not None else span
+    if length is None:
+        raise CorpusError("corpus.windows needs the window length: set corpus.windows.length (seconds)")
+    out: list[ClipEntry] = []
+    short: list[str] = []
+    unreadable: list[str] = []
+    prompts = 0
+    for e in entries:
+        if e.start is not None or e.end is not None:
+            out.append(e)
+            continue
+        try:
+            duration = probe(e.url, cfg.storage_options).duration
+            spans = shot_ranges(e.url, w.shot_threshold, cfg.storage_options) if w.shots else [(0.0, duration or 0.0)]
+        except Exception as exc:  # unreadable: kept whole, so the decoding worker records why in the ledger
+            log.debug("corpus: cannot window %s: %s: %s", e.url, type(exc).__name__, exc)
+            unreadable.append(e.key)
+            out.append(e)
+            continue
+        ranges = window_ranges(spans, length, w)
+        if not ranges:
+            short.append(e.key)
+        prompts += bool(e.prompt) and bool(ranges)
+        for start, end in ranges:
+            # a source's prompt is placed on its first frame: it says nothing about a later window
+            out.append(dataclasses.replace(e, key=window_key(e.key, start), prompt=None, source_id=e.source_id or e.key,
+                                           start=start, end=end))
+    log.info("corpus %s: %d windows of %g s from %d source(s)%s", where, len(out), length, len(entries),
+             " (inside shots: PySceneDetect)" if w.shots else "")
+    if short:
+        log.warning("corpus %s: %d source(s) hold no %g s window%s and give no clip (first: %s)", where, len(short), length,
+                    " inside one shot" if w.shots else "", short[0])
+    if unreadable:
+        log.warning("corpus %s: %d source(s) could not be read to cut windows; each is kept whole, for the ledger (first: %s)",
+                    where, len(unreadable), unreadable[0])
+    if prompts:
+        log.warning("corpus %s: the manifest prompts of %d windowed source(s) are dropped (a prompt is for the source's first "
+                    "frame); the teacher falls back to its auto prompt", where, prompts)
+    seen: set[str] = set()
+    for e in out:
+        if e.key in seen:
+            raise CorpusError(f"duplicate key {e.key!r} in {where}: a window's key is also a manifest row's")
+        seen.add(e.key)
+    return out
 
 
 def validate_prompt(prompt: object) -> None:
@@ -284,14 +448,22 @@ def _from_listing(fs: fsspec.AbstractFileSystem, root: str, cfg: CorpusConfig) -
     extensions = {"." + e.lower().lstrip(".") for e in cfg.extensions}
     files = set(fs.find(root))
     videos: dict[str, str] = {}  # key -> path
+    skipped: dict[str, int] = {}  # extension -> files not listed for it (sidecar captions not counted)
     for path in sorted(files):
         rel = path[len(root) :].lstrip("/")
         stem, ext = posixpath.splitext(rel)
-        if ext.lower() not in extensions or any(part.startswith(".") for part in rel.split("/")):
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if ext.lower() not in extensions:
+            if ext.lower() != ".txt":
+                skipped[ext.lower() or "(none)"] = skipped.get(ext.lower() or "(none)", 0) + 1
             continue
         if stem in videos:
             raise CorpusError(f"duplicate key {stem!r} in {cfg.url}: {videos[stem]} and {path}")
         videos[stem] = path
+    if skipped:
+        log.warning("corpus %s: skipped %d file(s) not in corpus.extensions (%s): %s", cfg.url, sum(skipped.values()),
+                    ", ".join(cfg.extensions), ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items())))
     sidecars = [f"{root}/{key}.txt" for key in videos if f"{root}/{key}.txt" in files]
     # one call for all captions: object stores fetch them concurrently
     texts = fs.cat(sidecars) if sidecars else {}

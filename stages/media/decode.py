@@ -13,6 +13,12 @@ padded, or skipped, as `video.fit` says; the record says which, and where the cr
 Frames are picked by presentation timestamp (the frame nearest to start + i / fps), so sources at
 any frame rate, variable ones included, give the same temporal sampling. Decoding stops at the last
 needed frame; only the chosen frames are converted to RGB, scaled and cropped (in one swscale pass).
+A clip with a time range (a window of a long source: `start`) seeks to the keyframe before it
+rather than decoding the source from its start: a late window of a 2-hour source costs what an
+early one does. Times stay seconds from the source's first frame, and frame indices after a seek
+are derived from the timestamps (exact at a constant frame rate).
+A crop that loses more than `video.max_crop` of the frame (kept under `fit=crop`) is logged with the
+share lost; the extract run counts them at its end.
 Every way a file can be bad becomes a ClipError with a short reason, which the caller records in
 its ledger before skipping the clip; PyAV exceptions never escape for a bad file.
 """
@@ -80,6 +86,8 @@ class DecodedClip:
     rotation: int = 0  # degrees the stored frames were turned (counter-clockwise) to stand upright
     fit: str = "crop"  # "crop" or "pad": how the frame was brought to H x W
     duration: float | None = None  # seconds, as the container declares it (None when it does not)
+    crop_loss: float = 0.0  # share of the upright source frame the crop removed (0 when padded); not in the record
+    decoded_frames: int = 0  # frames the decoder produced to sample this clip (a seek skips the rest); not in the record
 
     @property
     def crop_box(self) -> list[float]:
@@ -206,12 +214,20 @@ class _Picked:
     frame: av.VideoFrame
 
 
-def decode_clip(url: str, video: VideoConfig, storage_options: dict | None = None, *, threads: int = 0) -> DecodedClip:
+def decode_clip(url: str, video: VideoConfig, storage_options: dict | None = None, *, threads: int = 0,
+                start: float | None = None, end: float | None = None) -> DecodedClip:
     """Decode `video.num_frames` frames of the clip at `url` (local path or fsspec URL).
 
     threads: FFmpeg decoding threads (0 = FFmpeg's choice); 1 on a worker pinned to one core.
+    start, end: the clip's time range in the source (seconds from its first frame; a ClipEntry's
+    start / end): sampling begins at start + video.start_sec, after a seek. A range shorter than
+    the clip's span is refused (its frames would come from past its end).
     Raises ClipError for a missing, empty, non-video, corrupt, truncated or too short file.
     """
+    offset = start or 0.0
+    if end is not None and end - offset < min_duration(video) - 1e-6:
+        raise ClipError(f"range {offset:g}-{end:g} s is {end - offset:.2f} s, shorter than the {min_duration(video):.2f} s a clip "
+                        f"of {video.num_frames} frames at {video.fps:g} fps needs", url)
     fs, path = filesystem(url, storage_options)
     try:
         nbytes = fs.size(path)
@@ -224,7 +240,7 @@ def decode_clip(url: str, video: VideoConfig, storage_options: dict | None = Non
         source = path if is_local(fs) else stack.enter_context(fs.open(path, "rb"))
         container = _open(source, fs, path, url)
         stack.callback(container.close)
-        return _decode(container, video, url, threads)
+        return _decode(container, video, url, threads, offset)
 
 
 def _open(source, fs, path: str, url: str) -> av.container.InputContainer:
@@ -252,7 +268,7 @@ def _short(e: Exception) -> str:
     return str(msg).split(": '")[0]
 
 
-def _decode(container: av.container.InputContainer, video: VideoConfig, url: str, threads: int) -> DecodedClip:
+def _decode(container: av.container.InputContainer, video: VideoConfig, url: str, threads: int, offset: float = 0.0) -> DecodedClip:
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise ClipError(f"no video stream (streams: {', '.join(kinds)})", url)
@@ -260,11 +276,53 @@ def _decode(container: av.container.InputContainer, video: VideoConfig, url: str
     stream.codec_context.thread_type = "AUTO"
     stream.codec_context.thread_count = threads
     rate = float(stream.average_rate or stream.guessed_rate or 0.0)
-    sampler = _Sampler(video, url)
+    sampler = _Sampler(video, url, offset)
     last, count = _sample(container, stream, sampler, rate)
     if sampler.done < video.num_frames:
-        raise ClipError(_short_reason(last, count, rate, stream, container, video), url)
-    return sampler.result(rate, _declared_duration(stream, container))
+        raise ClipError(_short_reason(last, rate, stream, container, video, offset), url)
+    clip = sampler.result(rate, _declared_duration(stream, container))
+    clip.decoded_frames = count
+    if clip.fit == "crop" and clip.crop_loss > video.max_crop:
+        log.warning("clip %s: the centre crop to %dx%d loses %.0f%% of its %dx%d frame (over video.max_crop=%g; video.fit=pad "
+                    "letterboxes, skip drops it)", url, video.width, video.height, 100 * clip.crop_loss,
+                    clip.source_size[1], clip.source_size[0], video.max_crop)
+    return clip
+
+
+def _frames(container, stream, rate: float, fps: float, seek_to: float):
+    """Decoded frames as _Picked (index, seconds from the source's first frame), in presentation order.
+
+    The first frame is decoded to learn the source's time origin; then, when seek_to (seconds from
+    that origin) lies past it, the demuxer seeks to the keyframe before seek_to and decoding goes
+    on from there (frame indices from then on are round(time * rate)). Without a seek every frame
+    is decoded and counted, as before ranges existed.
+    """
+    frames = container.decode(stream)
+    origin: float | None = None
+    seeked = False
+    count = 0
+    for frame in frames:
+        count += 1
+        t = frame.time if frame.time is not None else (count - 1) / (rate or fps)
+        origin = t if origin is None else origin  # the first frame is time 0, whatever the container's start
+        index = round((t - origin) * rate) if seeked and rate else count - 1
+        yield _Picked(index, t - origin, frame), count
+        if count == 1 and seek_to > 0 and frame.time is not None and stream.time_base:
+            try:  # backward: the keyframe at or before; a margin so the frame before the first target is decoded too
+                container.seek(int((origin + max(0.0, seek_to - 2.0 / (rate or fps))) / stream.time_base), stream=stream,
+                               backward=True, any_frame=False)
+            except av.FFmpegError as e:  # an unseekable source: decode on from here, as without a range
+                log.debug("seek to %.3f s failed (%s); decoding from the start", seek_to, _short(e))
+                continue
+            seeked = True
+            frames = container.decode(stream)
+            for frame in frames:
+                count += 1
+                if frame.time is None or frame.time - origin <= 0:
+                    continue  # a seek that lands at the start gives the first frame again
+                t = frame.time
+                yield _Picked(round((t - origin) * rate) if rate else count - 1, t - origin, frame), count
+            return
 
 
 def _sample(container, stream, sampler: _Sampler, rate: float) -> tuple[_Picked | None, int]:
@@ -276,13 +334,11 @@ def _sample(container, stream, sampler: _Sampler, rate: float) -> tuple[_Picked 
     """
     targets, video = sampler.targets, sampler.video
     prev: _Picked | None = None
-    origin: float | None = None
     count = 0
     try:
-        for count, frame in enumerate(container.decode(stream), start=1):
-            t = frame.time if frame.time is not None else (count - 1) / (rate or video.fps)
-            origin = t if origin is None else origin  # the first frame is time 0, whatever the container's start
-            cur = _Picked(count - 1, t - origin, frame)
+        for cur, count in _frames(container, stream, rate, video.fps, sampler.offset):
+            if sampler.offset and prev is not None and cur.time <= prev.time:
+                continue  # after a seek, frames already seen (or decoded twice) are not new
             while sampler.done < len(targets) and cur.time >= targets[sampler.done]:
                 target = targets[sampler.done]
                 near_prev = prev is not None and target - prev.time <= cur.time - target
@@ -309,6 +365,7 @@ class _Geometry:
     resized: tuple[int, int]  # (rw, rh): the upright frame resized, aspect kept
     top: int  # offset of the output window in the resized frame (negative = padding)
     left: int
+    crop_loss: float = 0.0  # share of the upright frame the crop removes (0 when padded)
 
     @staticmethod
     def of(frame: av.VideoFrame, video: VideoConfig, url: str) -> _Geometry:
@@ -320,7 +377,7 @@ class _Geometry:
         out = (video.height, video.width)
         loss = crop_loss(upright, out)
         fit = "crop"
-        if loss > video.max_crop and video.fit != "crop":
+        if loss > video.max_crop and video.fit != "crop":  # (under fit=crop, decode_clip logs the loss)
             if video.fit == "skip":
                 raise ClipError(
                     f"aspect {upright[1]}x{upright[0]} differs from {out[1]}x{out[0]}: a crop would lose {loss:.0%} of the frame "
@@ -333,7 +390,7 @@ class _Geometry:
             top, left = -((out[0] - rh) // 2), -((out[1] - rw) // 2)
         else:
             top, left = (rh - out[0]) // 2, (rw - out[1]) // 2
-        return _Geometry(rotation, stored, upright, fit, (rw, rh), top, left)
+        return _Geometry(rotation, stored, upright, fit, (rw, rh), top, left, loss if fit == "crop" else 0.0)
 
 
 class _Sampler:
@@ -343,9 +400,9 @@ class _Sampler:
     source resolution (49 held 4K frames would be ~600 MB).
     """
 
-    def __init__(self, video: VideoConfig, url: str) -> None:
-        self.video, self.url = video, url
-        self.targets = sample_times(video)
+    def __init__(self, video: VideoConfig, url: str, offset: float = 0.0) -> None:
+        self.video, self.url, self.offset = video, url, offset
+        self.targets = sample_times(video, offset)
         self.frames = np.empty((video.num_frames, video.height, video.width, 3), dtype=np.uint8)
         self.indices: list[int] = []
         self.times: list[float] = []
@@ -403,22 +460,24 @@ class _Sampler:
             rotation=g.rotation,
             fit=g.fit,
             duration=duration,
+            crop_loss=g.crop_loss,
         )
 
 
-def _short_reason(last: _Picked | None, count: int, rate: float, stream, container, video: VideoConfig) -> str:
+def _short_reason(last: _Picked | None, rate: float, stream, container, video: VideoConfig, offset: float = 0.0) -> str:
     """Why the stream ran out: truncated (the container promised more) or simply too short."""
     if last is None:
         return "no decodable frames (corrupt or truncated stream)"
+    count = last.index + 1  # frames up to the last one (decoded, or skipped by a seek)
     # span of the decoded frames plus one mean frame period: the clip's length as a player shows it
     period = last.time / (count - 1) if count > 1 else (1 / rate if rate else 0.0)
     got = last.time + period
-    needs = min_duration(video)
+    needs = offset + min_duration(video)
     declared = _declared_duration(stream, container)
     if declared is not None and got < 0.9 * declared - period:
         return f"truncated or corrupt stream: decoded {got:.2f} s ({count} frames) of the {declared:.2f} s the container declares"
     return f"too short: {got:.2f} s, needs {needs:.2f} s for {video.num_frames} frames at {video.fps:g} fps" + (
-        f" from {video.start_sec:g} s" if video.start_sec else ""
+        f" from {offset + video.start_sec:g} s" if offset + video.start_sec else ""
     )
 
 
@@ -430,9 +489,9 @@ def _declared_duration(stream, container) -> float | None:
     return None
 
 
-def sample_times(video: VideoConfig) -> list[float]:
-    """The target timestamps (seconds from the first frame) that decode_clip samples."""
-    return [video.start_sec + i / video.fps for i in range(video.num_frames)]
+def sample_times(video: VideoConfig, offset: float = 0.0) -> list[float]:
+    """The target timestamps (seconds from the first frame) that decode_clip samples; offset: the clip's range start."""
+    return [offset + video.start_sec + i / video.fps for i in range(video.num_frames)]
 
 
 def min_duration(video: VideoConfig) -> float:

@@ -8,7 +8,11 @@ first 8 bytes of sha256(key), read as an unsigned little-endian integer and divi
 clip alone in its group (every clip of a store without copies) is thus held out exactly as before
 groups existed. So the split does not depend on the order of the keys, the rank, the run or its
 seed, a copy of a held-out clip is never trained on, and a group held out stays held out when a
-store grows (growth only adds keys, and a group's lowest position only falls). Explicit keys hold
+store grows (growth only adds keys, and a group's lowest position only falls). A clip with a time
+range (a window of a long source: its row has `start` / `end`) is placed by its source instead of its
+own key (the position of its `source_id`, else its url): a source cut into 100 windows would
+otherwise be held out whenever any one of 100 keys fell below the fraction (a 5% split would hold
+out 99% of such sources); so sources, not windows, are held out at the fraction. Explicit keys hold
 out their whole group. Two guards for small stores: a fraction > 0 holds out at least the group of
 the lowest-hash key (so a demo of a few clips has a validation clip), and a split that would hold
 out every clip is refused (nothing would be left to train on).
@@ -33,8 +37,9 @@ from stages.store.format import StoreError
 log = logging.getLogger(__name__)
 
 RULE = ("groups (same content_hash, url, source_id or duplicate_of) held out whole; a group is held out when "
-        "sha256(key)[:8] as little-endian uint64 / 2**64 < fraction for one of its keys; at least the group of the "
-        "lowest-hash key when fraction > 0; plus the groups of explicit keys")
+        "sha256(key)[:8] as little-endian uint64 / 2**64 < fraction for one of its keys (for a clip with a start/end range: "
+        "of 'source:' + its source_id, else its url); at least the group of the lowest-hash key when fraction > 0; "
+        "plus the groups of explicit keys")
 FILENAME = "holdout.json"
 LINKS = ("content_hash", "url", "source_id")  # snapshot row fields that name the source video
 
@@ -56,8 +61,16 @@ def _rows(clips: Sequence[Clip]) -> list[Mapping]:
     return [{"key": c} if isinstance(c, str) else c for c in clips]
 
 
+def _anchor(row: Mapping) -> str:
+    """What places a clip in [0, 1): its key, or for a window of a source (a row with a range) the source."""
+    if row.get("start") is None and row.get("end") is None:
+        return row["key"]
+    return "source:" + (row.get("source_id") or row.get("url") or row["key"])
+
+
 def clip_groups(clips: Sequence[Clip]) -> dict[str, str]:
-    """{key: its group's id}: the id is the member key with the lowest key_position (ties: the smaller key).
+    """{key: its group's id}: the id is the member key whose anchor (_anchor: the key, or a window's source) has the
+    lowest key_position (ties: the smaller key).
 
     clips: snapshot rows, in any order. Union-find over the keys, joined through each row's LINKS
     values and its duplicate_of / duplicates keys (those not in `clips`, e.g. copies dropped by
@@ -89,11 +102,18 @@ def clip_groups(clips: Sequence[Clip]) -> dict[str, str]:
     members: dict[str, list[str]] = {}
     for k in parent:
         members.setdefault(find(k), []).append(k)
+    anchor = {r["key"]: _anchor(r) for r in rows}
     out: dict[str, str] = {}
     for keys in members.values():
-        gid = min(keys, key=lambda k: (key_position(k), k))
+        gid = min(keys, key=lambda k: (key_position(anchor[k]), k))
         out.update(dict.fromkeys(keys, gid))
     return out
+
+
+def _positions(clips: Sequence[Clip], groups: Mapping[str, str]) -> dict[str, float]:
+    """{group id: its position}: the key_position of the id's anchor (the lowest of its group's)."""
+    anchor = {r["key"]: _anchor(r) for r in _rows(clips)}
+    return {g: key_position(anchor[g]) for g in set(groups.values())}
 
 
 def _unknown(explicit: Sequence[str], known: set[str]) -> None:
@@ -120,9 +140,10 @@ def holdout_keys(clips: Sequence[Clip], fraction: float, explicit: Sequence[str]
     groups = clip_groups(clips)
     known = set(groups)
     _unknown(explicit, known)
-    ids = {g for g in groups.values() if key_position(g) < fraction}  # a group's id is its lowest-position key
+    position = _positions(clips, groups)
+    ids = {g for g in position if position[g] < fraction}  # a group's id is its lowest-position key
     if fraction > 0 and not ids and known:
-        ids = {min(groups.values(), key=lambda k: (key_position(k), k))}  # small store: still one validation clip
+        ids = {min(position, key=lambda g: (position[g], g))}  # small store: still one validation clip
     ids |= {groups[k] for k in explicit}
     held = {k for k, g in groups.items() if g in ids}
     _not_all(held, known, f"fraction {fraction}, {len(set(explicit))} explicit key(s)")

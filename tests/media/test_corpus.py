@@ -36,11 +36,21 @@ def test_folder_listing_recursive_sorted_with_sidecar_captions(tmp_path):
     _touch(tmp_path, "b.txt", b"  a red ball\n")
     _touch(tmp_path, "a/z.txt", "ünïcode caption".encode())
     entries = list_corpus(CorpusConfig(url=str(tmp_path)))
-    assert [e.key for e in entries] == ["a/y", "a/z", "b", "c"]  # no .avi, no hidden files
-    assert [e.caption for e in entries] == ["", "ünïcode caption", "a red ball", ""]
+    assert [e.key for e in entries] == ["a/y", "a/z", "b", "c", "d"]  # .avi is a default extension; no hidden files
+    assert [e.caption for e in entries] == ["", "ünïcode caption", "a red ball", "", ""]
     assert entries[0].url == str(tmp_path / "a/y.MOV") and entries[0].prompt is None
     limited = list_corpus(CorpusConfig(url=str(tmp_path), limit=2, extensions=["mp4", "webm", "mov", "mkv"]))
     assert [e.key for e in limited] == ["a/y", "a/z"]  # the limit applies after sorting
+
+
+def test_a_listing_says_how_many_files_it_skips_by_extension(tmp_path, caplog):
+    for rel in ["a.mp4", "b.avi", "c.flv", "d.flv", "e.gif", "a.txt", "README", ".hidden.flv"]:
+        _touch(tmp_path, rel)
+    with caplog.at_level("WARNING", logger="stages.media.corpus"):
+        entries = list_corpus(CorpusConfig(url=str(tmp_path), content_hash=False))
+    assert [e.key for e in entries] == ["a", "b"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"corpus {tmp_path}: skipped 4 file(s) not in corpus.extensions (mp4, webm, mov, mkv, avi, m4v): 1 (none), 2 .flv, 1 .gif"]
 
 
 def test_folder_listing_rejects_duplicate_keys_and_empty_or_missing_buckets(tmp_path):
@@ -88,7 +98,10 @@ def test_manifest_paths_captions_prompts(tmp_path):
     [
         ("{not json", r"manifest.jsonl:2: not valid JSON"),
         ("[1, 2]", r"manifest.jsonl:2: expected a JSON object, got list"),
-        ('{"path": "a.mp4"}', r"manifest.jsonl:2: 'key' must be a non-empty string, got None"),
+        ('{"key": 3, "path": "a.mp4"}', r"manifest.jsonl:2: 'key' must be a non-empty string, got 3"),
+        ('{"path": "a.mp4"}', r"manifest.jsonl:2: duplicate key 'a' \(first on line 1\)"),  # no key: the path's stem
+        ('{"key": "k", "path": "a.mp4", "start": 5, "end": 2}', r"manifest.jsonl:2: 'end' \(2 s\) must be after 'start' \(5 s\)"),
+        ('{"key": "k", "path": "a.mp4", "start": "soon"}', r"manifest.jsonl:2: 'start' must be seconds or H:MM:SS.mmm, got 'soon'"),
         ('{"key": "k", "path": ""}', r"manifest.jsonl:2: 'path' must be a non-empty string"),
         ('{"key": "k", "path": "a.mp4", "caption": 3}', r"manifest.jsonl:2: 'caption' must be a string"),
         ('{"key": "k", "path": "a.mp4", "prompt": {"bbox": [0, 0, 1, 1]}}', r"manifest.jsonl:2: bad 'prompt': unknown key\(s\) \['bbox'\]"),
@@ -98,7 +111,7 @@ def test_manifest_paths_captions_prompts(tmp_path):
     ],
 )
 def test_manifest_errors_name_file_line_and_key(tmp_path, line, message):
-    _manifest(tmp_path, [{"key": "first", "path": "a.mp4"}, line])
+    _manifest(tmp_path, [{"key": "a" if "duplicate key 'a'" in message else "first", "path": "a.mp4"}, line])
     with pytest.raises(CorpusError, match=message):
         list_corpus(CorpusConfig(url=str(tmp_path)))
 

@@ -287,6 +287,19 @@ def test_portrait_clip_is_cropped_padded_or_skipped_and_its_record_says_so(tmp_p
     assert decode_clip(str(wide), VideoConfig(num_frames=2, height=32, width=48, fit="skip")).fit == "crop"
 
 
+def test_a_crop_beyond_max_crop_is_logged_with_the_share_lost(tmp_path, caplog):
+    portrait = _marked((96, 54), None, tmp_path / "portrait.mp4")
+    wide = _marked((36, 64), None, tmp_path / "wide.mp4")
+    with caplog.at_level("WARNING", logger="stages.media.decode"):
+        clip = decode_clip(str(portrait), _cfg(2, height=32, width=48))
+        assert decode_clip(str(wide), _cfg(2, height=32, width=48)).crop_loss == pytest.approx(1 - (3 / 2) / (16 / 9), abs=0.01)
+        decode_clip(str(portrait), VideoConfig(num_frames=2, height=32, width=48, fit="pad"))
+    assert clip.crop_loss == pytest.approx(0.62, abs=0.01) and "crop_loss" not in clip.record()  # the record's format is unchanged
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"clip {portrait}: the centre crop to 48x32 loses 62% of its 54x96 frame (over video.max_crop=0.25; "
+                     "video.fit=pad letterboxes, skip drops it)"]  # the 16% crop and the padded clip say nothing
+
+
 def test_a_still_image_named_mp4_is_not_a_video(tmp_path):
     for fmt in ("PNG", "JPEG"):
         path = tmp_path / f"still_{fmt}.mp4"

@@ -14,6 +14,7 @@ from stages.config.extract import ExtractConfig
 from stages.distill.ablations import AblationError, select_ablations
 from stages.distill.run import RunSummary, StepTimes
 from stages.extract.growth import Growth
+from stages.extract.shard_worker import ShardReport
 
 CFG = ExtractConfig()
 
@@ -30,6 +31,17 @@ def test_an_extract_with_failed_clips_exits_1_unless_failures_are_allowed() -> N
                          ("error", "1 clips failed (see `sam2videox inspect out/s`); pass --allow-failures to accept")]
     lines, code = s.lines(CFG, "out/s", append=False, allow_failures=True)
     assert code == 0 and lines[-1] == ("info", "  a: no frames")
+
+
+def test_clips_cropped_beyond_max_crop_are_counted_at_the_end() -> None:
+    s = ExtractSummary("file:///s", clips=4, shards=2, shards_run=[0, 1], clips_processed=4, seconds=2.0, worker_s=2.0,
+                       model_s={"teacher": 1.0})
+    s.add(ShardReport(0, clips=2, cropped=[["portrait", 0.6204]]))
+    s.add(ShardReport(1, clips=2, cropped=[["square", 0.3333]]))
+    lines, code = s.lines(CFG, "out/s", append=False, allow_failures=False)
+    assert code == 0
+    assert ("warn", "2 clips cropped beyond video.max_crop=0.25 (the most: portrait, 62% of its frame lost); "
+                    "video.fit=pad letterboxes them, video.fit=skip leaves them out") in lines
 
 
 def test_a_rerun_with_nothing_to_do_says_so_and_names_the_unlisted_clips() -> None:

@@ -165,3 +165,33 @@ def test_a_resume_that_cannot_keep_its_split_is_refused_in_one_line(tmp_path):
     with pytest.raises(HoldoutError, match=rf"held-out clip {saved.keys[0]} is the same video as {trained}, which the run may have trained on") as err:
         resume_split(tmp_path, linked, 0.05, ["clip-00002"])
     assert "\n" not in str(err.value)
+
+
+def test_every_window_of_a_source_lands_on_one_side_of_the_split(tmp_path):
+    """corpus.windows cuts 4 sources into ~10 windows each; at every fraction, a source's windows are all held out or
+    all trained on (they share the source's url, content hash and source_id), and some fraction splits the sources."""
+    from test_windows import long_video
+
+    from stages.config.extract import CorpusConfig, WindowsConfig
+    from stages.media.corpus import list_corpus
+
+    for i in range(4):  # different content (cut times), so no two sources are copies of each other
+        long_video(tmp_path / f"src{i}.mp4", 12, cuts=(1.0 + i,))
+    entries = list_corpus(CorpusConfig(url=str(tmp_path), windows=WindowsConfig(every=1.0)), span=1.125)
+    rows = [e.to_json() for e in entries]
+    by_source: dict[str, set[str]] = {}
+    for r in rows:
+        by_source.setdefault(r["source_id"], set()).add(r["key"])
+    assert len(by_source) == 4 and all(len(keys) >= 10 for keys in by_source.values())
+    groups = clip_groups(rows)
+    assert len(set(groups.values())) == 4
+    # a window is placed by its source, not its own key: the split takes sources at the fraction (with ~11 windows a
+    # source, the any-key rule would hold one out at a 5% split more than 40% of the time)
+    position = {src: key_position("source:" + src) for src in by_source}
+    cuts = sorted(position.values())
+    for lo, hi in zip(cuts, cuts[1:]):  # a fraction between two sources' positions: exactly the sources below it
+        held = holdout_keys(rows, (lo + hi) / 2)
+        assert held == {k for src, keys in by_source.items() if position[src] <= lo for k in keys}
+    for fraction in (0.01, 0.05, 0.1, 0.2):
+        held = holdout_keys(rows, fraction)
+        assert all(keys <= held or not (keys & held) for keys in by_source.values()), fraction
