@@ -63,7 +63,7 @@ twins: install
 	$(PY) datasets/sample/generate.py --out $(SAMPLE) --twins datasets/sample/twins
 
 # The miniature world's trained tiny CogVideoX VAE (issue 19): weights/miniature/encoders/, loadable as
-# `encoders.model: weights/miniature/encoders`; ~10 min on 2 idle cores, niced (the committed folder is its output).
+# `encoders.model: weights/miniature/encoders`; ~12 min on 2 idle cores, 18 min measured under load 4-6 (the committed folder is its output).
 miniature-vae: install
 	OMP_NUM_THREADS=1 nice -n 19 $(PY) -m miniature.train_vae --out weights/miniature/encoders --steps 600 --seed 0
 
