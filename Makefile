@@ -32,10 +32,10 @@ DISTILL_CONFIG ?= configs/distill/sample$(SAMPLE_SUFFIX).yaml
 export TQDM_DISABLE ?=
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install sample extract distill plan ablate evaluate score demo demo-grounded test clean help gpu-wheels vbench-env twins miniature-vae
+.PHONY: install sample extract distill plan ablate evaluate score demo demo-grounded test clean help gpu-wheels vbench-env twins miniature-vae miniature-teacher
 
 help:
-	@echo "make demo | test | install | sample | extract | distill | ablate | evaluate | score   (CONFIG=... STORE=... OUT=... VIDEOS=... ARGS=...)"
+	@echo "make demo | test | install | sample | extract | distill | ablate | evaluate | score | miniature-teacher   (CONFIG=... STORE=... OUT=... VIDEOS=... ARGS=...)"
 
 # Install order matters (see README "Install"): torch pinned first so nothing pulls a CUDA build;
 # sam2 built against it without build isolation (isolation downloads a second torch); then the rest,
@@ -144,6 +144,15 @@ demo: sample
 	$(CLI) evaluate --store $(DEMO)/store --runs $(DEMO)/run --base --out $(DEMO)/eval --steps 4 --clips 2
 	$(CLI) report --store $(DEMO)/store --run $(DEMO)/run --out $(DEMO)/summary.md --evaluation $(DEMO)/eval \
 	  $(DEMO)/sample.mp4 $(DEMO)/teacher_pca.mp4 $(DEMO)/run/loss_curve.png
+
+# The miniature world's tiny SAM2 teacher (miniature/train_teacher.py): sam2's own SAM2Train and loss on the
+# world's true masks, written in SAM2's checkpoint format with its held-out J&F. The committed
+# weights/miniature/teacher/ came from this target; make demo never retrains it. One intra-op thread: two
+# contending ones on the shared cores are many times slower.
+TEACHER_STEPS ?= 700
+miniature-teacher: export OMP_NUM_THREADS ?= 1
+miniature-teacher: install
+	nice -n 19 $(PY) -m miniature.train_teacher --out weights/miniature/teacher --steps $(TEACHER_STEPS) --seed 0
 
 test: install
 	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(ARGS)
