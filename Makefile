@@ -32,10 +32,10 @@ DISTILL_CONFIG ?= configs/distill/sample$(SAMPLE_SUFFIX).yaml
 export TQDM_DISABLE ?=
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install sample extract distill plan ablate evaluate score demo demo-grounded test clean help gpu-wheels vbench-env twins miniature-vae miniature-teacher
+.PHONY: install sample extract distill plan ablate evaluate score demo demo-grounded test clean help gpu-wheels vbench-env twins miniature miniature-weights miniature-table miniature-student miniature-judge miniature-vae miniature-teacher
 
 help:
-	@echo "make demo | test | install | sample | extract | distill | ablate | evaluate | score | miniature-teacher   (CONFIG=... STORE=... OUT=... VIDEOS=... ARGS=...)"
+	@echo "make demo | test | install | sample | extract | distill | ablate | evaluate | score | miniature   (CONFIG=... STORE=... OUT=... VIDEOS=... ARGS=...)"
 
 # Install order matters (see README "Install"): torch pinned first so nothing pulls a CUDA build;
 # sam2 built against it without build isolation (isolation downloads a second torch); then the rest,
@@ -153,6 +153,46 @@ TEACHER_STEPS ?= 700
 miniature-teacher: export OMP_NUM_THREADS ?= 1
 miniature-teacher: install
 	nice -n 19 $(PY) -m miniature.train_teacher --out weights/miniature/teacher --steps $(TEACHER_STEPS) --seed 0
+
+# The miniature world's judge: a second tiny SAM2, another seed and the judge part's clips, that tracks
+# evaluate's samples so no structure score rewards agreeing with the teacher (weights/miniature/judge/).
+miniature-judge: export OMP_NUM_THREADS ?= 1
+miniature-judge: install
+	nice -n 19 $(PY) -m miniature.train_teacher --part judge --out weights/miniature/judge --steps $(TEACHER_STEPS) --seed 1
+
+# The base student (miniature/student.py): the base part as a corpus folder, its encodings through the trained
+# VAE, a random-weight CogVideoX I2V trained from scratch with L_diff (configs/miniature/base.yaml), published
+# to weights/miniature/student/ (a `student.model` folder).
+MINI ?= out/miniature
+miniature-student: export OMP_NUM_THREADS ?= 1
+miniature-student: install
+	$(PY) -m miniature.world --part base --out $(MINI)/corpus-base
+	$(CLI) extract --config configs/miniature/extract_base.yaml --store $(MINI)/store-base
+	$(PY) -m miniature.student init --out $(MINI)/student-init
+	$(CLI) distill --config configs/miniature/base.yaml --store $(MINI)/store-base --out $(MINI)/base-run
+	$(PY) -m miniature.student publish --run $(MINI)/base-run --init $(MINI)/student-init --out weights/miniature/student
+
+# Every committed weight of the miniature world, in dependency order (the student's encodings need the VAE).
+miniature-weights: miniature-teacher miniature-judge miniature-vae
+	$(MAKE) miniature-student
+
+# The ablation table (README "The miniature world"): the tune part extracted with the trained teacher, every
+# arm of configs/miniature/arms x 3 training seeds (miniature/arms.py), evaluate on the held-out clips with the
+# judge, the table pooled over seeds (miniature/table.py) and a contact sheet of base vs +LGF samples.
+EVAL_CLIPS ?= 12
+miniature-table: export OMP_NUM_THREADS ?= 1
+miniature-table: install
+	$(PY) -m miniature.world --part tune --out $(MINI)/corpus-tune
+	$(CLI) extract --config configs/miniature/extract_tune.yaml --store $(MINI)/store-tune
+	$(PY) -m miniature.arms --out $(MINI)/arms
+	$(CLI) evaluate --store $(MINI)/store-tune --runs $(MINI)/arms --base --out $(MINI)/eval --clips $(EVAL_CLIPS) \
+	  --judge-model tiny --judge-checkpoint weights/miniature/judge/judge.pt --no-vbench
+	$(PY) -m miniature.table --report $(MINI)/eval/report.json --out $(MINI)/table
+	$(PY) -m miniature.contact_sheet --eval $(MINI)/eval --models base lgf-s0 --real $(MINI)/corpus-tune \
+	  --clips $$($(PY) -c "import json; print(' '.join(json.load(open('$(MINI)/eval/report.json'))['protocol']['clips'][:3]))") \
+	  --out $(MINI)/table/contact_sheet.png
+
+miniature: miniature-weights miniature-table
 
 test: install
 	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(ARGS)

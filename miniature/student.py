@@ -65,10 +65,23 @@ def init(out: Path, seed: int = SEED) -> Path:
     return out
 
 
+def run_record(run: Path) -> dict[str, Any]:
+    """What base.json keeps of the run: its steps, first/last loss, held-out validation and time."""
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r.get("split", "train") == "train" and "loss" in r]
+    val = [r for r in rows if r.get("split") == "val"]
+    return {"steps": summary["steps"], "loss_first": summary["first"]["loss"], "loss_last": summary["final"]["loss"],
+            "loss_last_mean_50": sum(r["loss"] for r in train[-50:]) / max(len(train[-50:]), 1),
+            "train_seconds": sum(r.get("seconds", 0.0) for r in train), "validation": val}
+
+
 def publish(run: Path, init_dir: Path, out: Path, info: dict[str, Any]) -> Path:
-    """The base student folder from a full fine-tune run: its transformer/ plus the scheduler, and base.json."""
+    """The base student folder from a full fine-tune run: its transformer/ plus the scheduler, and base.json
+    (`info`, e.g. the command, with the run's record)."""
     if not (run / "transformer" / "config.json").is_file():
         raise FileNotFoundError(f"{run}: no exported transformer/ (was the run a full fine-tune that finished?)")
+    info = {**info, "init_seed": SEED, "config": base_config(), **run_record(run)}
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(run / "transformer", tmp / "transformer")
@@ -89,14 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     p_pub.add_argument("--run", type=Path, required=True)
     p_pub.add_argument("--init", type=Path, required=True)
     p_pub.add_argument("--out", type=Path, default=WEIGHTS / "student")
-    p_pub.add_argument("--info", type=Path, default=None, help="JSON with the command, seed, steps and time")
+    p_pub.add_argument("--command", default="make miniature-student", help="recorded in base.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cmd == "init":
         init(args.out, args.seed)
     else:
-        info = json.loads(args.info.read_text()) if args.info else {}
-        publish(args.run, args.init, args.out, info)
+        publish(args.run, args.init, args.out, {"command": args.command})
 
 
 if __name__ == "__main__":

@@ -201,14 +201,13 @@ def train_step(model, loss_fn, optimizer, batch: BatchedVideoDatapoint, grad_cli
     return float(loss.detach())
 
 
-def train(cfg: TrainConfig, bank: ClipBank | None = None, log_every: int = 25) -> tuple[BoxPromptSAM2Train, list[float], float]:
-    """Train from scratch; returns (model, per-step losses, training seconds without rendering)."""
+def train(cfg: TrainConfig, bank: ClipBank | None = None, log_every: int = 25, part: Part = WORLD.teacher) -> tuple[BoxPromptSAM2Train, list[float], float]:
+    """Train from scratch on `part` (or `bank`); returns (model, per-step losses, training seconds without rendering)."""
     with seeded_and_deterministic(cfg.seed):
-        return _train(cfg, bank, log_every)
+        return _train(cfg, bank if bank is not None else ClipBank.render(part, cfg.clips), log_every)
 
 
-def _train(cfg: TrainConfig, bank: ClipBank | None, log_every: int) -> tuple[BoxPromptSAM2Train, list[float], float]:
-    bank = bank if bank is not None else ClipBank.render(WORLD.teacher, cfg.clips)
+def _train(cfg: TrainConfig, bank: ClipBank, log_every: int) -> tuple[BoxPromptSAM2Train, list[float], float]:
     model = build_train_model(cfg)
     loss_fn = make_loss()
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1 and "pos_embed" not in n]
@@ -240,6 +239,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--clips", type=int, default=TrainConfig.clips, help="teacher-part clips to render and train on")
     p.add_argument("--probe-clips", type=int, default=None, help="probe-part clips to score (default: all)")
+    p.add_argument("--part", choices=("teacher", "judge"), default="teacher",
+                   help="teacher: the distillation teacher; judge: a second tiny SAM2 (another seed, the judge part's "
+                        "clips) that scores evaluate's samples independently of the teacher; names the files")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run: 3 steps, batch 2, 3-frame windows, 1 clip, 1 probe clip")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -248,9 +250,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, window=args.window, clips=args.clips, lr=args.lr, seed=args.seed,
                       warmup=min(TrainConfig.warmup, max(1, args.steps // 10)))  # fmt: skip
     t0 = time.perf_counter()
-    model, losses, train_s = train(cfg)
+    part = getattr(WORLD, args.part)
+    model, losses, train_s = train(cfg, part=part)
     args.out.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.out / "teacher.pt"
+    checkpoint = args.out / f"{args.part}.pt"
     save_checkpoint(model, str(checkpoint))
 
     from miniature.teacher_probe import probe  # after training: the probe builds its own models
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steps": cfg.steps,
         "config": asdict(cfg),
         "loss_weights": LOSS_WEIGHTS,
-        "train_part": asdict(WORLD.teacher) | {"clips_used": cfg.clips},
+        "train_part": asdict(part) | {"clips_used": cfg.clips},
         "probe_part": asdict(WORLD.probe),
         "losses": [round(v, 4) for v in losses],
         "loss_first": losses[0],
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),  # intra-op threads (OMP_NUM_THREADS): float sums may differ with another count
     }
-    (args.out / "teacher.json").write_text(json.dumps(record, indent=1) + "\n")
+    (args.out / f"{args.part}.json").write_text(json.dumps(record, indent=1) + "\n")
     logger.info("wrote %s: J&F trained fwd %.3f bwd %.3f, random fwd %.3f bwd %.3f", checkpoint,
                 trained.forward.jf, trained.backward.jf, random_weights.forward.jf, random_weights.backward.jf)  # fmt: skip
     return record
