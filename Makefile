@@ -28,6 +28,11 @@ STUDENT ?= cogvideox
 SAMPLE_SUFFIX := $(if $(filter wan ltx,$(STUDENT)),_$(STUDENT),)
 DEMO   ?= out/demo$(subst _,-,$(SAMPLE_SUFFIX))
 DISTILL_CONFIG ?= configs/distill/sample$(SAMPLE_SUFFIX).yaml
+# The CogVideoX demo runs on the miniature world's trained weights (weights/miniature: teacher, VAE, base student,
+# judge; configs/*/demo.yaml); the Wan and LTX demos keep their tiny random-weight students.
+DEMO_EXTRACT ?= configs/extract/$(if $(SAMPLE_SUFFIX),sample$(SAMPLE_SUFFIX),demo).yaml
+DEMO_DISTILL ?= configs/distill/$(if $(SAMPLE_SUFFIX),sample$(SAMPLE_SUFFIX),demo).yaml
+DEMO_JUDGE   ?= $(if $(SAMPLE_SUFFIX),,--judge-model tiny --judge-checkpoint weights/miniature/judge/judge.pt)
 
 export TQDM_DISABLE ?=
 export RAY_AUTH_MODE ?= disabled
@@ -136,12 +141,12 @@ evaluate: install
 # evaluate the run against the base model on a held-out clip (few steps; the report is linked from summary.md).
 demo: export OMP_NUM_THREADS ?= 1
 demo: sample
-	$(CLI) extract --config configs/extract/sample$(SAMPLE_SUFFIX).yaml --store $(DEMO)/store
+	$(CLI) extract --config $(DEMO_EXTRACT) --store $(DEMO)/store
 	$(CLI) inspect $(DEMO)/store
 	$(CLI) inspect $(DEMO)/store --pca @0 --out $(DEMO)/teacher_pca.mp4
-	$(CLI) distill --config $(DISTILL_CONFIG) --store $(DEMO)/store --out $(DEMO)/run
+	$(CLI) distill --config $(DEMO_DISTILL) --store $(DEMO)/store --out $(DEMO)/run
 	$(CLI) generate --run $(DEMO)/run --store $(DEMO)/store --out $(DEMO)/sample.mp4
-	$(CLI) evaluate --store $(DEMO)/store --runs $(DEMO)/run --base --out $(DEMO)/eval --steps 4 --clips 2
+	$(CLI) evaluate --store $(DEMO)/store --runs $(DEMO)/run --base --out $(DEMO)/eval --steps 8 --clips 2 $(DEMO_JUDGE)
 	$(CLI) report --store $(DEMO)/store --run $(DEMO)/run --out $(DEMO)/summary.md --evaluation $(DEMO)/eval \
 	  $(DEMO)/sample.mp4 $(DEMO)/teacher_pca.mp4 $(DEMO)/run/loss_curve.png
 
