@@ -78,11 +78,12 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
         raise EvaluateError(str(exc)) from None
     store = FeatureStore(opts.store)
     enc_cols = {r.info.get("encodings_column") for r in runs} or {None}
-    teacher_cols = {r.info.get("teacher_column") for r in runs if r.info.get("teacher_column")} or {None}
-    if len(enc_cols) > 1 or len(teacher_cols) > 1:
-        raise EvaluateError(f"the runs trained on different store columns ({', '.join(sorted(map(str, enc_cols | teacher_cols)))}): "
+    if len(enc_cols) > 1:
+        raise EvaluateError(f"the runs trained on different encodings columns ({', '.join(sorted(map(str, enc_cols)))}): "
                             f"evaluate runs of one store together")
-    video, encoders, teacher_raw = store_settings(store, next(iter(enc_cols)), next(iter(teacher_cols)))
+    # runs may differ in their teacher column (an ablation against DINOv2 or another SAM2 feature on the same
+    # store); the SAM2 settings that prompt the clips and pick the judge come from the one most runs used
+    video, encoders, teacher_raw = store_settings(store, next(iter(enc_cols)), _common_teacher_column(runs))
     try:
         snapshot_rows = store.require_snapshot().clips  # in snapshot order, with the content hashes that group copies
     except StoreError as exc:
@@ -188,6 +189,13 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
     seconds["total"] = time.perf_counter() - t_start
     (out / "timing.json").write_text(json.dumps(seconds, indent=1))
     return EvaluateResult(flat_rows(summary, corpus), protocol, {"report": paths, "grids": [str(g) for g in grids], "samples": str(out / "samples")}, seconds)
+
+
+def _common_teacher_column(runs) -> str | None:
+    """The SAM2 teacher column (teacher-<hash>) most runs trained against (ties: the first by name), else None."""
+    used = [r.info.get("teacher_column") for r in runs]
+    sam2 = sorted(c for c in used if c and c.split("-", 1)[0] == "teacher")
+    return max(dict.fromkeys(sam2), key=sam2.count) if sam2 else None
 
 
 def _plan_judge(cfg: JudgeConfig, teacher) -> Any:

@@ -68,3 +68,14 @@ def test_a_held_out_clip_whose_copy_the_run_trained_on_is_refused(tmp_path):
     # a copy appended after the run (past holdout.json's total) was never trained on by it
     later = [*[{"key": k, "url": f"/v/{k}.mp4"} for k in KEYS], {"key": "appended_copy", "url": f"/v/{held}.mp4"}]
     assert held in heldout_keys([old], later)[0]
+
+
+def test_runs_on_different_teacher_columns_share_the_sam2_settings_most_of_them_used():
+    from types import SimpleNamespace
+
+    from stages.evaluate.evaluate import _common_teacher_column
+
+    runs = [SimpleNamespace(info={"teacher_column": c}) for c in
+            ("teacher-aaa", "teacher-bbb", "teacher-bbb", "image_teacher-ccc", None)]
+    assert _common_teacher_column(runs) == "teacher-bbb"  # DINOv2's column never prompts the clips
+    assert _common_teacher_column([SimpleNamespace(info={"teacher_column": "image_teacher-ccc"})]) is None
