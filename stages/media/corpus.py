@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
@@ -156,6 +157,18 @@ def content_hash(fs: fsspec.AbstractFileSystem, path: str, size: int) -> str:
     return "sha256-ends:" + h.hexdigest()
 
 
+HASH_THREADS = 16  # concurrent content-hash reads: I/O-bound (the GIL is released while waiting)
+
+
+def _hash_or_none(url: str, storage_options: dict) -> str | None:
+    try:
+        fs, path = filesystem(url, storage_options)
+        return content_hash(fs, path, fs.size(path))
+    except Exception as exc:  # missing, unreachable, no credentials: the worker that decodes it says why, per clip
+        log.debug("corpus: cannot hash %s: %s: %s", url, type(exc).__name__, exc)
+        return None
+
+
 def mark_duplicates(entries: list[ClipEntry], cfg: CorpusConfig, known: dict[str, str] | None = None) -> list[ClipEntry]:
     """Hash every entry; flag copies (duplicate_of the first key) or, with cfg.dedupe, keep one.
 
@@ -167,15 +180,13 @@ def mark_duplicates(entries: list[ClipEntry], cfg: CorpusConfig, known: dict[str
 
     hashed: list[ClipEntry] = []
     unreadable: list[str] = []
-    by_url: dict[str, str | None] = {}  # windows of one source share its file: hash it once
+    urls = list(dict.fromkeys(e.url for e in entries))  # windows of one source share its file: hash it once
+    # a size and one or two range reads per file: on an object store each is a round trip, so they
+    # overlap (100,000 keys one after another would take most of an hour; BENCHMARKS.md)
+    remote = any("://" in url for url in urls)  # local files: one after another (page-cache reads, nothing to overlap)
+    with ThreadPoolExecutor(HASH_THREADS if remote else 1) as pool:
+        by_url = dict(zip(urls, pool.map(lambda url: _hash_or_none(url, cfg.storage_options), urls)))
     for e in entries:
-        if e.url not in by_url:
-            try:
-                fs, path = filesystem(e.url, cfg.storage_options)
-                by_url[e.url] = content_hash(fs, path, fs.size(path))
-            except Exception as exc:  # missing, unreachable, no credentials: the worker that decodes it says why, per clip
-                log.debug("corpus: cannot hash %s: %s: %s", e.url, type(exc).__name__, exc)
-                by_url[e.url] = None
         digest = by_url[e.url]
         if digest is None:
             unreadable.append(e.key)
