@@ -48,12 +48,18 @@ class WindowsConfig:
 
 @dataclass
 class CorpusConfig:
-    url: str = "datasets/sample/clips"  # local folder or fsspec URL (file://, s3://) of video files
+    url: str = "datasets/sample/clips"  # local folder or fsspec URL (file://, s3://) of video files, or of tar shards (format)
     # a manifest: .jsonl (one JSON object a line), .csv / .tsv (a header row) or .parquet, with columns
     # key (optional: derived from path), path (or url: a path relative to the manifest, or a URL), caption,
     # prompt, source_id, start / end (seconds or H:MM:SS.mmm: a time range of a long source, one clip each);
-    # or a WebDataset .tar. Default: <url>/manifest.jsonl if present
+    # Default: <url>/manifest.jsonl if present
     manifest: str | None = None
+    # how `url` is read without a manifest. files: video files (+ <stem>.txt captions) under the folder;
+    # webdataset: tar shards as video2dataset writes them (<key>.mp4 + <key>.txt and/or <key>.json with
+    # "caption"; stages/media/tar_corpus.py): `url` is one .tar, a brace pattern (shards-{00000..00009}.tar)
+    # or a folder of .tar files. auto: webdataset when `url` ends in .tar, or is a folder that holds .tar
+    # files and no videos; files otherwise
+    format: Literal["auto", "files", "webdataset"] = "auto"
     # the manifest's column names where they differ from the ones above, e.g. {path: video, caption: text}
     columns: dict[str, str] = field(default_factory=dict)
     windows: WindowsConfig = field(default_factory=WindowsConfig)

@@ -10,9 +10,18 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from stages.core.tar_members import TarMembers, split_member_url
+
 
 def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path within it) for a local path or an fsspec URL."""
+    """(filesystem, path within it) for a local path or an fsspec URL.
+
+    A tar member URL (`tar://<member>::<tar URL>`, stages/core/tar_members.py) gives the tar's
+    members as a filesystem and the member's name; storage_options go to the tar's own filesystem.
+    """
+    member = split_member_url(url)
+    if member is not None:
+        return TarMembers(member[0], storage_options), member[1]
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     return fs, path.rstrip("/") or "/"
 

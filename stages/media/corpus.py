@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
@@ -32,6 +33,7 @@ from PIL import Image
 from stages.config.extract import CorpusConfig
 from stages.core.fs import filesystem, is_local
 from stages.media.manifest import ManifestError, read_rows
+from stages.media.tar_corpus import TarCorpusError, is_shard_pattern, list_shards, shard_urls
 from stages.media.windows import probe, shot_ranges, window_key, window_ranges
 
 log = logging.getLogger(__name__)
@@ -112,9 +114,12 @@ def list_corpus(cfg: CorpusConfig, span: float | None = None) -> list[ClipEntry]
     """
     fs, root = filesystem(cfg.url, cfg.storage_options)
     manifest = cfg.manifest
-    if manifest is None and fs.isfile(f"{root}/manifest.jsonl"):
+    shards = manifest is None and cfg.format != "files" and is_shard_pattern(cfg.url)
+    if manifest is None and not shards and cfg.format != "webdataset" and fs.isfile(f"{root}/manifest.jsonl"):
         manifest = f"{cfg.url.rstrip('/')}/manifest.jsonl"
-    if manifest is not None:
+    if shards:
+        entries, where = _from_tars(shard_urls(cfg.url), cfg), cfg.url
+    elif manifest is not None:
         entries, where = _from_manifest(manifest, cfg), manifest
     else:
         entries, where = _from_listing(fs, root, cfg), cfg.url
@@ -152,6 +157,18 @@ def content_hash(fs: fsspec.AbstractFileSystem, path: str, size: int) -> str:
     return "sha256-ends:" + h.hexdigest()
 
 
+HASH_THREADS = 16  # concurrent content-hash reads: I/O-bound (the GIL is released while waiting)
+
+
+def _hash_or_none(url: str, storage_options: dict) -> str | None:
+    try:
+        fs, path = filesystem(url, storage_options)
+        return content_hash(fs, path, fs.size(path))
+    except Exception as exc:  # missing, unreachable, no credentials: the worker that decodes it says why, per clip
+        log.debug("corpus: cannot hash %s: %s: %s", url, type(exc).__name__, exc)
+        return None
+
+
 def mark_duplicates(entries: list[ClipEntry], cfg: CorpusConfig, known: dict[str, str] | None = None) -> list[ClipEntry]:
     """Hash every entry; flag copies (duplicate_of the first key) or, with cfg.dedupe, keep one.
 
@@ -163,15 +180,13 @@ def mark_duplicates(entries: list[ClipEntry], cfg: CorpusConfig, known: dict[str
 
     hashed: list[ClipEntry] = []
     unreadable: list[str] = []
-    by_url: dict[str, str | None] = {}  # windows of one source share its file: hash it once
+    urls = list(dict.fromkeys(e.url for e in entries))  # windows of one source share its file: hash it once
+    # a size and one or two range reads per file: on an object store each is a round trip, so they
+    # overlap (100,000 keys one after another would take most of an hour; BENCHMARKS.md)
+    remote = any("://" in url for url in urls)  # local files: one after another (page-cache reads, nothing to overlap)
+    with ThreadPoolExecutor(HASH_THREADS if remote else 1) as pool:
+        by_url = dict(zip(urls, pool.map(lambda url: _hash_or_none(url, cfg.storage_options), urls)))
     for e in entries:
-        if e.url not in by_url:
-            try:
-                fs, path = filesystem(e.url, cfg.storage_options)
-                by_url[e.url] = content_hash(fs, path, fs.size(path))
-            except Exception as exc:  # missing, unreachable, no credentials: the worker that decodes it says why, per clip
-                log.debug("corpus: cannot hash %s: %s: %s", e.url, type(exc).__name__, exc)
-                by_url[e.url] = None
         digest = by_url[e.url]
         if digest is None:
             unreadable.append(e.key)
@@ -449,11 +464,14 @@ def _from_listing(fs: fsspec.AbstractFileSystem, root: str, cfg: CorpusConfig) -
     files = set(fs.find(root))
     videos: dict[str, str] = {}  # key -> path
     skipped: dict[str, int] = {}  # extension -> files not listed for it (sidecar captions not counted)
+    tars: list[str] = []  # WebDataset shards (corpus.format)
     for path in sorted(files):
         rel = path[len(root) :].lstrip("/")
         stem, ext = posixpath.splitext(rel)
         if any(part.startswith(".") for part in rel.split("/")):
             continue
+        if ext.lower() == ".tar":
+            tars.append(_to_url(fs, path))
         if ext.lower() not in extensions:
             if ext.lower() != ".txt":
                 skipped[ext.lower() or "(none)"] = skipped.get(ext.lower() or "(none)", 0) + 1
@@ -461,6 +479,10 @@ def _from_listing(fs: fsspec.AbstractFileSystem, root: str, cfg: CorpusConfig) -
         if stem in videos:
             raise CorpusError(f"duplicate key {stem!r} in {cfg.url}: {videos[stem]} and {path}")
         videos[stem] = path
+    if cfg.format == "webdataset" or (cfg.format == "auto" and tars and not videos):
+        if not tars:
+            raise CorpusError(f"corpus {cfg.url}: no .tar shards (corpus.format=webdataset)")
+        return _from_tars(tars, cfg)
     if skipped:
         log.warning("corpus %s: skipped %d file(s) not in corpus.extensions (%s): %s", cfg.url, sum(skipped.values()),
                     ", ".join(cfg.extensions), ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items())))
@@ -469,6 +491,16 @@ def _from_listing(fs: fsspec.AbstractFileSystem, root: str, cfg: CorpusConfig) -
     texts = fs.cat(sidecars) if sidecars else {}
     captions = {p: (b.decode("utf-8", errors="replace").strip() if isinstance(b, bytes) else "") for p, b in texts.items()}
     return [ClipEntry(key, _to_url(fs, path), captions.get(f"{root}/{key}.txt", "")) for key, path in videos.items()]
+
+
+def _from_tars(tar_urls: list[str], cfg: CorpusConfig) -> list[ClipEntry]:
+    """WebDataset shards (stages/media/tar_corpus.py): one clip per sample, its URL the video member in place."""
+    try:
+        samples = list_shards(tar_urls, cfg)
+    except TarCorpusError as e:
+        raise CorpusError(str(e)) from e
+    log.info("corpus %s: %d samples in %d tar shard(s)", cfg.url, len(samples), len(tar_urls))
+    return [ClipEntry(key, url, caption) for key, url, caption in samples]
 
 
 def load_prompt_mask(url: str, storage_options: dict | None = None) -> np.ndarray:

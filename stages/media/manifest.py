@@ -16,10 +16,9 @@ the file, its header row and the columns it has.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import fsspec
@@ -53,12 +52,11 @@ def read_rows(fs: fsspec.AbstractFileSystem, path: str, url: str, columns: dict[
     if fmt == "parquet":
         yield from _parquet(fs, path, url, rename, columns)
         return
-    with fs.open(path, "r", encoding="utf-8", newline="") as f:
-        text = f.read()
-    if fmt == "jsonl":
-        yield from _jsonl(text, url, rename)
-    else:
-        yield from _csv(text, url, rename, columns, "\t" if fmt == "tsv" else ",")
+    with fs.open(path, "r", encoding="utf-8", newline="") as f:  # read as rows are taken: never the whole file in memory
+        if fmt == "jsonl":
+            yield from _jsonl(f, url, rename)
+        else:
+            yield from _csv(f, url, rename, columns, "\t" if fmt == "tsv" else ",")
 
 
 def _canonical(names: list[str], url: str, where: str, rename: dict[str, str], columns: dict[str, str]) -> dict[str, str]:
@@ -77,8 +75,8 @@ def _canonical(names: list[str], url: str, where: str, rename: dict[str, str], c
     return out
 
 
-def _jsonl(text: str, url: str, rename: dict[str, str]) -> Iterator[tuple[str, Any]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
+def _jsonl(lines: Iterable[str], url: str, rename: dict[str, str]) -> Iterator[tuple[str, Any]]:
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{url}:{lineno}"
@@ -94,8 +92,8 @@ def _jsonl(text: str, url: str, rename: dict[str, str]) -> Iterator[tuple[str, A
         yield where, row
 
 
-def _csv(text: str, url: str, rename: dict[str, str], columns: dict[str, str], delimiter: str) -> Iterator[tuple[str, dict]]:
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+def _csv(lines: Iterable[str], url: str, rename: dict[str, str], columns: dict[str, str], delimiter: str) -> Iterator[tuple[str, dict]]:
+    reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
