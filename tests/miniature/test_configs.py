@@ -28,4 +28,6 @@ def test_every_arm_changes_only_the_losses_or_the_teacher_column():
     for arm in arms:
         cfg = asdict(load_config(DistillConfig, [BASE, arm]))
         changed = {k for k in ref if ref[k] != cfg[k]}
-        assert changed <= {"losses"}, (arm.stem, changed)
+        assert changed <= {"losses", "data"}, (arm.stem, changed)
+        data_changed = {k for k in ref["data"] if ref["data"][k] != cfg["data"][k]}
+        assert data_changed <= {"teacher_column"}, (arm.stem, data_changed)
