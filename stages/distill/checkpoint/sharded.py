@@ -32,10 +32,10 @@ log = logging.getLogger(__name__)
 FORMAT = "dcp"
 
 
-def _options(full: bool = False):
+def _options(full: bool = False, strict: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full)
+    return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full, strict=strict)
 
 
 def save_sharded(out_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler, extra: dict, keep_last: int,
@@ -79,7 +79,10 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer, scheduler, tenso
     model_state, optim_state = get_state_dict(model, optimizer, options=_options())
     holder = {"model": model_state, "optim": optim_state, **(tensors or {})}
     dcp.load(holder, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=holder["model"], optim_state_dict=holder["optim"], options=_options())
+    # strict=False: the frozen base weights are not in the checkpoint (ignore_frozen_params), and a strict load
+    # counts them as missing (a LoRA run under FSDP could not resume). Nothing trainable is skipped: holder holds
+    # exactly the trainable keys, and dcp.load above fails on any the checkpoint lacks.
+    set_state_dict(model, optimizer, model_state_dict=holder["model"], optim_state_dict=holder["optim"], options=_options(strict=False))
     scheduler.load_state_dict(state["scheduler"])
     rng = path / f"rng-rank{dist.get_rank()}.safetensors"
     if rng.exists():  # absent when resuming on more ranks than wrote the checkpoint
