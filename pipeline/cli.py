@@ -213,8 +213,9 @@ def _print_plan(cfg, world: int, gpu_memory: Optional[float], as_json: bool) -> 
     """Print the plan; False when it does not fit `gpu_memory` GiB."""
     from stages.distill.memory_plan import MemoryPlanError, plan_memory
 
-    try:
-        memory = plan_memory(cfg, world)
+    gib = gpu_memory if gpu_memory is not None else cfg.parallel.gpu_memory_gb
+    try:  # student.checkpointing=auto: the fastest choice that fits the GPU memory given
+        memory = plan_memory(cfg, world, capacity=int(gib * 2**30) if gib else None)
     except MemoryPlanError as exc:
         raise _fail(f"memory plan: {exc}") from exc
     fits = gpu_memory is None or memory.total <= gpu_memory * 2**30
@@ -319,6 +320,7 @@ def evaluate(
     holdout: Optional[float] = typer.Option(None, "--holdout", help="held-out clips by the split rule at this fraction (instead of the runs' holdout.json); every run must have held each out"),
     holdout_key: list[str] = typer.Option([], "--holdout-key", help="a held-out clip key (repeat); with or instead of --holdout; every run must have held it out"),
     student: Optional[str] = typer.Option(None, "--student", help="the base model's student when there are no runs"),
+    ema: bool = typer.Option(False, "--ema", help="also each run's EMA weights (lora_ema/, trained with train.ema.decay) as a row RUN-ema"),
     extra_runs: list[Path] = typer.Argument(None, help="more run folders (so --runs A B C works)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -330,7 +332,7 @@ def evaluate(
     opts = EvaluateOptions(store=store, out=out, runs=[*runs, *(extra_runs or [])], base=base, clips=clips, seed=seed, seeds=seeds,
                            reference=reference, steps=steps, device=device, dtype=dtype, guidance=guidance, fvd_backbone=fvd_backbone,
                            fvd_min_videos=fvd_min_videos,
-                           vbench=not no_vbench, holdout=holdout, holdout_keys=list(holdout_key), student=student,
+                           vbench=not no_vbench, holdout=holdout, holdout_keys=list(holdout_key), student=student, ema=ema,
                            judge=_judge(judge_model, judge_checkpoint, judge_prompt))
     try:
         result = run_evaluate(opts)

@@ -21,6 +21,22 @@ def _check_schedule(name: str, warmup_steps: int, cutoff_step: int | None) -> No
         raise ValueError(f"{name}.cutoff_step must be >= 1 or null (never cut off), got {cutoff_step}")
 
 
+CHECKPOINTING_FORMS = "all, none, every:N (N >= 1), blocks:K (K >= 0), auto"
+
+
+def parse_checkpointing(spec: str) -> tuple[str, int]:
+    """student.checkpointing -> (kind, n): ("all", 0), ("none", 0), ("every", N), ("blocks", K), ("auto", 0)."""
+    text = str(spec).strip().lower()
+    if text in ("all", "none", "auto"):
+        return text, 0
+    kind, _, number = text.partition(":")
+    if kind in ("every", "blocks") and number.strip().isdigit():
+        n = int(number)
+        if n >= (1 if kind == "every" else 0):
+            return kind, n
+    raise ValueError(f"student.checkpointing={spec!r} is not one of: {CHECKPOINTING_FORMS}")
+
+
 @dataclass
 class LoRAConfig:
     rank: int = 128  # r of every adapted projection (method.md [chosen])
@@ -54,7 +70,21 @@ class StudentConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     full_finetune: bool = False  # train every transformer weight instead of LoRA (lora.* then ignored)
     gradient_checkpointing: bool = True  # recompute blocks in backward; the feature tap is safe with it
+    # selective activation checkpointing (stages/distill/recompute.py), overriding gradient_checkpointing when set:
+    #   "all" | "none" | "every:N" (blocks 0, N, 2N, ...) | "blocks:K" (K blocks, spread evenly) |
+    #   "auto" (the memory plan's fastest choice, fewest recomputed blocks, that fits parallel.gpu_memory_gb or the GPU)
+    # null: "all" when gradient_checkpointing is true, else "none" (the behaviour before this key)
+    checkpointing: str | None = None
     attention: Literal["sdpa", "xformers"] = "sdpa"  # xformers only when installed and on CUDA, else SDPA
+
+    def __post_init__(self) -> None:
+        if self.checkpointing is not None:
+            parse_checkpointing(self.checkpointing)  # one line naming the forms, at load
+
+    @property
+    def checkpointing_spec(self) -> str:
+        """student.checkpointing, or what gradient_checkpointing meant before it ("all" / "none")."""
+        return self.checkpointing or ("all" if self.gradient_checkpointing else "none")
 
 
 @dataclass
@@ -82,6 +112,27 @@ class ProjectorConfig:
 
 
 @dataclass
+class LGFCutoffConfig:
+    """Cut (or decay) L_feat once held-out teacher agreement stops improving (stages/distill/cutoff.py).
+
+    At each validation (eval.every) the held-out `metric` (a KL: lower = closer to the teacher) is compared
+    with its best so far; after `patience` validations without an improvement of more than `min_delta`, the
+    LGF weight is multiplied by `factor` (0: off for the rest of the run) and the count starts again.
+    """
+
+    patience: int = 0  # validations without improvement before a cut; 0 = off (needs eval.every > 0)
+    min_delta: float = 0.0  # an improvement must lower the metric by more than this
+    metric: Literal["lgf_projected", "lgf"] = "lgf_projected"  # validation's KL on the projector output / raw tap tokens
+    factor: float = 0.0  # the weight's multiplier at each cut: 0 stops the loss, 0.5 halves it
+
+    def __post_init__(self) -> None:
+        if self.patience < 0 or self.min_delta < 0:
+            raise ValueError(f"losses.lgf.cutoff.patience and min_delta must be >= 0, got {self.patience}, {self.min_delta}")
+        if not 0.0 <= self.factor < 1.0:
+            raise ValueError(f"losses.lgf.cutoff.factor must be in [0, 1), got {self.factor}")
+
+
+@dataclass
 class LGFLossConfig(LGFConfig):
     """L_feat: KL between teacher and student Local Gram Flow (kernel/tau/offsets/fusion as in stage one).
 
@@ -92,6 +143,7 @@ class LGFLossConfig(LGFConfig):
     weight: float = 0.5  # lambda_lgf (method.md [chosen]); 0 = the plain LoRA baseline
     warmup_steps: int = 0  # weight ramps linearly from 0 over this many steps
     cutoff_step: int | None = None  # weight is 0 from this step on (null: never)
+    cutoff: LGFCutoffConfig = field(default_factory=LGFCutoffConfig)  # by held-out agreement (off by default)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -192,6 +244,22 @@ class OptimConfig:
 
 
 @dataclass
+class EMAConfig:
+    """Exponential moving average of the student's trainable weights (LoRA or all; not the projector).
+
+    After each optimiser step: ema = decay * ema + (1 - decay) * weight, on the fp32 masters (sharded like
+    them under FSDP). Saved in every checkpoint, resumed exactly, exported beside the raw weights
+    (lora_ema/ or transformer_ema/); `evaluate --ema` samples it.
+    """
+
+    decay: float | None = None  # e.g. 0.999; null = off
+
+    def __post_init__(self) -> None:
+        if self.decay is not None and not 0.0 < self.decay < 1.0:
+            raise ValueError(f"train.ema.decay must be in (0, 1) or null (off), got {self.decay}")
+
+
+@dataclass
 class TrainConfig:
     steps: int = 2000  # optimiser steps
     batch_size: int = 1  # clips per micro-batch per rank
@@ -200,6 +268,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between resumable checkpoints
     keep_last: int = 3  # checkpoints kept on disk
     log_every: int = 10  # steps between scalar logs
+    ema: EMAConfig = field(default_factory=EMAConfig)  # EMA weights (off by default)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "keep_last", "log_every"):
@@ -332,6 +401,8 @@ class DistillConfig:
     out: str = "runs/distill"  # run folder: checkpoints, logs, the exported LoRA
 
     def __post_init__(self) -> None:
+        if self.losses.lgf.cutoff.patience > 0 and self.eval.every == 0:
+            raise ValueError("losses.lgf.cutoff needs held-out validation: set eval.every > 0 (the cut is decided at each validation)")
         late = [t for t in self.eval.timesteps if t >= self.diffusion.timesteps]
         if late:  # validation measures the timesteps the run trains on
             raise ValueError(f"eval.timesteps {late} must be < diffusion.timesteps ({self.diffusion.timesteps})")

@@ -127,15 +127,18 @@ def feature_losses(
     features: torch.Tensor,
     batch: Mapping[str, torch.Tensor],
     column_lgf: Any = None,
+    lgf_scale: float = 1.0,
 ) -> FeatureLosses:
     """Project tapped features [B, T, h, w, D] once and compute every feature loss active at `step`.
 
     cfg: a LossesConfig (stages/config/distill.py). A term whose scheduled weight is 0 is not computed.
     batch: needs fwd/bwd (+ lgf), and mask for the mask term. column_lgf: the teacher column's LGF settings.
+    lgf_scale: multiplies the LGF weight (the agreement cutoff, stages/distill/cutoff.py; 0: the term is off).
     """
     out = FeatureLosses()
     configs = {"lgf": cfg.lgf, "repa": cfg.repa, "mask": cfg.mask}
     weights = {name: weight_at(step, c.weight, c.warmup_steps, c.cutoff_step) for name, c in configs.items()}
+    weights["lgf"] *= lgf_scale
     if not any(weights.values()):
         return out
     projected = projector(features)

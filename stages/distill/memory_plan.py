@@ -10,8 +10,12 @@ configures it (LoRA or full fine-tuning, fp32 masters), and its parameters are c
     gathered     FSDP: two blocks' unsharded weights (current + prefetched) and one block's unsharded
                  fp32 gradients before reduce-scatter, plus the root's weights
     autocast     DDP full fine-tuning: bf16 copies of fp32 weights that CUDA autocast caches for a step
-    activations  per micro-batch: with checkpointing each block keeps its inputs, plus one block
-                 recomputed in backward; the tap, projector (fp32) and LGF terms on top
+    activations  per micro-batch: a checkpointed block keeps its inputs (plus one block recomputed in
+                 backward), any other block all its saved tensors; the tap, projector (fp32) and LGF terms on top
+
+Selective checkpointing (student.checkpointing, stages/distill/recompute.py): the plan holds the
+activations for every count of checkpointed blocks, 0..L, so `fastest_fit(capacity)` answers "auto":
+the fewest checkpointed blocks (the least recompute, so the fastest step) whose total fits.
 
 S is the shard group: the world size for fsdp, parallel.shard_size for hsdp. Activation bytes are an
 estimate (coefficients from the CogVideoX block's saved tensors, checked against a measured CPU step
@@ -20,7 +24,7 @@ in tests/distill/test_memory_plan.py); everything else is exact counting.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -59,6 +63,25 @@ class MemoryPlan:
     gathered: int = 0
     autocast: int = 0
     activations: int = 0
+    blocks: int = 0  # transformer blocks
+    checkpointing: str = "all"  # the resolved student.checkpointing of these activations
+    checkpointed: int = 0  # blocks that recompute in backward
+    # activations bytes with k = 0..blocks checkpointed blocks (for fastest_fit; not in the JSON)
+    by_checkpointed: list[int] = field(default_factory=list, repr=False)
+
+    def with_checkpointed(self, count: int) -> "MemoryPlan":
+        """The same run with `count` blocks checkpointed (spread evenly: recompute.spec_for)."""
+        from stages.distill.recompute import spec_for
+
+        return replace(self, checkpointed=count, checkpointing=spec_for(count, self.blocks), activations=self.by_checkpointed[count])
+
+    def fastest_fit(self, capacity: int) -> "MemoryPlan | None":
+        """The plan with the fewest checkpointed blocks whose total fits `capacity` bytes; None when even all do not."""
+        for count in range(self.blocks + 1):
+            plan = self.with_checkpointed(count)
+            if plan.total <= capacity:
+                return plan
+        return None
 
     @property
     def parts(self) -> dict[str, int]:
@@ -78,10 +101,13 @@ class MemoryPlan:
         ]
         lines += [f"  {name:12s} {value / 2**30:8.2f} GiB" for name, value in self.parts.items()]
         lines.append(f"  {'total':12s} {self.total / 2**30:8.2f} GiB  (x{FRAGMENTATION} allocator slack + CUDA context)")
+        lines.append(f"  checkpointing {self.checkpointing}: {self.checkpointed} of {self.blocks} blocks recompute in backward")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {**asdict(self), "total": self.total}
+        out = {**asdict(self), "total": self.total}
+        out.pop("by_checkpointed")
+        return out
 
     def refusal(self, capacity: int) -> str:
         need, have = self.total / 2**30, capacity / 2**30
@@ -92,7 +118,7 @@ class MemoryPlan:
             fixes.append("more GPUs in the shard group (torchrun --nproc_per_node / parallel.shard_size)")
         if self.full_finetune:
             fixes.append("LoRA instead of full fine-tuning (student.full_finetune=false)")
-        fixes.append("train.batch_size=1 with optim.accumulation for the batch, student.gradient_checkpointing=true")
+        fixes.append("train.batch_size=1 with optim.accumulation for the batch, student.checkpointing=all")
         return (
             f"the run needs ~{need:.1f} GiB per GPU but the GPU has {have:.1f} GiB ({self.strategy}, {self.world} GPU(s), "
             f"{'full fine-tuning' if self.full_finetune else 'LoRA'}): try " + "; or ".join(fixes)
@@ -127,12 +153,15 @@ def plan_memory(
     text_len: int | None = None,
     transformer_overrides: dict[str, Any] | None = None,
     teacher_channels: int = 256,
+    capacity: int | None = None,
 ) -> MemoryPlan:
     """Plan a DistillConfig on `world` GPUs. latent_shape (T, H8, W8) and text_len default to the model's
     sample size (Wan: 81 frames of 480x832 and 512 text tokens); teacher_channels is the projector's output
     (256: memory_attention of the released SAM2 models, the default feature). A Wan plan uses the CogVideoX block
     coefficients (an estimate: a Wan block's saved tensors were not measured; its text sits in cross-attention, not
-    in the token count)."""
+    in the token count). student.checkpointing=auto plans the fastest choice that fits `capacity` bytes
+    (every block checkpointed when capacity is None or nothing fits)."""
+    from stages.distill.recompute import checkpointed_blocks
     from stages.families.lora import configure_student
     from stages.families.registry import get_student
 
@@ -182,20 +211,34 @@ def plan_memory(
         plan.gathered = (2 * block + root) * compute_bytes + block_trained * 4
     elif cfg.student.full_finetune and compute_bytes == 2:
         plan.autocast = trainable * 2
-    parts = activation_parts(cfg, c, tokens, video_tokens, width, compute_bytes, teacher_channels)
-    plan.activations = cfg.train.batch_size * sum(parts.values())
-    return plan
+    plan.blocks = len(student.blocks(transformer))
+    plan.by_checkpointed = [cfg.train.batch_size * sum(activation_parts(cfg, c, tokens, video_tokens, width, compute_bytes, teacher_channels,
+                                                                        checkpointed=k, blocks=plan.blocks).values())
+                            for k in range(plan.blocks + 1)]
+    spec = cfg.student.checkpointing_spec
+    if spec == "auto":
+        return (plan.fastest_fit(capacity) if capacity is not None else None) or plan.with_checkpointed(plan.blocks)
+    plan = plan.with_checkpointed(len(checkpointed_blocks(spec, plan.blocks)))
+    return replace(plan, checkpointing=spec)
 
 
-def activation_parts(cfg: Any, c: Any, tokens: int, video_tokens: int, width: int, elem: int, teacher_channels: int = 256) -> dict[str, int]:
-    """One micro-batch's activations, bytes: "forward" (kept from forward to backward: block inputs
-    under checkpointing, everything otherwise), "recompute" (one block rebuilt in backward), "head"
-    (tap, projector, LGF). The peak is their sum."""
+def activation_parts(cfg: Any, c: Any, tokens: int, video_tokens: int, width: int, elem: int, teacher_channels: int = 256,
+                     checkpointed: int | None = None, blocks: int | None = None) -> dict[str, int]:
+    """One micro-batch's activations, bytes: "forward" (kept from forward to backward: a checkpointed block's
+    input, every saved tensor of the others), "recompute" (one block rebuilt in backward), "head" (tap,
+    projector, LGF). The peak is their sum. checkpointed: how many of the `blocks` (default c.num_layers)
+    recompute; None: student.checkpointing's count ("auto" counts as all)."""
+    from stages.distill.recompute import checkpointed_blocks
+
     td = tokens * width
     block = (BLOCK_SAVED_FULL if cfg.student.full_finetune else BLOCK_SAVED_LORA) * td * elem
     mix = AUTOCAST_MIX if elem == 2 else 1.0
-    checkpointing = cfg.student.gradient_checkpointing
-    kept = c.num_layers * (CHECKPOINT_SAVED * td * elem if checkpointing else block) + OUTSIDE_BLOCKS * td * elem
+    blocks = c.num_layers if blocks is None else blocks
+    if checkpointed is None:
+        spec = cfg.student.checkpointing_spec
+        checkpointed = blocks if spec == "auto" else len(checkpointed_blocks(spec, blocks))
+    checkpointing = checkpointed > 0
+    kept = checkpointed * CHECKPOINT_SAVED * td * elem + (blocks - checkpointed) * block + OUTSIDE_BLOCKS * td * elem
     head = 0
     if cfg.losses.needs_projector:
         p = cfg.projector

@@ -33,6 +33,9 @@ from stages.config.distill import DistillConfig, LossesConfig
 from stages.distill.stream import StreamPosition
 from stages.distill import parallel
 from stages.distill.checkpoint.local import list_checkpoints, load_checkpoint, remove_stale_temp, save_checkpoint
+from stages.distill.cutoff import AgreementCutoff
+from stages.distill.ema import EMA, FILE as EMA_FILE
+from stages.distill.recompute import apply_checkpointing
 from stages.distill.data import check_fit, open_training_data
 from stages.distill.teacher_filter import filtered_keys, quality_column
 from stages.distill.losses import feature_losses
@@ -108,6 +111,7 @@ class LossContext:
     student: Student | None = None  # the family (training objective); None = the one of transformer_config's class
     latents_mean: torch.Tensor | None = None  # [C] per-channel latent normalisation (Wan VAE), else None
     latents_std: torch.Tensor | None = None
+    lgf_scale: float = 1.0  # multiplies losses.lgf.weight: the agreement cutoff's (stages/distill/cutoff.py), 1 when off
 
 
 def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict, generator: torch.Generator, step: int):
@@ -125,7 +129,7 @@ def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict
     total, terms = l_diff, {"diff": l_diff.item()}
     weights: dict[str, float] = {}
     if ctx.projector is not None:
-        feats = feature_losses(ctx.losses, step, ctx.projector, features, batch, ctx.column_lgf)
+        feats = feature_losses(ctx.losses, step, ctx.projector, features, batch, ctx.column_lgf, ctx.lgf_scale)
         total = total + feats.total
         if ctx.touch_unused:
             # Scheduled-off terms leave projector weights out of the graph; DDP's reducer needs every
@@ -178,7 +182,7 @@ class Trainer:
         if self.rank == 0:
             log.info("%s", self.filter.line())
         self._check_precision()
-        self._check_memory()
+        self.checkpointing = self._plan_checkpointing()  # "auto" resolved by the memory plan; refuses a run that cannot fit
         dtype = resolve_dtype(cfg.student.dtype, self.device)
         transformer, self.scheduler = self.student.load(cfg.student.model, cfg.student.task, dtype, self.device)
         self.grid = check_fit(self.data, transformer.config, cfg, self.student)  # before anything is trained
@@ -187,6 +191,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
             torch.manual_seed(step_seed(cfg.train.seed, "init"))
             configure_student(transformer, cfg.student, self.student.set_attention)
+        apply_checkpointing(transformer, self.student.blocks(transformer), self.checkpointing)
         self.input_dtype = transformer.dtype  # of the model inputs: the base dtype (fp32 for a full fine-tune)
         projector = self._build_projector(transformer) if cfg.losses.needs_projector else None
         self.model = DistillModel(transformer, projector, cfg.tap.block, self.student).to(self.device)
@@ -195,6 +200,11 @@ class Trainer:
         self.ddp = parallel.wrap(self.model, p.strategy, self.world, self.device, self._autocast_dtype(), p.shard_size, p.reshard_after_forward)
         self.sharded = parallel.is_sharded(self.ddp)
         self.optimizer = self._build_optimizer()
+        # after wrapping: under FSDP the shadow clones the sharded masters (DTensors), sharded like them
+        self.ema = EMA(self.model.transformer, cfg.train.ema.decay) if cfg.train.ema.decay else None
+        self.cutoff = AgreementCutoff.from_config(cfg.losses.lgf.cutoff)
+        if self.cutoff is not None and cfg.losses.lgf.weight == 0:
+            raise ValueError("losses.lgf.cutoff.patience > 0 but losses.lgf.weight is 0: there is no LGF loss to cut")
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         fp16 = self._autocast_dtype() == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)  # bf16 has fp32's range: no scaling
@@ -247,21 +257,34 @@ class Trainer:
                 "scaler): use optim.mixed_precision=bf16"
             )
 
-    def _check_memory(self) -> None:
-        """Refuse, before the model loads, a run whose memory plan does not fit the GPU (see memory_plan.py)."""
-        p = self.cfg.parallel
-        if self.device.type != "cuda" or not p.memory_check:
-            return
+    def _plan_checkpointing(self) -> str:
+        """The run's student.checkpointing, "auto" resolved; before the model loads (see memory_plan.py).
+
+        On a GPU with parallel.memory_check, a run whose plan does not fit is refused. "auto" takes the plan's
+        fastest choice that fits parallel.gpu_memory_gb, else the GPU; on a CPU without gpu_memory_gb, "all"."""
+        p, spec = self.cfg.parallel, self.cfg.student.checkpointing_spec
+        cuda = self.device.type == "cuda"
+        check = cuda and p.memory_check
+        if not check and spec != "auto":
+            return spec
+        capacity = p.gpu_memory_gb * 2**30 if p.gpu_memory_gb else (torch.cuda.get_device_properties(self.device).total_memory if cuda else None)
+        if capacity is None:
+            log.info("student.checkpointing=auto on %s without parallel.gpu_memory_gb: every block checkpointed", self.device)
+            return "all"
         from stages.distill.memory_plan import MemoryPlanError, plan_memory
 
-        capacity = p.gpu_memory_gb * 2**30 if p.gpu_memory_gb else torch.cuda.get_device_properties(self.device).total_memory
         lat = self.data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
         text = self.data.encodings.schema["prompt_embeds"].shape[0]
         plan = plan_memory(self.cfg, self.world, latent_shape=tuple(lat[1:]), text_len=text,
-                           teacher_channels=self.data.teacher_channels or 256)
-        if plan.total > capacity:
+                           teacher_channels=self.data.teacher_channels or 256, capacity=int(capacity))
+        if spec == "auto":
+            log.info("student.checkpointing=auto: %s (%d of %d blocks recompute), planned %.1f GiB of %.1f GiB per GPU",
+                     plan.checkpointing, plan.checkpointed, plan.blocks, plan.total / 2**30, capacity / 2**30)
+        if check and plan.total > capacity:
             raise MemoryPlanError(plan.refusal(capacity))
-        log.info("memory plan: %.1f GiB of %.1f GiB per GPU", plan.total / 2**30, capacity / 2**30)
+        if check:
+            log.info("memory plan: %.1f GiB of %.1f GiB per GPU", plan.total / 2**30, capacity / 2**30)
+        return plan.checkpointing
 
     def _held_out(self, resume: bool):
         """The run's held-out split (stages/store/holdout.py), written to <out>/holdout.json for `evaluate`.
@@ -345,7 +368,7 @@ class Trainer:
             if self.on_step is not None:
                 self.on_step(metrics)
             if self.validator is not None:  # held-out validation and samples, when due
-                self.validator.after_step(self.step, self._writer() if self.rank == 0 else None)
+                self.validator.after_step(self.step, self._writer() if self.rank == 0 else None, self._agreement)
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == last:
                 self.save()
         if self.stream.skipped:
@@ -364,6 +387,7 @@ class Trainer:
             from stages.distill.checkpoint.sharded import gather_full_state
 
             gathered = gather_full_state(self.ddp, frozen=self.cfg.student.full_finetune)
+        ema = self.ema.full_state() if self.ema is not None else None  # a collective too under FSDP
         if self.rank != 0:
             return None
         from stages.distill.curves import plot_loss_curve
@@ -371,6 +395,8 @@ class Trainer:
         info = {"step": self.step, "config": redact(to_dict(self.cfg)), "teacher_column": self.data.teacher.dirname if self.data.teacher else None,
                 "encodings_column": self.data.encodings.dirname, "store": self.data.store.url}
         out = self._export(gathered, info)
+        if ema is not None:
+            self._export_ema(ema, {**info, "ema_decay": self.ema.decay}, gathered)
         plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss_curve.png")
         return out
 
@@ -397,6 +423,22 @@ class Trainer:
             projector.load_state_dict(_submodule_state(gathered, "projector"))
         return write_lora(lora_from_trainable_state(_submodule_state(gathered, "transformer")), transformer.peft_config["default"].to_dict(), out, projector, info, pipeline_class=pipeline)
 
+    def _export_ema(self, ema: dict[str, torch.Tensor], info: dict, gathered: dict | None) -> Path:
+        """The EMA weights beside the raw ones: lora_ema/ (the LoRA format, no projector) or transformer_ema/.
+        gathered: a sharded run's full state (the buffers of a full fine-tune come from it)."""
+        from stages.distill.export import lora_from_trainable_state, save_full_transformer, write_lora
+
+        transformer = self.model.transformer
+        if self.cfg.student.full_finetune:
+            state = (_submodule_state(gathered, "transformer") if gathered is not None
+                     else {k: v.detach().cpu() for k, v in transformer.state_dict().items()})
+            # every weight is trained, so the shadow covers them all; buffers (if any) come from the model
+            state.update(ema)
+            return save_full_transformer(transformer.config, state, self.out / "transformer_ema", resolve_dtype(self.cfg.student.dtype, self.device))
+        pipeline = self.student.pipeline_class(self.cfg.student.task)
+        return write_lora(lora_from_trainable_state(ema), transformer.peft_config["default"].to_dict(), self.out / "lora_ema", None, info,
+                          pipeline_class=pipeline)
+
     def train_step(self, source: Iterator[tuple[dict, float]]) -> StepMetrics:
         cfg, started, waited = self.cfg, time.perf_counter(), 0.0
         accum = cfg.optim.accumulation
@@ -420,6 +462,8 @@ class Trainer:
         norms = self._clip_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update()
         self.lr_schedule.step()
         self.step += 1
         sums = self._mean_over_ranks(sums)
@@ -428,6 +472,23 @@ class Trainer:
         return StepMetrics(
             self.step, loss, sums, weights, lr, norms["student"], time.perf_counter() - started, waited, epoch, keys, norms
         )
+
+    def _agreement(self, row: dict) -> dict:
+        """The LGF cutoff's look at one validation row (every rank, the same numbers); what the row records of it."""
+        if self.cutoff is None:
+            return {}
+        c = self.cfg.losses.lgf.cutoff
+        value = row["terms"].get(c.metric)
+        if value is None:
+            log.warning("losses.lgf.cutoff: validation at step %d measured no %s (%s n/a): no cut decided", row["step"], c.metric, c.metric)
+            return {}
+        if self.cutoff.observe(row["step"], value):
+            self.loss_context.lgf_scale = self.cutoff.scale
+            if self.rank == 0:
+                log.info("LGF cutoff at step %d: held-out %s %.4f has not improved on its best %.4f by more than %g for %d "
+                         "validations: losses.lgf.weight x %g from step %d on", row["step"], c.metric, value, self.cutoff.best,
+                         c.min_delta, c.patience, self.cutoff.scale, row["step"] + 1)
+        return {"lgf_cutoff": {"metric": c.metric, **self.cutoff.state()}}
 
     def _clip_gradients(self) -> dict[str, float]:
         """Clip each parameter group to optim.grad_clip on its own; returns the norms before clipping.
@@ -469,13 +530,17 @@ class Trainer:
         # "position" (rank 0's) stays for readers of older checkpoints and for a resume on another world size
         extra = {"position": self.position.to_json(), "positions": self._rank_positions(), "config": redact(to_dict(self.cfg)),
                  "world_size": self.world, "scaler": self.scaler.state_dict()}
+        if self.cutoff is not None:
+            extra["lgf_cutoff"] = self.cutoff.state()
         if self.sharded:
             from stages.distill.checkpoint.sharded import save_sharded
 
-            save_sharded(self.out, self.step, self.ddp, self.optimizer, self.lr_schedule, extra, self.cfg.train.keep_last)
+            ema = {"ema": self.ema.shadow} if self.ema is not None else None  # sharded like the masters
+            save_sharded(self.out, self.step, self.ddp, self.optimizer, self.lr_schedule, extra, self.cfg.train.keep_last, ema)
             return
         if self.rank == 0:
-            save_checkpoint(self.out, self.step, self._trainables(), self.optimizer, self.lr_schedule, extra, self.cfg.train.keep_last)
+            files = {EMA_FILE: self.ema.state_dict()} if self.ema is not None else None
+            save_checkpoint(self.out, self.step, self._trainables(), self.optimizer, self.lr_schedule, extra, self.cfg.train.keep_last, files)
         if self.world > 1:
             dist.barrier()
 
@@ -500,6 +565,9 @@ class Trainer:
             apply_optimizer_changes(self.optimizer, self.lr_schedule, self.cfg)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.cutoff is not None and state.get("lgf_cutoff"):
+            self.cutoff.load(state["lgf_cutoff"])
+            self.loss_context.lgf_scale = self.cutoff.scale
         self.step = state["step"]
         self.position = self._position_for_world(state)
         _truncate_metrics(self.out / "ranks" / f"rank-{self.rank}.jsonl", self.step)
@@ -525,8 +593,13 @@ class Trainer:
             if self.sharded:
                 from stages.distill.checkpoint.sharded import load_sharded
 
-                return load_sharded(path, self.ddp, self.optimizer, self.lr_schedule), None
-            return load_checkpoint(path, self._trainables(), self.optimizer, self.lr_schedule), None
+                return load_sharded(path, self.ddp, self.optimizer, self.lr_schedule, {"ema": self.ema.shadow} if self.ema else None), None
+            state = load_checkpoint(path, self._trainables(), self.optimizer, self.lr_schedule)
+            if self.ema is not None:
+                from safetensors.torch import load_file
+
+                self.ema.load_state_dict(load_file(str(path / EMA_FILE)), str(path))
+            return state, None
         except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as exc:  # truncated or missing files
             return None, f"{type(exc).__name__}: {exc}"
 

@@ -114,10 +114,10 @@ class Validator:
             log.warning("eval.every=%d / sample_every=%d but the run holds out no clip (data.holdout=0, no data.holdout_keys): "
                         "validation and samples are off", e.every, e.sample_every)
 
-    def after_step(self, step: int, writer: Any = None) -> None:
-        """The trainer's one call: validate when due, sample videos when due (every rank calls it)."""
-        if self.due(step):
-            self.run(step, writer)
+    def after_step(self, step: int, writer: Any = None, annotate: Callable[[dict], dict] | None = None) -> dict | None:
+        """The trainer's one call: validate when due, sample videos when due (every rank calls it).
+        Returns the validation row, None when none was due. annotate: see `run`."""
+        row = self.run(step, writer, annotate) if self.due(step) else None
         every = self.cfg.eval.sample_every
         if self.keys and every > 0 and step % every == 0:
             from stages.distill.parallel import is_sharded
@@ -125,6 +125,7 @@ class Validator:
 
             world = dist.get_world_size() if dist.is_initialized() else 1
             sample_held_out(self.cfg, self.data, self.keys, self.model, self.ctx, is_sharded(self.forward), self.rank, world, self.out, step)
+        return row
 
     def due(self, step: int) -> bool:
         """Every eval.every optimiser steps (a multiple of it; so a resumed run validates where a straight one does)."""
@@ -192,9 +193,12 @@ class Validator:
             union = (pred | truth).sum().item()
             _add(sums, "mask_iou", (pred & truth).sum().item() / union if union else 1.0)
 
-    def run(self, step: int, writer: Any = None) -> dict:
-        """Validate (every rank), then rank 0 appends the row to metrics.jsonl and to TensorBoard."""
+    def run(self, step: int, writer: Any = None, annotate: Callable[[dict], dict] | None = None) -> dict:
+        """Validate (every rank), then rank 0 appends the row to metrics.jsonl and to TensorBoard.
+        annotate(row) -> entries added to the row before it is written (the trainer's LGF cutoff state)."""
         row = self.evaluate(step)
+        if annotate is not None:
+            row.update(annotate(row))
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             with open(self.out / "metrics.jsonl", "a") as f:

@@ -23,7 +23,7 @@ import numpy as np
 
 from stages.store import FeatureStore, StoreError
 from stages.evaluate.clips import load_clips, store_settings, teacher_config
-from stages.evaluate.runs import EvaluateError, heldout_keys, resolve_runs
+from stages.evaluate.runs import EMA_SUFFIX, EvaluateError, heldout_keys, resolve_runs
 from stages.evaluate.judge import Judge, JudgeConfig, JudgeError, resolve_judge
 from stages.evaluate.sampling import BASE, Model, SamplingSettings, sample_models, write_grids
 from stages.evaluate.scoring import Video, measure_videos, summarise
@@ -54,6 +54,7 @@ class EvaluateOptions:
     holdout: float | None = None  # explicit split: stages.store.holdout's rule at this fraction
     holdout_keys: list[str] = field(default_factory=list)  # explicit split: these clip keys
     student: str | None = None  # base model's student when there are no runs (else the runs')
+    ema: bool = False  # also each run's EMA weights (lora_ema/, train.ema.decay) as a row "<run>-ema"
 
 
 @dataclass
@@ -107,6 +108,8 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
     models = ([Model(BASE, base_student, None, base_task)] if opts.base else []) + [
         Model(r.name, r.student_model, r.lora_dir, r.student_task) for r in runs
     ]
+    if opts.ema:  # each run's EMA row beside its raw one (same student, task and held-out clips)
+        models += [Model(r.name + EMA_SUFFIX, r.student_model, r.ema_dir, r.student_task) for r in runs]
 
     names = [m.name for m in models]
     reference = opts.reference or (BASE if opts.base else None)

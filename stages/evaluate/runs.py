@@ -1,6 +1,7 @@
 """Which runs to evaluate and on which held-out clips.
 
-A run folder is what `sam2videox distill` writes: lora/ (the exported LoRA with sam2videox.json) and
+A run folder is what `sam2videox distill` writes: lora/ (the exported LoRA with sam2videox.json), lora_ema/
+(its EMA weights, runs with train.ema.decay; `evaluate --ema` adds them as a row "<run>-ema") and
 holdout.json (the held-out split it never trained on: {"fraction", "rule", "keys"}). `--runs` also
 accepts a folder of run folders (e.g. out/.../ablations after `make ablate`): its sub-folders that
 hold a LoRA are the runs, in name order.
@@ -17,6 +18,8 @@ from typing import Any, Sequence
 LORA_FILE = "pytorch_lora_weights.safetensors"
 INFO_FILE = "sam2videox.json"
 HOLDOUT_FILE = "holdout.json"
+EMA_DIR = "lora_ema"  # the EMA weights a run with train.ema.decay exports beside lora/
+EMA_SUFFIX = "-ema"  # the row name of a run's EMA weights
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,15 @@ class RunRef:
     @property
     def lora_dir(self) -> Path:
         return self.path / "lora"
+
+    @property
+    def ema_dir(self) -> Path:
+        """The run's EMA LoRA (EvaluateError when the run has none)."""
+        folder = self.path / EMA_DIR
+        if not (folder / LORA_FILE).is_file():
+            raise EvaluateError(f"--ema: run {self.name} has no EMA weights ({folder / LORA_FILE} is missing; "
+                                f"a run exports them when trained with train.ema.decay)")
+        return folder
 
     @property
     def student_model(self) -> str:

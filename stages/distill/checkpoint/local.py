@@ -2,6 +2,7 @@
 
     <out>/checkpoints/step-000006/
         model.safetensors      trainable weights (LoRA or all) and the projector, by parameter name
+        ema.safetensors        train.ema: the EMA shadow of the transformer's trainable weights (runs with EMA only)
         optimizer.safetensors  AdamW moments and step counters, keyed "<param index>.<name>"
         state.json             step, stream position, LR-scheduler state, optimizer param groups, config
 
@@ -71,8 +72,10 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(out_dir: Path, step: int, modules: dict[str, torch.nn.Module], optimizer, scheduler, extra: dict, keep_last: int) -> Path:
-    """Write checkpoint `step` atomically and prune all but the newest `keep_last`."""
+def save_checkpoint(out_dir: Path, step: int, modules: dict[str, torch.nn.Module], optimizer, scheduler, extra: dict, keep_last: int,
+                    files: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write checkpoint `step` atomically and prune all but the newest `keep_last`.
+    files: more safetensors files of the checkpoint, {file name: tensors} (e.g. ema.safetensors)."""
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
@@ -82,6 +85,8 @@ def save_checkpoint(out_dir: Path, step: int, modules: dict[str, torch.nn.Module
         save_file(trainable_state(modules), str(tmp / "model.safetensors"))
         opt_tensors, opt_meta = _optimizer_tensors(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        for name, tensors in (files or {}).items():
+            save_file(tensors, str(tmp / name))
         state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), **extra}
         return commit(tmp, final, state, keep_last)
     except (OSError, SafetensorError) as exc:  # disk full, quota, read-only: the committed checkpoints stay

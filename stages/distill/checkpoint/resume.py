@@ -23,13 +23,16 @@ APPLIED = (
     "diffusion.image_dropout", "train.caption_dropout",
     "parallel.memory_check", "parallel.gpu_memory_gb", "parallel.reshard_after_forward",
     "data.storage_options", "data.on_corrupt", "out",
-    "student.device", "student.attention", "student.gradient_checkpointing",  # same maths, other kernels
+    "student.device", "student.attention", "student.gradient_checkpointing", "student.checkpointing",  # same maths, other kernels
     "eval",  # validation cadence and clips: measured, never trained on
 )
 
 # what a checkpoint written before a key existed trained with: runs before the held-out split trained
 # on every clip (so resuming one needs data.holdout=0; the split itself is refused when it changes)
-LEGACY = {"data.holdout": 0.0, "data.holdout_keys": [], "data.allow_partial_columns": False}
+LEGACY = {"data.holdout": 0.0, "data.holdout_keys": [], "data.allow_partial_columns": False,
+          # keys added with EMA, selective checkpointing and the LGF cutoff (their defaults are the earlier behaviour)
+          "train.ema.decay": None, "student.checkpointing": None, "losses.lgf.cutoff.patience": 0,
+          "losses.lgf.cutoff.min_delta": 0.0, "losses.lgf.cutoff.metric": "lgf_projected", "losses.lgf.cutoff.factor": 0.0}
 
 
 class ResumeMismatch(ValueError):

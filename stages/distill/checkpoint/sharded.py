@@ -1,7 +1,7 @@
 """Checkpoints of sharded (FSDP/HSDP) runs through torch.distributed.checkpoint (DCP), committed atomically.
 
     <out>/checkpoints/step-000006/
-        .metadata, __0_0.distcp, ...     DCP: trainable weights + AdamW state, each rank writes its shards
+        .metadata, __0_0.distcp, ...     DCP: trainable weights + AdamW state (+ the EMA shadow), each rank writes its shards
         rng-rank<r>.safetensors          torch CPU (and CUDA) generator state of rank r
         state.json                       step, stream position, LR schedule, world size, config, format "dcp"
 
@@ -32,14 +32,16 @@ log = logging.getLogger(__name__)
 FORMAT = "dcp"
 
 
-def _options(full: bool = False):
+def _options(full: bool = False, strict: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full)
+    return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full, strict=strict)
 
 
-def save_sharded(out_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler, extra: dict, keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the committed folder."""
+def save_sharded(out_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler, extra: dict, keep_last: int,
+                 tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Collective: every rank calls it. Returns the committed folder. tensors: more DCP entries
+    ({"ema": {name: DTensor}}), saved and resharded like the weights."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -52,7 +54,7 @@ def save_sharded(out_dir: Path, step: int, model: torch.nn.Module, optimizer, sc
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-write
     dist.barrier()
     model_state, optim_state = get_state_dict(model, optimizer, options=_options())
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
+    dcp.save({"model": model_state, "optim": optim_state, **(tensors or {})}, checkpoint_id=str(tmp))
     save_file(_rng_state(), str(tmp / f"rng-rank{rank}.safetensors"))
     dist.barrier()
     if rank == 0:
@@ -61,8 +63,9 @@ def save_sharded(out_dir: Path, step: int, model: torch.nn.Module, optimizer, sc
     return final
 
 
-def load_sharded(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
-    """Collective: restore trainable weights, AdamW state, LR schedule and this rank's RNG; returns state.json."""
+def load_sharded(path: Path, model: torch.nn.Module, optimizer, scheduler, tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
+    """Collective: restore trainable weights, AdamW state, LR schedule and this rank's RNG; returns state.json.
+    tensors: the extra DCP entries save_sharded was given, loaded in place."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -74,9 +77,12 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer, scheduler) -> di
             f"resume it with parallel.strategy=ddp, or start this sharded run in a new folder"
         )
     model_state, optim_state = get_state_dict(model, optimizer, options=_options())
-    holder = {"model": model_state, "optim": optim_state}
+    holder = {"model": model_state, "optim": optim_state, **(tensors or {})}
     dcp.load(holder, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=holder["model"], optim_state_dict=holder["optim"], options=_options())
+    # strict=False: the frozen base weights are not in the checkpoint (ignore_frozen_params), and a strict load
+    # counts them as missing (a LoRA run under FSDP could not resume). Nothing trainable is skipped: holder holds
+    # exactly the trainable keys, and dcp.load above fails on any the checkpoint lacks.
+    set_state_dict(model, optimizer, model_state_dict=holder["model"], optim_state_dict=holder["optim"], options=_options(strict=False))
     scheduler.load_state_dict(state["scheduler"])
     rng = path / f"rng-rank{dist.get_rank()}.safetensors"
     if rng.exists():  # absent when resuming on more ranks than wrote the checkpoint
