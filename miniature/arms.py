@@ -77,7 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="dotted overrides for every run, e.g. train.steps=5")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train_arms(args.out, args.arms, tuple(args.seeds), args.overrides)
+    from stages.config.loader import ConfigError
+    from stages.store import StoreError
+
+    try:
+        train_arms(args.out, args.arms, tuple(args.seeds), args.overrides)
+    except (ConfigError, StoreError, ValueError) as exc:  # bad input: one line, the runs already exported are kept
+        raise SystemExit(f"miniature.arms: {exc}") from None
 
 
 if __name__ == "__main__":
