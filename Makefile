@@ -189,6 +189,7 @@ miniature-table: export OMP_NUM_THREADS ?= 1
 miniature-table: install
 	$(PY) -m miniature.world --part tune --out $(MINI)/corpus-tune
 	$(CLI) extract --config configs/miniature/extract_tune.yaml --store $(MINI)/store-tune
+	$(CLI) extract --config configs/miniature/extract_tune.yaml --store $(MINI)/store-tune columns=[teacher] teacher.feature=backbone
 	$(PY) -m miniature.arms --out $(MINI)/arms
 	$(CLI) evaluate --store $(MINI)/store-tune --runs $(MINI)/arms --base --out $(MINI)/eval --clips $(EVAL_CLIPS) \
 	  --judge-model tiny --judge-checkpoint weights/miniature/judge/judge.pt --no-vbench
