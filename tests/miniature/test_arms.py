@@ -9,7 +9,7 @@ from miniature.arms import train_arms
 
 @pytest.mark.slow
 def test_arms_train_once_each_and_a_rerun_skips_exported_runs(tmp_path, student_store):
-    overrides = ["student.model=tiny", f"data.store={student_store}", "train.steps=2", "train.batch_size=1",
+    overrides = ["student.model=tiny", f"data.store={student_store}", "data.teacher_column=null", "train.steps=2", "train.batch_size=1",
                  "train.log_every=1", "data.holdout=0.2", "data.shuffle_buffer=2", "projector.hidden=16"]
     rows = train_arms(tmp_path, arms=["ldiff", "lgf"], seeds=(0,), overrides=overrides)
     assert set(rows) == {"ldiff-s0", "lgf-s0"}
