@@ -50,7 +50,7 @@ WORLD = World()
 
 
 def sample_generator() -> ModuleType:
-    """datasets/sample/generate.py (a script, not a package), imported by path."""
+    """datasets/sample/generate.py, imported by path: datasets/ is not a package (it would shadow Hugging Face's)."""
     spec = importlib.util.spec_from_file_location("sample_generate", ROOT / "datasets" / "sample" / "generate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

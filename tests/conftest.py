@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -29,11 +28,10 @@ os.environ.setdefault("SAM2VIDEOX_CACHE", str(ROOT / ".cache" / "models"))
 
 
 def load_sample_generator():
-    """datasets/ is not a package (it would shadow Hugging Face's): load the generator by path."""
-    spec = importlib.util.spec_from_file_location("sample_generate", ROOT / "datasets" / "sample" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """datasets/sample/generate.py, loaded by path (miniature.world.sample_generator: the one loader)."""
+    from miniature.world import sample_generator
+
+    return sample_generator()
 
 
 @pytest.fixture(scope="module")
