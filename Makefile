@@ -197,7 +197,6 @@ miniature-table: install
 	  --judge-model tiny --judge-checkpoint weights/miniature/judge/judge.pt --no-vbench
 	$(PY) -m miniature.table --report $(MINI)/eval/report.json --out $(MINI)/table
 	$(PY) -m miniature.contact_sheet --eval $(MINI)/eval --models base lgf-s0 --real $(MINI)/corpus-tune \
-	  --clips $$($(PY) -c "import json; print(' '.join(json.load(open('$(MINI)/eval/report.json'))['protocol']['clips'][:3]))") \
 	  --out $(MINI)/table/contact_sheet.png
 
 miniature: miniature-weights miniature-table

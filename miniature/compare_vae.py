@@ -16,27 +16,11 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
-
+from miniature.contact_sheet import frame_rows
 from miniature.train_vae import Clips, TrainConfig, probe_psnr, reconstruct, render_part
 from miniature.world import WORLD
 
 log = logging.getLogger(__name__)
-
-
-def grid(rows: list[tuple[str, np.ndarray]], frames: list[int]) -> Image.Image:
-    """One row per (label, uint8 [F, H, W, 3] clip), one column per frame index; label strip on the left."""
-    h, w = rows[0][1].shape[1:3]
-    label_w, gap = 64, 2
-    img = Image.new("RGB", (label_w + len(frames) * (w + gap), len(rows) * (h + gap)), "white")
-    draw = ImageDraw.Draw(img)
-    for r, (label, clip) in enumerate(rows):
-        y = r * (h + gap)
-        draw.text((4, y + h // 2 - 6), label, fill="black")
-        for c, f in enumerate(frames):
-            img.paste(Image.fromarray(clip[f]), (label_w + c * (w + gap), y))
-    return img
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         scores[label] = probe_psnr(folder, Clips(probe.frames[: args.probe_clips], probe.masks[: args.probe_clips]))
         rows.append((label, reconstruct(folder, probe.frames[args.clip : args.clip + 1])[0]))
     args.png.parent.mkdir(parents=True, exist_ok=True)
-    grid(rows, args.frames).save(args.png)
+    frame_rows([(label, [clip[f] for f in args.frames]) for label, clip in rows], label_w=64).save(args.png)
     print(json.dumps({"probe_clips": args.probe_clips, "psnr_db": scores, "png": str(args.png)}, indent=2))
     return 0
 
