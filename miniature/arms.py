@@ -15,12 +15,12 @@ import logging
 import time
 from pathlib import Path
 
+from miniature.world import ROOT
 from stages.config.distill import DistillConfig
 from stages.config.loader import load_config
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "miniature" / "tune.yaml"
 ARMS = ROOT / "configs" / "miniature" / "arms"
 SEEDS = (0, 1, 2)
