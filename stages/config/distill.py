@@ -56,6 +56,33 @@ class LoRAConfig:
             raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass
+class StudentCompileConfig:
+    """student.compile: regional torch.compile, each transformer block compiled in place (stages/core/compiling.py).
+
+    One block's graph serves every block (they share code; parameters are graph inputs), so compile time is
+    that of one block, not of the model. LoRA, the feature tap and checkpointing keep working (the tap's hook
+    runs eagerly beside the compiled block). Off by default; same maths, other kernels (a resume may switch it).
+    """
+
+    enabled: bool = False
+    backend: Literal["inductor", "aot_eager", "eager"] = "inductor"  # aot_eager/eager: debugging graphs, no codegen
+    mode: str | None = None  # inductor's mode (COMPILE_MODES); null: torch's default
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in COMPILE_MODES:
+            raise ValueError(f"student.compile.mode={self.mode!r} is not one of: {', '.join(COMPILE_MODES)} (or null)")
+        if self.mode is not None and self.backend != "inductor":
+            raise ValueError(f"student.compile.mode={self.mode!r} is an inductor option: set student.compile.backend=inductor or mode=null")
+
+    def kwargs(self) -> dict[str, Any]:
+        """torch.compile keyword arguments (mode only when set: torch refuses mode with another backend)."""
+        return {"backend": self.backend, **({"mode": self.mode} if self.mode else {})}
+
+
 @dataclass
 class StudentConfig:
     model: str = "THUDM/CogVideoX-5b-I2V"  # diffusers-format folder or hub id (transformer/, scheduler/), or "tiny"
@@ -76,6 +103,12 @@ class StudentConfig:
     # null: "all" when gradient_checkpointing is true, else "none" (the behaviour before this key)
     checkpointing: str | None = None
     attention: Literal["sdpa", "xformers"] = "sdpa"  # xformers only when installed and on CUDA, else SDPA
+    compile: StudentCompileConfig = field(default_factory=StudentCompileConfig)  # regional torch.compile (off)
+    # FP8 matmuls through torchao's float8 training (Float8Linear, dynamic tensorwise scales): LoRA runs convert
+    # the frozen base linears of the blocks (never peft's lora_A/lora_B), full fine-tuning every block linear;
+    # only linears whose in and out features are multiples of 16. Needs CUDA compute capability >= 8.9
+    # (Ada/Hopper) and torchao; refused in one line elsewhere (stages/distill/fp8.py)
+    fp8: bool = False
 
     def __post_init__(self) -> None:
         if self.checkpointing is not None:

@@ -12,6 +12,10 @@ captured tensor with one whose graph is not the loss's, or capture twice. The ta
 The tensor kept is the block's own output, so a loss on it backpropagates into blocks 0..L.
 Diffusers' default (non-reentrant) checkpointing keeps that output on the graph; a reentrant
 checkpoint function would hand the hook a detached tensor, which the tap reports with a warning.
+
+Under student.compile (each block compiled in place) a block's hooks run inside its compiled call;
+both hooks are excluded from the graph (`torch.compiler.disable`): they keep Python state and ask the
+autograd engine whether it is running, which a traced graph would freeze at its first call.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ class FeatureTap:
     def __exit__(self, *exc: Any) -> None:
         self.remove()
 
+    @torch.compiler.disable
     def _on_transformer_start(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if _in_backward():
             return  # a checkpoint recompute never re-enters the top-level forward, but be safe
@@ -92,6 +97,7 @@ class FeatureTap:
         self.captures = 0
         self.ignored = 0
 
+    @torch.compiler.disable
     def _on_block_end(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         if _in_backward() or self.captures > 0:
             self.ignored += 1

@@ -40,7 +40,9 @@ from stages.distill.data import check_fit, open_training_data
 from stages.distill.teacher_filter import filtered_keys, quality_column
 from stages.distill.losses import feature_losses
 from stages.distill.projector import Projector, ProjectorSpec
+from stages.core.compiling import block_compile_targets, compile_modules
 from stages.core.devices import resolve_device, resolve_dtype
+from stages.distill.fp8 import check_fp8, convert_fp8
 from stages.families.base import Student
 from stages.families.lora import configure_student
 from stages.families.registry import student_for, student_of
@@ -174,6 +176,8 @@ class Trainer:
         self.cfg, self.on_step = cfg, on_step
         self.rank, self.world, self.device = init_distributed(cfg.student.device)
         self.student = student_for(cfg.student.model, cfg.student.family)  # first: an unregistered family fails in one line
+        if cfg.student.fp8:
+            check_fp8(self.device)  # before the store opens: a CPU or pre-Ada GPU is refused in one line
         self.out = Path(cfg.out)
         self.data = open_training_data(cfg)
         # decided from the store alone: every rank excludes the same clips (before the model loads: a
@@ -191,6 +195,18 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
             torch.manual_seed(step_seed(cfg.train.seed, "init"))
             configure_student(transformer, cfg.student, self.student.set_attention)
+        # The order of the speed switches (each acts on the same block objects, in place):
+        #   1. LoRA (above): peft wraps the target linears (to_q -> to_q.base_layer + lora_A/lora_B)
+        #   2. student.fp8: the frozen base linears (all block linears for a full fine-tune) become Float8Linear;
+        #      after LoRA so the filter can leave the adapters alone, before FSDP2 so it shards Float8Linear weights
+        #   3. checkpointing: the transformer's checkpoint function wraps the chosen blocks' __call__
+        #   4. the tap's forward hook on block L (DistillModel)
+        #   5. parallel.wrap: FSDP2 fully_shard per block, in place (same block objects, class swapped, hooks added)
+        #   6. student.compile: nn.Module.compile on each of those blocks, in place and last, so the compiled block
+        #      is the FSDP2 unit (dynamo skips FSDP2's hooks: they run eagerly around the graph), the checkpoint
+        #      function wraps the compiled call, and the tap's hook runs eagerly (torch.compiler.disable)
+        if cfg.student.fp8:
+            convert_fp8(transformer, self.student.blocks(transformer), cfg.student.full_finetune)
         apply_checkpointing(transformer, self.student.blocks(transformer), self.checkpointing)
         self.input_dtype = transformer.dtype  # of the model inputs: the base dtype (fp32 for a full fine-tune)
         projector = self._build_projector(transformer) if cfg.losses.needs_projector else None
@@ -199,6 +215,9 @@ class Trainer:
         # FSDP replaces the parameters by sharded ones: wrap first, then give the optimizer what it made
         self.ddp = parallel.wrap(self.model, p.strategy, self.world, self.device, self._autocast_dtype(), p.shard_size, p.reshard_after_forward)
         self.sharded = parallel.is_sharded(self.ddp)
+        c = cfg.student.compile
+        if c.enabled:  # regional: every block, compiled on first use (see the order above)
+            compile_modules("student", block_compile_targets(self.student.blocks(self.model.transformer), c.kwargs()), self.device, cpu=True)
         self.optimizer = self._build_optimizer()
         # after wrapping: under FSDP the shadow clones the sharded masters (DTensors), sharded like them
         self.ema = EMA(self.model.transformer, cfg.train.ema.decay) if cfg.train.ema.decay else None

@@ -24,6 +24,7 @@ APPLIED = (
     "parallel.memory_check", "parallel.gpu_memory_gb", "parallel.reshard_after_forward",
     "data.storage_options", "data.on_corrupt", "out",
     "student.device", "student.attention", "student.gradient_checkpointing", "student.checkpointing",  # same maths, other kernels
+    "student.compile",
     "eval",  # validation cadence and clips: measured, never trained on
 )
 
@@ -32,7 +33,9 @@ APPLIED = (
 LEGACY = {"data.holdout": 0.0, "data.holdout_keys": [], "data.allow_partial_columns": False,
           # keys added with EMA, selective checkpointing and the LGF cutoff (their defaults are the earlier behaviour)
           "train.ema.decay": None, "student.checkpointing": None, "losses.lgf.cutoff.patience": 0,
-          "losses.lgf.cutoff.min_delta": 0.0, "losses.lgf.cutoff.metric": "lgf_projected", "losses.lgf.cutoff.factor": 0.0}
+          "losses.lgf.cutoff.min_delta": 0.0, "losses.lgf.cutoff.metric": "lgf_projected", "losses.lgf.cutoff.factor": 0.0,
+          # keys added with the speed switches (student.fp8 changes the numerics: a resume cannot switch it)
+          "student.compile.enabled": False, "student.compile.backend": "inductor", "student.compile.mode": None, "student.fp8": False}
 
 
 class ResumeMismatch(ValueError):
