@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT
 
-PARTS = ("teacher", "encodings", "step", "step_xformers", "fsdp", "fsdp_full", "step_meta")
+PARTS = ("teacher", "encodings", "step", "step_compile", "step_fp8", "step_xformers", "fsdp", "fsdp_full", "step_meta")
 
 
 @pytest.mark.slow
@@ -31,7 +31,7 @@ def test_gpu_suite_dry_run_writes_a_figure_for_every_part(tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "dry-run"
-    may_skip = {"step_xformers"}
+    may_skip = {"step_xformers", "step_fp8"}
     for part in PARTS:
         entry = summary["parts"][part]
         if part in may_skip and entry["status"] in ("skipped", "not available"):
@@ -44,6 +44,10 @@ def test_gpu_suite_dry_run_writes_a_figure_for_every_part(tmp_path):
     assert any("clips_per_h" in k for k in figures["teacher"]), figures["teacher"]
     assert {"runs[tiling=True].clips_per_hour", "runs[tiling=False].clips_per_hour"} <= set(figures["encodings"])
     assert figures["step"]["ratio_lgf_plain"] > 0
+    # the compile variant compiled the blocks (dynamo made graphs) and still measured both variants
+    assert figures["step_compile"]["compiled_graphs"] > 0 and figures["step_compile"]["ratio_lgf_plain"] > 0
+    # fp8 never runs on CPU: the part says why, in the trainer's own words
+    assert "compute capability >= 8.9" in summary["parts"]["step_fp8"]["reason"], summary["parts"]["step_fp8"]
     assert figures["step_meta"]["base_params_b"] == pytest.approx(5.57, abs=0.01)  # CogVideoX-5B-I2V transformer
 
     table = (out / "summary.md").read_text()

@@ -66,6 +66,10 @@ class MemoryPlan:
     blocks: int = 0  # transformer blocks
     checkpointing: str = "all"  # the resolved student.checkpointing of these activations
     checkpointed: int = 0  # blocks that recompute in backward
+    # the speed switches, shown but not modelled: a compiled or FP8 step is planned as the eager one
+    # (inductor may fuse away some saved tensors, torchao keeps bf16 weights and saves high-precision inputs)
+    compile: str | None = None  # student.compile's backend when on
+    fp8: bool = False  # student.fp8
     # activations bytes with k = 0..blocks checkpointed blocks (for fastest_fit; not in the JSON)
     by_checkpointed: list[int] = field(default_factory=list, repr=False)
 
@@ -102,6 +106,9 @@ class MemoryPlan:
         lines += [f"  {name:12s} {value / 2**30:8.2f} GiB" for name, value in self.parts.items()]
         lines.append(f"  {'total':12s} {self.total / 2**30:8.2f} GiB  (x{FRAGMENTATION} allocator slack + CUDA context)")
         lines.append(f"  checkpointing {self.checkpointing}: {self.checkpointed} of {self.blocks} blocks recompute in backward")
+        speed = [f"compile ({self.compile})"] * bool(self.compile) + ["fp8"] * self.fp8
+        if speed:
+            lines.append(f"  {' + '.join(speed)}: not modelled, planned as the eager step")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -195,7 +202,8 @@ def plan_memory(
     sharded = cfg.parallel.strategy in ("fsdp", "hsdp")
     group = (cfg.parallel.shard_size or world) if cfg.parallel.strategy == "hsdp" else (world if sharded else 1)
     plan = MemoryPlan(cfg.student.model, cfg.parallel.strategy, world, group, cfg.student.full_finetune,
-                      params, trainable, projector, tokens)
+                      params, trainable, projector, tokens,
+                      compile=cfg.student.compile.backend if cfg.student.compile.enabled else None, fp8=cfg.student.fp8)
 
     compute_bytes = 2 if cfg.optim.mixed_precision != "no" else 4
     trained = trainable + projector

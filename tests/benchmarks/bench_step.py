@@ -13,6 +13,8 @@ ratio A/B, and (store path) the share of step time spent waiting for data.
     python tests/benchmarks/bench_step.py --device cuda --real --attention xformers --json step.json
     python tests/benchmarks/bench_step.py --device cuda --real --strategy fsdp   # FSDP2, one rank
     python tests/benchmarks/bench_step.py --synthetic --preset tiny             # the synthetic path on CPU
+    python tests/benchmarks/bench_step.py --device cuda --real --compile        # student.compile: each block compiled
+    python tests/benchmarks/bench_step.py --device cuda --real --compile --fp8  # + student.fp8 (torchao; Ada/Hopper)
 
 CPU path (default): extracts `--clips` clips of the sample corpus with the real worker
 (stages.extract.shard_worker.ShardWorker, in-process) into a temporary store, then builds two
@@ -219,14 +221,25 @@ def synthetic_batch(config: Any, teacher_channels: int, device: torch.device, ba
 
 
 def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
-                    full_finetune: bool = False) -> StepParts:
+                    full_finetune: bool = False, compile_kwargs: dict | None = None, fp8: bool = False) -> StepParts:
     """The GPU path's construction: transformer on device, LoRA + checkpointing + attention backend as
-    configure_student does, projector, one AdamW over LoRA + projector (the trainer's groups and defaults)."""
+    configure_student does, projector, one AdamW over LoRA + projector (the trainer's groups and defaults).
+    fp8 / compile_kwargs: student.fp8 and student.compile through the trainer's own functions, in its order
+    (LoRA, fp8, checkpointing, then each block compiled in place; the tap is attached per step, after)."""
     transformer = build_transformer(preset.config, device, dtype)
     student = StudentConfig(model="<synthetic>", lora=LoRAConfig(rank=preset.lora_rank, alpha=float(preset.lora_rank)),
                             gradient_checkpointing=True, attention=attention, full_finetune=full_finetune)
     torch.manual_seed(0)  # peft draws LoRA A from the global RNG
-    lora_params = configure_student(transformer, student, get_student("cogvideox").set_attention)
+    family = get_student("cogvideox")
+    lora_params = configure_student(transformer, student, family.set_attention)
+    if fp8:
+        from stages.distill.fp8 import convert_fp8
+
+        convert_fp8(transformer, family.blocks(transformer), full_finetune)
+    if compile_kwargs is not None:
+        from stages.core.compiling import block_compile_targets, compile_modules
+
+        compile_modules("student", block_compile_targets(family.blocks(transformer), compile_kwargs), device, cpu=True)
     width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
     projector = Projector(ProjectorSpec(width, preset.teacher_channels, preset.projector_hidden, 2)).to(device)
     optimizer = torch.optim.AdamW(
@@ -245,10 +258,14 @@ def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, at
 
 
 def run_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: int, steps: int, batch_size: int,
-                  attention: str = "sdpa") -> dict:
-    """Interleaved A/B steps of the synthetic path; per variant: seconds, and peak GPU memory on CUDA."""
+                  attention: str = "sdpa", compile_kwargs: dict | None = None, fp8: bool = False) -> dict:
+    """Interleaved A/B steps of the synthetic path; per variant: seconds, and peak GPU memory on CUDA.
+    Also the first step of each variant (with compile: the compile time, in the warm-up) and the graphs dynamo made."""
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
     t0 = time.perf_counter()
-    parts = build_synthetic(preset, device, dtype, attention)
+    parts = build_synthetic(preset, device, dtype, attention, compile_kwargs=compile_kwargs, fp8=fp8)
     built = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.empty_cache()  # drop the fp32 construction copy before measuring
@@ -262,17 +279,20 @@ def run_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, warm
           f"projector), tap block {preset.tap_block}, dtype {dtype}{static}")  # fmt: skip
     seconds = {"lgf": [], "plain": []}
     peak = {"lgf": 0.0, "plain": 0.0}
+    first = {}
     for i in range(warmup + steps):
         for variant in ("lgf", "plain"):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             s, _ = synthetic_step(parts, batch, seed=i, step=1000 + i, lgf=variant == "lgf")
+            first.setdefault(variant, s)
             if i >= warmup:
                 seconds[variant].append(s)
                 if device.type == "cuda":
                     peak[variant] = max(peak[variant], torch.cuda.max_memory_allocated(device) / 2**30)
     return {"seconds": seconds, "peak_gib": peak if device.type == "cuda" else None, "build_s": built,
-            "params": total, "trainable": trainable, "attention": attention_in_use(parts.transformer)}
+            "params": total, "trainable": trainable, "attention": attention_in_use(parts.transformer),
+            "first_step_s": first, "compiled_graphs": counters["stats"]["unique_graphs"] - graphs}
 
 
 def attention_in_use(transformer: Any) -> str:
@@ -513,9 +533,22 @@ def run_gpu(args: argparse.Namespace) -> dict:
     if args.attention == "xformers" and device.type != "cuda":
         print("attention=xformers needs CUDA; skipped")
         return {**head, "attention": "xformers", "skipped": "xformers needs CUDA"}
-    res = run_synthetic(preset, device, dtype, args.warmup, args.gpu_steps, 1, args.attention)
+    compile_kwargs = {"backend": args.compile_backend} if args.compile else None
+    head.update(compile=args.compile_backend if args.compile else None, fp8=args.fp8)
+    if args.fp8:
+        from stages.distill.fp8 import fp8_refusal
+
+        why = fp8_refusal(device)
+        if why is not None:  # the trainer's own refusal (CPU, pre-Ada GPU, no torchao)
+            print(f"fp8: {why}; skipped")
+            return {**head, "skipped": why}
+    res = run_synthetic(preset, device, dtype, args.warmup, args.gpu_steps, 1, args.attention, compile_kwargs, args.fp8)
+    speed = "".join([f", compiled ({args.compile_backend}, {res['compiled_graphs']} graphs)" if args.compile else "",
+                     ", fp8" if args.fp8 else ""])
     report_pair(f"{preset.name} (synthetic, {head['dtype']}, LoRA r{preset.lora_rank}, gradient checkpointing, "
-                f"attention {res['attention']})", res["seconds"]["lgf"], res["seconds"]["plain"])  # fmt: skip
+                f"attention {res['attention']}{speed})", res["seconds"]["lgf"], res["seconds"]["plain"])  # fmt: skip
+    print(f"first step (in the warm-up; with compile, its compile time): lgf {res['first_step_s']['lgf']:.1f} s | "
+          f"plain {res['first_step_s']['plain']:.1f} s")
     pk = res["peak_gib"]
     if pk is not None:
         print(f"peak GPU memory per step: lgf {pk['lgf']:.2f} GiB | plain {pk['plain']:.2f} GiB | "
@@ -523,7 +556,8 @@ def run_gpu(args: argparse.Namespace) -> dict:
     med = {v: median(x) for v, x in res["seconds"].items()}
     return {**head, "attention": res["attention"], "params_b": res["params"] / 1e9, "trainable_m": res["trainable"] / 1e6,
             "build_s": res["build_s"], "s_per_step": med, "ratio_lgf_plain": med["lgf"] / med["plain"],
-            "peak_gib": pk, "steps": res["seconds"]}  # fmt: skip
+            "peak_gib": pk, "steps": res["seconds"], "first_step_s": res["first_step_s"],
+            "compiled_graphs": res["compiled_graphs"]}  # fmt: skip
 
 
 def run_dry(args: argparse.Namespace) -> dict:
@@ -595,6 +629,10 @@ def main() -> None:
     ap.add_argument("--strategy", default="single", choices=["single", "fsdp"],
                     help="synthetic path: fsdp = FSDP2 over one rank through stages.distill.parallel (lgf steps only)")
     ap.add_argument("--full-finetune", action="store_true", help="--strategy fsdp: train every weight (fp32 masters) instead of LoRA")
+    ap.add_argument("--compile", action="store_true", help="synthetic path: student.compile (each block torch.compiled in place)")
+    ap.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager", "eager"],
+                    help="--compile: student.compile.backend (aot_eager: no code generation, for quick CPU dry runs)")
+    ap.add_argument("--fp8", action="store_true", help="synthetic path: student.fp8 (torchao Float8Linear; skipped where refused)")
     ap.add_argument("--json", default=None, help="synthetic and dry-run paths: also write the figures to this JSON file")
     args = ap.parse_args()
     args.preset = args.preset or ("real" if args.real else "mid")

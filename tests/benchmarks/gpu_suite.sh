@@ -9,7 +9,11 @@
 # `timeout`, so one failing part leaves the others' figures:
 #   teacher        bench_tracker.py: Hiera-L at 1024, 49 frames: clip_batch 1/4/8 vs the stock predictor
 #   encodings      bench_encodings.py: CogVideoX VAE + T5-XXL at 49x480x720, VAE tiling on and off
-#   step           bench_step.py --real: CogVideoX-5B-I2V LoRA r128 distill step, lgf vs plain
+#   step           bench_step.py --real: CogVideoX-5B-I2V LoRA r128 distill step, lgf vs plain (eager)
+#   step_compile   the same with student.compile (each block torch.compiled, inductor): first step = compile time
+#   step_fp8       the same with student.compile + student.fp8 (torchao Float8Linear on the frozen block linears;
+#                  compiled, as torchao's casts are only fast fused; compare with step_compile). Skipped with the
+#                  trainer's one-line refusal where it cannot run (no torchao, compute capability < 8.9)
 #   step_xformers  the same with student.attention=xformers (skipped when xformers does not import)
 #   fsdp           bench_step.py --real --strategy fsdp: one FSDP2 step on one GPU
 # Files under DIR (default $OUT, else out/gpu-suite): suite.log, results.jsonl (one record per
@@ -74,20 +78,25 @@ $SUMMARY facts --out "$OUTDIR" 2>&1 | tee -a "$LOG"
 
 B=tests/benchmarks
 if [ $DRY = 1 ]; then
-  PARTS="teacher encodings step step_xformers fsdp fsdp_full step_meta"
+  PARTS="teacher encodings step step_compile step_fp8 step_xformers fsdp fsdp_full step_meta"
   T=(--threads 1)
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cpu --model tiny --frames 5 --clips 2 --height 48 --width 64 --clip-batch 1,2 ${T[*]}"
     [encodings]="$B/bench_encodings.py --device cpu --tiling both --clips 1 --frames 9"
     [step]="$B/bench_step.py --synthetic --preset tiny --warmup 1 --gpu-steps 2 ${T[*]}"
+    # aot_eager: the compile path (dynamo, AOT autograd, the tap and checkpointing around compiled blocks) without
+    # inductor's C++ code generation, which alone takes over a minute on 2 cores; fp8 is refused on CPU (its reason)
+    [step_compile]="$B/bench_step.py --synthetic --preset tiny --compile --compile-backend aot_eager --warmup 1 --gpu-steps 2 ${T[*]}"
+    [step_fp8]="$B/bench_step.py --synthetic --preset tiny --compile --compile-backend aot_eager --fp8 --warmup 1 --gpu-steps 2 ${T[*]}"
     [step_xformers]="$B/bench_step.py --synthetic --preset tiny --attention xformers --warmup 1 --gpu-steps 2 ${T[*]}"
     [fsdp]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --warmup 1 --gpu-steps 2 ${T[*]}"
     [fsdp_full]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2 ${T[*]}"
     [step_meta]="$B/bench_step.py --real --dry-run"
   )
-  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [step_meta]=90)
+  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_compile]=90 [step_fp8]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [step_meta]=90)
 else
-  PARTS="teacher encodings step step_xformers fsdp fsdp_full"
+  # step_compile and step_fp8 come last: a command cut at the device's limit loses only them
+  PARTS="teacher encodings step step_xformers fsdp fsdp_full step_compile step_fp8"
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 1,4,8"
     [encodings]="$B/bench_encodings.py --device cuda --tiling both --clips 2"
@@ -95,10 +104,15 @@ else
     [step_xformers]="$B/bench_step.py --device cuda --real --attention xformers --warmup 1 --gpu-steps 2"
     [fsdp]="$B/bench_step.py --device cuda --real --strategy fsdp --warmup 1 --gpu-steps 2"
     [fsdp_full]="$B/bench_step.py --device cuda --real --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2"
+    [step_compile]="$B/bench_step.py --device cuda --real --compile --warmup 1 --gpu-steps 2"
+    [step_fp8]="$B/bench_step.py --device cuda --real --compile --fp8 --warmup 1 --gpu-steps 2"
   )
-  # seconds per part; the sum (520) stays under the device's 600 s per command with install and facts.
+  # seconds per part; the first six (520) stay under the device's 600 s per command with install and facts.
   # step_xformers takes seconds when xformers is absent (the lent boxes): about 7.5 min at most in all.
-  declare -A BUDGET=([teacher]=150 [encodings]=80 [step]=110 [step_xformers]=20 [fsdp]=70 [fsdp_full]=90)
+  # With step_compile and step_fp8 (budgets unmeasured: one block's inductor compile, fwd + bwd, is the
+  # unknown) the sum is 820 s: on a 600 s device command run two, `--only teacher,encodings,step,step_xformers,fsdp,fsdp_full`
+  # and `--only step,step_compile,step_fp8`. step_fp8 needs torchao on the box (not in gpu_wheels.txt yet).
+  declare -A BUDGET=([teacher]=150 [encodings]=80 [step]=110 [step_xformers]=20 [fsdp]=70 [fsdp_full]=90 [step_compile]=150 [step_fp8]=150)
 fi
 [ -n "$ONLY" ] && PARTS=$(tr , ' ' <<<"$ONLY")
 

@@ -151,3 +151,17 @@ def test_torchao_conversion_puts_float8_linear_exactly_on_the_chosen_linears():
         # the LoRA stays trainable and the frozen bases frozen; state-dict keys and shapes do not change
         assert all(p.requires_grad == (full_finetune or "lora_" in n) for n, p in transformer.named_parameters())
         assert {k: v.shape for k, v in transformer.state_dict().items()} == keys
+
+
+def test_the_plan_shows_the_switches_and_plans_them_as_the_eager_step():
+    import json
+
+    runner = CliRunner()
+    plain = runner.invoke(app, ["plan", "-c", str(SAMPLE), "--gpus", "1", "--json"])
+    fast = runner.invoke(app, ["plan", "-c", str(SAMPLE), "--gpus", "1", "--json", "student.compile.enabled=true", "student.fp8=true"])
+    assert plain.exit_code == 0 and fast.exit_code == 0, plain.output + fast.output
+    a, b = json.loads(plain.output), json.loads(fast.output)
+    assert (a["compile"], a["fp8"]) == (None, False) and (b["compile"], b["fp8"]) == ("inductor", True)
+    assert b["total"] == a["total"]  # not modelled: the plan says so in its table
+    table = runner.invoke(app, ["plan", "-c", str(SAMPLE), "--gpus", "1", "student.compile.enabled=true", "student.fp8=true"])
+    assert "compile (inductor) + fp8: not modelled, planned as the eager step" in table.output
