@@ -84,6 +84,30 @@ def test_compiled_blocks_train_like_eager_with_lora_tap_and_checkpointing(studen
     assert any(w.abs().sum() > 0 for n, w in compiled_lora.items() if "lora_B" in n)  # LoRA B trained away from zero
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_compiled_blocks_are_the_fsdp2_units_and_train_like_eager_fsdp(student_store, tmp_path):
+    """FSDP2 on one rank (gloo): fully_shard per block, then each block compiled in place, so the compiled module
+    is the FSDP2 unit. aot_eager here (dynamo + AOT autograd around FSDP2's eager hooks; the inductor run above
+    covers code generation): the same losses as eager FSDP2."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from stages.distill.trainer import Trainer
+
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["student.compile.enabled=true", "student.compile.backend=aot_eager"])):
+        cfg = load_config(DistillConfig, SAMPLE, [f"data.store={student_store}", f"out={tmp_path / name}", "data.num_workers=0",
+                                                  "train.batch_size=1", "train.steps=2", "eval.every=0", "parallel.strategy=fsdp", *extra])
+        trainer = Trainer(cfg)
+        blocks = COGVIDEOX.blocks(trainer.model.transformer)
+        assert trainer.sharded and all(isinstance(b, FSDPModule) for b in blocks)
+        assert all((b._compiled_call_impl is not None) == (name == "compiled") for b in blocks)
+        runs[name] = trainer.run()
+        trainer.close()
+    for a, b in zip(runs["eager"], runs["compiled"], strict=True):
+        assert b.terms == pytest.approx(a.terms, rel=1e-5, abs=1e-7) and b.grad_norms == pytest.approx(a.grad_norms, rel=1e-4)
+
+
 def test_fp8_on_cpu_is_refused_in_one_line_before_the_store_opens(tmp_path):
     assert "needs a CUDA GPU of compute capability >= 8.9" in fp8_refusal(torch.device("cpu"))
     missing = tmp_path / "no-store"  # never opened: the refusal comes first
