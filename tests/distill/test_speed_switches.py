@@ -189,3 +189,16 @@ def test_the_plan_shows_the_switches_and_plans_them_as_the_eager_step():
     assert b["total"] == a["total"]  # not modelled: the plan says so in its table
     table = runner.invoke(app, ["plan", "-c", str(SAMPLE), "--gpus", "1", "student.compile.enabled=true", "student.fp8=true"])
     assert "compile (inductor) + fp8: not modelled, planned as the eager step" in table.output
+
+
+def test_a_resume_may_switch_compile_but_not_fp8():
+    from stages.config.loader import to_dict
+    from stages.distill.checkpoint.resume import ResumeMismatch, compare
+
+    saved = to_dict(load_config(DistillConfig, SAMPLE))
+    older = {**saved, "student": {k: v for k, v in saved["student"].items() if k not in ("compile", "fp8")}}  # before the keys
+    assert compare(older, saved, "ckpt") == {}  # their defaults are what older runs trained with
+    on = to_dict(load_config(DistillConfig, SAMPLE, ["student.compile.enabled=true", "student.compile.backend=aot_eager"]))
+    assert compare(saved, on, "ckpt") == {"student.compile.backend": ("inductor", "aot_eager"), "student.compile.enabled": (False, True)}
+    with pytest.raises(ResumeMismatch, match=r"student.fp8: False -> True"):
+        compare(saved, to_dict(load_config(DistillConfig, SAMPLE, ["student.fp8=true"])), "ckpt")
