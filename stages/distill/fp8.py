@@ -15,6 +15,12 @@ Order in the trainer: after LoRA injection (the filter must see peft's wrappers)
 checkpointing, FSDP2 and compile (FSDP2 then shards the Float8Linear weights as plain weights, and
 the compiled blocks trace the float8 casts, which is where torchao's speed comes from).
 
+Run it with student.compile: eager, torchao's casts and scales are separate kernels, and its autograd
+function computes a weight gradient even for a frozen base weight (an extra GEMM per linear under
+LoRA); compiled, inductor fuses the casts, and AOT autograd's backward graph outputs gradients only
+for inputs that need them, so that GEMM is dead code (expected, not yet measured on a GPU). The
+trainer logs a warning when fp8 runs without compile.
+
 Refused in one line (a ConfigError: `distill` exits 2) where it cannot run: not CUDA, compute
 capability below 8.9 (FP8 tensor cores start with Ada and Hopper), or no torchao with float8.
 """
@@ -99,7 +105,7 @@ def convert_fp8(transformer: nn.Module, blocks: Sequence[nn.Module], full_finetu
     matmuls need the GPU that `check_fp8` asks for."""
     from torchao.float8 import convert_to_float8_training
 
-    names = fp8_linears(transformer, blocks, full_finetune)
+    names = fp8_linears(transformer, blocks, full_finetune)  # before the swap: it looks at nn.Linear
     convert_to_float8_training(transformer, module_filter_fn=module_filter(names))
     log.info("student.fp8: %d block linears in float8 (torchao Float8Linear, tensorwise scales)%s", len(names),
              "" if full_finetune else ", LoRA adapters kept in the compute dtype")

@@ -207,6 +207,9 @@ class Trainer:
         #      function wraps the compiled call, and the tap's hook runs eagerly (torch.compiler.disable)
         if cfg.student.fp8:
             convert_fp8(transformer, self.student.blocks(transformer), cfg.student.full_finetune)
+            if not cfg.student.compile.enabled:
+                log.warning("student.fp8 without student.compile: torchao's casts run unfused and frozen weights get a weight "
+                            "gradient computed anyway (see stages/distill/fp8.py); set student.compile.enabled=true")
         apply_checkpointing(transformer, self.student.blocks(transformer), self.checkpointing)
         self.input_dtype = transformer.dtype  # of the model inputs: the base dtype (fp32 for a full fine-tune)
         projector = self._build_projector(transformer) if cfg.losses.needs_projector else None
