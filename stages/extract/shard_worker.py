@@ -24,6 +24,7 @@ from stages.extract.overlap import BackgroundWriter, ClipPrefetcher, Decoded
 from stages.store.lease import Lease, LeaseKeeper, LeaseOwner
 from stages.extract.producer import ColumnProducer, load_registry
 from stages.store import Column, FeatureStore
+from stages.store.schema import BUCKET
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,8 @@ class ShardWorker:
                     continue
                 arrays, extra = result
                 rows[name].append(arrays)
+                if d.clip.bucket is not None:  # mixed sizes: stored padded to the schema, cropped back on read to these
+                    extra = {**extra, BUCKET.shapes: {k: list(np.shape(v)) for k, v in arrays.items()}}
                 outputs[name][0].append({**record, **extra})
         for name, arrays in rows.items():
             if arrays:
@@ -255,10 +258,18 @@ def _stack(rows: list[dict[str, np.ndarray]], column: Column) -> dict[str, np.nd
     out = {}
     for key, spec in column.schema.items():
         if rows:
-            out[key] = np.stack([np.asarray(r[key]) for r in rows]).astype(spec.dtype, copy=False)
+            out[key] = np.stack([_pad(np.asarray(r[key]), spec.shape) for r in rows]).astype(spec.dtype, copy=False)
         else:
             out[key] = np.zeros((0, *spec.shape), dtype=spec.dtype)
     return out
+
+
+def _pad(values: np.ndarray, shape: tuple) -> np.ndarray:
+    """A clip's array zero-padded at the end of each axis to the schema's `shape` (a mixed-size store's
+    smaller buckets; its record's `shapes` keeps the real one). Unchanged when it has the shape already."""
+    if values.shape == tuple(shape) or values.ndim != len(shape) or any(a > b for a, b in zip(values.shape, shape)):
+        return values  # the schema check (ShardWriter.check) then names a real mismatch
+    return np.pad(values, [(0, b - a) for a, b in zip(values.shape, shape)])
 
 
 def _groups(clips, size: int):
