@@ -1,0 +1,41 @@
+"""A mixed-size corpus extracted with video.buckets: each clip in its bucket, its arrays read back at its own shape."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import MIXED_CLIPS
+from stages.store import FeatureStore
+from stages.store.schema import BUCKET
+
+
+def test_each_clip_is_stored_at_its_bucket_and_read_back_at_its_shape(bucket_store):
+    store = FeatureStore(bucket_store)
+    teacher, enc = store.column("teacher"), store.column("encodings")
+    seen = {}
+    for shard in sorted(teacher.committed_shards()):
+        tdata, edata = teacher.read_shard(shard), enc.read_shard(shard)
+        for row, (trec, erec) in enumerate(zip(tdata.records, edata.records)):
+            key = trec["key"]
+            f, h, w = trec[BUCKET.bucket]
+            assert erec[BUCKET.bucket] == [f, h, w]
+            # tiny Wan: 4x temporal, 8x spatial VAE, 2x2 patch -> the teacher grid is the student's token grid
+            grid = ((f - 1) // 4 + 1, h // 16, w // 16)
+            mask = teacher.read_row(tdata, "mask", row)
+            assert mask.shape == grid
+            assert teacher.read_dequantized(tdata, "fwd", row).shape[:3] == grid
+            assert teacher.read_row(tdata, "lgf", row).shape[:3] == (grid[0] - 1, *grid[1:])
+            latents = enc.read_row(edata, "latents", row)
+            assert latents.shape[1:] == (grid[0], h // 8, w // 8)
+            assert np.isfinite(latents.astype(np.float32)).all()
+            # padded on disk to the largest bucket in each dimension: the padding is zeros
+            raw = np.asarray(tdata.arrays["mask"][row])
+            assert raw.shape == teacher.schema["mask"].shape
+            assert not raw[grid[0]:].any() and not raw[:, grid[1]:].any() and not raw[:, :, grid[2]:].any()
+            seen[key] = (f, h, w)
+    want = {k: v[3] for k, v in MIXED_CLIPS.items() if v[3] is not None}
+    assert seen == want
+    # the clip no bucket fits is in the ledger with its reason
+    ledger = teacher.ledger()
+    assert [r["key"] for r in ledger] == ["tiny_short"]
+    assert "too short for every bucket" in ledger[0]["reason"]
