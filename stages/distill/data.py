@@ -168,6 +168,20 @@ def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig, s
     return grid
 
 
+def largest_latent_shape(data: TrainingData) -> tuple[int, int, int]:
+    """(T, H8, W8) of the largest clip the run trains on: the schema's, or in a mixed-size store (video.buckets,
+    whose schema is the envelope of every bucket, larger than any one) the bucket of the most latent elements,
+    which is what the memory plan must fit."""
+    lat = tuple(int(v) for v in data.encodings.schema["latents"].shape[1:])
+    buckets = (data.encodings.producer_config.get("video") or {}).get("buckets")
+    if not buckets:
+        return lat
+    attrs = data.encodings.attrs
+    spatial, temporal = int(attrs.get("spatial_compression", 8)), int(attrs.get("temporal_compression", 4))
+    shapes = [((int(f) - 1) // temporal + 1, int(h) // spatial, int(w) // spatial) for f, h, w in buckets]
+    return max(shapes, key=lambda s: (s[0] * s[1] * s[2], s))
+
+
 def _grid_mismatch(data: TrainingData, transformer_config: Any, tgrid: tuple, grid: tuple, lat: tuple) -> str:
     """The teacher/student grid mismatch in pixels, with the two ways out."""
     attrs = data.encodings.attrs

@@ -37,7 +37,7 @@ from stages.distill.checkpoint.local import list_checkpoints, load_checkpoint, r
 from stages.distill.cutoff import AgreementCutoff
 from stages.distill.ema import EMA, FILE as EMA_FILE
 from stages.distill.recompute import apply_checkpointing
-from stages.distill.data import check_fit, open_training_data
+from stages.distill.data import check_fit, largest_latent_shape, open_training_data
 from stages.distill.teacher_filter import filtered_keys, quality_column
 from stages.distill.losses import feature_losses
 from stages.distill.projector import Projector, ProjectorSpec
@@ -295,9 +295,9 @@ class Trainer:
             return "all"
         from stages.distill.memory_plan import MemoryPlanError, plan_memory
 
-        lat = self.data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
+        lat = largest_latent_shape(self.data)  # (T, H8, W8); a mixed-size store: its largest bucket
         text = self.data.encodings.schema["prompt_embeds"].shape[0]
-        plan = plan_memory(self.cfg, self.world, latent_shape=tuple(lat[1:]), text_len=text,
+        plan = plan_memory(self.cfg, self.world, latent_shape=lat, text_len=text,
                            teacher_channels=self.data.teacher_channels or 256, capacity=int(capacity))
         if spec == "auto":
             log.info("student.checkpointing=auto: %s (%d of %d blocks recompute), planned %.1f GiB of %.1f GiB per GPU",

@@ -60,3 +60,16 @@ def test_the_bucketed_order_is_seeded(bucket_store, monkeypatch):
 
     assert keys(0, 0) == keys(0, 0)
     assert keys(0, 0) != keys(0, 1) or keys(0, 0) != keys(1, 0)
+
+
+def test_the_memory_plan_takes_the_largest_bucket_not_the_padded_envelope(bucket_store):
+    from conftest import ROOT
+    from stages.config.distill import DistillConfig
+    from stages.config.loader import load_config
+    from stages.distill.data import largest_latent_shape, open_training_data
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml",
+                      [f"data.store={bucket_store}", "student.model=tiny-wan", "student.task=t2v"])
+    data = open_training_data(cfg)
+    assert tuple(data.encodings.schema["latents"].shape[1:]) == (5, 12, 12)  # 17 x 96 x 96: no bucket is that large
+    assert largest_latent_shape(data) == (5, 8, 12)  # [17, 64, 96]: 5 latent frames of 8 x 12
