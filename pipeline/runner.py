@@ -176,7 +176,7 @@ def prepare_store(
         _check_buckets(store, cfg)
         snapshot = store.snapshot()
         if snapshot is None:
-            entries = list_corpus(cfg.corpus, span=min_duration(cfg.video))
+            entries = list_corpus(cfg.corpus, span=min_duration(cfg.video.envelope()))  # buckets: the longest one's span
             snapshot = store.freeze_snapshot(Snapshot(cfg.corpus.url, cfg.corpus.clips_per_shard, [e.to_json() for e in entries]))
         else:
             _check_same_corpus(store, snapshot, cfg)

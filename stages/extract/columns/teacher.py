@@ -217,7 +217,15 @@ class TeacherProducer:
         """Grounded box prompts (or the NoSubjectFound of a clip), one per clip; Nones when not grounded."""
         if self.detector is None:
             return [None] * len(clips)
-        return self.detector.prompts([c.frames[0] for c in clips], [e.caption for e in entries])
+        # one detector batch per frame size (its frames must share one: a mixed-size store's buckets differ)
+        out: list = [None] * len(clips)
+        sizes: dict[tuple, list[int]] = {}
+        for i, c in enumerate(clips):
+            sizes.setdefault(tuple(c.frames.shape[1:3]), []).append(i)
+        for idx in sizes.values():
+            for i, p in zip(idx, self.detector.prompts([clips[i].frames[0] for i in idx], [entries[i].caption for i in idx])):
+                out[i] = p
+        return out
 
     def _prompt(self, clip, entry, grounded: Prompt | Exception | None = None) -> tuple[Prompt | None, str]:
         """The clip's forward prompt in frame pixels (None: the tracker computes it) and its source.
