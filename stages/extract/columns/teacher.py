@@ -252,9 +252,11 @@ class TeacherProducer:
             raise ValueError(f"frames of shape {list(frames.shape)} match no bucket of video.buckets")
         return self.grids[bucket]
 
-    def _arrays(self, result: TrackResult, source: str, grid: TokenGrid) -> tuple[dict[str, np.ndarray], dict]:
-        """Per-frame features -> the column's arrays on the student's token grid (`grid`, the clip's), and the record."""
+    def _arrays(self, result: TrackResult, source: str, grid: TokenGrid | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        """Per-frame features -> the column's arrays on the student's token grid (`grid`, the clip's; None: the
+        column's), and the record."""
         cfg = self.cfg
+        grid = grid or self.grid
         vt, mode = self.vae_temporal, cfg.teacher.temporal
         fwd = to_token_grid(result.fwd, grid, vt, mode, cfg.teacher.resample)
         bwd = to_token_grid(result.bwd, grid, vt, mode, cfg.teacher.resample)
