@@ -168,9 +168,9 @@ def write_mixed_corpus(out: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bucket_store(tmp_path_factory) -> str:
-    """The mixed corpus extracted with buckets for the tiny Wan student (teacher + encodings, 3 clips a shard),
-    in-process (ray.num_workers=0)."""
+def bucket_extract(tmp_path_factory):
+    """(store URL, ExtractSummary, ExtractConfig): the mixed corpus extracted with buckets for the tiny Wan student
+    (teacher + encodings, 3 clips a shard), in-process (ray.num_workers=0)."""
     from stages.config.loader import load_config
     from stages.config.extract import ExtractConfig
     from pipeline.runner import run_extract
@@ -182,4 +182,10 @@ def bucket_store(tmp_path_factory) -> str:
         "teacher.prompt=auto", "ray.num_workers=0", "allow_failures=true"])
     summary = run_extract(cfg, url)
     assert summary.failed_keys == {"tiny_short", "tiny_short_2"}, summary.failed
-    return url
+    return url, summary, cfg
+
+
+@pytest.fixture(scope="session")
+def bucket_store(bucket_extract) -> str:
+    """The URL of bucket_extract's store."""
+    return bucket_extract[0]

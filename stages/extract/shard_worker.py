@@ -47,6 +47,8 @@ class ShardReport:
     load_s: float = 0.0  # building models (the worker's first shard only)
     # [key, share lost] of each clip whose centre crop lost more than video.max_crop (kept under fit=crop)
     cropped: list[list] = field(default_factory=list)
+    # video.buckets: "FxHxW" -> clips of this shard decoded into that bucket (empty without buckets)
+    buckets: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -191,6 +193,9 @@ class ShardWorker:
                     outputs[name][1].append({**base, "stage": "decode", "reason": d.error.reason})
                 continue
             k += 1
+            if d.clip.bucket is not None:
+                name_b = "x".join(map(str, d.clip.bucket))
+                report.buckets[name_b] = report.buckets.get(name_b, 0) + 1
             if d.clip.fit == "crop" and d.clip.crop_loss > self.cfg.video.max_crop:
                 report.cropped.append([entry.key, round(d.clip.crop_loss, 4)])
             # provenance: source fps, duration, size, rotation, fit and crop box, frame indices and times

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 Bucket = tuple[int, int, int]  # (frames, height, width)
+NO_BUCKET = "too short for every bucket"  # how the ledger reason of a clip no bucket fits begins
 
 
 def needs_seconds(frames: int, fps: float, start_sec: float = 0.0) -> float:
@@ -42,5 +43,5 @@ def no_bucket_reason(buckets: Sequence[Sequence[int]], duration: float | None, f
     """The ledger reason of a clip no bucket fits (only a too-short clip has none)."""
     shortest = min(int(b[0]) for b in buckets)
     got = "unknown" if duration is None else f"{duration:.2f} s"
-    return (f"too short for every bucket: {got}, the shortest bucket ({shortest} frames at {fps:g} fps) needs "
+    return (f"{NO_BUCKET}: {got}, the shortest bucket ({shortest} frames at {fps:g} fps) needs "
             f"{needs_seconds(shortest, fps, start_sec):.2f} s")

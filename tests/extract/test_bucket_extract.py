@@ -39,3 +39,12 @@ def test_each_clip_is_stored_at_its_bucket_and_read_back_at_its_shape(bucket_sto
     ledger = teacher.ledger()
     assert sorted(r["key"] for r in ledger) == ["tiny_short", "tiny_short_2"]
     assert all("too short for every bucket" in r["reason"] for r in ledger)
+
+
+def test_the_run_counts_clips_per_bucket_and_those_no_bucket_fits(bucket_extract):
+    url, summary, cfg = bucket_extract
+    lines, code = summary.lines(cfg, url, append=False, allow_failures=True)
+    assert code == 0
+    (line,) = [text for level, text in lines if text.startswith("video.buckets")]
+    assert line == ("video.buckets (frames x height x width: clips): 9x64x96 4, 9x96x64 4, 9x80x80 4, 17x64x96 4; "
+                    "2 clips fit no bucket (too short), in the ledger")
