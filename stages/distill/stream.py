@@ -27,6 +27,14 @@ bytes, so a resume inside a top-up continues it exactly. The alternative, trimmi
 epoch to the shortest one, needs a collective in the data path each step (no rank knows another's
 damage) and drops good clips. A top-up pass meets the damage its first pass already counted, so
 `skipped` counts each epoch's damaged clips once per rank; a top-up repeats clips within the epoch.
+
+A mixed-size store (`video.buckets`: each clip's record names its bucket, its arrays are cropped to its own
+shape on read) is batched by bucket instead: after the shuffle buffer, each bucket fills its own batch and a
+batch is yielded when full, so a batch never mixes shapes (`bucket_batches`). What is left of a bucket at the
+end of a worker's pass is dropped (never padded: padding would need made-up clips or a mask in every loss).
+`batches_per_epoch()` then counts, per rank and worker, the full batches of each bucket from the shards'
+records (read once, at start), and every rank still yields the minimum over ranks, its extra batches dropped;
+ranks may train on different buckets at the same step (shapes differ between ranks, never the step count).
 """
 
 from __future__ import annotations
@@ -107,7 +115,11 @@ class ClipStream:
             raise StoreError(f"no shard of {store.url} is committed in every column ({', '.join(c.dirname for c in columns)})")
         # a mixed-size store (video.buckets): batches never mix buckets, and the batch count comes from each
         # shard's clips per bucket (its records: one metadata read per shard, here, once); None otherwise
-        self.bucket_counts = self._joined_bucket_counts() if is_bucketed(columns) else None
+        bucketed = {c.dirname: is_bucketed([c]) for c in columns}
+        if len(set(bucketed.values())) > 1:
+            raise StoreError(f"{store.url}: columns {', '.join(n for n, b in bucketed.items() if b)} were extracted with video.buckets, "
+                             f"{', '.join(n for n, b in bucketed.items() if not b)} without: extract them with the same video settings")
+        self.bucket_counts = self._joined_bucket_counts() if any(bucketed.values()) else None
 
     @property
     def skipped(self) -> int:

@@ -10,13 +10,14 @@ from stages.store import FeatureStore
 from stages.store.schema import BUCKET
 
 
-def _stream(url: str, rank: int, world: int, monkeypatch, batch_size: int = 2, seed: int = 0) -> ClipStream:
+def _stream(url: str, rank: int, world: int, monkeypatch, batch_size: int = 2, seed: int = 0, exclude=()) -> ClipStream:
     # the stream takes its rank from torch.distributed or RANK / WORLD_SIZE, as wds.split_by_node does
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setenv("WORLD_SIZE", str(world))
     store = FeatureStore(url)
     cols = [store.column("teacher"), store.column("encodings")]
-    return ClipStream(store, cols, {"teacher": ["lgf", "mask"], "encodings": ["latents", "prompt_embeds"]}, batch_size, seed, 8, 0)
+    return ClipStream(store, cols, {"teacher": ["lgf", "mask"], "encodings": ["latents", "prompt_embeds"]}, batch_size, seed, 8, 0,
+                      exclude=exclude)
 
 
 def _buckets(url: str) -> dict[str, tuple]:
