@@ -6,7 +6,7 @@ Each sub-config is also the producer config of the column it feeds: its hash is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 
@@ -127,10 +127,8 @@ class VideoConfig:
 
     def at(self, bucket: tuple[int, int, int] | list[int]) -> "VideoConfig":
         """This config for one bucket: its frames and size, no buckets (what decoding and the producers see)."""
-        import dataclasses
-
         f, h, w = (int(v) for v in bucket)
-        return dataclasses.replace(self, num_frames=f, height=h, width=w, buckets=None)
+        return replace(self, num_frames=f, height=h, width=w, buckets=None)
 
     def envelope(self) -> "VideoConfig":
         """The largest bucket in each dimension (frames, height, width): the shape stored arrays are padded to.
@@ -143,9 +141,7 @@ class VideoConfig:
     def key(self) -> dict:
         """The part of a column's producer config (its cache key) that video settings give: unset buckets
         are left out, so a store written before buckets existed keeps its column keys."""
-        import dataclasses
-
-        out = dataclasses.asdict(self)
+        out = asdict(self)
         if out["buckets"] is None:
             out.pop("buckets")
         return out

@@ -230,13 +230,17 @@ def decode_clip(url: str, video: VideoConfig, storage_options: dict | None = Non
     """
     offset = start or 0.0
     if video.buckets is not None:
-        bucket = _assign(url, video, storage_options, offset, end)
-        clip = decode_clip(url, video.at(bucket), storage_options, threads=threads, start=start, end=end)
-        clip.bucket = bucket
-        return clip
+        return _decode_bucketed(url, video, storage_options, threads, start, end)
     if end is not None and end - offset < min_duration(video) - 1e-6:
         raise ClipError(f"range {offset:g}-{end:g} s is {end - offset:.2f} s, shorter than the {min_duration(video):.2f} s a clip "
                         f"of {video.num_frames} frames at {video.fps:g} fps needs", url)
+    with _opened(url, storage_options) as container:
+        return _decode(container, video, url, threads, offset)
+
+
+@contextlib.contextmanager
+def _opened(url: str, storage_options: dict | None):
+    """The clip's container, open (ClipError for a missing, empty or unreadable file), closed on exit."""
     fs, path = filesystem(url, storage_options)
     try:
         nbytes = fs.size(path)
@@ -249,27 +253,40 @@ def decode_clip(url: str, video: VideoConfig, storage_options: dict | None = Non
         source = path if is_local(fs) else stack.enter_context(fs.open(path, "rb"))
         container = _open(source, fs, path, url)
         stack.callback(container.close)
-        return _decode(container, video, url, threads, offset)
+        yield container
 
 
-def _assign(url: str, video: VideoConfig, storage_options: dict | None, offset: float, end: float | None) -> tuple[int, int, int]:
-    """The bucket of the clip at `url` (stages/media/buckets.py) from a probe: the first frame's upright size and
-    the declared duration (less the range's start; a range's end caps it)."""
+def _decode_bucketed(url: str, video: VideoConfig, storage_options: dict | None, threads: int, start: float | None,
+                     end: float | None) -> DecodedClip:
+    """decode_clip with video.buckets: probe, assign, decode at the bucket. A container may declare more than it
+    holds: a clip found too short for its bucket is assigned again among the buckets of fewer frames."""
     from stages.media.buckets import assign_bucket, no_bucket_reason
 
-    fs, path = filesystem(url, storage_options)
-    try:
-        nbytes = fs.size(path)
-    except FileNotFoundError as e:
-        raise ClipError("file not found", url) from e
-    if not nbytes:
-        raise ClipError("empty file (0 bytes)", url)
-    with contextlib.ExitStack() as stack:
-        source = path if is_local(fs) else stack.enter_context(fs.open(path, "rb"))
-        container = _open(source, fs, path, url)
-        stack.callback(container.close)
+    offset = start or 0.0
+    duration, (h, w) = _probe(url, storage_options, offset, end)
+    candidates = video.bucket_shapes()
+    while True:
+        bucket = assign_bucket(candidates, duration, h, w, video.fps, video.start_sec)
+        if bucket is None:
+            raise ClipError(no_bucket_reason(video.bucket_shapes(), duration, video.fps, video.start_sec), url)
+        try:
+            clip = decode_clip(url, video.at(bucket), storage_options, threads=threads, start=start, end=end)
+        except ClipError as exc:
+            if not exc.reason.startswith("too short"):
+                raise
+            candidates = [b for b in candidates if b[0] < bucket[0]]
+            continue
+        clip.bucket = bucket
+        return clip
+
+
+def _probe(url: str, storage_options: dict | None, offset: float, end: float | None) -> tuple[float | None, tuple[int, int]]:
+    """(seconds of the clip from `offset`, None when the container does not say; (H0, W0) of its upright frames):
+    the declared duration less the range's start (its end caps it) and the first frame's size and rotation."""
+    with _opened(url, storage_options) as container:
         if not container.streams.video:
-            raise ClipError("no video stream", url)
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise ClipError(f"no video stream (streams: {', '.join(kinds)})", url)
         stream = container.streams.video[0]
         declared = _declared_duration(stream, container)
         try:
@@ -281,10 +298,7 @@ def _assign(url: str, video: VideoConfig, storage_options: dict | None, offset: 
     duration = None if declared is None else declared - offset
     if end is not None:
         duration = end - offset if duration is None else min(duration, end - offset)
-    bucket = assign_bucket(video.bucket_shapes(), duration, h, w, video.fps, video.start_sec)
-    if bucket is None:
-        raise ClipError(no_bucket_reason(video.bucket_shapes(), duration, video.fps, video.start_sec), url)
-    return bucket
+    return duration, (h, w)
 
 
 def _open(source, fs, path: str, url: str) -> av.container.InputContainer:

@@ -94,3 +94,25 @@ def test_the_schema_is_the_largest_bucket_in_each_dimension():
     assert spec.schema["mask"].shape == (5, 6, 6)
     enc = column_spec("encodings", _cfg(f"video.buckets={BUCKETS}"))
     assert enc.schema["latents"].shape[1:] == (5, 12, 12)
+
+
+def test_decoding_with_buckets_picks_the_clip_bucket_and_says_so(tmp_path):
+    import numpy as np
+
+    from stages.media.decode import ClipError, decode_clip
+    from stages.media.video import write_mp4
+
+    video = VideoConfig(fps=8.0, buckets=BUCKETS)
+    frames = np.zeros((20, 120, 72, 3), np.uint8)  # portrait, 2.5 s at 8 fps
+    write_mp4(tmp_path / "portrait.mp4", frames, 8)
+    clip = decode_clip(str(tmp_path / "portrait.mp4"), video)
+    assert clip.bucket == (9, 96, 64) and clip.frames.shape == (9, 96, 64, 3)
+    assert clip.record()["bucket"] == [9, 96, 64]
+    # a range caps the duration: 1 s of a long landscape clip fits no bucket (9 frames need 1.125 s)
+    write_mp4(tmp_path / "land.mp4", np.zeros((20, 72, 120, 3), np.uint8), 8)
+    assert decode_clip(str(tmp_path / "land.mp4"), video).bucket == (17, 64, 96)
+    assert decode_clip(str(tmp_path / "land.mp4"), video, start=0.5, end=1.75).bucket == (9, 64, 96)
+    with pytest.raises(ClipError, match="too short for every bucket: 1.00 s"):
+        decode_clip(str(tmp_path / "land.mp4"), video, start=0.5, end=1.5)
+    # without buckets the record has no bucket key (records as before)
+    assert "bucket" not in decode_clip(str(tmp_path / "land.mp4"), VideoConfig(num_frames=9, height=64, width=96)).record()

@@ -61,15 +61,11 @@ def _check_geometry(cfg: ExtractConfig, layout: EncodingsLayout) -> None:
     from stages.extract.student_geometry import resolve_student_geometry
 
     video, student = cfg.video, resolve_student_geometry(cfg)
-    if video.buckets is not None:
-        for i, (f, h, w) in enumerate(video.bucket_shapes()):
-            if (f - 1) % layout.temporal:
-                raise ValueError(f"video.buckets[{i}]=[{f}, {h}, {w}]: frames must be {layout.temporal}k+1 for this VAE")
-            if h % layout.spatial or w % layout.spatial:
-                raise ValueError(f"video.buckets[{i}]=[{f}, {h}, {w}]: height and width must be multiples of {layout.spatial} for this VAE")
-    elif (video.num_frames - 1) % layout.temporal:
+    # video.buckets: check_buckets has checked each bucket against the student's grid, which the check
+    # below ties to this VAE (num_frames / height / width are then unused)
+    if video.buckets is None and (video.num_frames - 1) % layout.temporal:
         raise ValueError(f"video.num_frames={video.num_frames} must be {layout.temporal}k+1 for this VAE")
-    elif video.height % layout.spatial or video.width % layout.spatial:
+    if video.buckets is None and (video.height % layout.spatial or video.width % layout.spatial):
         raise ValueError(f"video size {video.height}x{video.width} must be a multiple of {layout.spatial} for this VAE")
     if (student.vae_spatial, student.vae_temporal) != (layout.spatial, layout.temporal):
         raise ValueError(
