@@ -116,3 +116,11 @@ def test_decoding_with_buckets_picks_the_clip_bucket_and_says_so(tmp_path):
         decode_clip(str(tmp_path / "land.mp4"), video, start=0.5, end=1.5)
     # without buckets the record has no bucket key (records as before)
     assert "bucket" not in decode_clip(str(tmp_path / "land.mp4"), VideoConfig(num_frames=9, height=64, width=96)).record()
+
+
+def test_the_image_teacher_column_refuses_buckets():
+    from stages.extract.columns.registry import column_spec
+
+    cfg = load_config(ExtractConfig, ROOT / "configs/extract/sample.yaml", [f"video.buckets={BUCKETS}"])
+    with pytest.raises(ValueError, match=r"^video\.buckets: the image_teacher column takes one video size only"):
+        column_spec("image_teacher", cfg)
