@@ -157,7 +157,13 @@ class ClipStream:
         for shard in self.clip_counts:
             indices = set.intersection(*(set(c.commit_record(shard)[COMMIT.indices]) for c in self.columns))
             counts: dict[tuple, int] = {}
-            for rec in column.shard_records(shard):
+            try:
+                records = column.shard_records(shard)
+            except StoreError as exc:  # unreadable records: the shard counts no batch (on_corrupt=skip) or fails the run
+                keys = self._keys_of(shard)
+                self._damaged(StoreError(f"{self.store.url}: column {column.dirname}, shard {shard} (clips {', '.join(keys)}): {exc}"), len(keys), exc)
+                records = []
+            for rec in records:
                 if rec[CLIP.index] in indices and rec[CLIP.key] not in self.exclude:
                     b = tuple(rec[BUCKET.bucket])
                     counts[b] = counts.get(b, 0) + 1
