@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import dataclasses
 import logging
 import math
 import os
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -117,7 +117,6 @@ class LossContext:
     # bucket) gets its own, computed once per grid (for_batch)
     rotary_shape: tuple | None = None
     rotary_cache: dict = field(default_factory=dict)
-
 
     def for_batch(self, batch: dict) -> "LossContext":
         """This context for one batch: the positional embedding of the batch's own latent grid (a mixed-size

@@ -27,7 +27,7 @@ NAME = "encodings"
 
 def _layout(cfg: ExtractConfig) -> EncodingsLayout:
     """The column's layout; with video.buckets, at the envelope (the largest bucket in each dimension: the
-    shape every clip's arrays are padded to, stages/extract/buckets.py)."""
+    shape every clip's arrays are padded to on write, stages/extract/shard_worker.py `_pad`)."""
     from stages.extract.student_geometry import check_buckets
 
     check_buckets(cfg)
