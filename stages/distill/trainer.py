@@ -12,9 +12,9 @@ Every rank's stream position is saved with the weights (state.json "positions", 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
-import dataclasses
 import logging
 import math
 import os
