@@ -142,6 +142,11 @@ def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig, s
         student = student_of(transformer_config)
     lat = data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
     where = f"{data.store.url} ({data.encodings.dirname})"
+    buckets = (data.encodings.producer_config.get("video") or {}).get("buckets")
+    why = student.single_size(transformer_config) if buckets else None
+    if why:  # stage one refuses this when it knows the student (student.model); a store made without it lands here
+        raise StoreMismatch(f"{where}: extracted at several sizes (video.buckets {buckets}), but student.model={cfg.student.model} "
+                            f"trains at one size only ({why}): train it on a store of one size")
     if lat[0] != 2 * transformer_config.out_channels:
         raise StoreMismatch(f"{where}: latents have {lat[0] // 2} channels, the student predicts {transformer_config.out_channels}")
     vae = encodings_family(data.encodings.attrs)

@@ -74,3 +74,17 @@ def test_the_memory_plan_takes_the_largest_bucket_not_the_padded_envelope(bucket
     data = open_training_data(cfg)
     assert tuple(data.encodings.schema["latents"].shape[1:]) == (5, 12, 12)  # 17 x 96 x 96: no bucket is that large
     assert largest_latent_shape(data) == (5, 8, 12)  # [17, 64, 96]: 5 latent frames of 8 x 12
+
+
+def test_a_student_trained_at_one_size_refuses_a_mixed_size_store(bucket_store):
+    from conftest import ROOT
+    from stages.config.distill import DistillConfig
+    from stages.config.loader import load_config
+    from stages.distill.data import StoreMismatch, check_fit, open_training_data
+    from stages.families.registry import get_student
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/sample.yaml", [f"data.store={bucket_store}"])  # the tiny CogVideoX 1.0
+    student = get_student("cogvideox")
+    transformer, _ = student.load("tiny", "i2v", torch.float32, "cpu")
+    with pytest.raises(StoreMismatch, match=r"extracted at several sizes .* student\.model=tiny trains at one size only"):
+        check_fit(open_training_data(cfg), transformer.config, cfg, student)
