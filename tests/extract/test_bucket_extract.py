@@ -48,3 +48,21 @@ def test_the_run_counts_clips_per_bucket_and_those_no_bucket_fits(bucket_extract
     (line,) = [text for level, text in lines if text.startswith("video.buckets")]
     assert line == ("video.buckets (frames x height x width: clips): 9x64x96 4, 9x96x64 4, 9x80x80 4, 17x64x96 4; "
                     "2 clips fit no bucket (too short), in the ledger")
+
+
+def test_ray_workers_write_the_same_mixed_size_store(bucket_extract, ray_session, tmp_path):
+    import dataclasses
+
+    from pipeline.runner import run_extract
+
+    url, _, cfg = bucket_extract
+    other = str(tmp_path / "store")
+    ray_cfg = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, num_workers=2))
+    assert run_extract(ray_cfg, other).failed_keys == {"tiny_short", "tiny_short_2"}
+    for name in ("teacher", "encodings"):
+        a, b = FeatureStore(url).column(name), FeatureStore(other).column(name)
+        assert a.dirname == b.dirname  # the worker count is not keyed
+        for shard in sorted(a.committed_shards()):
+            ra, rb = a.commit_record(shard), b.commit_record(shard)
+            assert ra["clips"] == rb["clips"] and ra["checksums"] == rb["checksums"]
+            assert [r[BUCKET.shapes] for r in a.shard_records(shard)] == [r[BUCKET.shapes] for r in b.shard_records(shard)]
