@@ -66,3 +66,16 @@ def test_ray_workers_write_the_same_mixed_size_store(bucket_extract, ray_session
             ra, rb = a.commit_record(shard), b.commit_record(shard)
             assert ra["clips"] == rb["clips"] and ra["checksums"] == rb["checksums"]
             assert [r[BUCKET.shapes] for r in a.shard_records(shard)] == [r[BUCKET.shapes] for r in b.shard_records(shard)]
+
+
+def test_inspect_renders_a_clip_of_each_shape(bucket_store, tmp_path):
+    from PIL import Image
+
+    from pipeline.inspect import render_pca
+
+    store = FeatureStore(bucket_store)
+    sizes = set()
+    for key in ("land_long", "port_a", "square_a"):
+        out = render_pca(store, key, tmp_path / f"{key}.png", max_png_side=4096)
+        sizes.add(Image.open(out).size)
+    assert len(sizes) == 3  # a strip per clip at its own bucket's size
