@@ -21,6 +21,7 @@ from typing import Callable
 
 from stages.config.loader import to_dict, from_dict
 from stages.media.corpus import list_corpus
+from stages.media.buckets import NO_BUCKET
 from stages.media.decode import min_duration
 from stages.config.extract import ExtractConfig
 from stages.extract.growth import Growth, bucket_listing, grow, known_keys
@@ -66,6 +67,7 @@ class ExtractSummary:
     damaged: list = field(default_factory=list)  # ClipDamage of committed shards left as they are (no --repair)
     repaired: dict[str, list[int]] = field(default_factory=dict)  # column dirname -> shards redone by --repair
     cropped: list[list] = field(default_factory=list)  # [key, share lost] of clips cropped beyond video.max_crop
+    buckets: dict[str, int] = field(default_factory=dict)  # video.buckets: "FxHxW" -> clips decoded into it
 
     @property
     def failed_keys(self) -> set[str]:
@@ -79,6 +81,8 @@ class ExtractSummary:
         self.shards_run.append(report.shard)
         self.clips_processed += report.clips
         self.cropped += report.cropped
+        for name, n in report.buckets.items():
+            self.buckets[name] = self.buckets.get(name, 0) + n
         self.worker_s += report.seconds
         for name, seconds in report.model_s.items():
             self.model_s[name] = self.model_s.get(name, 0.0) + seconds
@@ -139,6 +143,11 @@ class ExtractSummary:
             key, loss = max(self.cropped, key=lambda c: c[1])
             out.append(("warn", f"{len(self.cropped)} clips cropped beyond video.max_crop={cfg.video.max_crop:g} (the most: {key}, "
                                 f"{loss:.0%} of its frame lost); video.fit=pad letterboxes them, video.fit=skip leaves them out"))
+        if cfg.video.buckets is not None and self.shards_run:
+            counts = ", ".join(f"{'x'.join(map(str, b))} {self.buckets.get('x'.join(map(str, b)), 0)}" for b in cfg.video.bucket_shapes())
+            unfit = {row["key"] for rows in self.failed.values() for row in rows if row["reason"].startswith(NO_BUCKET)}
+            out.append(("warn" if unfit else "info", f"video.buckets (frames x height x width: clips): {counts}"
+                        + (f"; {len(unfit)} clips fit no bucket (too short), in the ledger" if unfit else "")))
         out += [("warn", f"repaired {dirname}: shard(s) {', '.join(map(str, shards))} extracted again") for dirname, shards in self.repaired.items()]
         if self.damaged:
             out += [("error", f"  damaged: {damage.line()}") for damage in self.damaged[:10]]
@@ -176,7 +185,7 @@ def prepare_store(
         _check_buckets(store, cfg)
         snapshot = store.snapshot()
         if snapshot is None:
-            entries = list_corpus(cfg.corpus, span=min_duration(cfg.video))
+            entries = list_corpus(cfg.corpus, span=min_duration(cfg.video.envelope()))  # buckets: the longest one's span
             snapshot = store.freeze_snapshot(Snapshot(cfg.corpus.url, cfg.corpus.clips_per_shard, [e.to_json() for e in entries]))
         else:
             _check_same_corpus(store, snapshot, cfg)

@@ -133,3 +133,59 @@ def copy_corpus(tmp_path, small_corpus):
         return dst
 
     return make
+
+
+# -- a mixed-size corpus (video.buckets): landscape, portrait and square clips at two lengths, one too short --
+BUCKETS = [[9, 64, 96], [9, 96, 64], [9, 80, 80], [17, 64, 96]]  # [frames, height, width] for the tiny Wan grid (16 px a token)
+# key -> (height, width, frames at 8 fps) of its source, and the bucket it must land in (None: too short for all)
+MIXED_CLIPS = {
+    "land_long": (72, 112, 20, (17, 64, 96)), "land_short": (72, 112, 11, (9, 64, 96)),
+    "port_a": (112, 72, 11, (9, 96, 64)), "port_b": (120, 80, 12, (9, 96, 64)),
+    "square_a": (88, 88, 11, (9, 80, 80)), "square_b": (96, 96, 12, (9, 80, 80)),
+    "land_b": (80, 128, 11, (9, 64, 96)), "land_long_b": (64, 104, 20, (17, 64, 96)),
+    "tiny_short": (72, 112, 4, None),
+}
+MIXED_CLIPS |= {f"{k}_2": v for k, v in MIXED_CLIPS.items()}  # two of each: enough for batches of 2 per bucket on 2 ranks
+
+
+def write_mixed_corpus(out: Path) -> Path:
+    """Small mp4s of a moving bright square (so SAM2's auto prompt has a subject), one per MIXED_CLIPS entry."""
+    import numpy as np
+
+    from stages.media.video import write_mp4
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for key, (h, w, n, _) in MIXED_CLIPS.items():
+        frames = (rng.integers(0, 40, (n, h, w, 3))).astype(np.uint8)
+        shift = len(key) % 5  # the copies move a little differently
+        for i in range(n):
+            y, x = (h // 4 + i + shift) % (h - h // 3), (w // 4 + 2 * i) % (w - w // 3)
+            frames[i, y : y + h // 3, x : x + w // 3] = (230, 200, 60)
+        write_mp4(out / f"{key}.mp4", frames, 8)
+        (out / f"{key}.txt").write_text(f"a yellow square, {key}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def bucket_extract(tmp_path_factory):
+    """(store URL, ExtractSummary, ExtractConfig): the mixed corpus extracted with buckets for the tiny Wan student
+    (teacher + encodings, 3 clips a shard), in-process (ray.num_workers=0)."""
+    from stages.config.loader import load_config
+    from stages.config.extract import ExtractConfig
+    from pipeline.runner import run_extract
+
+    corpus = write_mixed_corpus(tmp_path_factory.mktemp("mixed") / "clips")
+    url = str(tmp_path_factory.mktemp("bucketstore") / "store")
+    cfg = load_config(ExtractConfig, ROOT / "configs/extract/sample_wan.yaml", [
+        f"corpus.url={corpus}", "corpus.clips_per_shard=3", f"video.buckets={BUCKETS}", "teacher.image_size=64",
+        "teacher.prompt=auto", "ray.num_workers=0", "allow_failures=true"])
+    summary = run_extract(cfg, url)
+    assert summary.failed_keys == {"tiny_short", "tiny_short_2"}, summary.failed
+    return url, summary, cfg
+
+
+@pytest.fixture(scope="session")
+def bucket_store(bucket_extract) -> str:
+    """The URL of bucket_extract's store."""
+    return bucket_extract[0]

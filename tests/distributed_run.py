@@ -4,6 +4,7 @@
 
 SPEC: {"overrides": [...], "mode": "fixed" | "run", "steps": n, "stop_at": n|null, "resume": bool, "out_json": path,
        "validate": bool (each rank's held-out validation terms after training, under "val")}
+Each rank's JSON also holds the stream's batches_per_epoch(0) and the final stream position.
 "fixed" feeds every rank the same global sequence of micro-batches (rank r takes micro-batch
 step * world * accum + r * accum + m), so any world size sees the same global batches.
 """
@@ -69,8 +70,10 @@ def main() -> None:
     out = Path(spec["out_json"])
     rank = trainer.rank
     save_file(full_weights(trainer), str(out.with_name(f"{out.stem}-weights-rank{rank}.safetensors")))
-    rows = [{"step": m.step, "loss": m.loss, "terms": m.terms, "grad_norms": m.grad_norms} for m in history]
-    out.with_name(f"{out.stem}-rank{rank}.json").write_text(json.dumps({"history": rows, "exported": str(exported) if exported else None, "val": val}))
+    rows = [{"step": m.step, "loss": m.loss, "terms": m.terms, "grad_norms": m.grad_norms, "clips": m.clips, "epoch": m.epoch} for m in history]
+    out.with_name(f"{out.stem}-rank{rank}.json").write_text(json.dumps({
+        "history": rows, "exported": str(exported) if exported else None, "val": val,
+        "batches_per_epoch": trainer.stream.batches_per_epoch(0), "position": trainer.position.to_json()}))
     trainer.close()
 
 

@@ -6,7 +6,7 @@ Each sub-config is also the producer config of the column it feeds: its hash is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 
@@ -92,6 +92,12 @@ class VideoConfig:
     # pad it (letterbox: resize to fit inside, black borders), or skip it into the ledger
     fit: Literal["crop", "pad", "skip"] = "crop"
     max_crop: float = 0.25  # share of the frame a crop may lose before `fit` applies (16:9 -> 3:2 loses 16%)
+    # mixed sizes: [[frames, height, width], ...]. Each clip goes to the bucket of nearest aspect (log-ratio) among
+    # those whose frame count its duration allows at `fps` (ties: the larger bucket); a clip no bucket fits is
+    # skipped into the ledger. num_frames / height / width are then unused. Arrays are stored padded to the
+    # largest bucket in each dimension, each clip's record saying its bucket and real shapes; training batches
+    # never mix buckets. None: one size (num_frames x height x width), stores as before
+    buckets: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         if self.num_frames < 2:
@@ -100,6 +106,45 @@ class VideoConfig:
             raise ValueError("fps must be > 0")
         if not 0 <= self.max_crop < 1:
             raise ValueError(f"max_crop must be in [0, 1), got {self.max_crop}")
+        if self.buckets is not None:
+            if not self.buckets:
+                raise ValueError("video.buckets must list at least one [frames, height, width] (or be null)")
+            seen = set()
+            for i, b in enumerate(self.buckets):
+                if len(b) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in b):
+                    raise ValueError(f"video.buckets[{i}]={list(b)} must be [frames, height, width] of positive integers")
+                if b[0] < 2:
+                    raise ValueError(f"video.buckets[{i}]={list(b)}: frames must be >= 2")
+                if tuple(b) in seen:
+                    raise ValueError(f"video.buckets[{i}]={list(b)} is listed twice")
+                seen.add(tuple(b))
+
+    def bucket_shapes(self) -> list[tuple[int, int, int]]:
+        """(frames, height, width) of every bucket; the one size when buckets are unset."""
+        if self.buckets is None:
+            return [(self.num_frames, self.height, self.width)]
+        return [tuple(int(v) for v in b) for b in self.buckets]  # type: ignore[misc]
+
+    def at(self, bucket: tuple[int, int, int] | list[int]) -> "VideoConfig":
+        """This config for one bucket: its frames and size, no buckets (what decoding and the producers see)."""
+        f, h, w = (int(v) for v in bucket)
+        return replace(self, num_frames=f, height=h, width=w, buckets=None)
+
+    def envelope(self) -> "VideoConfig":
+        """The largest bucket in each dimension (frames, height, width): the shape stored arrays are padded to.
+        Token and latent grids grow with each dimension, so the envelope's grid bounds every bucket's."""
+        if self.buckets is None:
+            return self
+        shapes = self.bucket_shapes()
+        return self.at(tuple(max(s[d] for s in shapes) for d in range(3)))
+
+    def key(self) -> dict:
+        """The part of a column's producer config (its cache key) that video settings give: unset buckets
+        are left out, so a store written before buckets existed keeps its column keys."""
+        out = asdict(self)
+        if out["buckets"] is None:
+            out.pop("buckets")
+        return out
 
 
 @dataclass

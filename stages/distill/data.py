@@ -142,6 +142,11 @@ def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig, s
         student = student_of(transformer_config)
     lat = data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
     where = f"{data.store.url} ({data.encodings.dirname})"
+    buckets = (data.encodings.producer_config.get("video") or {}).get("buckets")
+    why = student.single_size(transformer_config) if buckets else None
+    if why:  # stage one refuses this when it knows the student (student.model); a store made without it lands here
+        raise StoreMismatch(f"{where}: extracted at several sizes (video.buckets {buckets}), but student.model={cfg.student.model} "
+                            f"trains at one size only ({why}): train it on a store of one size")
     if lat[0] != 2 * transformer_config.out_channels:
         raise StoreMismatch(f"{where}: latents have {lat[0] // 2} channels, the student predicts {transformer_config.out_channels}")
     vae = encodings_family(data.encodings.attrs)
@@ -166,6 +171,20 @@ def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig, s
     if cfg.tap.block >= student.num_blocks(transformer_config):
         raise StoreMismatch(f"tap.block={cfg.tap.block} but the student has {student.num_blocks(transformer_config)} blocks")
     return grid
+
+
+def largest_latent_shape(data: TrainingData) -> tuple[int, int, int]:
+    """(T, H8, W8) of the largest clip the run trains on: the schema's, or in a mixed-size store (video.buckets,
+    whose schema is the envelope of every bucket, larger than any one) the bucket of the most latent elements,
+    which is what the memory plan must fit."""
+    lat = tuple(int(v) for v in data.encodings.schema["latents"].shape[1:])
+    buckets = (data.encodings.producer_config.get("video") or {}).get("buckets")
+    if not buckets:
+        return lat
+    attrs = data.encodings.attrs
+    spatial, temporal = int(attrs.get("spatial_compression", 8)), int(attrs.get("temporal_compression", 4))
+    shapes = [((int(f) - 1) // temporal + 1, int(h) // spatial, int(w) // spatial) for f, h, w in buckets]
+    return max(shapes, key=lambda s: (s[0] * s[1] * s[2], s))
 
 
 def _grid_mismatch(data: TrainingData, transformer_config: Any, tgrid: tuple, grid: tuple, lat: tuple) -> str:

@@ -69,10 +69,12 @@ def _sample(cfg: Any, data: Any, keys: list[str], model: torch.nn.Module, ctx: A
     try:
         for key in keys:
             entry = ClipEntry.from_json(snapshot.clips[snapshot.find(key)])
-            first = decode_clip(entry.url, video, data.store.storage_options, start=entry.start, end=entry.end).frames[0]  # uint8 [H, W, 3]
+            clip = decode_clip(entry.url, video, data.store.storage_options, start=entry.start, end=entry.end)
+            first = clip.frames[0]  # uint8 [H, W, 3]
+            size = clip.frames.shape[:3]  # (F, H, W): the clip's bucket in a mixed-size store, else the store's size
             autocast = torch.autocast("cuda", dtype=ctx.autocast_dtype) if ctx.autocast_dtype else contextlib.nullcontext()
             with autocast:
-                frames = student.sample(pipe, task, first, entry.caption or "", video.num_frames, video.height, video.width,
+                frames = student.sample(pipe, task, first, entry.caption or "", *size,
                                         steps, cfg.eval.sample_guidance, cfg.eval.seed, enc_cfg["max_text_len"])
             if rank == 0:
                 path = folder / f"{key}.mp4"

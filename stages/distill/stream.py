@@ -27,6 +27,14 @@ bytes, so a resume inside a top-up continues it exactly. The alternative, trimmi
 epoch to the shortest one, needs a collective in the data path each step (no rank knows another's
 damage) and drops good clips. A top-up pass meets the damage its first pass already counted, so
 `skipped` counts each epoch's damaged clips once per rank; a top-up repeats clips within the epoch.
+
+A mixed-size store (`video.buckets`: each clip's record names its bucket, its arrays are cropped to its own
+shape on read) is batched by bucket instead: after the shuffle buffer, each bucket fills its own batch and a
+batch is yielded when full, so a batch never mixes shapes (`bucket_batches`). What is left of a bucket at the
+end of a worker's pass is dropped (never padded: padding would need made-up clips or a mask in every loss).
+`batches_per_epoch()` then counts, per rank and worker, the full batches of each bucket from the shards'
+records (read once, at start), and every rank still yields the minimum over ranks, its extra batches dropped;
+ranks may train on different buckets at the same step (shapes differ between ranks, never the step count).
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from torch.utils.data import DataLoader
 
 from stages.store import Column, FeatureStore, StoreError, join_shard_data
 from stages.store.integrity import column_gaps
-from stages.store.schema import CLIP, COMMIT
+from stages.store.schema import BUCKET, CLIP, COMMIT
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +113,13 @@ class ClipStream:
         self.clip_counts = self._joined_counts()
         if not self.clip_counts:
             raise StoreError(f"no shard of {store.url} is committed in every column ({', '.join(c.dirname for c in columns)})")
+        # a mixed-size store (video.buckets): batches never mix buckets, and the batch count comes from each
+        # shard's clips per bucket (its records: one metadata read per shard, here, once); None otherwise
+        bucketed = {c.dirname: is_bucketed([c]) for c in columns}
+        if len(set(bucketed.values())) > 1:
+            raise StoreError(f"{store.url}: columns {', '.join(n for n, b in bucketed.items() if b)} were extracted with video.buckets, "
+                             f"{', '.join(n for n, b in bucketed.items() if not b)} without: extract them with the same video settings")
+        self.bucket_counts = self._joined_bucket_counts() if any(bucketed.values()) else None
 
     @property
     def skipped(self) -> int:
@@ -133,6 +148,44 @@ class ClipStream:
         excluded = self._excluded_indices()
         counts = {s: len(set.intersection(*(set(r[s][COMMIT.indices]) for r in records)) - excluded) for s in sorted(shards)}
         return {s: n for s, n in counts.items() if n > 0}
+
+    def _joined_bucket_counts(self) -> dict[int, dict[tuple, int]]:
+        """{shard: {bucket: clips}} of the clips every column committed, excluded keys left out (from the records
+        of the first column; the join guarantees the other columns hold the same clips at the same buckets)."""
+        out: dict[int, dict[tuple, int]] = {}
+        column = self.columns[0]
+        for shard in self.clip_counts:
+            indices = set.intersection(*(set(c.commit_record(shard)[COMMIT.indices]) for c in self.columns))
+            counts: dict[tuple, int] = {}
+            try:
+                records = column.shard_records(shard)
+            except StoreError as exc:  # unreadable records: the shard counts no batch (on_corrupt=skip) or fails the run
+                keys = self._keys_of(shard)
+                self._damaged(StoreError(f"{self.store.url}: column {column.dirname}, shard {shard} (clips {', '.join(keys)}): {exc}"), len(keys), exc)
+                records = []
+            for rec in records:
+                if rec[CLIP.index] in indices and rec[CLIP.key] not in self.exclude:
+                    b = tuple(rec[BUCKET.bucket])
+                    counts[b] = counts.get(b, 0) + 1
+            out[shard] = counts
+        return out
+
+    def _worker_batches(self, shards: list[int]) -> int:
+        """Full batches one worker's shards give: clips // batch_size, or per bucket with buckets (a bucket's
+        remainder never fills a batch: it is dropped, as the last partial batch is without buckets)."""
+        if self.bucket_counts is None:
+            return sum(self.clip_counts[s] for s in shards) // self.batch_size
+        per_bucket: dict[tuple, int] = {}
+        for s in shards:
+            for b, n in self.bucket_counts[s].items():
+                per_bucket[b] = per_bucket.get(b, 0) + n
+        return sum(n // self.batch_size for n in per_bucket.values())
+
+    def _batcher(self):
+        """The pipeline stage that turns samples into batches: one shape per batch (by bucket) or plain."""
+        if self.bucket_counts is None:
+            return wds.batched(self.batch_size, collation_fn=collate, partial=False)
+        return functools.partial(bucket_batches, size=self.batch_size)
 
     def _excluded_indices(self) -> set[int]:
         """Snapshot indices of the excluded keys (the commit records list indices, not keys)."""
@@ -166,15 +219,12 @@ class ClipStream:
         return _split(_split(self.shard_order(epoch), rank, self.world_size), worker, max(self.num_workers, 1))
 
     def batches_per_epoch(self, epoch: int = 0) -> int:
-        """Batches every rank yields this epoch: the minimum over ranks, so all ranks stop together."""
+        """Batches every rank yields this epoch: the minimum over ranks, so all ranks stop together (a rank whose
+        shards give more drops its last ones: with buckets the per-rank counts differ more, by each bucket's
+        remainder, and dropping keeps every step a collective that all ranks reach)."""
         per_rank = []
         for rank in range(self.world_size):
-            per_rank.append(
-                sum(
-                    sum(self.clip_counts[s] for s in self._rank_worker_shards(epoch, rank, w)) // self.batch_size
-                    for w in range(max(self.num_workers, 1))
-                )
-            )
+            per_rank.append(sum(self._worker_batches(self._rank_worker_shards(epoch, rank, w)) for w in range(max(self.num_workers, 1))))
         n = min(per_rank)
         if n == 0:
             raise StoreError(
@@ -192,7 +242,7 @@ class ClipStream:
             wds.split_by_worker,
             self._read_shards,
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 8), seed=_seed(self.seed, epoch, self.rank)),
-            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+            self._batcher(),
         )
 
     def _read_shards(self, src: Iterator[dict], count: bool = True) -> Iterator[dict]:
@@ -208,6 +258,8 @@ class ClipStream:
                 if record[CLIP.key] in self.exclude:
                     continue
                 sample = {"__key__": record[CLIP.key], CLIP.index: record[CLIP.index]}
+                if self.bucket_counts is not None:
+                    sample[BUCKET_KEY] = tuple(record[BUCKET.bucket])
                 try:
                     for j, col in enumerate(self.columns):
                         for name in self.arrays.get(col.name, []):
@@ -255,7 +307,7 @@ class ClipStream:
             wds.SimpleShardList([str(s) for s in shards]),
             functools.partial(self._read_shards, count=False),
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 8), seed=_seed(self.seed, epoch, self.rank, "top-up", attempt)),
-            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+            self._batcher(),
         )
 
 
@@ -319,10 +371,30 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
+BUCKET_KEY = "__bucket__"  # a sample's bucket (frames, height, width) in a mixed-size store; not collated
+
+
+def is_bucketed(columns: list[Column]) -> bool:
+    """Whether the columns were extracted with video.buckets (mixed sizes: per-clip shapes)."""
+    return any((c.producer_config.get("video") or {}).get("buckets") for c in columns)
+
+
+def bucket_batches(samples: Iterator[dict], size: int) -> Iterator[dict]:
+    """Batches of `size` samples of one bucket each, in the order buckets fill (the shuffled sample order, so
+    seeded); what is left of each bucket at the end is dropped, as wds.batched(partial=False) drops a partial batch."""
+    pending: dict[tuple, list[dict]] = {}
+    for sample in samples:
+        group = pending.setdefault(sample[BUCKET_KEY], [])
+        group.append(sample)
+        if len(group) == size:
+            del pending[sample[BUCKET_KEY]]
+            yield collate(group)
+
+
 def collate(samples: list[dict]) -> dict:
     """Stack arrays into tensors; keep keys and indices as lists."""
     out: dict = {"keys": [s["__key__"] for s in samples], CLIP.index: [s[CLIP.index] for s in samples]}
     for name in samples[0]:
-        if name not in ("__key__", CLIP.index):
+        if name not in ("__key__", CLIP.index, BUCKET_KEY):
             out[name] = torch.from_numpy(np.stack([s[name] for s in samples]))
     return out

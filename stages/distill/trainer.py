@@ -12,6 +12,7 @@ Every rank's stream position is saved with the weights (state.json "positions", 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ from stages.distill.checkpoint.local import list_checkpoints, load_checkpoint, r
 from stages.distill.cutoff import AgreementCutoff
 from stages.distill.ema import EMA, FILE as EMA_FILE
 from stages.distill.recompute import apply_checkpointing
-from stages.distill.data import check_fit, open_training_data
+from stages.distill.data import check_fit, largest_latent_shape, open_training_data
 from stages.distill.teacher_filter import filtered_keys, quality_column
 from stages.distill.losses import feature_losses
 from stages.distill.projector import Projector, ProjectorSpec
@@ -114,6 +115,25 @@ class LossContext:
     latents_mean: torch.Tensor | None = None  # [C] per-channel latent normalisation (Wan VAE), else None
     latents_std: torch.Tensor | None = None
     lgf_scale: float = 1.0  # multiplies losses.lgf.weight: the agreement cutoff's (stages/distill/cutoff.py), 1 when off
+    # the latent grid (T, H8, W8) `rotary` was computed for; a batch of another grid (a mixed-size store's other
+    # bucket) gets its own, computed once per grid (for_batch)
+    rotary_shape: tuple | None = None
+    rotary_cache: dict = field(default_factory=dict)
+
+    def for_batch(self, batch: dict) -> "LossContext":
+        """This context for one batch: the positional embedding of the batch's own latent grid (a mixed-size
+        store's buckets: each computed once); itself when the run's embedding fits or the family computes its
+        own inside the model (rotary None)."""
+        latents = batch.get("latents")
+        if self.rotary is None or latents is None or self.rotary_shape is None:
+            return self
+        shape = tuple(int(s) for s in latents.shape[-3:])
+        if shape == tuple(self.rotary_shape):
+            return self
+        if shape not in self.rotary_cache:
+            student = self.student or student_of(self.transformer_config)
+            self.rotary_cache[shape] = student.rotary(self.transformer_config, shape, self.device)
+        return dataclasses.replace(self, rotary=self.rotary_cache[shape], rotary_shape=shape)
 
 
 def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict, generator: torch.Generator, step: int):
@@ -122,6 +142,7 @@ def distill_loss(ctx: LossContext, forward: Callable[[dict], tuple], batch: dict
     forward: a DistillModel (or its DDP wrapper): model kwargs -> (v prediction, tapped features).
     """
     batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    ctx = ctx.for_batch(batch)  # a mixed-size store: this batch's grid
     student = ctx.student or student_of(ctx.transformer_config)  # None: the family of the transformer's class
     inputs = student.prepare_inputs(ctx, batch, generator)
     autocast = torch.autocast("cuda", dtype=ctx.autocast_dtype) if ctx.autocast_dtype else contextlib.nullcontext()
@@ -295,9 +316,9 @@ class Trainer:
             return "all"
         from stages.distill.memory_plan import MemoryPlanError, plan_memory
 
-        lat = self.data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
+        lat = largest_latent_shape(self.data)  # (T, H8, W8); a mixed-size store: its largest bucket
         text = self.data.encodings.schema["prompt_embeds"].shape[0]
-        plan = plan_memory(self.cfg, self.world, latent_shape=tuple(lat[1:]), text_len=text,
+        plan = plan_memory(self.cfg, self.world, latent_shape=lat, text_len=text,
                            teacher_channels=self.data.teacher_channels or 256, capacity=int(capacity))
         if spec == "auto":
             log.info("student.checkpointing=auto: %s (%d of %d blocks recompute), planned %.1f GiB of %.1f GiB per GPU",
@@ -353,6 +374,7 @@ class Trainer:
             touch_unused=not self.sharded, image_scale=self.data.image_scale, student=self.student,
             latents_mean=_vector(self.data.encodings.attrs.get("latents_mean"), self.device),
             latents_std=_vector(self.data.encodings.attrs.get("latents_std"), self.device),
+            rotary_shape=tuple(self.data.encodings.schema["latents"].shape[1:]),
         )
 
     def _trainables(self) -> dict[str, nn.Module]:

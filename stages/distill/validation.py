@@ -148,6 +148,7 @@ class Validator:
             for batch in self.clips:
                 key = batch["keys"][0]
                 batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                ctx = self.ctx.for_batch(batch)  # a mixed-size store: this clip's grid
                 for t in e.timesteps:
                     gen = torch.Generator(device="cpu").manual_seed(_seed(e.seed, key, t))
                     inputs = student.validation_inputs(ctx, batch, t, gen)  # the family's objective at fixed t and noise

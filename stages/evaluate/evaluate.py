@@ -168,6 +168,8 @@ def evaluate(opts: EvaluateOptions) -> EvaluateResult:
         "frames": int(video.num_frames),
         "resolution": [int(video.height), int(video.width)],
         "fps": float(video.fps),
+        # a mixed-size store: each clip is sampled at its own bucket (frames and resolution above are then unused)
+        **({"buckets": [list(b) for b in video.bucket_shapes()]} if video.buckets is not None else {}),
         "seeds": list(seeds),
         "reference": reference,
         "sampling_steps": sampling.steps,

@@ -55,9 +55,11 @@ def generate_from_run(run: Path, store: str, key: str, sampling: Sampling, guida
     encoders = column.producer_config["encoders"]
     task = student_cfg.get("task") or "i2v"
     family = student_for(student_cfg["model"], student_cfg.get("family"))
-    first = decode_clip(entry.url, video, fstore.storage_options, start=entry.start, end=entry.end).frames[0]  # uint8 [H, W, 3]
+    decoded = decode_clip(entry.url, video, fstore.storage_options, start=entry.start, end=entry.end)
+    first = decoded.frames[0]  # uint8 [H, W, 3]
+    size = decoded.frames.shape[:3]  # (F, H, W): the clip's bucket in a mixed-size store, else the store's size
     pipe = family.build_pipeline(student_cfg["model"], encoders["model"], Path(run) / "lora" if lora else None, task,
                                  sampling.device, sampling.dtype)
-    frames = family.sample(pipe, task, first, entry.caption or "", video.num_frames, video.height, video.width,
+    frames = family.sample(pipe, task, first, entry.caption or "", *size,
                            sampling.steps, guidance, seed, encoders["max_text_len"], dynamic_cfg)
     return Generated(frames, video.fps, entry.key, entry.caption, len(pipe.scheduler.timesteps), task, type(pipe).__name__)

@@ -24,6 +24,7 @@ from stages.extract.overlap import BackgroundWriter, ClipPrefetcher, Decoded
 from stages.store.lease import Lease, LeaseKeeper, LeaseOwner
 from stages.extract.producer import ColumnProducer, load_registry
 from stages.store import Column, FeatureStore
+from stages.store.schema import BUCKET
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class ShardReport:
     load_s: float = 0.0  # building models (the worker's first shard only)
     # [key, share lost] of each clip whose centre crop lost more than video.max_crop (kept under fit=crop)
     cropped: list[list] = field(default_factory=list)
+    # video.buckets: "FxHxW" -> clips of this shard decoded into that bucket (empty without buckets)
+    buckets: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -190,6 +193,9 @@ class ShardWorker:
                     outputs[name][1].append({**base, "stage": "decode", "reason": d.error.reason})
                 continue
             k += 1
+            if d.clip.bucket is not None:
+                name_b = "x".join(map(str, d.clip.bucket))
+                report.buckets[name_b] = report.buckets.get(name_b, 0) + 1
             if d.clip.fit == "crop" and d.clip.crop_loss > self.cfg.video.max_crop:
                 report.cropped.append([entry.key, round(d.clip.crop_loss, 4)])
             # provenance: source fps, duration, size, rotation, fit and crop box, frame indices and times
@@ -208,6 +214,8 @@ class ShardWorker:
                     continue
                 arrays, extra = result
                 rows[name].append(arrays)
+                if d.clip.bucket is not None:  # mixed sizes: stored padded to the schema, cropped back on read to these
+                    extra = {**extra, BUCKET.shapes: {k: list(np.shape(v)) for k, v in arrays.items()}}
                 outputs[name][0].append({**record, **extra})
         for name, arrays in rows.items():
             if arrays:
@@ -255,10 +263,18 @@ def _stack(rows: list[dict[str, np.ndarray]], column: Column) -> dict[str, np.nd
     out = {}
     for key, spec in column.schema.items():
         if rows:
-            out[key] = np.stack([np.asarray(r[key]) for r in rows]).astype(spec.dtype, copy=False)
+            out[key] = np.stack([_pad(np.asarray(r[key]), spec.shape) for r in rows]).astype(spec.dtype, copy=False)
         else:
             out[key] = np.zeros((0, *spec.shape), dtype=spec.dtype)
     return out
+
+
+def _pad(values: np.ndarray, shape: tuple) -> np.ndarray:
+    """A clip's array zero-padded at the end of each axis to the schema's `shape` (a mixed-size store's
+    smaller buckets; its record's `shapes` keeps the real one). Unchanged when it has the shape already."""
+    if values.shape == tuple(shape) or values.ndim != len(shape) or any(a > b for a, b in zip(values.shape, shape)):
+        return values  # the schema check (ShardWriter.check) then names a real mismatch
+    return np.pad(values, [(0, b - a) for a, b in zip(values.shape, shape)])
 
 
 def _groups(clips, size: int):

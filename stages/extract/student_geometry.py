@@ -36,3 +36,27 @@ def resolve_student_geometry(cfg: ExtractConfig) -> StudentGridConfig:
             raise ValueError(f"student.{name}={given} but the configs of student.model={s.model} give {derived[name]}: "
                              f"drop student.{name} (it is derived from the model)")
     return dataclasses.replace(s, **derived)
+
+
+def check_buckets(cfg: ExtractConfig) -> None:
+    """Refuse (ValueError, one line naming video.buckets[i]) buckets the student cannot train: a size its token
+    grid does not divide (frames 4k+1, height and width multiples of VAE x patch), or any buckets at all for
+    a model that trains at one size only (the family's `single_size`; known only when student.model is set)."""
+    buckets = cfg.video.buckets
+    if buckets is None:
+        return
+    geo = resolve_student_geometry(cfg)
+    step = geo.vae_spatial * geo.patch_size
+    for i, (f, h, w) in enumerate(cfg.video.bucket_shapes()):
+        if (f - 1) % geo.vae_temporal:
+            raise ValueError(f"video.buckets[{i}]=[{f}, {h}, {w}]: frames must be {geo.vae_temporal}k+1 for the student's VAE")
+        if h % step or w % step:
+            raise ValueError(f"video.buckets[{i}]=[{f}, {h}, {w}]: height and width must be multiples of {step} "
+                             f"(VAE {geo.vae_spatial}x times patch {geo.patch_size})")
+    if cfg.student.model:
+        from stages.families.registry import get_student, model_configs
+
+        family, transformer, _ = model_configs(cfg.student.model)
+        why = get_student(family).single_size(transformer)
+        if why:
+            raise ValueError(f"video.buckets: student.model={cfg.student.model} trains at one size only ({why}): drop video.buckets")

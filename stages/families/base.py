@@ -117,6 +117,11 @@ class Student(ABC):
     @abstractmethod
     def geometry(self, transformer_config: Mapping[str, Any], vae_config: Mapping[str, Any]) -> Geometry: ...
 
+    def single_size(self, transformer_config: Mapping[str, Any]) -> str | None:
+        """Why this model trains at one size only (video.buckets is then refused), or None (default: any size its
+        geometry divides)."""
+        return None
+
     @abstractmethod
     def token_grid(self, transformer_config: Any, latent_shape: Sequence[int]) -> tuple[int, int, int]:
         """(T, h, w) token grid of a stored latent of shape (..., T, H8, W8)."""

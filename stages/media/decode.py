@@ -88,6 +88,7 @@ class DecodedClip:
     duration: float | None = None  # seconds, as the container declares it (None when it does not)
     crop_loss: float = 0.0  # share of the upright source frame the crop removed (0 when padded); not in the record
     decoded_frames: int = 0  # frames the decoder produced to sample this clip (a seek skips the rest); not in the record
+    bucket: tuple[int, int, int] | None = None  # (frames, height, width) of its video.buckets entry; None without buckets
 
     @property
     def crop_box(self) -> list[float]:
@@ -107,7 +108,7 @@ class DecodedClip:
             "crop_box": [round(v, 3) for v in self.crop_box],
             "frame_indices": list(self.frame_indices),
             "frame_times": [round(t, 6) for t in self.frame_times],
-        }
+        } | ({"bucket": list(self.bucket)} if self.bucket is not None else {})  # no key without buckets: records as before
 
     @property
     def size(self) -> tuple[int, int]:
@@ -222,12 +223,24 @@ def decode_clip(url: str, video: VideoConfig, storage_options: dict | None = Non
     start, end: the clip's time range in the source (seconds from its first frame; a ClipEntry's
     start / end): sampling begins at start + video.start_sec, after a seek. A range shorter than
     the clip's span is refused (its frames would come from past its end).
+    With video.buckets, the clip is first probed (its upright size and declared duration, one frame decoded)
+    and decoded at the bucket stages/media/buckets.py assigns it (DecodedClip.bucket says which); a clip too
+    short for every bucket is a ClipError.
     Raises ClipError for a missing, empty, non-video, corrupt, truncated or too short file.
     """
     offset = start or 0.0
+    if video.buckets is not None:
+        return _decode_bucketed(url, video, storage_options, threads, start, end)
     if end is not None and end - offset < min_duration(video) - 1e-6:
         raise ClipError(f"range {offset:g}-{end:g} s is {end - offset:.2f} s, shorter than the {min_duration(video):.2f} s a clip "
                         f"of {video.num_frames} frames at {video.fps:g} fps needs", url)
+    with _opened(url, storage_options) as container:
+        return _decode(container, video, url, threads, offset)
+
+
+@contextlib.contextmanager
+def _opened(url: str, storage_options: dict | None):
+    """The clip's container, open (ClipError for a missing, empty or unreadable file), closed on exit."""
     fs, path = filesystem(url, storage_options)
     try:
         nbytes = fs.size(path)
@@ -240,7 +253,52 @@ def decode_clip(url: str, video: VideoConfig, storage_options: dict | None = Non
         source = path if is_local(fs) else stack.enter_context(fs.open(path, "rb"))
         container = _open(source, fs, path, url)
         stack.callback(container.close)
-        return _decode(container, video, url, threads, offset)
+        yield container
+
+
+def _decode_bucketed(url: str, video: VideoConfig, storage_options: dict | None, threads: int, start: float | None,
+                     end: float | None) -> DecodedClip:
+    """decode_clip with video.buckets: probe, assign, decode at the bucket. A container may declare more than it
+    holds: a clip found too short for its bucket is assigned again among the buckets of fewer frames."""
+    from stages.media.buckets import assign_bucket, no_bucket_reason
+
+    offset = start or 0.0
+    duration, (h, w) = _probe(url, storage_options, offset, end)
+    candidates = video.bucket_shapes()
+    while True:
+        bucket = assign_bucket(candidates, duration, h, w, video.fps, video.start_sec)
+        if bucket is None:
+            raise ClipError(no_bucket_reason(video.bucket_shapes(), duration, video.fps, video.start_sec), url)
+        try:
+            clip = decode_clip(url, video.at(bucket), storage_options, threads=threads, start=start, end=end)
+        except ClipError as exc:
+            if not exc.reason.startswith("too short"):
+                raise
+            candidates = [b for b in candidates if b[0] < bucket[0]]
+            continue
+        clip.bucket = bucket
+        return clip
+
+
+def _probe(url: str, storage_options: dict | None, offset: float, end: float | None) -> tuple[float | None, tuple[int, int]]:
+    """(seconds of the clip from `offset`, None when the container does not say; (H0, W0) of its upright frames):
+    the declared duration less the range's start (its end caps it) and the first frame's size and rotation."""
+    with _opened(url, storage_options) as container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise ClipError(f"no video stream (streams: {', '.join(kinds)})", url)
+        stream = container.streams.video[0]
+        declared = _declared_duration(stream, container)
+        try:
+            frame = next(container.decode(stream))
+        except (StopIteration, av.FFmpegError) as e:
+            raise ClipError("no decodable frames (corrupt or truncated stream)", url) from e
+        rotation = int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+        h, w = (frame.width, frame.height) if rotation in (90, 270) else (frame.height, frame.width)
+    duration = None if declared is None else declared - offset
+    if end is not None:
+        duration = end - offset if duration is None else min(duration, end - offset)
+    return duration, (h, w)
 
 
 def _open(source, fs, path: str, url: str) -> av.container.InputContainer:

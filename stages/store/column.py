@@ -19,6 +19,7 @@ from stages.core.fs import is_local, join, write_json_atomic
 from stages.store.format import CHECKSUM, COMMIT_KEYS, ArraySpec, ShardBusy, StoreError, error_line, checksum, read_json, schema_bytes
 from stages.store.lease import Lease, LeaseOwner, claim, lease_alive, sweep_temp_files
 from stages.store.writer import ShardWriter, compressors
+from stages.store.schema import BUCKET
 
 @dataclass
 class ShardData:
@@ -197,6 +198,10 @@ class Column:
                 if not self.store.fs.exists(chunk):
                     raise damaged(f"missing chunk {chunk}")
                 raise damaged(f"checksum mismatch in {chunk} (committed {sums[row]}, read {got})")
+        # a mixed-size store (video.buckets) pads every clip to the schema's shape: crop to this clip's own
+        shape = (data.records[row].get(BUCKET.shapes) or {}).get(name) if row < len(data.records) else None
+        if shape is not None and tuple(shape) != values.shape:
+            values = values[tuple(slice(0, int(n)) for n in shape)]
         return values
 
     def read_dequantized(self, data: ShardData, name: str, row: int) -> np.ndarray:

@@ -67,6 +67,17 @@ class ClipRecordFields:
 
 
 @dataclass(frozen=True)
+class BucketRecordFields:
+    """Per-clip record fields of every column of a mixed-size store (`video.buckets`); absent otherwise.
+
+    Arrays are then stored padded (zeros at the end of each axis) to the schema's shape, the largest bucket's
+    grid; `shapes` says each array's real shape for this clip, and Column.read_row crops to it."""
+
+    bucket: str = "bucket"  # [frames, height, width] of the clip's bucket (pixels)
+    shapes: str = "shapes"  # {array: [its shape for this clip]}
+
+
+@dataclass(frozen=True)
 class FailureFields:
     """Fields of a failed clip's row in a commit record's "failed" list (the error ledger)."""
 
@@ -119,6 +130,7 @@ TEACHER = TeacherArrays()
 IMAGE_TEACHER = ImageTeacherArrays()
 ENCODINGS = EncodingsArrays()
 CLIP = ClipRecordFields()
+BUCKET = BucketRecordFields()
 FAILURE = FailureFields()
 TEACHER_RECORD = TeacherRecordFields()
 QUALITY = QualityFields()

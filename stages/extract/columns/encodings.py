@@ -26,9 +26,20 @@ NAME = "encodings"
 
 
 def _layout(cfg: ExtractConfig) -> EncodingsLayout:
-    layout = encoders_for(cfg.encoders.model).encodings_layout(cfg.encoders, cfg.video)
+    """The column's layout; with video.buckets, at the envelope (the largest bucket in each dimension: the
+    shape every clip's arrays are padded to on write, stages/extract/shard_worker.py `_pad`)."""
+    from stages.extract.student_geometry import check_buckets
+
+    check_buckets(cfg)
+    layout = encoders_for(cfg.encoders.model).encodings_layout(cfg.encoders, cfg.video.envelope())
     _check_geometry(cfg, layout)
     return layout
+
+
+def bucket_schemas(cfg: ExtractConfig) -> dict[tuple[int, int, int], dict]:
+    """{bucket: the schema of a clip of that bucket} (one entry, the column's schema, without buckets)."""
+    family = encoders_for(cfg.encoders.model)
+    return {b: family.encodings_layout(cfg.encoders, cfg.video.at(b)).schema for b in cfg.video.bucket_shapes()}
 
 
 def encodings_spec(cfg: ExtractConfig) -> ColumnSpec:
@@ -42,7 +53,7 @@ def encodings_spec(cfg: ExtractConfig) -> ColumnSpec:
 
 def _spec(cfg: ExtractConfig, layout: EncodingsLayout) -> ColumnSpec:
     encoders = {**layout.encoders, "compute_dtype": compute_dtype(cfg.encoders.dtype, cfg.encoders.device, cfg.ray.gpus_per_worker)}
-    config = {"encoders": encoders, "video": dataclasses.asdict(cfg.video), "model": layout.model}
+    config = {"encoders": encoders, "video": cfg.video.key(), "model": layout.model}
     return ColumnSpec(NAME, config, layout.schema, layout.attrs)
 
 
@@ -50,9 +61,11 @@ def _check_geometry(cfg: ExtractConfig, layout: EncodingsLayout) -> None:
     from stages.extract.student_geometry import resolve_student_geometry
 
     video, student = cfg.video, resolve_student_geometry(cfg)
-    if (video.num_frames - 1) % layout.temporal:
+    # video.buckets: check_buckets has checked each bucket against the student's grid, which the check
+    # below ties to this VAE (num_frames / height / width are then unused)
+    if video.buckets is None and (video.num_frames - 1) % layout.temporal:
         raise ValueError(f"video.num_frames={video.num_frames} must be {layout.temporal}k+1 for this VAE")
-    if video.height % layout.spatial or video.width % layout.spatial:
+    if video.buckets is None and (video.height % layout.spatial or video.width % layout.spatial):
         raise ValueError(f"video size {video.height}x{video.width} must be a multiple of {layout.spatial} for this VAE")
     if (student.vae_spatial, student.vae_temporal) != (layout.spatial, layout.temporal):
         raise ValueError(
@@ -69,6 +82,7 @@ class EncodingsProducer:
         self.cfg = cfg
         self.layout = _layout(cfg)
         self.spec = _spec(cfg, self.layout)
+        self.schemas = bucket_schemas(cfg) if cfg.video.buckets is not None else None  # bucket -> a clip's schema
         e = cfg.encoders
         self.enc = encoders or encoders_for(e.model).load_encoders(e, device)
         if encoders is None:  # benchmarks pass models built for a device of their own choosing
@@ -87,7 +101,14 @@ class EncodingsProducer:
         """(arrays of the schema, the family's record fields) for a DecodedClip and its ClipEntry."""
         e, video = self.cfg.encoders, self.cfg.video
         frames = np.asarray(clip.frames)
-        expected = (video.num_frames, video.height, video.width, 3)
+        schema = self.spec.schema
+        if self.schemas is not None:  # mixed sizes: the clip's bucket says its shapes (padded to the envelope on write)
+            bucket = tuple(getattr(clip, "bucket", None) or ())
+            if bucket not in self.schemas:
+                raise ValueError(f"clip {entry.key}: decoded for bucket {list(bucket)}, not one of video.buckets")
+            expected, schema = (*bucket, 3), self.schemas[bucket]
+        else:
+            expected = (video.num_frames, video.height, video.width, 3)
         if frames.shape != expected:
             raise ValueError(f"clip {entry.key}: frames {frames.shape}, expected {expected}")
         arrays, record = self.enc.encode_clip(frames, entry.key, entry.caption or "", e)
@@ -100,7 +121,7 @@ class EncodingsProducer:
                 )
         if set(arrays) != set(self.spec.schema):
             raise ValueError(f"clip {entry.key}: encoded arrays {sorted(arrays)}, schema says {sorted(self.spec.schema)}")
-        for key, spec in self.spec.schema.items():
+        for key, spec in schema.items():
             if arrays[key].shape != spec.shape or arrays[key].dtype != np.dtype(spec.dtype):
                 got = f"{arrays[key].dtype}{arrays[key].shape}"
                 raise ValueError(f"clip {entry.key}: {key} is {got}, schema says {spec}")

@@ -107,6 +107,8 @@ def student_grid(cfg: ExtractConfig) -> TokenGrid:
 
 def image_teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
     """Name, hashed producer config and schema of the image_teacher column, without loading DINOv2."""
+    if cfg.video.buckets is not None:  # its frame size follows one video size (image_size x aspect): not bucketed yet
+        raise ValueError("video.buckets: the image_teacher column takes one video size only; extract it from a store without buckets")
     it = cfg.image_teacher
     config = dinov2_config(it.model, it.revision)
     if it.layer is not None and it.layer > config.num_hidden_layers:
@@ -134,7 +136,7 @@ def image_teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
         "image_teacher": teacher,
         "frames": {"height": geo.height, "width": geo.width, "patch": geo.patch},
         "mapping": {"temporal": cfg.teacher.temporal, "resample": cfg.teacher.resample},
-        "video": to_dict(cfg.video),
+        "video": cfg.video.key(),
         "student": to_dict(cfg.student),
         "lgf": lgf,
     }

@@ -17,6 +17,7 @@ attrs) still read: `Column.read_dequantized` returns float32 either way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -49,7 +50,7 @@ QUANTIZED = {TEACHER.fwd: QUANT_INT8, TEACHER.bwd: QUANT_INT8}
 def student_grid(cfg: ExtractConfig) -> TokenGrid:
     from stages.extract.student_geometry import resolve_student_geometry
 
-    s, v = resolve_student_geometry(cfg), cfg.video
+    s, v = resolve_student_geometry(cfg), cfg.video.envelope()  # with buckets: the largest grid, which the arrays are padded to
     return token_grid(v.num_frames, v.height, v.width, s.vae_temporal, s.vae_spatial, s.patch_size, s.patch_size_t)
 
 
@@ -65,7 +66,10 @@ def _student_key(cfg: ExtractConfig) -> dict:
 
 def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
     """Name, hashed producer config and schema of the teacher column, without loading SAM2."""
+    from stages.extract.student_geometry import check_buckets
+
     check_weights(cfg)
+    check_buckets(cfg)
     grid = student_grid(cfg)
     channels = feature_channels(cfg.teacher.model, cfg.teacher.feature)
     pairs = sum(grid.frames - o for o in cfg.lgf.offsets)
@@ -77,7 +81,7 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
         teacher["grounding"] = _grounding_key(cfg)
     config = {
         "teacher": teacher,
-        "video": to_dict(cfg.video),
+        "video": cfg.video.key(),
         "student": _student_key(cfg),
         "lgf": to_dict(cfg.lgf),
         "quantized": dict(QUANTIZED),
@@ -132,6 +136,8 @@ class TeacherProducer:
     def __init__(self, cfg: ExtractConfig, device: str):
         self.cfg = cfg
         self.grid = student_grid(cfg)
+        # video.buckets: bucket (frames, height, width) -> its token grid
+        self.grids = {b: student_grid(dataclasses.replace(cfg, video=cfg.video.at(b))) for b in cfg.video.bucket_shapes()}
         from stages.extract.student_geometry import resolve_student_geometry
 
         self.vae_temporal = resolve_student_geometry(cfg).vae_temporal
@@ -158,7 +164,7 @@ class TeacherProducer:
     def produce(self, clip, entry) -> tuple[dict[str, np.ndarray], dict]:
         prompt, source = self._prompt(clip, entry)
         result = self.tracker.track(torch.from_numpy(clip.frames), prompt, source)
-        return self._arrays(result, source)
+        return self._arrays(result, source, self._grid_of(clip.frames))
 
     def produce_batch(self, clips: list, entries: list) -> list[tuple[dict[str, np.ndarray], dict] | Exception]:
         """`produce` for several decoded clips, tracked `teacher.clip_batch` at a time in lockstep.
@@ -182,9 +188,7 @@ class TeacherProducer:
                 ready.append((i, torch.from_numpy(clip.frames), prompt, source))
             except Exception as exc:  # this clip's prompt (or frames) only
                 out[i] = exc
-        size = self.cfg.teacher.clip_batch
-        for start in range(0, len(ready), size):
-            group = ready[start : start + size]
+        for group in _same_shape_groups(ready, self.cfg.teacher.clip_batch):
             try:
                 results: list[TrackResult | Exception] = list(self.tracker.track_batch([g[1] for g in group], [g[2] for g in group], [g[3] for g in group]))
             except Exception as exc:
@@ -193,12 +197,12 @@ class TeacherProducer:
                 else:
                     log.warning("a batch of %d clips failed (%s: %s): tracking them one at a time", len(group), type(exc).__name__, exc)
                     results = [self._track_one(frames, prompt, source) for _, frames, prompt, source in group]
-            for (i, _, _, source), result in zip(group, results):
+            for (i, frames, _, source), result in zip(group, results):
                 if isinstance(result, Exception):
                     out[i] = result
                     continue
                 try:
-                    out[i] = self._arrays(result, source)
+                    out[i] = self._arrays(result, source, self._grid_of(frames))
                 except Exception as exc:
                     out[i] = exc
         return out  # type: ignore[return-value]
@@ -213,7 +217,15 @@ class TeacherProducer:
         """Grounded box prompts (or the NoSubjectFound of a clip), one per clip; Nones when not grounded."""
         if self.detector is None:
             return [None] * len(clips)
-        return self.detector.prompts([c.frames[0] for c in clips], [e.caption for e in entries])
+        # one detector batch per frame size (its frames must share one: a mixed-size store's buckets differ)
+        out: list = [None] * len(clips)
+        sizes: dict[tuple, list[int]] = {}
+        for i, c in enumerate(clips):
+            sizes.setdefault(tuple(c.frames.shape[1:3]), []).append(i)
+        for idx in sizes.values():
+            for i, p in zip(idx, self.detector.prompts([clips[i].frames[0] for i in idx], [entries[i].caption for i in idx])):
+                out[i] = p
+        return out
 
     def _prompt(self, clip, entry, grounded: Prompt | Exception | None = None) -> tuple[Prompt | None, str]:
         """The clip's forward prompt in frame pixels (None: the tracker computes it) and its source.
@@ -230,19 +242,31 @@ class TeacherProducer:
             return None, "auto"  # documented fallback: a clip without a manifest prompt
         return None, source
 
-    def _arrays(self, result: TrackResult, source: str) -> tuple[dict[str, np.ndarray], dict]:
-        """Per-frame features -> the column's arrays on the student's token grid, and the record."""
+    def _grid_of(self, frames) -> TokenGrid:
+        """The student's token grid for a clip of frames [F, H, W, 3]: the column's grid, or (video.buckets)
+        the grid of the clip's bucket, which the same geometry gives (docs/method.md: teacher grid = student grid)."""
+        if self.cfg.video.buckets is None:
+            return self.grid
+        bucket = tuple(int(v) for v in frames.shape[:3])
+        if bucket not in self.grids:
+            raise ValueError(f"frames of shape {list(frames.shape)} match no bucket of video.buckets")
+        return self.grids[bucket]
+
+    def _arrays(self, result: TrackResult, source: str, grid: TokenGrid | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        """Per-frame features -> the column's arrays on the student's token grid (`grid`, the clip's; None: the
+        column's), and the record."""
         cfg = self.cfg
+        grid = grid or self.grid
         vt, mode = self.vae_temporal, cfg.teacher.temporal
-        fwd = to_token_grid(result.fwd, self.grid, vt, mode, cfg.teacher.resample)
-        bwd = to_token_grid(result.bwd, self.grid, vt, mode, cfg.teacher.resample)
+        fwd = to_token_grid(result.fwd, grid, vt, mode, cfg.teacher.resample)
+        bwd = to_token_grid(result.bwd, grid, vt, mode, cfg.teacher.resample)
         lgf = fuse(fwd[None], bwd[None], cfg.lgf.kernel, cfg.lgf.tau, cfg.lgf.offsets, cfg.lgf.fusion)[0]
         arrays = {
             TEACHER.fwd: fwd.numpy(),  # float32 until checked, then int8 + scale
             TEACHER.bwd: bwd.numpy(),
             TEACHER.lgf: lgf.numpy().astype(np.float16),
-            TEACHER.mask: mask_to_token_grid(result.masks_fwd, self.grid, vt).numpy(),
-            TEACHER.mask_bwd: mask_to_token_grid(result.masks_bwd, self.grid, vt).numpy(),
+            TEACHER.mask: mask_to_token_grid(result.masks_fwd, grid, vt).numpy(),
+            TEACHER.mask_bwd: mask_to_token_grid(result.masks_bwd, grid, vt).numpy(),
         }
         _check_finite(arrays)
         arrays = quantize_features(arrays)
@@ -259,6 +283,18 @@ class TeacherProducer:
 
         options = self.cfg.corpus.storage_options
         return lambda url: load_prompt_mask(url, options)
+
+
+def _same_shape_groups(ready: list, size: int) -> list[list]:
+    """Consecutive items (i, frames, prompt, source) in groups of up to `size` whose frames share one shape
+    (clips of different buckets are never tracked in lockstep); without buckets, plain groups of `size`."""
+    groups: list[list] = []
+    for item in ready:
+        if groups and len(groups[-1]) < size and tuple(groups[-1][0][1].shape) == tuple(item[1].shape):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
 
 
 def quantize_features(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

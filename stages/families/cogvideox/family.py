@@ -81,6 +81,16 @@ class CogVideoXStudent(Student):
         return Geometry(2 ** (len(v["block_out_channels"]) - 1), int(v["temporal_compression_ratio"]),
                         int(t["patch_size"]), t["patch_size_t"])
 
+    def single_size(self, transformer_config: Mapping[str, Any]) -> str | None:
+        # CogVideoX 1.0 (no temporal patch) was trained at 49 frames of 480x720 only, and a learned positional
+        # embedding fixes the latent grid outright; 1.5 (patch_size_t) trains at several sizes
+        t = dict(transformer_config)
+        if t.get("use_learned_positional_embeddings"):
+            return "its learned positional embeddings fix one latent grid"
+        if not t.get("patch_size_t"):
+            return "CogVideoX 1.0 is trained at one size (49 frames at 480x720); CogVideoX 1.5 takes several"
+        return None
+
     def token_grid(self, transformer_config: Any, latent_shape: Sequence[int]) -> tuple[int, int, int]:
         return cogvideox.token_grid(transformer_config, latent_shape)
 
