@@ -173,6 +173,9 @@ class Trainer:
     def __init__(self, cfg: DistillConfig, resume: bool = False, on_step: Callable[[StepMetrics], None] | None = None):
         self.cfg, self.on_step = cfg, on_step
         self.rank, self.world, self.device = init_distributed(cfg.student.device)
+        # parallel.context: groups of that many consecutive ranks share one batch (the data-parallel rank reads it)
+        self.dp_rank, self.dp_world = parallel.data_rank(self.rank, self.world, cfg.parallel.context)
+        self.context_mesh = parallel.context_mesh(self.world, cfg.parallel.context, self.device) if cfg.parallel.context > 1 else None
         self.student = student_for(cfg.student.model, cfg.student.family)  # first: an unregistered family fails in one line
         self.out = Path(cfg.out)
         self.data = open_training_data(cfg)
@@ -191,13 +194,16 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
             torch.manual_seed(step_seed(cfg.train.seed, "init"))
             configure_student(transformer, cfg.student, self.student.set_attention)
+        if self.context_mesh is not None:  # after the attention backend is chosen: diffusers checks it supports the split
+            self.student.enable_context_parallel(transformer, self.context_mesh, self.grid[0] * self.grid[1] * self.grid[2])
         apply_checkpointing(transformer, self.student.blocks(transformer), self.checkpointing)
         self.input_dtype = transformer.dtype  # of the model inputs: the base dtype (fp32 for a full fine-tune)
         projector = self._build_projector(transformer) if cfg.losses.needs_projector else None
         self.model = DistillModel(transformer, projector, cfg.tap.block, self.student).to(self.device)
         p = cfg.parallel
         # FSDP replaces the parameters by sharded ones: wrap first, then give the optimizer what it made
-        self.ddp = parallel.wrap(self.model, p.strategy, self.world, self.device, self._autocast_dtype(), p.shard_size, p.reshard_after_forward)
+        self.ddp = parallel.wrap(self.model, p.strategy, self.world, self.device, self._autocast_dtype(), p.shard_size, p.reshard_after_forward,
+                                 self.context_mesh)
         self.sharded = parallel.is_sharded(self.ddp)
         self.optimizer = self._build_optimizer()
         # after wrapping: under FSDP the shadow clones the sharded masters (DTensors), sharded like them
@@ -211,7 +217,7 @@ class Trainer:
         self.holdout = self._held_out(resume)  # never trained on: left out of the stream (and of its batch count)
         exclude = set(self.filter.keys) | set(self.holdout.keys)  # filtered and held-out clips
         self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers, cfg.data.on_corrupt, exclude,
-                                       cfg.data.allow_partial_columns)
+                                       cfg.data.allow_partial_columns, (self.dp_rank, self.dp_world))
         self.empty_prompt = self._empty_prompt()
         lat = self.data.encodings.schema["latents"].shape
         self.rotary = self.student.rotary(self.tconfig, lat[1:], self.device)
@@ -521,7 +527,8 @@ class Trainer:
 
     def _loss(self, batch: dict, micro: int) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
         # global micro-batch index: rank r's micro m is what one rank accumulating world*accum draws at r*accum+m
-        index = self.rank * self.cfg.optim.accumulation + micro
+        # (the data-parallel rank: the ranks of a context group draw the same noise for the same batch)
+        index = self.dp_rank * self.cfg.optim.accumulation + micro
         gen = torch.Generator(device="cpu").manual_seed(step_seed(self.cfg.train.seed, self.step, index, 0))
         return distill_loss(self.loss_context, self.ddp, batch, gen, self.step)
 

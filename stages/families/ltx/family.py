@@ -241,6 +241,17 @@ class LtxStudent(Student):
     def text_dim(self, transformer_config: Any) -> int:
         return int(transformer_config.caption_channels)
 
+    def enable_context_parallel(self, transformer: torch.nn.Module, mesh: Any, video_tokens: int) -> None:
+        """diffusers' own plan for the LTX transformer (its _cp_plan; LTX's plan splits the video and the text tokens at the model input), Ulysses attention."""
+        from stages.families import context_parallel
+
+        context_parallel.enable(transformer, mesh, self.family, video_tokens, int(transformer.config.num_attention_heads))
+
+    def full_sequence(self, transformer: torch.nn.Module, video_tokens: torch.Tensor) -> torch.Tensor:
+        from stages.families import context_parallel
+
+        return context_parallel.gather_sequence(transformer, video_tokens)
+
     def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
         return transformer.transformer_blocks
 
