@@ -69,7 +69,7 @@ def main() -> None:
     out = Path(spec["out_json"])
     rank = trainer.rank
     save_file(full_weights(trainer), str(out.with_name(f"{out.stem}-weights-rank{rank}.safetensors")))
-    rows = [{"step": m.step, "loss": m.loss, "terms": m.terms, "grad_norms": m.grad_norms} for m in history]
+    rows = [{"step": m.step, "loss": m.loss, "terms": m.terms, "grad_norms": m.grad_norms, "clips": m.clips} for m in history]
     out.with_name(f"{out.stem}-rank{rank}.json").write_text(json.dumps({"history": rows, "exported": str(exported) if exported else None, "val": val}))
     trainer.close()
 

@@ -56,14 +56,17 @@ def context_mesh(world: int, context: int, device: torch.device):
     from torch.distributed.device_mesh import init_device_mesh
 
     if world % context:
-        raise ValueError(f"parallel.context={context} does not divide the world size {world}")
+        from stages.config.loader import ConfigError
+
+        raise ConfigError(f"parallel.context={context} does not divide the world size {world} (torchrun --nproc_per_node x nodes)")
     ensure_process_group(device)
     return init_device_mesh(device.type, (world // context, 1, context), mesh_dim_names=("dp", "ring", "ulysses"))
 
 
 def data_rank(rank: int, world: int, context: int) -> tuple[int, int]:
-    """(data-parallel rank, data-parallel world): the ranks of one context group read the same batches."""
-    return rank // context, world // context
+    """(data-parallel rank, data-parallel world): the ranks of one context group read the same batches
+    (context_mesh's layout: rank r is group r // context)."""
+    return rank // context, max(world // context, 1)
 
 
 def wrap(

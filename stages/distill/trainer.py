@@ -173,10 +173,11 @@ class Trainer:
     def __init__(self, cfg: DistillConfig, resume: bool = False, on_step: Callable[[StepMetrics], None] | None = None):
         self.cfg, self.on_step = cfg, on_step
         self.rank, self.world, self.device = init_distributed(cfg.student.device)
+        self.student = student_for(cfg.student.model, cfg.student.family)  # first: an unregistered family fails in one line
+        self.student.check_context_parallel(cfg.parallel.context)  # a family without a plan refuses in one line
         # parallel.context: groups of that many consecutive ranks share one batch (the data-parallel rank reads it)
         self.dp_rank, self.dp_world = parallel.data_rank(self.rank, self.world, cfg.parallel.context)
         self.context_mesh = parallel.context_mesh(self.world, cfg.parallel.context, self.device) if cfg.parallel.context > 1 else None
-        self.student = student_for(cfg.student.model, cfg.student.family)  # first: an unregistered family fails in one line
         self.out = Path(cfg.out)
         self.data = open_training_data(cfg)
         # decided from the store alone: every rank excludes the same clips (before the model loads: a

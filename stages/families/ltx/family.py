@@ -241,6 +241,8 @@ class LtxStudent(Student):
     def text_dim(self, transformer_config: Any) -> int:
         return int(transformer_config.caption_channels)
 
+    context_parallel = True
+
     def enable_context_parallel(self, transformer: torch.nn.Module, mesh: Any, video_tokens: int) -> None:
         """diffusers' own plan for the LTX transformer (its _cp_plan; LTX's plan splits the video and the text tokens at the model input), Ulysses attention."""
         from stages.families import context_parallel

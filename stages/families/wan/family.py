@@ -318,6 +318,8 @@ class WanStudent(Student):
     def text_dim(self, transformer_config: Any) -> int:
         return int(transformer_config.text_dim)
 
+    context_parallel = True
+
     def enable_context_parallel(self, transformer: torch.nn.Module, mesh: Any, video_tokens: int) -> None:
         """diffusers' own plan for the Wan transformer (its _cp_plan; Wan's plan splits at blocks.0's input and leaves the text tokens whole (cross-attention K/V)), Ulysses attention."""
         from stages.families import context_parallel

@@ -1,0 +1,101 @@
+"""parallel.context: diffusers' context parallelism (Ulysses, native SDPA backend) composed with FSDP2, on 2 gloo
+ranks against one rank; and the refusals (a family without a plan, a bad degree, a world it does not divide)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ROOT
+from stages.config.distill import DistillConfig
+from stages.config.loader import ConfigError, load_config
+from stages.distill import parallel
+from stages.distill.trainer import Trainer
+
+from test_golden_curve_wan import synthetic_wan_store
+from test_parallel import assert_weights_close, torchrun
+
+SAMPLE = ROOT / "configs/distill/sample.yaml"
+WAN = ["student.model=tiny-wan", "student.task=t2v", "data.num_workers=0", "train.batch_size=1", "train.steps=3",
+       "train.checkpoint_every=100", "optim.warmup_steps=0", "optim.schedule=constant", "data.holdout=0", "eval.every=0",
+       "train.caption_dropout=0.0", "parallel.strategy=fsdp"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tiny_wan_forward_and_backward_split_over_two_ranks_equal_one_rank(tmp_path):
+    out = tmp_path / "cp.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests/context_parallel_run.py"), str(out), "cpu"]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["mesh"] == {"dp": 1, "ring": 1, "ulysses": 2}
+    assert r["block_tokens"] == r["tokens"] // 2  # the blocks ran on half the sequence each
+    assert r["loss"][1] == pytest.approx(r["loss"][0], rel=1e-6, abs=0)
+    assert r["out"] < 1e-5 and r["feats"] < 1e-5  # the output and the tapped tokens whole again
+    assert r["grad_names"]  # every weight the one-rank backward reached has a gradient here too
+    assert r["grad_sum"] < 1e-5  # the group's gradient (sum of the ranks' shares) is the one-rank gradient
+    assert r["grad_local"] > 1e-2  # and one rank's share alone is not: the sum (not a mean) is needed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_context_ranks_train_as_one_rank_on_the_same_stream(tmp_path):
+    """2 ranks, parallel.context=2 (one data-parallel rank): through the stream, the tap, LGF and the projector,
+    every step's loss, gradient norms and clips, and the trained weights, are one rank's without context."""
+    store = str(tmp_path / "store")
+    synthetic_wan_store(store)
+    run = lambda out, *extra: {"mode": "run", "overrides": [f"data.store={store}", f"out={tmp_path / out}", *WAN, *extra]}  # noqa: E731
+    cp = torchrun(tmp_path, "cp", run("cp", "parallel.context=2"))
+    one = torchrun(tmp_path, "one", run("one"), nproc=1)[0]
+    assert [m["clips"] for m in cp[0]["history"]] == [m["clips"] for m in cp[1]["history"]] == [m["clips"] for m in one["history"]]
+    for r in cp:
+        assert [m["loss"] for m in r["history"]] == pytest.approx([m["loss"] for m in one["history"]], rel=1e-5)
+        for got, want in zip(r["history"], one["history"]):
+            assert got["grad_norms"] == pytest.approx(want["grad_norms"], rel=1e-4)  # student and projector
+            assert got["terms"]["lgf"] > 0
+    assert_weights_close(cp[0]["weights"], cp[1]["weights"], atol=0)
+    assert_weights_close(cp[0]["weights"], one["weights"], atol=2e-5)
+
+
+def test_context_parallel_config_refusals_name_the_key():
+    for bad, words in [(["parallel.context=0"], "parallel.context must be >= 1"),
+                       (["parallel.context=2"], "parallel.context=2 needs parallel.strategy=fsdp"),
+                       (["parallel.context=2", "parallel.strategy=hsdp"], "needs parallel.strategy=fsdp"),
+                       (["parallel.context=2", "parallel.strategy=fsdp", "student.attention=xformers"], "needs student.attention=sdpa")]:
+        with pytest.raises(ConfigError, match=words):
+            load_config(DistillConfig, SAMPLE, bad)
+    assert load_config(DistillConfig, SAMPLE, ["parallel.context=4", "parallel.strategy=fsdp"]).parallel.context == 4
+
+
+def test_data_rank_groups_consecutive_ranks():
+    # world 4, context 2: ranks 0,1 are context group 0 (data rank 0), ranks 2,3 group 1 (data rank 1)
+    assert [parallel.data_rank(r, 4, 2) for r in range(4)] == [(0, 2), (0, 2), (1, 2), (1, 2)]
+    assert [parallel.data_rank(r, 2, 1) for r in range(2)] == [(0, 2), (1, 2)]
+
+
+def test_a_family_without_a_plan_refuses_in_one_line_and_exit_2(tmp_path):
+    from pipeline.cli import app
+
+    r = CliRunner().invoke(app, ["distill", "--config", str(SAMPLE), "--out", str(tmp_path / "run"),
+                                 "parallel.strategy=fsdp", "parallel.context=2"])  # the tiny CogVideoX
+    line = (r.stderr or r.output).strip()
+    assert r.exit_code == 2 and len(line.splitlines()) == 1, r.output
+    assert "parallel.context=2" in line and "cogvideox" in line and "no context-parallel plan" in line
+
+
+def test_a_context_degree_the_world_does_not_divide_is_refused(tmp_path):
+    store = str(tmp_path / "store")
+    synthetic_wan_store(store)
+    cfg = load_config(DistillConfig, SAMPLE, [f"data.store={store}", f"out={tmp_path / 'run'}", *WAN, "parallel.context=2"])
+    with pytest.raises(ConfigError, match=r"parallel.context=2 does not divide the world size 1"):
+        Trainer(cfg)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
