@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT
 
-PARTS = ("teacher", "encodings", "step", "step_xformers", "fsdp", "fsdp_full", "step_meta")
+PARTS = ("teacher", "encodings", "step", "step_xformers", "fsdp", "fsdp_full", "context", "step_meta")
 
 
 @pytest.mark.slow
@@ -44,6 +44,7 @@ def test_gpu_suite_dry_run_writes_a_figure_for_every_part(tmp_path):
     assert any("clips_per_h" in k for k in figures["teacher"]), figures["teacher"]
     assert {"runs[tiling=True].clips_per_hour", "runs[tiling=False].clips_per_hour"} <= set(figures["encodings"])
     assert figures["step"]["ratio_lgf_plain"] > 0
+    assert figures["context"]["equal_to_one_rank"] == 1 and figures["context"]["grad_sum"] < 1e-5  # 2 gloo ranks
     assert figures["step_meta"]["base_params_b"] == pytest.approx(5.57, abs=0.01)  # CogVideoX-5B-I2V transformer
 
     table = (out / "summary.md").read_text()
