@@ -537,7 +537,7 @@ class Trainer:
     def save(self) -> None:
         # "position" (rank 0's) stays for readers of older checkpoints and for a resume on another world size
         extra = {"position": self.position.to_json(), "positions": self._rank_positions(), "config": redact(to_dict(self.cfg)),
-                 "world_size": self.world, "scaler": self.scaler.state_dict()}
+                 "world_size": self.world, "data_world": self.dp_world, "scaler": self.scaler.state_dict()}
         if self.cutoff is not None:
             extra["lgf_cutoff"] = self.cutoff.state()
         if self.sharded:
@@ -624,11 +624,12 @@ class Trainer:
         runs only). A checkpoint from before per-rank positions holds rank 0's only: every rank takes it."""
         position = StreamPosition(**state["position"])
         saved = int(state.get("world_size", self.world))
-        if saved == self.world:
+        saved_split = int(state.get("data_world", saved))  # data-parallel ranks (world / parallel.context)
+        if saved == self.world and saved_split == self.dp_world:
             positions = state.get("positions")
             return StreamPosition(**positions[self.rank]) if positions and len(positions) == saved else position
         # each rank had consumed `batch` of its own split; the same share of the epoch on the new split
-        batch = position.batch * saved // self.world
+        batch = position.batch * saved_split // self.dp_world
         log.warning("checkpoint written by %d ranks, resuming on %d: continuing at batch %d of epoch %d "
                     "(same weights and optimizer state; a different data order from here)", saved, self.world, batch, position.epoch)
         return StreamPosition(position.epoch, batch)

@@ -32,7 +32,8 @@ APPLIED = (
 LEGACY = {"data.holdout": 0.0, "data.holdout_keys": [], "data.allow_partial_columns": False,
           # keys added with EMA, selective checkpointing and the LGF cutoff (their defaults are the earlier behaviour)
           "train.ema.decay": None, "student.checkpointing": None, "losses.lgf.cutoff.patience": 0,
-          "losses.lgf.cutoff.min_delta": 0.0, "losses.lgf.cutoff.metric": "lgf_projected", "losses.lgf.cutoff.factor": 0.0}
+          "losses.lgf.cutoff.min_delta": 0.0, "losses.lgf.cutoff.metric": "lgf_projected", "losses.lgf.cutoff.factor": 0.0,
+          "parallel.context": 1}  # before context parallelism: every rank held whole sequences
 
 
 class ResumeMismatch(ValueError):
