@@ -99,3 +99,23 @@ def test_a_context_degree_the_world_does_not_divide_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"parallel.context=2 does not divide the world size 1"):
         Trainer(cfg)
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_data_ranks_of_two_context_ranks_train_as_two_plain_fsdp_ranks(tmp_path):
+    """4 ranks as dp 2 x context 2 against 2 plain FSDP ranks: the same clips per data rank, and the gradients
+    the same mean over data ranks (the transformer's reduced as sum / dp over all 4, the projector's over dp)."""
+    store = str(tmp_path / "store")
+    synthetic_wan_store(store)
+    run = lambda out, *extra: {"mode": "run", "overrides": [f"data.store={store}", f"out={tmp_path / out}", *WAN, *extra]}  # noqa: E731
+    cp = torchrun(tmp_path, "cp", run("cp", "parallel.context=2"), nproc=4)
+    two = torchrun(tmp_path, "two", run("two"), nproc=2)
+    for rank, r in enumerate(cp):
+        assert [m["clips"] for m in r["history"]] == [m["clips"] for m in two[rank // 2]["history"]]
+        assert [m["loss"] for m in r["history"]] == pytest.approx([m["loss"] for m in two[0]["history"]], rel=1e-5)
+        for got, want in zip(r["history"], two[0]["history"]):
+            assert got["grad_norms"] == pytest.approx(want["grad_norms"], rel=1e-4)
+    assert [m["clips"] for m in two[0]["history"]] != [m["clips"] for m in two[1]["history"]]  # the data ranks differ
+    assert_weights_close(cp[0]["weights"], cp[3]["weights"], atol=0)
+    assert_weights_close(cp[0]["weights"], two[0]["weights"], atol=2e-5)
