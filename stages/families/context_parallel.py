@@ -1,12 +1,14 @@
-"""Context parallelism for the families whose diffusers transformer carries a `_cp_plan` (Wan, LTX).
+"""Context parallelism for the families whose diffusers transformer carries a `_cp_plan` that trains (Wan).
 
 Nothing here computes attention: diffusers' own context parallelism (`ModelMixin.enable_parallelism` with a
-`ContextParallelConfig`) does. Its plan splits the video tokens [B, S, D] along S at the first block's input
-(Wan: "blocks.0"; LTX: the model input), runs every block on S / n tokens per rank with Ulysses attention
-(an all-to-all swaps the sequence shard for a head shard, so each rank attends over all S tokens for H / n
-heads, and back), and gathers the sequence again at `proj_out`. So the model's output is whole on every rank;
-a block's output in between is the rank's S / n shard (contiguous chunks, rank order), which `gather_sequence`
-joins for the feature tap.
+`ContextParallelConfig`) does. Wan's plan splits the video tokens [B, S, D] along S at the first block's input
+("blocks.0"), runs every block on S / n tokens per rank with Ulysses attention in self-attention (an
+all-to-all swaps the sequence shard for a head shard, so each rank attends over all S tokens for H / n heads,
+and back; cross-attention over the whole text stays local to the rank's queries), and gathers the sequence
+again at `proj_out`. So the model's output is whole on every rank; a block's output in between is the rank's
+S / n shard (contiguous chunks, rank order), which `gather_sequence` joins for the feature tap.
+(LTX has a plan too, but diffusers runs its cross-attention through Ulysses, which does not train: see
+stages/families/ltx/family.py.)
 
 Gradients: every rank of a context group computes the same loss from the same gathered output. The gather's
 backward hands each rank the chunk of the output gradient for its own tokens, so a transformer weight's

@@ -92,6 +92,15 @@ def test_a_family_without_a_plan_refuses_in_one_line_and_exit_2(tmp_path):
     assert "parallel.context=2" in line and "cogvideox" in line and "no context-parallel plan" in line
 
 
+def test_ltx_refuses_because_diffusers_ulysses_cross_attention_does_not_train():
+    from stages.families.registry import student_for
+
+    with pytest.raises(ConfigError, match=r"parallel.context=2: diffusers' context parallelism of the ltx transformer cannot train"):
+        student_for("tiny-ltx").check_context_parallel(2)
+    student_for("tiny-ltx").check_context_parallel(1)  # off: nothing to refuse
+    student_for("tiny-wan").check_context_parallel(2)  # Wan's plan trains (the tests above)
+
+
 def test_a_context_degree_the_world_does_not_divide_is_refused(tmp_path):
     store = str(tmp_path / "store")
     synthetic_wan_store(store)
