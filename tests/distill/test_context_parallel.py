@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import ROOT
@@ -54,7 +55,7 @@ def test_two_context_ranks_train_as_one_rank_on_the_same_stream(tmp_path):
     store = str(tmp_path / "store")
     synthetic_wan_store(store)
     run = lambda out, *extra: {"mode": "run", "overrides": [f"data.store={store}", f"out={tmp_path / out}", *WAN, *extra]}  # noqa: E731
-    cp = torchrun(tmp_path, "cp", run("cp", "parallel.context=2"))
+    cp = torchrun(tmp_path, "cp", {**run("cp", "parallel.context=2"), "export": True})
     one = torchrun(tmp_path, "one", run("one"), nproc=1)[0]
     assert [m["clips"] for m in cp[0]["history"]] == [m["clips"] for m in cp[1]["history"]] == [m["clips"] for m in one["history"]]
     for r in cp:
@@ -64,6 +65,14 @@ def test_two_context_ranks_train_as_one_rank_on_the_same_stream(tmp_path):
             assert got["terms"]["lgf"] > 0
     assert_weights_close(cp[0]["weights"], cp[1]["weights"], atol=0)
     assert_weights_close(cp[0]["weights"], one["weights"], atol=2e-5)
+    # the export (gathered on rank 0) is the trained LoRA, as the stock Wan loader reads it
+    from diffusers import WanPipeline
+
+    exported = WanPipeline.lora_state_dict(cp[0]["exported"])
+    lora = {k.replace(".default.", "."): v for k, v in cp[0]["weights"].items() if "lora_" in k}
+    assert lora and sorted(exported) == sorted(lora)
+    for k, v in exported.items():
+        torch.testing.assert_close(v.float(), lora[k], atol=0, rtol=0, msg=k)
 
 
 def test_context_parallel_config_refusals_name_the_key():
