@@ -4,7 +4,8 @@ One transformer forward per micro-batch; block L's tokens are tapped during it, 
 space, and scored against the teacher. DDP or FSDP2 over torchrun (gloo on CPU, NCCL on GPUs; see
 stages/distill/parallel.py). Trainable parameters are fp32 masters in every strategy. Every random
 draw of a step comes from a generator seeded by (seed, step, global micro-batch), where the global
-micro-batch is rank * accumulation + micro: two ranks draw what one rank accumulating two draws.
+micro-batch is rank * accumulation + micro: two ranks draw what one rank accumulating two draws (the
+data-parallel rank under parallel.context: the ranks of a context group read and draw alike).
 Every rank's stream position is saved with the weights (state.json "positions", by rank), so
 `--resume` continues the exact trajectory on each rank.
 """

@@ -321,7 +321,8 @@ class WanStudent(Student):
     context_parallel = True
 
     def enable_context_parallel(self, transformer: torch.nn.Module, mesh: Any, video_tokens: int) -> None:
-        """diffusers' own plan for the Wan transformer (its _cp_plan; Wan's plan splits at blocks.0's input and leaves the text tokens whole (cross-attention K/V)), Ulysses attention."""
+        """diffusers' own plan for the Wan transformer (its _cp_plan: the video tokens split at blocks.0's input,
+        gathered at proj_out), Ulysses self-attention; the cross-attention over the whole text stays local."""
         from stages.families import context_parallel
 
         context_parallel.enable(transformer, mesh, self.family, video_tokens, int(transformer.config.num_attention_heads))
