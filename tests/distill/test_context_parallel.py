@@ -51,12 +51,18 @@ def test_tiny_wan_forward_and_backward_split_over_two_ranks_equal_one_rank(tmp_p
 @pytest.mark.timeout(900)
 def test_two_context_ranks_train_as_one_rank_on_the_same_stream(tmp_path):
     """2 ranks, parallel.context=2 (one data-parallel rank): through the stream, the tap, LGF and the projector,
-    every step's loss, gradient norms and clips, and the trained weights, are one rank's without context."""
+    every step's loss, gradient norms and clips, the held-out validation after it, and the trained weights, are
+    one rank's without context."""
     store = str(tmp_path / "store")
     synthetic_wan_store(store)
-    run = lambda out, *extra: {"mode": "run", "overrides": [f"data.store={store}", f"out={tmp_path / out}", *WAN, *extra]}  # noqa: E731
+    held_out = ("data.holdout=0.4", "eval.every=100")  # validated once, after training (distributed_run's "validate")
+    run = lambda out, *extra: {"mode": "run", "validate": True,  # noqa: E731
+                               "overrides": [f"data.store={store}", f"out={tmp_path / out}", *WAN, *held_out, *extra]}
     cp = torchrun(tmp_path, "cp", {**run("cp", "parallel.context=2"), "export": True})
     one = torchrun(tmp_path, "one", run("one"), nproc=1)[0]
+    assert one["val"]["lgf"] > 0
+    for r in cp:
+        assert r["val"] == pytest.approx(one["val"], rel=1e-5)
     assert [m["clips"] for m in cp[0]["history"]] == [m["clips"] for m in cp[1]["history"]] == [m["clips"] for m in one["history"]]
     for r in cp:
         assert [m["loss"] for m in r["history"]] == pytest.approx([m["loss"] for m in one["history"]], rel=1e-5)
