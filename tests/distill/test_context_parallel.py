@@ -143,3 +143,20 @@ def test_two_data_ranks_of_two_context_ranks_train_as_two_plain_fsdp_ranks(tmp_p
     assert [m["clips"] for m in two[0]["history"]] != [m["clips"] for m in two[1]["history"]]  # the data ranks differ
     assert_weights_close(cp[0]["weights"], cp[3]["weights"], atol=0)
     assert_weights_close(cp[0]["weights"], two[0]["weights"], atol=2e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_context_parallel_run_resumes_loss_for_loss(tmp_path):
+    """The DCP checkpoint of a context run (transformer sharded over all ranks, projector over dp) resumes exactly."""
+    store = str(tmp_path / "store")
+    synthetic_wan_store(store)
+    run = lambda out, **spec: {"mode": "run", **spec,  # noqa: E731
+                               "overrides": [f"data.store={store}", f"out={tmp_path / out}", *WAN, "train.steps=4", "parallel.context=2"]}
+    straight = torchrun(tmp_path, "straight", run("a"))
+    torchrun(tmp_path, "first", run("b", stop_at=2))
+    rest = torchrun(tmp_path, "rest", run("b", resume=True))
+    assert [m["step"] for m in rest[0]["history"]] == [3, 4]
+    for r in rest:
+        assert [m["loss"] for m in r["history"]] == [m["loss"] for m in straight[0]["history"][2:]]
+    assert_weights_close(rest[0]["weights"], straight[0]["weights"], atol=0)
