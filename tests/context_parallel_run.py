@@ -2,7 +2,10 @@
 transformer's forward + backward with diffusers' context parallelism over every rank, against the same weights
 on the whole sequence in this process. Rank 0 writes the differences as JSON.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/context_parallel_run.py OUT.json [cpu|cuda]
+    python -m torch.distributed.run --nproc_per_node 2 tests/context_parallel_run.py OUT.json [cpu|cuda] [t2v|ti2v]
+
+t2v: the tiny Wan 2.1 T2V, one timestep per sample; ti2v: the tiny Wan 2.2 TI2V with per-token timesteps
+[B, T*h*w] (0 on latent frame 0), which diffusers' plan splits with the tokens.
 
 The loss reads both the output and the tapped block-1 tokens (as LGF does), so the tap's gather is checked
 with the model's own. A context rank's weight gradient is its tokens' share; their sum over the group is
@@ -38,19 +41,22 @@ def loss_of(model: torch.nn.Module, tap: FeatureTap, kwargs: dict) -> tuple[torc
 def main() -> None:
     out_json = Path(sys.argv[1])
     kind = sys.argv[2] if len(sys.argv) > 2 else "cpu"
+    task = sys.argv[3] if len(sys.argv) > 3 else "t2v"
     dist.init_process_group("nccl" if kind == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", rank % torch.cuda.device_count()) if kind == "cuda" else torch.device("cpu")
     if kind == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(0)  # the same weights and inputs on every rank
-    ref = build_tiny_transformer("t2v").float().to(device)
+    ref = build_tiny_transformer(task).float().to(device)
     model = copy.deepcopy(ref)
     student = student_of(ref)
     g = torch.Generator().manual_seed(1)
-    kwargs = {"hidden_states": torch.randn(1, 16, 3, 8, 12, generator=g).to(device),  # tokens 3 x 4 x 6 = 72
-              "timestep": torch.tensor([500.0]).to(device), "encoder_hidden_states": torch.randn(1, 16, 32, generator=g).to(device)}
-    tokens = 3 * 4 * 6
+    tokens = 3 * 4 * 6  # latent 3 x 8 x 12, patch (1, 2, 2)
+    channels = int(ref.config.in_channels)
+    timestep = torch.tensor([500.0]) if task == "t2v" else torch.cat([torch.zeros(1, 4 * 6), torch.full((1, 2 * 4 * 6), 500.0)], 1)
+    kwargs = {"hidden_states": torch.randn(1, channels, 3, 8, 12, generator=g).to(device), "timestep": timestep.to(device),
+              "encoder_hidden_states": torch.randn(1, 16, 32, generator=g).to(device)}
 
     ref_tap = FeatureTap(ref, 1, student)
     ref_loss, ref_out, ref_feats = loss_of(ref, ref_tap, kwargs)
@@ -75,7 +81,7 @@ def main() -> None:
     ref_grads = dict((n, p.grad) for n, p in ref.named_parameters() if p.grad is not None)
     scale = max(float(g_.abs().max()) for g_ in ref_grads.values())
     result = {
-        "world": world, "device": str(device), "block_tokens": seen[0], "tokens": tokens,
+        "world": world, "device": str(device), "task": task, "block_tokens": seen[0], "tokens": tokens,
         "loss": [float(ref_loss), float(loss)],
         "out": worst([(out, ref_out)]), "feats": worst([(feats, ref_feats)]),
         "grad_names": sorted(local) == sorted(names),

@@ -30,14 +30,16 @@ WAN = ["student.model=tiny-wan", "student.task=t2v", "data.num_workers=0", "trai
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_tiny_wan_forward_and_backward_split_over_two_ranks_equal_one_rank(tmp_path):
+@pytest.mark.parametrize("task", ["t2v", "ti2v"])  # ti2v: per-token timesteps, split with the tokens
+def test_tiny_wan_forward_and_backward_split_over_two_ranks_equal_one_rank(tmp_path, task):
     out = tmp_path / "cp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests/context_parallel_run.py"), str(out), "cpu"]
+           str(ROOT / "tests/context_parallel_run.py"), str(out), "cpu", task]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads(out.read_text())
+    assert r["task"] == task
     assert r["mesh"] == {"dp": 1, "ring": 1, "ulysses": 2}
     assert r["block_tokens"] == r["tokens"] // 2  # the blocks ran on half the sequence each
     assert r["loss"][1] == pytest.approx(r["loss"][0], rel=1e-6, abs=0)
