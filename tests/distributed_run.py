@@ -38,7 +38,7 @@ def fixed_source(trainer: Trainer, steps: int):
     samples, accum, bs = all_samples(trainer), trainer.cfg.optim.accumulation, trainer.cfg.train.batch_size
     for step in range(steps):
         for m in range(accum):
-            g = (step * trainer.world + trainer.rank) * accum + m
+            g = (step * trainer.dp_world + trainer.dp_rank) * accum + m  # the ranks of a context group: one batch
             picked = [samples[(g * bs + i) % len(samples)] for i in range(bs)]
             yield collate(picked), 0.0
 

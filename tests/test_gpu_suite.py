@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT
 
-PARTS = ("teacher", "encodings", "step", "step_compile", "step_fp8", "step_xformers", "fsdp", "fsdp_full", "step_meta")
+PARTS = ("teacher", "encodings", "step", "step_compile", "step_fp8", "step_xformers", "fsdp", "fsdp_full", "context", "step_meta")
 
 
 @pytest.mark.slow
@@ -49,6 +49,7 @@ def test_gpu_suite_dry_run_writes_a_figure_for_every_part(tmp_path):
     assert figures["step_compile"]["compiled_graphs"] > 0 and figures["step_compile"]["ratio_lgf_plain"] > 0
     # fp8 never runs on CPU: the part says why, in the trainer's own words
     assert "compute capability >= 8.9" in summary["parts"]["step_fp8"]["reason"], summary["parts"]["step_fp8"]
+    assert figures["context"]["equal_to_one_rank"] == 1 and figures["context"]["grad_sum"] < 1e-5  # 2 gloo ranks
     assert figures["step_meta"]["base_params_b"] == pytest.approx(5.57, abs=0.01)  # CogVideoX-5B-I2V transformer
 
     table = (out / "summary.md").read_text()

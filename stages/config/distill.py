@@ -400,6 +400,11 @@ class ParallelConfig:
     fsdp: FSDP2 (`fully_shard` per transformer block, then the projector and the root): weights,
           gradients and AdamW state sharded over all ranks; bf16 all-gather, fp32 reduce-scatter.
     hsdp: FSDP2 inside groups of `shard_size` ranks (a node), replicated across groups.
+    context: context-parallel degree (fsdp only): each group of `context` consecutive ranks runs one sample's
+          forward with the token sequence split between them (diffusers' context parallelism, Ulysses attention:
+          an all-to-all trades sequence shards for head shards around each attention). world = dp x context; the
+          ranks of one group read the same batch; FSDP2 shards the weights over all ranks. The family says whether
+          its transformer has a plan for it (Family.enable_context_parallel); 1 = off.
     """
 
     strategy: Literal["ddp", "fsdp", "hsdp"] = "ddp"
@@ -407,8 +412,13 @@ class ParallelConfig:
     reshard_after_forward: bool = True  # fsdp: free gathered block weights after forward (ZeRO-3); False: ZeRO-2-like
     memory_check: bool = True  # refuse a run whose memory plan exceeds the GPU before step one
     gpu_memory_gb: float | None = None  # GiB per GPU for the check (None: read from the device)
+    context: int = 1  # context-parallel degree: ranks that split one sample's token sequence (fsdp only; 1 = off)
 
     def __post_init__(self) -> None:
+        if self.context < 1:
+            raise ValueError(f"parallel.context must be >= 1, got {self.context}")
+        if self.context > 1 and self.strategy != "fsdp":
+            raise ValueError(f"parallel.context={self.context} needs parallel.strategy=fsdp (context groups are composed with FSDP2), got {self.strategy}")
         if self.shard_size is not None and self.shard_size < 1:
             raise ValueError(f"parallel.shard_size must be >= 1 or null, got {self.shard_size}")
         if self.gpu_memory_gb is not None and self.gpu_memory_gb <= 0:
@@ -439,6 +449,9 @@ class DistillConfig:
         late = [t for t in self.eval.timesteps if t >= self.diffusion.timesteps]
         if late:  # validation measures the timesteps the run trains on
             raise ValueError(f"eval.timesteps {late} must be < diffusion.timesteps ({self.diffusion.timesteps})")
+        if self.parallel.context > 1 and self.student.attention != "sdpa":
+            # diffusers' Ulysses attention wraps its native (SDPA) backend; xformers has no context-parallel path
+            raise ValueError(f"parallel.context={self.parallel.context} needs student.attention=sdpa, got {self.student.attention}")
 
 
 # Tiny preset for tests and the demo: every size shrunk, every switch kept. Build it with

@@ -37,9 +37,10 @@ class TrainingData:
 
     def stream(
         self, batch_size: int, seed: int, shuffle_buffer: int, num_workers: int, on_corrupt: str = "fail", exclude: Collection[str] = (),
-        allow_partial_columns: bool = False,
+        allow_partial_columns: bool = False, ranks: tuple[int, int] | None = None,
     ) -> ClipStream:
-        return ClipStream(self.store, self.columns, self.arrays, batch_size, seed, shuffle_buffer, num_workers, on_corrupt, exclude, allow_partial_columns)
+        return ClipStream(self.store, self.columns, self.arrays, batch_size, seed, shuffle_buffer, num_workers, on_corrupt, exclude, allow_partial_columns,
+                          ranks)
 
 
 # columns a run can train against (data.teacher_column): SAM2's two-pass `teacher` (the default) and

@@ -94,6 +94,7 @@ class ClipStream:
         on_corrupt: str = "fail",  # fail | skip: what a damaged clip does (see the module docstring)
         exclude: Collection[str] = (),  # clip keys never streamed nor counted (held-out clips, filtered clips)
         allow_partial_columns: bool = False,  # train on the shards every column committed (else refuse a gap)
+        ranks: tuple[int, int] | None = None,  # (rank, world) of the data split; None: torch.distributed's (or RANK/WORLD_SIZE)
     ):
         if on_corrupt not in ("fail", "skip"):
             raise ValueError(f"on_corrupt must be fail or skip, got {on_corrupt!r}")
@@ -104,8 +105,9 @@ class ClipStream:
         # clips skipped as damaged, summed over this process and its DataLoader workers (shared memory)
         self._skipped = _worker_context().Value("q", 0)
         self._shard_keys: dict[int, list[str]] = {}  # shard -> its clip keys (snapshot), for messages
-        # the rank wds.split_by_node will see (torch.distributed, or RANK/WORLD_SIZE): counts must agree with it
-        self.rank, self.world_size = wds.utils.pytorch_worker_info()[:2]
+        # the data split: by default the process's rank (torch.distributed, or RANK/WORLD_SIZE); under context
+        # parallelism the trainer passes the data-parallel rank, so the ranks of one context group read the same clips
+        self.rank, self.world_size = ranks if ranks is not None else wds.utils.pytorch_worker_info()[:2]
         snapshots = {c.meta.get("snapshot") for c in columns}
         if len(snapshots) > 1:
             raise StoreError(f"columns {', '.join(c.dirname for c in columns)} were built from different corpus snapshots")
@@ -238,12 +240,17 @@ class ClipStream:
         urls = [str(s) for s in self.shard_order(epoch)]  # shuffled here, once, identically on every rank
         return wds.DataPipeline(
             wds.SimpleShardList(urls),
-            wds.split_by_node,
+            self._split_by_rank,
             wds.split_by_worker,
             self._read_shards,
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 8), seed=_seed(self.seed, epoch, self.rank)),
             self._batcher(),
         )
+
+    def _split_by_rank(self, src: Iterator[dict]) -> Iterator[dict]:
+        """This rank's shards of the epoch's list (wds.split_by_node's rule, shard i to rank i % world), for the
+        split's own (rank, world): the counts above and the pipeline agree by construction."""
+        return itertools.islice(src, self.rank, None, self.world_size)
 
     def _read_shards(self, src: Iterator[dict], count: bool = True) -> Iterator[dict]:
         for item in src:

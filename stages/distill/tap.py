@@ -9,7 +9,9 @@ captured tensor with one whose graph is not the loss's, or capture twice. The ta
   - resets at the start of each transformer forward (a pre-hook on the transformer),
   - keeps only the first firing of that forward,
   - ignores firings while the autograd engine is running (that is the recompute).
-The tensor kept is the block's own output, so a loss on it backpropagates into blocks 0..L.
+The tensor kept is the block's own output, so a loss on it backpropagates into blocks 0..L. Under context
+parallelism (parallel.context > 1) a block outputs this rank's share of the sequence; the family gathers it
+(Student.full_sequence) so the tap always holds the whole grid.
 Diffusers' default (non-reentrant) checkpointing keeps that output on the graph; a reentrant
 checkpoint function would hand the hook a detached tensor, which the tap reports with a warning.
 
@@ -53,6 +55,7 @@ class FeatureTap:
         self.captures = 0  # firings kept in the current forward (1 after a forward)
         self.ignored = 0  # firings ignored in the current forward (recomputes, repeats)
         self._config = transformer.config
+        self._transformer = transformer  # the family gathers a context-parallel shard through it (full_sequence)
         self._features: torch.Tensor | None = None
         self._grid: tuple[int, int, int] | None = None
         self._grad_expected = False
@@ -104,7 +107,9 @@ class FeatureTap:
             return
         if self._grid is None:
             raise RuntimeError("the tapped block ran outside a transformer forward; the token grid is unknown")
-        video = self._student.video_tokens(output)  # [B, T*h*w, D]
+        # [B, T*h*w, D]; under context parallelism the block returned this rank's [B, T*h*w / n, D] shard, which
+        # the family gathers (its backward keeps this rank's chunk of the gradient, as the model output's does)
+        video = self._student.full_sequence(self._transformer, self._student.video_tokens(output))
         frames, h, w = self._grid
         if video.shape[1] != frames * h * w:
             raise RuntimeError(f"block {self.block} returned {video.shape[1]} video tokens, expected {frames}x{h}x{w}")

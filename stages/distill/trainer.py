@@ -4,7 +4,8 @@ One transformer forward per micro-batch; block L's tokens are tapped during it, 
 space, and scored against the teacher. DDP or FSDP2 over torchrun (gloo on CPU, NCCL on GPUs; see
 stages/distill/parallel.py). Trainable parameters are fp32 masters in every strategy. Every random
 draw of a step comes from a generator seeded by (seed, step, global micro-batch), where the global
-micro-batch is rank * accumulation + micro: two ranks draw what one rank accumulating two draws.
+micro-batch is rank * accumulation + micro: two ranks draw what one rank accumulating two draws (the
+data-parallel rank under parallel.context: the ranks of a context group read and draw alike).
 Every rank's stream position is saved with the weights (state.json "positions", by rank), so
 `--resume` continues the exact trajectory on each rank.
 """
@@ -199,6 +200,10 @@ class Trainer:
         self.student = student_for(cfg.student.model, cfg.student.family)  # first: an unregistered family fails in one line
         if cfg.student.fp8:
             check_fp8(self.device)  # before the store opens: a CPU or pre-Ada GPU is refused in one line
+        self.student.check_context_parallel(cfg.parallel.context)  # a family without a plan refuses in one line
+        # parallel.context: groups of that many consecutive ranks share one batch (the data-parallel rank reads it)
+        self.dp_rank, self.dp_world = parallel.data_rank(self.rank, self.world, cfg.parallel.context)
+        self.context_mesh = parallel.context_mesh(self.world, cfg.parallel.context, self.device) if cfg.parallel.context > 1 else None
         self.out = Path(cfg.out)
         self.data = open_training_data(cfg)
         # decided from the store alone: every rank excludes the same clips (before the model loads: a
@@ -220,6 +225,7 @@ class Trainer:
         #   1. LoRA (above): peft wraps the target linears (to_q -> to_q.base_layer + lora_A/lora_B)
         #   2. student.fp8: the frozen base linears (all block linears for a full fine-tune) become Float8Linear;
         #      after LoRA so the filter can leave the adapters alone, before FSDP2 so it shards Float8Linear weights
+        #   2b. parallel.context: diffusers' enable_parallelism hooks per the transformer's _cp_plan (split and gather)
         #   3. checkpointing: the transformer's checkpoint function wraps the chosen blocks' __call__
         #   4. the tap's forward hook on block L (DistillModel)
         #   5. parallel.wrap: FSDP2 fully_shard per block, in place (same block objects, class swapped, hooks added)
@@ -231,13 +237,16 @@ class Trainer:
             if not cfg.student.compile.enabled:
                 log.warning("student.fp8 without student.compile: torchao's casts run unfused and frozen weights get a weight "
                             "gradient computed anyway (see stages/distill/fp8.py); set student.compile.enabled=true")
+        if self.context_mesh is not None:  # after the attention backend is chosen: diffusers checks it supports the split
+            self.student.enable_context_parallel(transformer, self.context_mesh, self.grid[0] * self.grid[1] * self.grid[2])
         apply_checkpointing(transformer, self.student.blocks(transformer), self.checkpointing)
         self.input_dtype = transformer.dtype  # of the model inputs: the base dtype (fp32 for a full fine-tune)
         projector = self._build_projector(transformer) if cfg.losses.needs_projector else None
         self.model = DistillModel(transformer, projector, cfg.tap.block, self.student).to(self.device)
         p = cfg.parallel
         # FSDP replaces the parameters by sharded ones: wrap first, then give the optimizer what it made
-        self.ddp = parallel.wrap(self.model, p.strategy, self.world, self.device, self._autocast_dtype(), p.shard_size, p.reshard_after_forward)
+        self.ddp = parallel.wrap(self.model, p.strategy, self.world, self.device, self._autocast_dtype(), p.shard_size, p.reshard_after_forward,
+                                 self.context_mesh)
         self.sharded = parallel.is_sharded(self.ddp)
         c = cfg.student.compile
         if c.enabled:  # regional: every block, compiled on first use (see the order above)
@@ -254,7 +263,7 @@ class Trainer:
         self.holdout = self._held_out(resume)  # never trained on: left out of the stream (and of its batch count)
         exclude = set(self.filter.keys) | set(self.holdout.keys)  # filtered and held-out clips
         self.stream = self.data.stream(cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle_buffer, cfg.data.num_workers, cfg.data.on_corrupt, exclude,
-                                       cfg.data.allow_partial_columns)
+                                       cfg.data.allow_partial_columns, (self.dp_rank, self.dp_world))
         self.empty_prompt = self._empty_prompt()
         lat = self.data.encodings.schema["latents"].shape
         self.rotary = self.student.rotary(self.tconfig, lat[1:], self.device)
@@ -565,7 +574,8 @@ class Trainer:
 
     def _loss(self, batch: dict, micro: int) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
         # global micro-batch index: rank r's micro m is what one rank accumulating world*accum draws at r*accum+m
-        index = self.rank * self.cfg.optim.accumulation + micro
+        # (the data-parallel rank: the ranks of a context group draw the same noise for the same batch)
+        index = self.dp_rank * self.cfg.optim.accumulation + micro
         gen = torch.Generator(device="cpu").manual_seed(step_seed(self.cfg.train.seed, self.step, index, 0))
         return distill_loss(self.loss_context, self.ddp, batch, gen, self.step)
 
@@ -573,7 +583,7 @@ class Trainer:
     def save(self) -> None:
         # "position" (rank 0's) stays for readers of older checkpoints and for a resume on another world size
         extra = {"position": self.position.to_json(), "positions": self._rank_positions(), "config": redact(to_dict(self.cfg)),
-                 "world_size": self.world, "scaler": self.scaler.state_dict()}
+                 "world_size": self.world, "data_world": self.dp_world, "scaler": self.scaler.state_dict()}
         if self.cutoff is not None:
             extra["lgf_cutoff"] = self.cutoff.state()
         if self.sharded:
@@ -660,11 +670,12 @@ class Trainer:
         runs only). A checkpoint from before per-rank positions holds rank 0's only: every rank takes it."""
         position = StreamPosition(**state["position"])
         saved = int(state.get("world_size", self.world))
-        if saved == self.world:
+        saved_split = int(state.get("data_world", saved))  # data-parallel ranks (world / parallel.context)
+        if saved == self.world and saved_split == self.dp_world:
             positions = state.get("positions")
             return StreamPosition(**positions[self.rank]) if positions and len(positions) == saved else position
         # each rank had consumed `batch` of its own split; the same share of the epoch on the new split
-        batch = position.batch * saved // self.world
+        batch = position.batch * saved_split // self.dp_world
         log.warning("checkpoint written by %d ranks, resuming on %d: continuing at batch %d of epoch %d "
                     "(same weights and optimizer state; a different data order from here)", saved, self.world, batch, position.epoch)
         return StreamPosition(position.epoch, batch)

@@ -253,6 +253,29 @@ class Student(ABC):
 
         raise ConfigError(f"student.attention={backend}: the {self.family} student has no {backend} attention; use student.attention=sdpa")
 
+    # -- context parallelism (parallel.context > 1: stages/distill/parallel.py builds the mesh, the trainer calls this)
+    context_parallel: bool = False  # whether its diffusers transformer has a context-parallel plan (a _cp_plan)
+
+    def check_context_parallel(self, degree: int) -> None:
+        """Refuse parallel.context=degree > 1 in one line when the family cannot split a sample's sequence (the
+        trainer asks first, before any process group or model)."""
+        if degree > 1 and not self.context_parallel:
+            from stages.config.loader import ConfigError
+
+            raise ConfigError(f"parallel.context={degree}: the {self.family} transformer ({self.transformer_class}) has no "
+                              f"context-parallel plan in diffusers (no _cp_plan); use parallel.context=1")
+
+    def enable_context_parallel(self, transformer: torch.nn.Module, mesh: Any, video_tokens: int) -> None:
+        """Split each sample's token sequence over the mesh's context ranks (diffusers' context parallelism,
+        stages/families/context_parallel.py). mesh: a DeviceMesh ("dp", "ring", "ulysses"); video_tokens: T*h*w."""
+        self.check_context_parallel(mesh["ulysses"].size())
+        raise NotImplementedError(f"the {self.family} family says context_parallel=True but does not enable it")
+
+    def full_sequence(self, transformer: torch.nn.Module, video_tokens: torch.Tensor) -> torch.Tensor:
+        """A block's video tokens as the whole sequence [B, T*h*w, D]: under context parallelism a block's output
+        is this rank's shard, gathered here (the tap reads blocks); otherwise unchanged (this default)."""
+        return video_tokens
+
     # -- validation (stages/distill/validation.py: the trainer's own objective at fixed timesteps and noise)
     def validation_inputs(self, ctx: Any, batch: Mapping[str, torch.Tensor], timestep: int, generator: torch.Generator) -> Any:
         """prepare_inputs at the fixed `timestep` (0..N-1, no t draw) and without image or caption dropout (the

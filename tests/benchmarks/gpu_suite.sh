@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every real-size figure of the project in one run on a lent GPU box (about 7.5 minutes at most).
+# Every real-size figure of the project in one run on a lent GPU box (about 8 minutes at most).
 #
 #   bash tests/benchmarks/gpu_suite.sh [--dry-run] [--out DIR] [--only part,part]
 #
@@ -16,6 +16,9 @@
 #                  trainer's one-line refusal where it cannot run (no torchao, compute capability < 8.9)
 #   step_xformers  the same with student.attention=xformers (skipped when xformers does not import)
 #   fsdp           bench_step.py --real --strategy fsdp: one FSDP2 step on one GPU
+#   context        bench_context.py: parallel.context (diffusers' Ulysses attention) on 2 GPUs against one rank,
+#                  the tiny Wan forward + backward; skipped, saying why, on a box with one GPU (NCCL takes one
+#                  rank per GPU and diffusers refuses a context degree of 1)
 # Files under DIR (default $OUT, else out/gpu-suite): suite.log, results.jsonl (one record per
 # part, appended as it ends), summary.json and summary.md (printed at the end). At most 4 files:
 # the device returns at most 8.
@@ -78,7 +81,7 @@ $SUMMARY facts --out "$OUTDIR" 2>&1 | tee -a "$LOG"
 
 B=tests/benchmarks
 if [ $DRY = 1 ]; then
-  PARTS="teacher encodings step step_compile step_fp8 step_xformers fsdp fsdp_full step_meta"
+  PARTS="teacher encodings step step_compile step_fp8 step_xformers fsdp fsdp_full context step_meta"
   T=(--threads 1)
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cpu --model tiny --frames 5 --clips 2 --height 48 --width 64 --clip-batch 1,2 ${T[*]}"
@@ -91,12 +94,13 @@ if [ $DRY = 1 ]; then
     [step_xformers]="$B/bench_step.py --synthetic --preset tiny --attention xformers --warmup 1 --gpu-steps 2 ${T[*]}"
     [fsdp]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --warmup 1 --gpu-steps 2 ${T[*]}"
     [fsdp_full]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2 ${T[*]}"
+    [context]="$B/bench_context.py --device cpu --nproc 2"
     [step_meta]="$B/bench_step.py --real --dry-run"
   )
-  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_compile]=90 [step_fp8]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [step_meta]=90)
+  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_compile]=90 [step_fp8]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [context]=90 [step_meta]=90)
 else
   # step_compile and step_fp8 come last: a command cut at the device's limit loses only them
-  PARTS="teacher encodings step step_xformers fsdp fsdp_full step_compile step_fp8"
+  PARTS="teacher encodings step step_xformers fsdp fsdp_full context step_compile step_fp8"
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 1,4,8"
     [encodings]="$B/bench_encodings.py --device cuda --tiling both --clips 2"
@@ -104,15 +108,16 @@ else
     [step_xformers]="$B/bench_step.py --device cuda --real --attention xformers --warmup 1 --gpu-steps 2"
     [fsdp]="$B/bench_step.py --device cuda --real --strategy fsdp --warmup 1 --gpu-steps 2"
     [fsdp_full]="$B/bench_step.py --device cuda --real --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2"
+    [context]="$B/bench_context.py --device cuda --nproc 2"
     [step_compile]="$B/bench_step.py --device cuda --real --compile --warmup 1 --gpu-steps 2"
     [step_fp8]="$B/bench_step.py --device cuda --real --compile --fp8 --warmup 1 --gpu-steps 2"
   )
-  # seconds per part; the first six (520) stay under the device's 600 s per command with install and facts.
-  # step_xformers takes seconds when xformers is absent (the lent boxes): about 7.5 min at most in all.
+  # seconds per part; the first seven (560) stay under the device's 600 s per command with install and facts.
+  # step_xformers takes seconds when xformers is absent (the lent boxes), context too on a one-GPU box.
   # With step_compile and step_fp8 (budgets unmeasured: one block's inductor compile, fwd + bwd, is the
-  # unknown) the sum is 820 s: on a 600 s device command run two, `--only teacher,encodings,step,step_xformers,fsdp,fsdp_full`
+  # unknown) the sum is 860 s: on a 600 s device command run two, `--only teacher,encodings,step,step_xformers,fsdp,fsdp_full,context`
   # and `--only step,step_compile,step_fp8`. step_fp8 needs torchao on the box (not in gpu_wheels.txt yet).
-  declare -A BUDGET=([teacher]=150 [encodings]=80 [step]=110 [step_xformers]=20 [fsdp]=70 [fsdp_full]=90 [step_compile]=150 [step_fp8]=150)
+  declare -A BUDGET=([teacher]=150 [encodings]=80 [step]=110 [step_xformers]=20 [fsdp]=70 [fsdp_full]=90 [context]=40 [step_compile]=150 [step_fp8]=150)
 fi
 [ -n "$ONLY" ] && PARTS=$(tr , ' ' <<<"$ONLY")
 

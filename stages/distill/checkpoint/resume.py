@@ -35,7 +35,8 @@ LEGACY = {"data.holdout": 0.0, "data.holdout_keys": [], "data.allow_partial_colu
           "train.ema.decay": None, "student.checkpointing": None, "losses.lgf.cutoff.patience": 0,
           "losses.lgf.cutoff.min_delta": 0.0, "losses.lgf.cutoff.metric": "lgf_projected", "losses.lgf.cutoff.factor": 0.0,
           # keys added with the speed switches (student.fp8 changes the numerics: a resume cannot switch it)
-          "student.compile.enabled": False, "student.compile.backend": "inductor", "student.compile.mode": None, "student.fp8": False}
+          "student.compile.enabled": False, "student.compile.backend": "inductor", "student.compile.mode": None, "student.fp8": False,
+          "parallel.context": 1}  # before context parallelism: every rank held whole sequences
 
 
 class ResumeMismatch(ValueError):

@@ -241,6 +241,19 @@ class LtxStudent(Student):
     def text_dim(self, transformer_config: Any) -> int:
         return int(transformer_config.caption_channels)
 
+    def check_context_parallel(self, degree: int) -> None:
+        """LTX has a diffusers _cp_plan, but it does not train: diffusers 0.42.1 runs the cross-attention (video
+        queries over the text) through Ulysses too, whose backward reshapes the key/value gradients with the
+        queries' length (RuntimeError "shape '[1, 2, 36, 1, 12]' is invalid for input of size 192" on the tiny
+        LTX, 2 ranks), and the text mask, expanded per head before the split, fails the forward ("output with
+        shape [1, 1, 72, 16] doesn't match the broadcast shape [1, 2, 72, 16]"). Wan's processor keeps its
+        cross-attention local, which is why Wan trains."""
+        if degree > 1:
+            from stages.config.loader import ConfigError
+
+            raise ConfigError(f"parallel.context={degree}: diffusers' context parallelism of the ltx transformer cannot train "
+                              f"(its Ulysses cross-attention backward and text mask fail); use parallel.context=1")
+
     def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
         return transformer.transformer_blocks
 

@@ -318,6 +318,20 @@ class WanStudent(Student):
     def text_dim(self, transformer_config: Any) -> int:
         return int(transformer_config.text_dim)
 
+    context_parallel = True
+
+    def enable_context_parallel(self, transformer: torch.nn.Module, mesh: Any, video_tokens: int) -> None:
+        """diffusers' own plan for the Wan transformer (its _cp_plan: the video tokens split at blocks.0's input,
+        gathered at proj_out), Ulysses self-attention; the cross-attention over the whole text stays local."""
+        from stages.families import context_parallel
+
+        context_parallel.enable(transformer, mesh, self.family, video_tokens, int(transformer.config.num_attention_heads))
+
+    def full_sequence(self, transformer: torch.nn.Module, video_tokens: torch.Tensor) -> torch.Tensor:
+        from stages.families import context_parallel
+
+        return context_parallel.gather_sequence(transformer, video_tokens)
+
     def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
         return transformer.blocks
 
