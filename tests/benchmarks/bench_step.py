@@ -15,6 +15,7 @@ ratio A/B, and (store path) the share of step time spent waiting for data.
     python tests/benchmarks/bench_step.py --synthetic --preset tiny             # the synthetic path on CPU
     python tests/benchmarks/bench_step.py --device cuda --real --compile        # student.compile: each block compiled
     python tests/benchmarks/bench_step.py --device cuda --real --compile --fp8  # + student.fp8 (torchao; Ada/Hopper)
+    python tests/benchmarks/bench_step.py --device cuda --real --checkpointing auto,all  # selective checkpointing vs all
 
 CPU path (default): extracts `--clips` clips of the sample corpus with the real worker
 (stages.extract.shard_worker.ShardWorker, in-process) into a temporary store, then builds two
@@ -65,6 +66,7 @@ from stages.families.cogvideox.transformer import (  # noqa: E402
     tiny_transformer_config,
 )
 from stages.families.lora import configure_student  # noqa: E402
+from stages.distill.recompute import apply_checkpointing, checkpointed_blocks  # noqa: E402
 from stages.distill.tap import FeatureTap  # noqa: E402
 from stages.families.registry import get_student  # noqa: E402
 from stages.core.lgf import lgf_probs  # noqa: E402
@@ -82,6 +84,7 @@ class Preset:
     tap_block: int  # L, 0-based
     projector_hidden: int  # D -> hidden -> hidden -> teacher_channels
     teacher_channels: int  # C of the teacher features (256: memory_attention of released SAM2, the default; 64: maskmem; 16: tiny SAM2)
+    model: str = "tiny"  # the student.model this size stands for (the memory plan of student.checkpointing=auto)
 
 
 def mid_config(layers: int, heads: int, head_dim: int = 64) -> dict[str, Any]:
@@ -96,7 +99,7 @@ def presets(mid_layers: int = 6, mid_heads: int = 6) -> dict[str, Preset]:
     mid = mid_config(mid_layers, mid_heads)
     width = mid_heads * 64
     return {
-        "real": Preset("real", COGVIDEOX_5B_I2V_TRANSFORMER, 128, 16, 2048, 256),  # 256: memory_attention, the teacher default since issue 10 (64 before: maskmem)
+        "real": Preset("real", COGVIDEOX_5B_I2V_TRANSFORMER, 128, 16, 2048, 256, "THUDM/CogVideoX-5b-I2V"),  # 256: memory_attention, the teacher default since issue 10 (64 before: maskmem)
         # LoRA rank, tap depth and projector width scaled like the real ones (128/3072, 16/42, 2048/3072).
         "mid": Preset("mid", mid, max(4, width // 24), min(round(16 / 42 * mid_layers), mid_layers - 1), (2 * width) // 3, 16),
         "tiny": Preset("tiny", tiny_transformer_config("i2v"), 4, 1, 32, 16),
@@ -221,11 +224,14 @@ def synthetic_batch(config: Any, teacher_channels: int, device: torch.device, ba
 
 
 def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
-                    full_finetune: bool = False, compile_kwargs: dict | None = None, fp8: bool = False) -> StepParts:
+                    full_finetune: bool = False, compile_kwargs: dict | None = None, fp8: bool = False,
+                    checkpointing: str = "all") -> StepParts:
     """The GPU path's construction: transformer on device, LoRA + checkpointing + attention backend as
     configure_student does, projector, one AdamW over LoRA + projector (the trainer's groups and defaults).
     fp8 / compile_kwargs: student.fp8 and student.compile through the trainer's own functions, in its order
-    (LoRA, fp8, checkpointing, then each block compiled in place; the tap is attached per step, after)."""
+    (LoRA, fp8, checkpointing, then each block compiled in place; the tap is attached per step, after).
+    checkpointing: student.checkpointing, already resolved ("auto": resolve_checkpointing), applied as the trainer
+    does (stages.distill.recompute.apply_checkpointing on the family's blocks)."""
     transformer = build_transformer(preset.config, device, dtype)
     student = StudentConfig(model="<synthetic>", lora=LoRAConfig(rank=preset.lora_rank, alpha=float(preset.lora_rank)),
                             gradient_checkpointing=True, attention=attention, full_finetune=full_finetune)
@@ -236,6 +242,7 @@ def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, at
         from stages.distill.fp8 import convert_fp8
 
         convert_fp8(transformer, family.blocks(transformer), full_finetune)
+    apply_checkpointing(transformer, family.blocks(transformer), checkpointing)
     if compile_kwargs is not None:
         from stages.core.compiling import block_compile_targets, compile_modules
 
@@ -258,14 +265,14 @@ def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, at
 
 
 def run_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: int, steps: int, batch_size: int,
-                  attention: str = "sdpa", compile_kwargs: dict | None = None, fp8: bool = False) -> dict:
+                  attention: str = "sdpa", compile_kwargs: dict | None = None, fp8: bool = False, checkpointing: str = "all") -> dict:
     """Interleaved A/B steps of the synthetic path; per variant: seconds, and peak GPU memory on CUDA.
     Also the first step of each variant (with compile: the compile time, in the warm-up) and the graphs dynamo made."""
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]
     t0 = time.perf_counter()
-    parts = build_synthetic(preset, device, dtype, attention, compile_kwargs=compile_kwargs, fp8=fp8)
+    parts = build_synthetic(preset, device, dtype, attention, compile_kwargs=compile_kwargs, fp8=fp8, checkpointing=checkpointing)
     built = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.empty_cache()  # drop the fp32 construction copy before measuring
@@ -293,6 +300,72 @@ def run_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, warm
     return {"seconds": seconds, "peak_gib": peak if device.type == "cuda" else None, "build_s": built,
             "params": total, "trainable": trainable, "attention": attention_in_use(parts.transformer),
             "first_step_s": first, "compiled_graphs": counters["stats"]["unique_graphs"] - graphs}
+
+
+def resolve_checkpointing(spec: str, preset: Preset, device: torch.device, gpu_memory_gb: float | None) -> tuple[str, float | None]:
+    """student.checkpointing for the synthetic student, "auto" resolved as the trainer does (Trainer._plan_checkpointing):
+    the memory plan's fastest choice that fits gpu_memory_gb, else the GPU's memory; "all" on a CPU without it.
+    Returns (the spec, the plan's peak GiB for "auto", else None)."""
+    if spec != "auto":
+        checkpointed_blocks(spec, 1)  # a bad spec fails here, in the config's own words
+        return spec, None
+    capacity = gpu_memory_gb * 2**30 if gpu_memory_gb else (
+        torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None)
+    if capacity is None:
+        return "all", None
+    from stages.config.distill import DistillConfig
+    from stages.config.loader import load_config
+    from stages.distill.memory_plan import plan_memory
+
+    cfg = load_config(DistillConfig, None, [
+        f"student.model={preset.model}", "student.task=i2v", "student.dtype=bfloat16", "student.checkpointing=auto",
+        f"student.lora.rank={preset.lora_rank}", f"student.lora.alpha={float(preset.lora_rank)}",
+        f"tap.block={preset.tap_block}", f"projector.hidden={preset.projector_hidden}", "losses.lgf.weight=0.5",
+    ])  # fmt: skip
+    c = preset.config
+    frames = (c["sample_frames"] - 1) // c["temporal_compression_ratio"] + 1
+    plan = plan_memory(cfg, 1, latent_shape=(frames, c["sample_height"], c["sample_width"]), text_len=c["max_text_seq_length"],
+                       transformer_overrides=dict(c), teacher_channels=preset.teacher_channels, capacity=int(capacity))
+    print(f"student.checkpointing=auto: {plan.checkpointing} ({plan.checkpointed} of {plan.blocks} blocks recompute), "
+          f"planned {plan.total / 2**30:.1f} GiB of {capacity / 2**30:.1f} GiB")
+    return plan.checkpointing, plan.total / 2**30
+
+
+def run_checkpointing(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: int, steps: int,
+                      specs: list[str], gpu_memory_gb: float | None) -> dict:
+    """Selective checkpointing (student.checkpointing) compared in one process: ONE student (LoRA, tap, projector:
+    variant lgf), its checkpointed blocks switched per step with apply_checkpointing, the specs interleaved
+    (spec 0, spec 1, ... per step) on the same batch and seeds. Per spec: s/step, peak GPU memory; ratio = spec 0 / spec 1."""
+    plans = {s: resolve_checkpointing(s, preset, device, gpu_memory_gb) for s in specs}
+    resolved = {s: plans[s][0] for s in specs}
+    parts = build_synthetic(preset, device, dtype, checkpointing=resolved[specs[0]])
+    family = get_student("cogvideox")
+    blocks = family.blocks(parts.transformer)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    batch = synthetic_batch(parts.transformer.config, preset.teacher_channels, device)
+    seconds = {s: [] for s in specs}
+    peak = {s: 0.0 for s in specs}
+    chosen = {}
+    for i in range(warmup + steps):
+        for s in specs:
+            chosen[s] = len(apply_checkpointing(parts.transformer, blocks, resolved[s]))
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            took, _ = synthetic_step(parts, batch, seed=i, step=1000 + i, lgf=True)
+            if i >= warmup:
+                seconds[s].append(took)
+                if device.type == "cuda":
+                    peak[s] = max(peak[s], torch.cuda.max_memory_allocated(device) / 2**30)
+    runs = [{"name": s, "resolved": resolved[s], "checkpointed_blocks": chosen[s], "s_per_step": median(seconds[s]),
+             "peak_gib": peak[s] if device.type == "cuda" else None, "planned_gib": plans[s][1], "steps": seconds[s]} for s in specs]
+    for r in runs:
+        print(f"checkpointing {r['name']} ({r['resolved']}, {r['checkpointed_blocks']} of {len(blocks)} blocks): "
+              f"{r['s_per_step']:.4f} s/step" + (f", peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""))
+    ratio = runs[0]["s_per_step"] / runs[1]["s_per_step"] if len(runs) > 1 else None
+    if ratio is not None:
+        print(f"ratio {specs[0]}/{specs[1]}: {ratio:.3f}")
+    return {"checkpointing": specs, "blocks": len(blocks), "runs": runs, "ratio": ratio}
 
 
 def attention_in_use(transformer: Any) -> str:
@@ -533,6 +606,13 @@ def run_gpu(args: argparse.Namespace) -> dict:
     if args.attention == "xformers" and device.type != "cuda":
         print("attention=xformers needs CUDA; skipped")
         return {**head, "attention": "xformers", "skipped": "xformers needs CUDA"}
+    specs = args.checkpointing.split(",") if args.checkpointing else ["all"]
+    if len(specs) > 1:
+        if args.compile or args.fp8 or args.attention != "sdpa":
+            raise SystemExit("--checkpointing with several specs compares eager sdpa steps: drop --compile/--fp8/--attention")
+        return {**head, **run_checkpointing(preset, device, dtype, args.warmup, args.gpu_steps, specs, args.gpu_memory_gb)}
+    checkpointing, _ = resolve_checkpointing(specs[0], preset, device, args.gpu_memory_gb)
+    head["checkpointing"] = checkpointing
     compile_kwargs = {"backend": args.compile_backend} if args.compile else None
     head.update(compile=args.compile_backend if args.compile else None, fp8=args.fp8)
     if args.fp8:
@@ -542,7 +622,7 @@ def run_gpu(args: argparse.Namespace) -> dict:
         if why is not None:  # the trainer's own refusal (CPU, pre-Ada GPU, no torchao)
             print(f"fp8: {why}; skipped")
             return {**head, "skipped": why}
-    res = run_synthetic(preset, device, dtype, args.warmup, args.gpu_steps, 1, args.attention, compile_kwargs, args.fp8)
+    res = run_synthetic(preset, device, dtype, args.warmup, args.gpu_steps, 1, args.attention, compile_kwargs, args.fp8, checkpointing)
     speed = "".join([f", compiled ({args.compile_backend}, {res['compiled_graphs']} graphs)" if args.compile else "",
                      ", fp8" if args.fp8 else ""])
     report_pair(f"{preset.name} (synthetic, {head['dtype']}, LoRA r{preset.lora_rank}, gradient checkpointing, "
@@ -633,6 +713,11 @@ def main() -> None:
     ap.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager", "eager"],
                     help="--compile: student.compile.backend (aot_eager: no code generation, for quick CPU dry runs)")
     ap.add_argument("--fp8", action="store_true", help="synthetic path: student.fp8 (torchao Float8Linear; skipped where refused)")
+    ap.add_argument("--checkpointing", default=None,
+                    help="synthetic path: student.checkpointing (all|none|every:N|blocks:K|auto); two or more, comma-separated "
+                         "(e.g. auto,all): compared on one student in one run, lgf steps, ratio = first / second")
+    ap.add_argument("--gpu-memory-gb", type=float, default=None,
+                    help="--checkpointing auto: the capacity the memory plan fits (parallel.gpu_memory_gb; default: the GPU's)")
     ap.add_argument("--json", default=None, help="synthetic and dry-run paths: also write the figures to this JSON file")
     args = ap.parse_args()
     args.preset = args.preset or ("real" if args.real else "mid")

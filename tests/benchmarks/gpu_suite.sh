@@ -14,6 +14,10 @@
 #   step_fp8       the same with student.compile + student.fp8 (torchao Float8Linear on the frozen block linears;
 #                  compiled, as torchao's casts are only fast fused; compare with step_compile). Skipped with the
 #                  trainer's one-line refusal where it cannot run (no torchao, compute capability < 8.9)
+#   step_selective bench_step.py --real --checkpointing auto,all: selective activation checkpointing (student.checkpointing,
+#                  stages/distill/recompute.py), the memory plan's choice for an 80 GB GPU (--gpu-memory-gb 80: blocks:22
+#                  of 42; on the H200's own 140 GB the plan says none) against all, on one student in one process (lgf
+#                  steps interleaved): s/step, peak and planned GiB per spec, ratio auto/all
 #   step_xformers  the same with student.attention=xformers (skipped when xformers does not import)
 #   fsdp           bench_step.py --real --strategy fsdp: one FSDP2 step on one GPU
 #   context        bench_context.py: parallel.context (diffusers' Ulysses attention) on 2 GPUs against one rank,
@@ -81,7 +85,7 @@ $SUMMARY facts --out "$OUTDIR" 2>&1 | tee -a "$LOG"
 
 B=tests/benchmarks
 if [ $DRY = 1 ]; then
-  PARTS="teacher encodings step step_compile step_fp8 step_xformers fsdp fsdp_full context step_meta"
+  PARTS="teacher encodings step step_compile step_fp8 step_selective step_xformers fsdp fsdp_full context step_meta"
   T=(--threads 1)
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cpu --model tiny --frames 5 --clips 2 --height 48 --width 64 --clip-batch 1,2 ${T[*]}"
@@ -91,13 +95,15 @@ if [ $DRY = 1 ]; then
     # inductor's C++ code generation, which alone takes over a minute on 2 cores; fp8 is refused on CPU (its reason)
     [step_compile]="$B/bench_step.py --synthetic --preset tiny --compile --compile-backend aot_eager --warmup 1 --gpu-steps 2 ${T[*]}"
     [step_fp8]="$B/bench_step.py --synthetic --preset tiny --compile --compile-backend aot_eager --fp8 --warmup 1 --gpu-steps 2 ${T[*]}"
+    # 1 GiB: the tiny student's plan fits without checkpointing, so auto resolves to none (compared with all)
+    [step_selective]="$B/bench_step.py --synthetic --preset tiny --checkpointing auto,all --gpu-memory-gb 1 --warmup 1 --gpu-steps 2 ${T[*]}"
     [step_xformers]="$B/bench_step.py --synthetic --preset tiny --attention xformers --warmup 1 --gpu-steps 2 ${T[*]}"
     [fsdp]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --warmup 1 --gpu-steps 2 ${T[*]}"
     [fsdp_full]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2 ${T[*]}"
     [context]="$B/bench_context.py --device cpu --nproc 2"
     [step_meta]="$B/bench_step.py --real --dry-run"
   )
-  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_compile]=90 [step_fp8]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [context]=90 [step_meta]=90)
+  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_compile]=90 [step_fp8]=60 [step_selective]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [context]=90 [step_meta]=90)
 else
   # step_compile and step_fp8 come last: a command cut at the device's limit loses only them
   PARTS="teacher encodings step step_xformers fsdp fsdp_full context step_compile step_fp8"
@@ -106,6 +112,7 @@ else
     [encodings]="$B/bench_encodings.py --device cuda --tiling both --clips 2"
     [step]="$B/bench_step.py --device cuda --real --warmup 1 --gpu-steps 2"
     [step_xformers]="$B/bench_step.py --device cuda --real --attention xformers --warmup 1 --gpu-steps 2"
+    [step_selective]="$B/bench_step.py --device cuda --real --checkpointing auto,all --gpu-memory-gb 80 --warmup 1 --gpu-steps 2"
     [fsdp]="$B/bench_step.py --device cuda --real --strategy fsdp --warmup 1 --gpu-steps 2"
     [fsdp_full]="$B/bench_step.py --device cuda --real --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2"
     [context]="$B/bench_context.py --device cuda --nproc 2"
