@@ -20,6 +20,9 @@
 #                  steps interleaved): s/step, peak and planned GiB per spec, ratio auto/all
 #   step_xformers  the same with student.attention=xformers (skipped when xformers does not import)
 #   fsdp           bench_step.py --real --strategy fsdp: one FSDP2 step on one GPU
+#   wan_step       bench_step.py --preset wan-1.3b: Wan 2.1 T2V 1.3B LoRA r128 step at 81x480x832 (latents 21x60x104,
+#                  512 text tokens; random weights built on the GPU), lgf vs plain: s/step, peak GiB
+#   wan14b_fsdp    bench_step.py --preset wan-14b --strategy fsdp: Wan 2.1 T2V 14B, FSDP2 on one GPU, the same shape
 #   context        bench_context.py: parallel.context (diffusers' Ulysses attention) on 2 GPUs against one rank,
 #                  the tiny Wan forward + backward; skipped, saying why, on a box with one GPU (NCCL takes one
 #                  rank per GPU and diffusers refuses a context degree of 1)
@@ -85,7 +88,7 @@ $SUMMARY facts --out "$OUTDIR" 2>&1 | tee -a "$LOG"
 
 B=tests/benchmarks
 if [ $DRY = 1 ]; then
-  PARTS="teacher encodings step step_compile step_fp8 step_selective step_xformers fsdp fsdp_full context step_meta"
+  PARTS="teacher encodings step step_compile step_fp8 step_selective step_xformers fsdp fsdp_full wan_step wan14b_fsdp context step_meta"
   T=(--threads 1)
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cpu --model tiny --frames 5 --clips 2 --height 48 --width 64 --clip-batch 1,2 ${T[*]}"
@@ -100,10 +103,13 @@ if [ $DRY = 1 ]; then
     [step_xformers]="$B/bench_step.py --synthetic --preset tiny --attention xformers --warmup 1 --gpu-steps 2 ${T[*]}"
     [fsdp]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --warmup 1 --gpu-steps 2 ${T[*]}"
     [fsdp_full]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2 ${T[*]}"
+    # the Wan parts' code paths with the tiny Wan (3 blocks, 3x8x12 tokens)
+    [wan_step]="$B/bench_step.py --synthetic --preset wan-tiny --warmup 1 --gpu-steps 2 ${T[*]}"
+    [wan14b_fsdp]="$B/bench_step.py --synthetic --preset wan-tiny --strategy fsdp --warmup 1 --gpu-steps 2 ${T[*]}"
     [context]="$B/bench_context.py --device cpu --nproc 2"
     [step_meta]="$B/bench_step.py --real --dry-run"
   )
-  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_compile]=90 [step_fp8]=60 [step_selective]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [context]=90 [step_meta]=90)
+  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_compile]=90 [step_fp8]=60 [step_selective]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [wan_step]=60 [wan14b_fsdp]=60 [context]=90 [step_meta]=90)
 else
   # step_compile and step_fp8 come last: a command cut at the device's limit loses only them
   PARTS="teacher encodings step step_xformers fsdp fsdp_full context step_compile step_fp8"
@@ -116,6 +122,8 @@ else
     [fsdp]="$B/bench_step.py --device cuda --real --strategy fsdp --warmup 1 --gpu-steps 2"
     [fsdp_full]="$B/bench_step.py --device cuda --real --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2"
     [context]="$B/bench_context.py --device cuda --nproc 2"
+    [wan_step]="$B/bench_step.py --device cuda --preset wan-1.3b --warmup 1 --gpu-steps 2"
+    [wan14b_fsdp]="$B/bench_step.py --device cuda --preset wan-14b --strategy fsdp --warmup 1 --gpu-steps 2"
     [step_compile]="$B/bench_step.py --device cuda --real --compile --warmup 1 --gpu-steps 2"
     [step_fp8]="$B/bench_step.py --device cuda --real --compile --fp8 --warmup 1 --gpu-steps 2"
   )
