@@ -11,6 +11,8 @@
 #   teacher_compiled  bench_tracker.py --compile --clip-batch 8: the same Hiera-L with teacher.compile (image encoder +
 #                  memory attention, inductor), our tracker only: warmup_s = compile + one full-length batch
 #   encodings      bench_encodings.py: CogVideoX VAE + T5-XXL at 49x480x720, VAE tiling on and off
+#   extract_inproc bench_extract.py --real-size: extraction in-process (ray.num_workers=0) of 8 sample clips rendered at
+#                  49x480x720, teacher at 1024, tiny-width models (no weights on the box): wall/model, model s per column
 #   step           bench_step.py --real: CogVideoX-5B-I2V LoRA r128 distill step, lgf vs plain (eager)
 #   step_compile   the same with student.compile (each block torch.compiled, inductor): first step = compile time
 #   step_fp8       the same with student.compile + student.fp8 (torchao Float8Linear on the frozen block linears;
@@ -90,13 +92,14 @@ $SUMMARY facts --out "$OUTDIR" 2>&1 | tee -a "$LOG"
 
 B=tests/benchmarks
 if [ $DRY = 1 ]; then
-  PARTS="teacher teacher_compiled encodings step step_compile step_fp8 step_selective step_xformers fsdp fsdp_full wan_step wan14b_fsdp context step_meta"
+  PARTS="teacher teacher_compiled encodings extract_inproc step step_compile step_fp8 step_selective step_xformers fsdp fsdp_full wan_step wan14b_fsdp context step_meta"
   T=(--threads 1)
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cpu --model tiny --frames 5 --clips 2 --height 48 --width 64 --clip-batch 1,2 ${T[*]}"
     # backend eager: dynamo's capture (guards, recompiles) of the two teacher modules without code generation
     [teacher_compiled]="$B/bench_tracker.py --device cpu --model tiny --frames 2 --clips 1 --height 32 --width 32 --clip-batch 1 --no-stock --compile --compile-backend eager ${T[*]}"
     [encodings]="$B/bench_encodings.py --device cpu --tiling both --clips 1 --frames 9"
+    [extract_inproc]="$B/bench_extract.py --device cpu --clips 2 --repeats 1 --render 64x96 --frames 9 --threads 1"
     [step]="$B/bench_step.py --synthetic --preset tiny --warmup 1 --gpu-steps 2 ${T[*]}"
     # aot_eager: the compile path (dynamo, AOT autograd, the tap and checkpointing around compiled blocks) without
     # inductor's C++ code generation, which alone takes over a minute on 2 cores; fp8 is refused on CPU (its reason)
@@ -113,13 +116,14 @@ if [ $DRY = 1 ]; then
     [context]="$B/bench_context.py --device cpu --nproc 2"
     [step_meta]="$B/bench_step.py --real --dry-run"
   )
-  declare -A BUDGET=([teacher]=90 [teacher_compiled]=60 [encodings]=90 [step]=90 [step_compile]=90 [step_fp8]=60 [step_selective]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [wan_step]=60 [wan14b_fsdp]=60 [context]=90 [step_meta]=90)
+  declare -A BUDGET=([teacher]=90 [teacher_compiled]=60 [encodings]=90 [extract_inproc]=60 [step]=90 [step_compile]=90 [step_fp8]=60 [step_selective]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [wan_step]=60 [wan14b_fsdp]=60 [context]=90 [step_meta]=90)
 else
   # step_compile and step_fp8 come last: a command cut at the device's limit loses only them
   PARTS="teacher encodings step step_xformers fsdp fsdp_full context step_compile step_fp8"
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 1,4,8"
     [encodings]="$B/bench_encodings.py --device cuda --tiling both --clips 2"
+    [extract_inproc]="$B/bench_extract.py --device cuda --real-size --clips 8 --repeats 1"
     [teacher_compiled]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 8 --no-stock --compile"
     [step]="$B/bench_step.py --device cuda --real --warmup 1 --gpu-steps 2"
     [step_xformers]="$B/bench_step.py --device cuda --real --attention xformers --warmup 1 --gpu-steps 2"
