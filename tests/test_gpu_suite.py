@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT
 
-PARTS = ("teacher", "teacher_compiled", "encodings", "extract_inproc", "step", "step_compile", "step_fp8", "step_selective",
+PARTS = ("teacher", "teacher_compiled", "encodings", "extract_inproc", "eval_sampling", "step", "step_compile", "step_fp8", "step_selective",
          "step_xformers", "fsdp", "fsdp_full", "wan_step", "wan14b_fsdp", "context", "step_meta")
 
 
@@ -54,6 +54,8 @@ def test_gpu_suite_dry_run_writes_a_figure_for_every_part(tmp_path):
     assert figures["teacher_compiled"]["compiled_modules"] == 2 and figures["teacher_compiled"]["ours.1.s_per_clip"] > 0
     # in-process extraction (ray.num_workers=0) of clips rendered at the given size: the worker's wall over model time
     assert figures["extract_inproc"]["wall_over_model.eager"] > 0
+    # evaluate's sampling through the stock I2V pipeline (tiny models): a positive cost per denoising step
+    assert figures["eval_sampling"]["s_per_step"] > 0 and figures["eval_sampling"]["estimate_s_per_sample"] > 0
     # selective checkpointing: the tiny plan fits without recompute (auto -> none) and is compared with all in one run
     assert figures["step_selective"]["runs[name=auto].checkpointed_blocks"] == 0
     assert figures["step_selective"]["runs[name=all].checkpointed_blocks"] == 3 and figures["step_selective"]["ratio"] > 0
