@@ -54,8 +54,9 @@ def test_gpu_suite_dry_run_writes_a_figure_for_every_part(tmp_path):
     assert figures["teacher_compiled"]["compiled_modules"] == 2 and figures["teacher_compiled"]["ours.1.s_per_clip"] > 0
     # in-process extraction (ray.num_workers=0) of clips rendered at the given size: the worker's wall over model time
     assert figures["extract_inproc"]["wall_over_model.eager"] > 0
-    # evaluate's sampling through the stock I2V pipeline (tiny models): a positive cost per denoising step
-    assert figures["eval_sampling"]["s_per_step"] > 0 and figures["eval_sampling"]["estimate_s_per_sample"] > 0
+    # evaluate's sampling through the stock I2V pipeline (tiny models): both step counts sampled, 9 frames came back
+    assert figures["eval_sampling"]["frames_out"] == 9 and figures["eval_sampling"]["estimate_steps"] == 50
+    assert figures["eval_sampling"]["seconds.1"] > 0 and figures["eval_sampling"]["seconds.4"] > 0
     # selective checkpointing: the tiny plan fits without recompute (auto -> none) and is compared with all in one run
     assert figures["step_selective"]["runs[name=auto].checkpointed_blocks"] == 0
     assert figures["step_selective"]["runs[name=all].checkpointed_blocks"] == 3 and figures["step_selective"]["ratio"] > 0

@@ -103,7 +103,7 @@ if [ $DRY = 1 ]; then
     # backend eager: dynamo's capture (guards, recompiles) of the two teacher modules without code generation
     [teacher_compiled]="$B/bench_tracker.py --device cpu --model tiny --frames 2 --clips 1 --height 32 --width 32 --clip-batch 1 --no-stock --compile --compile-backend eager ${T[*]}"
     [encodings]="$B/bench_encodings.py --device cpu --tiling both --clips 1 --frames 9"
-    [eval_sampling]="$B/bench_sampling.py --device cpu --frames 5 --steps 1,2 --no-warmup ${T[*]}"
+    [eval_sampling]="$B/bench_sampling.py --device cpu --frames 9 --steps 1,4 ${T[*]}"
     [extract_inproc]="$B/bench_extract.py --device cpu --clips 2 --repeats 1 --render 64x96 --frames 9 --threads 1"
     [step]="$B/bench_step.py --synthetic --preset tiny --warmup 1 --gpu-steps 2 ${T[*]}"
     # aot_eager: the compile path (dynamo, AOT autograd, the tap and checkpointing around compiled blocks) without
