@@ -23,7 +23,7 @@ PARTS = ("teacher", "teacher_compiled", "encodings", "extract_inproc", "eval_sam
 def test_gpu_suite_dry_run_writes_a_figure_for_every_part(tmp_path):
     out = tmp_path / "suite"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "OUT": ""}
-    # about 4 minutes on 2 busy cores with the compile parts; the limit only stops a hang
+    # about 3 minutes on 2 busy cores (163 s with 16 parts); the limit only stops a hang
     proc = subprocess.run(["bash", "tests/benchmarks/gpu_suite.sh", "--dry-run", "--out", str(out)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

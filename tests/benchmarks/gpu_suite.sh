@@ -38,7 +38,7 @@
 # part, appended as it ends), summary.json and summary.md (printed at the end). At most 4 files:
 # the device returns at most 8.
 #
-# --dry-run: the same scripts and code paths on CPU with tiny models (about 4 minutes on 2 cores),
+# --dry-run: the same scripts and code paths on CPU with tiny models (about 3 minutes on 2 busy cores),
 # with the project venv's python ($PYTHON, else .venv/bin/python, else python3), no wheels
 # installed, and every module the box lacks and .whl/ does not ship refused at import
 # (box_site/sitecustomize.py), so a new import breaks the dry run here and not the GPU run there.
