@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every real-size figure of the project on a lent GPU box: about 35 minutes of parts in all, so on the device's
+# Every real-size figure of the project on a lent GPU box: about 40 minutes of part budgets in all, so on the device's
 # 600 s per command run it as the five `--only` groups listed by the GPU budgets below, one device command each.
 #
 #   bash tests/benchmarks/gpu_suite.sh [--dry-run] [--out DIR] [--only part,part]
