@@ -2,6 +2,12 @@
 
     python tests/benchmarks/bench_extract.py                              # CPU, 16 sample clips, 2 repeats
     python tests/benchmarks/bench_extract.py --device cuda --compile both # GPU: eager vs torch.compile, interleaved
+    python tests/benchmarks/bench_extract.py --device cuda --real-size --clips 8 --repeats 1 --json x.json  # 49x480x720, 1024
+
+--render HxW renders its own --clips sample clips of --frames frames at that size into the temporary folder
+(datasets/sample/generate.py) and extracts them at that size; --real-size = --render 480x720 with the teacher
+at image size 1024: the real run's decode, resize, frame and feature-map sizes, through the tiny-width models
+(no weights exist on the GPU box), so wall/model says what the overlap leaves at real frame sizes.
 
 Each repeat extracts the corpus (teacher + encodings, configs/extract/sample.yaml) into a fresh store
 with `run_extract` and prints the per-run figures the `extract` CLI prints: model seconds per column
@@ -42,10 +48,18 @@ def ensure_sample_corpus() -> Path:
     return clips
 
 
+def render_corpus(folder: Path, clips: int, frames: int, height: int, width: int) -> Path:
+    """`clips` sample clips of frames x height x width rendered into `folder` (datasets/sample/generate.py)."""
+    subprocess.run([sys.executable, str(REPO / "datasets" / "sample" / "generate.py"), "--out", str(folder), "--clips", str(clips),
+                    "--frames", str(frames), "--height", str(height), "--width", str(width)], check=True)  # fmt: skip
+    return folder
+
+
 def extract_config(args: argparse.Namespace, compiled: bool) -> ExtractConfig:
     gpu = args.device.startswith("cuda")
+    size = [f"video.height={args.render[0]}", f"video.width={args.render[1]}", f"video.num_frames={args.frames}"] if args.render else []
     overrides = [
-        f"corpus.url={ensure_sample_corpus()}", f"corpus.limit={args.clips}", "ray.num_workers=0",
+        f"corpus.url={args.corpus or ensure_sample_corpus()}", *size, *(["teacher.image_size=1024"] if args.real_size else []), f"corpus.limit={args.clips}", "ray.num_workers=0",
         "teacher.allow_random_weights=true",  # --set teacher.model=sam2.1_hiera_* times a released architecture, random weights
         f"teacher.device={args.device}", f"encoders.device={args.device}", f"ray.gpus_per_worker={1 if gpu else 0}",
         f"ray.cpus_per_worker={args.threads}", f"teacher.compile={str(compiled).lower()}", f"encoders.compile={str(compiled).lower()}",
@@ -79,14 +93,23 @@ def main() -> None:
     p.add_argument("--compile", choices=["off", "on", "both"], default="off")
     p.add_argument("--dtype", default=None, help="teacher/encoders dtype (GPU autocast); default: the config's")
     p.add_argument("--set", nargs="*", default=[], help="more dotted overrides")
-    p.add_argument("--json", default=None, help="write the runs as JSON here")
+    p.add_argument("--render", type=lambda v: tuple(int(x) for x in v.lower().split("x")), default=None, metavar="HxW",
+                   help="render --clips clips of --frames frames at HxW into the temporary folder and extract at that size")
+    p.add_argument("--frames", type=int, default=49, help="--render: frames per clip (video.num_frames)")
+    p.add_argument("--real-size", action="store_true", help="--render 480x720 and teacher.image_size=1024 (tiny-width models)")
+    p.add_argument("--json", default=None, help="write the figures as JSON here: {runs: [...], wall_over_model: {variant: median}}")
     args = p.parse_args()
+    if args.real_size:
+        args.render = args.render or (480, 720)
+    args.corpus = None
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, device {args.device}, threads {args.threads}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '<unset>')}, load {load:.2f}")
     variants = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     runs, first = [], {}
     try:
+        if args.render:
+            args.corpus = render_corpus(tmp / "clips", args.clips, args.frames, *args.render)
         for rep in range(args.repeats):
             for compiled in variants:
                 name = "compiled" if compiled else "eager"
@@ -111,7 +134,11 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(runs, indent=1))
+        ratios = {v: float(np.median([r["wall_over_model"] for r in runs if r["variant"] == v])) for v in dict.fromkeys(r["variant"] for r in runs)}
+        size = list(args.render) if args.render else None
+        Path(args.json).write_text(json.dumps({"script": "bench_extract", "device": args.device, "clips": args.clips,
+                                               "size": size, "real_size": args.real_size, "wall_over_model": ratios,
+                                               "runs": runs}, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ ratio A/B, and (store path) the share of step time spent waiting for data.
     python tests/benchmarks/bench_step.py --synthetic --preset tiny             # the synthetic path on CPU
     python tests/benchmarks/bench_step.py --device cuda --real --compile        # student.compile: each block compiled
     python tests/benchmarks/bench_step.py --device cuda --real --compile --fp8  # + student.fp8 (torchao; Ada/Hopper)
+    python tests/benchmarks/bench_step.py --device cuda --real --checkpointing auto,all  # selective checkpointing vs all
 
 CPU path (default): extracts `--clips` clips of the sample corpus with the real worker
 (stages.extract.shard_worker.ShardWorker, in-process) into a temporary store, then builds two
@@ -52,7 +53,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXTransformer3DModel  # noqa: E402
+from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler  # noqa: E402
 
 from stages.config.distill import LoRAConfig, LossesConfig, StudentConfig  # noqa: E402
 from stages.distill.trainer import LossContext, distill_loss, step_seed  # noqa: E402
@@ -61,10 +62,17 @@ from stages.distill.projector import Projector, ProjectorSpec  # noqa: E402
 from stages.families.cogvideox.transformer import (  # noqa: E402
     COGVIDEOX_5B_I2V_TRANSFORMER,
     COGVIDEOX_5B_SCHEDULER,
-    rotary_embedding,
     tiny_transformer_config,
 )
 from stages.families.lora import configure_student  # noqa: E402
+from stages.families.wan.family import (  # noqa: E402
+    WAN21_SCHEDULER,
+    WAN21_T2V_1_3B_TRANSFORMER,
+    WAN21_T2V_14B_TRANSFORMER,
+    tiny_transformer_config as wan_tiny_config,
+    training_scheduler as wan_training_scheduler,
+)
+from stages.distill.recompute import apply_checkpointing, checkpointed_blocks  # noqa: E402
 from stages.distill.tap import FeatureTap  # noqa: E402
 from stages.families.registry import get_student  # noqa: E402
 from stages.core.lgf import lgf_probs  # noqa: E402
@@ -77,11 +85,24 @@ class Preset:
     """A student size for the synthetic path: transformer config + what the method scales with it."""
 
     name: str
-    config: dict[str, Any]  # CogVideoXTransformer3DModel kwargs
+    config: dict[str, Any]  # the family's transformer kwargs (CogVideoXTransformer3DModel, WanTransformer3DModel)
     lora_rank: int  # LoRA r (alpha = r, as the default run config)
     tap_block: int  # L, 0-based
     projector_hidden: int  # D -> hidden -> hidden -> teacher_channels
     teacher_channels: int  # C of the teacher features (256: memory_attention of released SAM2, the default; 64: maskmem; 16: tiny SAM2)
+    model: str = "tiny"  # the student.model this size stands for (the memory plan of student.checkpointing=auto)
+    family: str = "cogvideox"  # stages/families/ name: the transformer class, blocks, objective
+    task: str = "i2v"
+    latent_shape: tuple[int, int, int] | None = None  # (T, H8, W8) of the batches; None: CogVideoX's sample_* of the config
+    text_len: int | None = None  # prompt tokens; None: the config's max_text_seq_length
+
+    def geometry(self) -> tuple[tuple[int, int, int], int]:
+        """((T, H8, W8), text tokens) of this preset's batches."""
+        if self.latent_shape is not None:
+            return tuple(self.latent_shape), int(self.text_len)
+        c = self.config
+        frames = (c["sample_frames"] - 1) // c["temporal_compression_ratio"] + 1
+        return (frames, c["sample_height"], c["sample_width"]), int(c["max_text_seq_length"])
 
 
 def mid_config(layers: int, heads: int, head_dim: int = 64) -> dict[str, Any]:
@@ -96,19 +117,53 @@ def presets(mid_layers: int = 6, mid_heads: int = 6) -> dict[str, Preset]:
     mid = mid_config(mid_layers, mid_heads)
     width = mid_heads * 64
     return {
-        "real": Preset("real", COGVIDEOX_5B_I2V_TRANSFORMER, 128, 16, 2048, 256),  # 256: memory_attention, the teacher default since issue 10 (64 before: maskmem)
+        "real": Preset("real", COGVIDEOX_5B_I2V_TRANSFORMER, 128, 16, 2048, 256, "THUDM/CogVideoX-5b-I2V"),  # 256: memory_attention, the teacher default since issue 10 (64 before: maskmem)
         # LoRA rank, tap depth and projector width scaled like the real ones (128/3072, 16/42, 2048/3072).
         "mid": Preset("mid", mid, max(4, width // 24), min(round(16 / 42 * mid_layers), mid_layers - 1), (2 * width) // 3, 16),
         "tiny": Preset("tiny", tiny_transformer_config("i2v"), 4, 1, 32, 16),
+        # Wan 2.1 T2V at 81x480x832 (latents 21x60x104 through its 4x8 VAE, 512 UMT5 tokens), LoRA r128, tap at the
+        # depth of configs/distill/wan21_t2v_*.yaml (11 of 30, 15 of 40)
+        "wan-1.3b": Preset("wan-1.3b", WAN21_T2V_1_3B_TRANSFORMER, 128, 11, 2048, 256, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+                           "wan", "t2v", (21, 60, 104), 512),
+        "wan-14b": Preset("wan-14b", WAN21_T2V_14B_TRANSFORMER, 128, 15, 2048, 256, "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+                          "wan", "t2v", (21, 60, 104), 512),
+        # the tiny Wan (3 blocks, 2x12 heads, text 32 wide) on a 3x16x24 latent grid (3x8x12 tokens), 16 prompt tokens
+        "wan-tiny": Preset("wan-tiny", wan_tiny_config(), 4, 1, 32, 16, "tiny-wan", "wan", "t2v", (3, 16, 24), 16),
     }
 
 
-def build_transformer(config: dict[str, Any], device: str | torch.device, dtype: torch.dtype, seed: int = 0) -> CogVideoXTransformer3DModel:
-    """Random-weight CogVideoX transformer built directly on `device` (no 22 GB fp32 copy in host RAM), then cast."""
+REAL_PRESETS = ("real", "wan-1.3b", "wan-14b")  # built at full size: CUDA only (or the meta device, --dry-run)
+
+
+def scheduler_for(family: str) -> Any:
+    """The training noise schedule the trainer gets from the family's load(): CogVideoX-5B's DPM (v-prediction),
+    Wan 2.1's flow matching at its folder's shift (3.0)."""
+    if family == "wan":
+        return wan_training_scheduler(WAN21_SCHEDULER)
+    return CogVideoXDPMScheduler(**COGVIDEOX_5B_SCHEDULER)
+
+
+def latent_norm(family: str, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The encodings column's latents_mean/std attrs a Wan-VAE store carries ([16]: AutoencoderKLWan's defaults,
+    Wan 2.1's values); (None, None) for CogVideoX (one scaling factor)."""
+    if family != "wan":
+        return None, None
+    import inspect
+
+    from diffusers import AutoencoderKLWan
+
+    params = inspect.signature(AutoencoderKLWan.__init__).parameters
+    return tuple(torch.tensor(params[k].default, dtype=torch.float32, device=device) for k in ("latents_mean", "latents_std"))
+
+
+def build_transformer(config: dict[str, Any], device: str | torch.device, dtype: torch.dtype, seed: int = 0,
+                      family: str = "cogvideox") -> torch.nn.Module:
+    """Random-weight transformer of `family` (CogVideoX by default) built directly on `device` (no 22 GB fp32 copy
+    in host RAM), then cast."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device):
-            model = CogVideoXTransformer3DModel(**config)
+            model = get_student(family).transformer_from_config(config)
     return model if dtype == torch.float32 else model.to(dtype=dtype)
 
 
@@ -143,6 +198,11 @@ class StepParts:
     empty_prompt: torch.Tensor | None = None
     grad_clip: float = 1.0
     tap: FeatureTap | None = None  # attached for the duration of a variant-A step
+    task: str = "i2v"
+    latents_mean: torch.Tensor | None = None  # [C] Wan-VAE latent normalisation (LossContext), else None
+    latents_std: torch.Tensor | None = None
+    latent_shape: tuple | None = None  # (T, H8, W8) and prompt tokens of the synthetic batches
+    text_len: int | None = None
 
 
 def forward_loss(parts: StepParts, batch: dict, seed: int, step: int, lgf: bool) -> tuple[torch.Tensor, float]:
@@ -153,10 +213,10 @@ def forward_loss(parts: StepParts, batch: dict, seed: int, step: int, lgf: bool)
     """
     device = next(parts.transformer.parameters()).device
     ctx = LossContext(
-        parts.transformer.config, parts.scheduler, parts.losses, "i2v", parts.scaling_factor, parts.timesteps,
+        parts.transformer.config, parts.scheduler, parts.losses, parts.task, parts.scaling_factor, parts.timesteps,
         parts.image_dropout, parts.caption_dropout, parts.empty_prompt, parts.rotary, parts.column_lgf,
         parts.transformer.dtype, device, parts.autocast_dtype, parts.projector if lgf else None,
-        student=student_of(parts.transformer),
+        student=student_of(parts.transformer), latents_mean=parts.latents_mean, latents_std=parts.latents_std,
     )
 
     def forward(model_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -192,50 +252,72 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def synthetic_batch(config: Any, teacher_channels: int, device: torch.device, batch_size: int = 1, seed: int = 0) -> dict:
-    """Random batch of the store's shapes and dtypes for a transformer config (real size:
-    latents [1,32,13,60,90], image latents [1,16,1,60,90], prompt [1,226,4096], lgf [1,12,30,45,49]).
+def synthetic_batch(config: Any, teacher_channels: int, device: torch.device, batch_size: int = 1, seed: int = 0,
+                    latent_shape: tuple | None = None, text_len: int | None = None, task: str = "i2v", student: Any = None) -> dict:
+    """Random batch of the store's shapes and dtypes for a transformer config (CogVideoX-5B-I2V real size:
+    latents [1,32,13,60,90], image latents [1,16,1,60,90], prompt [1,226,4096], lgf [1,12,30,45,49]; Wan 2.1 T2V at
+    81x480x832: latents [1,32,21,60,104], prompt [1,512,4096], lgf [1,20,30,52,49], no image latents).
+    latent_shape (T, H8, W8) / text_len: None = CogVideoX's sample_* / max_text_seq_length of the config.
 
     The LGF target is the real fused-probability function of random teacher features, so its
     out-of-image entries are exactly zero as in a stored target.
     """
     g = torch.Generator(device="cpu").manual_seed(seed)
-    frames = (config.sample_frames - 1) // config.temporal_compression_ratio + 1
-    h8, w8 = config.sample_height, config.sample_width
-    h, w = h8 // config.patch_size, w8 // config.patch_size
+    student = student or student_of(config)  # a config from the class itself has no _class_name: pass the family
+    if latent_shape is None:
+        latent_shape = ((config.sample_frames - 1) // config.temporal_compression_ratio + 1, config.sample_height, config.sample_width)
+    frames, h8, w8 = latent_shape
+    grid = student.token_grid(config, latent_shape)  # (T', h, w) token grid of the tap and the LGF target
+    text_len = text_len or config.max_text_seq_length
     c = config.out_channels
+    extra = set(student.condition_arrays(task)) - {"image_latents"}
+    if extra:
+        raise ValueError(f"synthetic batches have no {sorted(extra)} (task {task})")
 
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(device=device, dtype=torch.float16)
 
-    teacher = torch.randn(batch_size, frames, h, w, teacher_channels, generator=g).to(device)
+    teacher = torch.randn(batch_size, *grid, teacher_channels, generator=g).to(device)
     k = LGF_SETTINGS["kernel"]
     lgf = lgf_probs(teacher, k, LGF_SETTINGS["tau"], LGF_SETTINGS["offsets"]).to(torch.float16)
-    return {
+    batch = {
         "keys": [f"synthetic/{i}" for i in range(batch_size)],
         "latents": randn(batch_size, 2 * c, frames, h8, w8),
-        "image_latents": randn(batch_size, c, 1, h8, w8),
-        "prompt_embeds": randn(batch_size, config.max_text_seq_length, config.text_embed_dim),
+        "prompt_embeds": randn(batch_size, text_len, student.text_dim(config)),
         "lgf": lgf,
     }
+    if "image_latents" in student.condition_arrays(task):
+        batch["image_latents"] = randn(batch_size, c, 1, h8, w8)
+    return batch
+
+
+def parts_batch(parts: "StepParts", teacher_channels: int, device: torch.device, batch_size: int = 1) -> dict:
+    """synthetic_batch of the geometry and task `parts` was built for."""
+    return synthetic_batch(parts.transformer.config, teacher_channels, device, batch_size,
+                           latent_shape=parts.latent_shape, text_len=parts.text_len, task=parts.task,
+                           student=student_of(parts.transformer))
 
 
 def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
-                    full_finetune: bool = False, compile_kwargs: dict | None = None, fp8: bool = False) -> StepParts:
+                    full_finetune: bool = False, compile_kwargs: dict | None = None, fp8: bool = False,
+                    checkpointing: str = "all") -> StepParts:
     """The GPU path's construction: transformer on device, LoRA + checkpointing + attention backend as
     configure_student does, projector, one AdamW over LoRA + projector (the trainer's groups and defaults).
     fp8 / compile_kwargs: student.fp8 and student.compile through the trainer's own functions, in its order
-    (LoRA, fp8, checkpointing, then each block compiled in place; the tap is attached per step, after)."""
-    transformer = build_transformer(preset.config, device, dtype)
+    (LoRA, fp8, checkpointing, then each block compiled in place; the tap is attached per step, after).
+    checkpointing: student.checkpointing, already resolved ("auto": resolve_checkpointing), applied as the trainer
+    does (stages.distill.recompute.apply_checkpointing on the family's blocks)."""
+    transformer = build_transformer(preset.config, device, dtype, family=preset.family)
     student = StudentConfig(model="<synthetic>", lora=LoRAConfig(rank=preset.lora_rank, alpha=float(preset.lora_rank)),
                             gradient_checkpointing=True, attention=attention, full_finetune=full_finetune)
     torch.manual_seed(0)  # peft draws LoRA A from the global RNG
-    family = get_student("cogvideox")
+    family = get_student(preset.family)
     lora_params = configure_student(transformer, student, family.set_attention)
     if fp8:
         from stages.distill.fp8 import convert_fp8
 
         convert_fp8(transformer, family.blocks(transformer), full_finetune)
+    apply_checkpointing(transformer, family.blocks(transformer), checkpointing)
     if compile_kwargs is not None:
         from stages.core.compiling import block_compile_targets, compile_modules
 
@@ -246,30 +328,31 @@ def build_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, at
         [{"params": lora_params, "lr": 1e-4}, {"params": list(projector.parameters()), "lr": 1e-4}],
         betas=(0.9, 0.95), weight_decay=1e-4, eps=1e-8,
     )
-    cfg = transformer.config
-    frames = (cfg.sample_frames - 1) // cfg.temporal_compression_ratio + 1
+    latent_shape, text_len = preset.geometry()
     losses = LossesConfig()
     losses.lgf.weight = 0.5
+    mean, std = latent_norm(preset.family, device)
     return StepParts(
-        transformer, CogVideoXDPMScheduler(**COGVIDEOX_5B_SCHEDULER), projector, losses, preset.tap_block,
-        rotary_embedding(cfg, frames, cfg.sample_height, cfg.sample_width, device), 0.7, dict(LGF_SETTINGS),
+        transformer, scheduler_for(preset.family), projector, losses, preset.tap_block,
+        family.rotary(transformer.config, latent_shape, device), 0.7, dict(LGF_SETTINGS),
         optimizer, torch.bfloat16 if device.type == "cuda" else None,
+        task=preset.task, latents_mean=mean, latents_std=std, latent_shape=latent_shape, text_len=text_len,
     )
 
 
 def run_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: int, steps: int, batch_size: int,
-                  attention: str = "sdpa", compile_kwargs: dict | None = None, fp8: bool = False) -> dict:
+                  attention: str = "sdpa", compile_kwargs: dict | None = None, fp8: bool = False, checkpointing: str = "all") -> dict:
     """Interleaved A/B steps of the synthetic path; per variant: seconds, and peak GPU memory on CUDA.
     Also the first step of each variant (with compile: the compile time, in the warm-up) and the graphs dynamo made."""
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]
     t0 = time.perf_counter()
-    parts = build_synthetic(preset, device, dtype, attention, compile_kwargs=compile_kwargs, fp8=fp8)
+    parts = build_synthetic(preset, device, dtype, attention, compile_kwargs=compile_kwargs, fp8=fp8, checkpointing=checkpointing)
     built = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.empty_cache()  # drop the fp32 construction copy before measuring
-    batch = synthetic_batch(parts.transformer.config, preset.teacher_channels, device, batch_size)
+    batch = parts_batch(parts, preset.teacher_channels, device, batch_size)
     static = f"; static GPU memory {torch.cuda.memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else ""
     trainable = sum(p.numel() for g in parts.optimizer.param_groups for p in g["params"])
     total = sum(p.numel() for p in parts.transformer.parameters())
@@ -295,9 +378,72 @@ def run_synthetic(preset: Preset, device: torch.device, dtype: torch.dtype, warm
             "first_step_s": first, "compiled_graphs": counters["stats"]["unique_graphs"] - graphs}
 
 
+def resolve_checkpointing(spec: str, preset: Preset, device: torch.device, gpu_memory_gb: float | None) -> tuple[str, float | None]:
+    """student.checkpointing for the synthetic student, "auto" resolved as the trainer does (Trainer._plan_checkpointing):
+    the memory plan's fastest choice that fits gpu_memory_gb, else the GPU's memory; "all" on a CPU without it.
+    Returns (the spec, the plan's peak GiB for "auto", else None)."""
+    if spec != "auto":
+        checkpointed_blocks(spec, 1)  # a bad spec fails here, in the config's own words
+        return spec, None
+    capacity = gpu_memory_gb * 2**30 if gpu_memory_gb else (
+        torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None)
+    if capacity is None:
+        return "all", None
+    from stages.config.distill import DistillConfig
+    from stages.config.loader import load_config
+    from stages.distill.memory_plan import plan_memory
+
+    cfg = load_config(DistillConfig, None, [
+        f"student.model={preset.model}", f"student.task={preset.task}", "student.dtype=bfloat16", "student.checkpointing=auto",
+        f"student.lora.rank={preset.lora_rank}", f"student.lora.alpha={float(preset.lora_rank)}",
+        f"tap.block={preset.tap_block}", f"projector.hidden={preset.projector_hidden}", "losses.lgf.weight=0.5",
+    ])  # fmt: skip
+    latent_shape, text_len = preset.geometry()
+    plan = plan_memory(cfg, 1, latent_shape=latent_shape, text_len=text_len, transformer_overrides=dict(preset.config), teacher_channels=preset.teacher_channels, capacity=int(capacity))
+    print(f"student.checkpointing=auto: {plan.checkpointing} ({plan.checkpointed} of {plan.blocks} blocks recompute), "
+          f"planned {plan.total / 2**30:.1f} GiB of {capacity / 2**30:.1f} GiB")
+    return plan.checkpointing, plan.total / 2**30
+
+
+def run_checkpointing(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: int, steps: int,
+                      specs: list[str], gpu_memory_gb: float | None) -> dict:
+    """Selective checkpointing (student.checkpointing) compared in one process: ONE student (LoRA, tap, projector:
+    variant lgf), its checkpointed blocks switched per step with apply_checkpointing, the specs interleaved
+    (spec 0, spec 1, ... per step) on the same batch and seeds. Per spec: s/step, peak GPU memory; ratio = spec 0 / spec 1."""
+    plans = {s: resolve_checkpointing(s, preset, device, gpu_memory_gb) for s in specs}
+    resolved = {s: plans[s][0] for s in specs}
+    parts = build_synthetic(preset, device, dtype, checkpointing=resolved[specs[0]])
+    blocks = get_student(preset.family).blocks(parts.transformer)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    batch = parts_batch(parts, preset.teacher_channels, device)
+    seconds = {s: [] for s in specs}
+    peak = {s: 0.0 for s in specs}
+    chosen = {}
+    for i in range(warmup + steps):
+        for s in specs:
+            chosen[s] = len(apply_checkpointing(parts.transformer, blocks, resolved[s]))
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            took, _ = synthetic_step(parts, batch, seed=i, step=1000 + i, lgf=True)
+            if i >= warmup:
+                seconds[s].append(took)
+                if device.type == "cuda":
+                    peak[s] = max(peak[s], torch.cuda.max_memory_allocated(device) / 2**30)
+    runs = [{"name": s, "resolved": resolved[s], "checkpointed_blocks": chosen[s], "s_per_step": median(seconds[s]),
+             "peak_gib": peak[s] if device.type == "cuda" else None, "planned_gib": plans[s][1], "steps": seconds[s]} for s in specs]
+    for r in runs:
+        print(f"checkpointing {r['name']} ({r['resolved']}, {r['checkpointed_blocks']} of {len(blocks)} blocks): "
+              f"{r['s_per_step']:.4f} s/step" + (f", peak {r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else ""))
+    ratio = runs[0]["s_per_step"] / runs[1]["s_per_step"] if len(runs) > 1 else None
+    if ratio is not None:
+        print(f"ratio {specs[0]}/{specs[1]}: {ratio:.3f}")
+    return {"checkpointing": specs, "blocks": len(blocks), "runs": runs, "ratio": ratio}
+
+
 def attention_in_use(transformer: Any) -> str:
     """"xformers" when stages.families.cogvideox.transformer.set_attention installed its processor, else "sdpa"."""
-    kinds = {type(p).__name__ for p in transformer.attn_processors.values()}
+    kinds = {type(p).__name__ for p in getattr(transformer, "attn_processors", {}).values()}
     return "xformers" if any("XFormers" in k for k in kinds) else "sdpa"
 
 
@@ -319,19 +465,20 @@ def run_fsdp(preset: Preset, device: torch.device, dtype: torch.dtype, warmup: i
     t0 = time.perf_counter()
     parts = build_synthetic(preset, device, dtype, full_finetune=full_finetune)
     parts.optimizer = None  # it holds the unsharded parameters: FSDP's own copies replace them
-    model = DistillModel(parts.transformer, parts.projector, parts.tap_block)
+    model = DistillModel(parts.transformer, parts.projector, parts.tap_block, student_of(parts.transformer))
     model = parallel.wrap(model, "fsdp", 1, device, torch.bfloat16 if cuda else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-4, eps=1e-8)
     built = time.perf_counter() - t0
     if cuda:
         torch.cuda.empty_cache()
-    batch = synthetic_batch(parts.transformer.config, preset.teacher_channels, device)
+    batch = parts_batch(parts, preset.teacher_channels, device)
     cfg = parts.transformer.config
     ctx = LossContext(
-        cfg, parts.scheduler, parts.losses, "i2v", parts.scaling_factor, parts.timesteps, parts.image_dropout,
+        cfg, parts.scheduler, parts.losses, parts.task, parts.scaling_factor, parts.timesteps, parts.image_dropout,
         parts.caption_dropout, parts.empty_prompt, parts.rotary, parts.column_lgf, parts.transformer.dtype, device,
         parts.autocast_dtype, parts.projector, touch_unused=False, student=student_of(parts.transformer),
+        latents_mean=parts.latents_mean, latents_std=parts.latents_std,
     )  # fmt: skip
     seconds, peak = [], 0.0
     for i in range(warmup + steps):
@@ -533,6 +680,13 @@ def run_gpu(args: argparse.Namespace) -> dict:
     if args.attention == "xformers" and device.type != "cuda":
         print("attention=xformers needs CUDA; skipped")
         return {**head, "attention": "xformers", "skipped": "xformers needs CUDA"}
+    specs = args.checkpointing.split(",") if args.checkpointing else ["all"]
+    if len(specs) > 1:
+        if args.compile or args.fp8 or args.attention != "sdpa":
+            raise SystemExit("--checkpointing with several specs compares eager sdpa steps: drop --compile/--fp8/--attention")
+        return {**head, **run_checkpointing(preset, device, dtype, args.warmup, args.gpu_steps, specs, args.gpu_memory_gb)}
+    checkpointing, _ = resolve_checkpointing(specs[0], preset, device, args.gpu_memory_gb)
+    head["checkpointing"] = checkpointing
     compile_kwargs = {"backend": args.compile_backend} if args.compile else None
     head.update(compile=args.compile_backend if args.compile else None, fp8=args.fp8)
     if args.fp8:
@@ -542,7 +696,7 @@ def run_gpu(args: argparse.Namespace) -> dict:
         if why is not None:  # the trainer's own refusal (CPU, pre-Ada GPU, no torchao)
             print(f"fp8: {why}; skipped")
             return {**head, "skipped": why}
-    res = run_synthetic(preset, device, dtype, args.warmup, args.gpu_steps, 1, args.attention, compile_kwargs, args.fp8)
+    res = run_synthetic(preset, device, dtype, args.warmup, args.gpu_steps, 1, args.attention, compile_kwargs, args.fp8, checkpointing)
     speed = "".join([f", compiled ({args.compile_backend}, {res['compiled_graphs']} graphs)" if args.compile else "",
                      ", fp8" if args.fp8 else ""])
     report_pair(f"{preset.name} (synthetic, {head['dtype']}, LoRA r{preset.lora_rank}, gradient checkpointing, "
@@ -566,14 +720,15 @@ def run_dry(args: argparse.Namespace) -> dict:
     preset = presets(args.mid_layers, args.mid_heads)[args.preset]
     meta = torch.device("meta")
     parts = build_synthetic(preset, meta, torch.bfloat16)
-    batch = synthetic_batch(parts.transformer.config, preset.teacher_channels, meta)
+    batch = parts_batch(parts, preset.teacher_channels, meta)
     base = sum(p.numel() for p in parts.transformer.parameters() if not p.requires_grad)
     lora = sum(p.numel() for p in parts.optimizer.param_groups[0]["params"])
     proj = sum(p.numel() for p in parts.optimizer.param_groups[1]["params"])
     cfg = parts.transformer.config
-    print(f"[dry run, {preset.name}] {cfg.num_layers} blocks, {cfg.num_attention_heads}x{cfg.attention_head_dim} heads, "
-          f"text {cfg.max_text_seq_length}x{cfg.text_embed_dim}, sample {cfg.sample_frames}x{cfg.sample_height}x{cfg.sample_width}, "
-          f"RoPE {cfg.use_rotary_positional_embeddings}, learned pos {cfg.use_learned_positional_embeddings}")  # fmt: skip
+    (t, h8, w8), text_len = parts.latent_shape, parts.text_len
+    print(f"[dry run, {preset.name}: {preset.family} {preset.task}] {cfg.num_layers} blocks, {cfg.num_attention_heads}x"
+          f"{cfg.attention_head_dim} heads, text {text_len}x{student_of(parts.transformer).text_dim(cfg)}, latents {t}x{h8}x{w8}, "
+          f"RoPE {getattr(cfg, 'use_rotary_positional_embeddings', True)}, learned pos {getattr(cfg, 'use_learned_positional_embeddings', False)}")  # fmt: skip
     print(f"  frozen base {base / 1e9:.3f} B params ({parts.transformer.dtype}), LoRA r{preset.lora_rank} {lora / 1e6:.1f} M, "
           f"projector {proj / 1e6:.1f} M ({parts.projector.spec}), tap block {preset.tap_block}, "
           f"gradient checkpointing {parts.transformer.is_gradient_checkpointing}")  # fmt: skip
@@ -621,8 +776,9 @@ def main() -> None:
     ap.add_argument("--gpu-steps", type=int, default=5, help="timed steps per variant on GPU")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--dry-run", action="store_true", help="build the synthetic (GPU) path on the meta device and stop")
-    ap.add_argument("--preset", default=None, choices=["real", "mid", "tiny"],
-                    help="synthetic-path student (default: real with --real, else mid)")
+    ap.add_argument("--preset", default=None, choices=["real", "mid", "tiny", "wan-1.3b", "wan-14b", "wan-tiny"],
+                    help="synthetic-path student (default: real with --real, else mid); real = CogVideoX-5B-I2V, wan-1.3b / "
+                         "wan-14b = Wan 2.1 T2V at 81x480x832, wan-tiny = the tiny Wan")
     ap.add_argument("--synthetic", action="store_true", help="run the synthetic (GPU) path on --device, e.g. on CPU")
     ap.add_argument("--attention", default="sdpa", choices=["sdpa", "xformers"],
                     help="synthetic path: student.attention (xformers: skipped when it does not import)")
@@ -633,6 +789,11 @@ def main() -> None:
     ap.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager", "eager"],
                     help="--compile: student.compile.backend (aot_eager: no code generation, for quick CPU dry runs)")
     ap.add_argument("--fp8", action="store_true", help="synthetic path: student.fp8 (torchao Float8Linear; skipped where refused)")
+    ap.add_argument("--checkpointing", default=None,
+                    help="synthetic path: student.checkpointing (all|none|every:N|blocks:K|auto); two or more, comma-separated "
+                         "(e.g. auto,all): compared on one student in one run, lgf steps, ratio = first / second")
+    ap.add_argument("--gpu-memory-gb", type=float, default=None,
+                    help="--checkpointing auto: the capacity the memory plan fits (parallel.gpu_memory_gb; default: the GPU's)")
     ap.add_argument("--json", default=None, help="synthetic and dry-run paths: also write the figures to this JSON file")
     args = ap.parse_args()
     args.preset = args.preset or ("real" if args.real else "mid")
@@ -641,8 +802,8 @@ def main() -> None:
     if args.dry_run:
         write_json(args.json, run_dry(args))
         return
-    if args.preset == "real" and not args.device.startswith("cuda"):
-        ap.error("--real builds the 5.6 B-parameter transformer: it needs --device cuda (or --dry-run)")
+    if args.preset in REAL_PRESETS and not args.device.startswith("cuda"):
+        ap.error(f"--preset {args.preset} builds a real-size transformer: it needs --device cuda (or --dry-run)")
     print(thread_line())
     if args.device.startswith("cuda") or args.synthetic:
         write_json(args.json, run_gpu(args))

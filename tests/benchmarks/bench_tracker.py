@@ -184,6 +184,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's)")
     ap.add_argument("--compile", action="store_true",
                     help="CUDA: teacher.compile for ours (image encoder + memory attention); warm-up runs full-length clips")
+    ap.add_argument("--compile-backend", default=None, choices=["inductor", "aot_eager", "eager"],
+                    help="--compile with this torch.compile backend on any device, CPU too (default: teacher.compile's "
+                         "inductor, CUDA only; aot_eager: the compile path without code generation, for quick CPU dry runs)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -191,10 +194,14 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     model = build_sam2(args.model, image_size=args.image_size, device=device, seed=0)
+    compiled: list[str] = []
     if args.compile:  # what TeacherProducer does for teacher.compile=true (ignored off CUDA)
         from stages.core.compiling import compile_modules, sam2_compile_targets
 
-        compile_modules("teacher", sam2_compile_targets(model), device)
+        targets = sam2_compile_targets(model)
+        if args.compile_backend:
+            targets = {k: (m, {**kw, "backend": args.compile_backend}) for k, (m, kw) in targets.items()}
+        compiled = compile_modules("teacher", targets, device, cpu=args.compile_backend is not None)
     tracker = BidirectionalTracker(model, feature=args.feature, image_batch=args.image_batch, dtype=dtype)
     sizes, largest = args.clip_batch, max(args.clip_batch)
     print(f"model {args.model} {describe(model)} | device {device} ({torch.get_num_threads()} CPU threads, "
@@ -207,8 +214,9 @@ def main() -> None:
     started = time.perf_counter()
     for b in sizes:
         run_ours(tracker, [warm] * b)
+    warmup_s = time.perf_counter() - started
     if args.compile:
-        print(f"compile + warm-up: {time.perf_counter() - started:.1f} s")
+        print(f"compile + warm-up: {warmup_s:.1f} s ({', '.join(compiled) or 'nothing compiled on ' + str(device)})")
     if not args.no_stock:
         run_stock(model, *warm, dtype)
 
@@ -257,6 +265,10 @@ def main() -> None:
         "image_batch": args.image_batch,
         "feature": args.feature,
         "threads": torch.get_num_threads(),
+        # teacher.compile: the backend (null: eager), the modules compiled, and the warm-up (with compile: compile) time
+        "compile": (args.compile_backend or "inductor") if compiled else None,
+        "compiled_modules": len(compiled),
+        "warmup_s": warmup_s,
         "ours": {str(b): figures[b] for b in sizes},
         "stock": None,
         "ratio_vs_stock": None,

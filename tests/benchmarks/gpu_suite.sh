@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every real-size figure of the project in one run on a lent GPU box (about 8 minutes at most).
+# Every real-size figure of the project on a lent GPU box: about 40 minutes of part budgets in all, so on the device's
+# 600 s per command run it as the five `--only` groups listed by the GPU budgets below, one device command each.
 #
 #   bash tests/benchmarks/gpu_suite.sh [--dry-run] [--out DIR] [--only part,part]
 #
@@ -8,14 +9,28 @@
 # /tmp/site:.whl/src on PYTHONPATH, prints python/torch/GPU facts, and runs each part under its own
 # `timeout`, so one failing part leaves the others' figures:
 #   teacher        bench_tracker.py: Hiera-L at 1024, 49 frames: clip_batch 1/4/8 vs the stock predictor
+#   teacher_compiled  bench_tracker.py --compile --clip-batch 8: the same Hiera-L with teacher.compile (image encoder +
+#                  memory attention, inductor), our tracker only: warmup_s = compile + one full-length batch
 #   encodings      bench_encodings.py: CogVideoX VAE + T5-XXL at 49x480x720, VAE tiling on and off
+#   extract_inproc bench_extract.py --real-size: extraction in-process (ray.num_workers=0) of 8 sample clips rendered at
+#                  49x480x720, teacher at 1024, tiny-width models (no weights on the box): wall/model, model s per column
+#   eval_sampling  bench_sampling.py: `evaluate`'s sampling, the stock CogVideoX-5B-I2V pipeline around random-weight
+#                  real-size models (transformer, VAE, T5-XXL) at 49x480x720, guidance 6: s/step, the fixed cost
+#                  (prompt, image encode, VAE decode) and the estimate per 50-step sample, from samples of 2 and 4 steps
 #   step           bench_step.py --real: CogVideoX-5B-I2V LoRA r128 distill step, lgf vs plain (eager)
 #   step_compile   the same with student.compile (each block torch.compiled, inductor): first step = compile time
 #   step_fp8       the same with student.compile + student.fp8 (torchao Float8Linear on the frozen block linears;
 #                  compiled, as torchao's casts are only fast fused; compare with step_compile). Skipped with the
 #                  trainer's one-line refusal where it cannot run (no torchao, compute capability < 8.9)
+#   step_selective bench_step.py --real --checkpointing auto,all: selective activation checkpointing (student.checkpointing,
+#                  stages/distill/recompute.py), the memory plan's choice for an 80 GB GPU (--gpu-memory-gb 80: blocks:22
+#                  of 42; on the H200's own 140 GB the plan says none) against all, on one student in one process (lgf
+#                  steps interleaved): s/step, peak and planned GiB per spec, ratio auto/all
 #   step_xformers  the same with student.attention=xformers (skipped when xformers does not import)
 #   fsdp           bench_step.py --real --strategy fsdp: one FSDP2 step on one GPU
+#   wan_step       bench_step.py --preset wan-1.3b: Wan 2.1 T2V 1.3B LoRA r128 step at 81x480x832 (latents 21x60x104,
+#                  512 text tokens; random weights built on the GPU), lgf vs plain: s/step, peak GiB
+#   wan14b_fsdp    bench_step.py --preset wan-14b --strategy fsdp: Wan 2.1 T2V 14B, FSDP2 on one GPU, the same shape
 #   context        bench_context.py: parallel.context (diffusers' Ulysses attention) on 2 GPUs against one rank,
 #                  the tiny Wan forward + backward; skipped, saying why, on a box with one GPU (NCCL takes one
 #                  rank per GPU and diffusers refuses a context degree of 1)
@@ -23,7 +38,7 @@
 # part, appended as it ends), summary.json and summary.md (printed at the end). At most 4 files:
 # the device returns at most 8.
 #
-# --dry-run: the same scripts and code paths on CPU with tiny models (about 3 minutes on 2 cores),
+# --dry-run: the same scripts and code paths on CPU with tiny models (about 3 minutes on 2 busy cores),
 # with the project venv's python ($PYTHON, else .venv/bin/python, else python3), no wheels
 # installed, and every module the box lacks and .whl/ does not ship refused at import
 # (box_site/sitecustomize.py), so a new import breaks the dry run here and not the GPU run there.
@@ -81,43 +96,67 @@ $SUMMARY facts --out "$OUTDIR" 2>&1 | tee -a "$LOG"
 
 B=tests/benchmarks
 if [ $DRY = 1 ]; then
-  PARTS="teacher encodings step step_compile step_fp8 step_xformers fsdp fsdp_full context step_meta"
+  PARTS="teacher teacher_compiled encodings extract_inproc eval_sampling step step_compile step_fp8 step_selective step_xformers fsdp fsdp_full wan_step wan14b_fsdp context step_meta"
   T=(--threads 1)
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cpu --model tiny --frames 5 --clips 2 --height 48 --width 64 --clip-batch 1,2 ${T[*]}"
+    # backend eager: dynamo's capture (guards, recompiles) of the two teacher modules without code generation
+    [teacher_compiled]="$B/bench_tracker.py --device cpu --model tiny --frames 2 --clips 1 --height 32 --width 32 --clip-batch 1 --no-stock --compile --compile-backend eager ${T[*]}"
     [encodings]="$B/bench_encodings.py --device cpu --tiling both --clips 1 --frames 9"
+    [eval_sampling]="$B/bench_sampling.py --device cpu --frames 9 --steps 1,4 ${T[*]}"
+    [extract_inproc]="$B/bench_extract.py --device cpu --clips 2 --repeats 1 --render 64x96 --frames 9 --threads 1"
     [step]="$B/bench_step.py --synthetic --preset tiny --warmup 1 --gpu-steps 2 ${T[*]}"
     # aot_eager: the compile path (dynamo, AOT autograd, the tap and checkpointing around compiled blocks) without
     # inductor's C++ code generation, which alone takes over a minute on 2 cores; fp8 is refused on CPU (its reason)
     [step_compile]="$B/bench_step.py --synthetic --preset tiny --compile --compile-backend aot_eager --warmup 1 --gpu-steps 2 ${T[*]}"
     [step_fp8]="$B/bench_step.py --synthetic --preset tiny --compile --compile-backend aot_eager --fp8 --warmup 1 --gpu-steps 2 ${T[*]}"
+    # 1 GiB: the tiny student's plan fits without checkpointing, so auto resolves to none (compared with all)
+    [step_selective]="$B/bench_step.py --synthetic --preset tiny --checkpointing auto,all --gpu-memory-gb 1 --warmup 1 --gpu-steps 2 ${T[*]}"
     [step_xformers]="$B/bench_step.py --synthetic --preset tiny --attention xformers --warmup 1 --gpu-steps 2 ${T[*]}"
     [fsdp]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --warmup 1 --gpu-steps 2 ${T[*]}"
     [fsdp_full]="$B/bench_step.py --synthetic --preset tiny --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2 ${T[*]}"
+    # the Wan parts' code paths with the tiny Wan (3 blocks, 3x8x12 tokens)
+    [wan_step]="$B/bench_step.py --synthetic --preset wan-tiny --warmup 1 --gpu-steps 2 ${T[*]}"
+    [wan14b_fsdp]="$B/bench_step.py --synthetic --preset wan-tiny --strategy fsdp --warmup 1 --gpu-steps 2 ${T[*]}"
     [context]="$B/bench_context.py --device cpu --nproc 2"
     [step_meta]="$B/bench_step.py --real --dry-run"
   )
-  declare -A BUDGET=([teacher]=90 [encodings]=90 [step]=90 [step_compile]=90 [step_fp8]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [context]=90 [step_meta]=90)
+  declare -A BUDGET=([teacher]=90 [teacher_compiled]=60 [encodings]=90 [extract_inproc]=60 [eval_sampling]=60 [step]=90 [step_compile]=90 [step_fp8]=60 [step_selective]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [wan_step]=60 [wan14b_fsdp]=60 [context]=90 [step_meta]=90)
 else
-  # step_compile and step_fp8 come last: a command cut at the device's limit loses only them
-  PARTS="teacher encodings step step_xformers fsdp fsdp_full context step_compile step_fp8"
+  # the compile parts come last: a command cut at the device's limit loses only them
+  PARTS="teacher encodings step step_xformers fsdp fsdp_full context step_selective wan_step wan14b_fsdp extract_inproc eval_sampling teacher_compiled step_compile step_fp8"
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 1,4,8"
     [encodings]="$B/bench_encodings.py --device cuda --tiling both --clips 2"
+    [eval_sampling]="$B/bench_sampling.py --device cuda"
+    [extract_inproc]="$B/bench_extract.py --device cuda --real-size --clips 8 --repeats 1"
+    [teacher_compiled]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 8 --no-stock --compile"
     [step]="$B/bench_step.py --device cuda --real --warmup 1 --gpu-steps 2"
     [step_xformers]="$B/bench_step.py --device cuda --real --attention xformers --warmup 1 --gpu-steps 2"
+    [step_selective]="$B/bench_step.py --device cuda --real --checkpointing auto,all --gpu-memory-gb 80 --warmup 1 --gpu-steps 2"
     [fsdp]="$B/bench_step.py --device cuda --real --strategy fsdp --warmup 1 --gpu-steps 2"
     [fsdp_full]="$B/bench_step.py --device cuda --real --strategy fsdp --full-finetune --warmup 1 --gpu-steps 2"
     [context]="$B/bench_context.py --device cuda --nproc 2"
+    [wan_step]="$B/bench_step.py --device cuda --preset wan-1.3b --warmup 1 --gpu-steps 2"
+    [wan14b_fsdp]="$B/bench_step.py --device cuda --preset wan-14b --strategy fsdp --warmup 1 --gpu-steps 2"
     [step_compile]="$B/bench_step.py --device cuda --real --compile --warmup 1 --gpu-steps 2"
     [step_fp8]="$B/bench_step.py --device cuda --real --compile --fp8 --warmup 1 --gpu-steps 2"
   )
-  # seconds per part; the first seven (560) stay under the device's 600 s per command with install and facts.
-  # step_xformers takes seconds when xformers is absent (the lent boxes), context too on a one-GPU box.
-  # With step_compile and step_fp8 (budgets unmeasured: one block's inductor compile, fwd + bwd, is the
-  # unknown) the sum is 860 s: on a 600 s device command run two, `--only teacher,encodings,step,step_xformers,fsdp,fsdp_full,context`
-  # and `--only step,step_compile,step_fp8`. step_fp8 needs torchao on the box (not in gpu_wheels.txt yet).
-  declare -A BUDGET=([teacher]=150 [encodings]=80 [step]=110 [step_xformers]=20 [fsdp]=70 [fsdp_full]=90 [context]=40 [step_compile]=150 [step_fp8]=150)
+  # seconds per part (timeout limits, not measurements: only the first seven's were ever timed). The sum is about
+  # 2,400 s: on the device's 600 s per command (install and facts take about 40 s) run these as separate commands,
+  #   1. --only teacher,encodings,step,step_xformers,fsdp,fsdp_full,context   560 s
+  #   2. --only step,step_compile,step_fp8                                     410 s  (step: the eager reference)
+  #   3. --only step_selective,wan_step,wan14b_fsdp                            510 s
+  #   4. --only teacher_compiled,extract_inproc                                480 s
+  #   5. --only eval_sampling                                                   300 s
+  # step_xformers takes seconds when xformers is absent (the lent boxes), context too on a one-GPU box. Unknowns:
+  # step_compile/step_fp8 one block's inductor compile (fwd + bwd); teacher_compiled Hiera-L's inductor compile and
+  # memory attention's recompiles (the CPU dry run shows recompiles after the warm-up: guards on strides/storage
+  # offsets of its inputs and on the position-encoding cache); wan14b_fsdp building 14 B fp32 parameters on the GPU
+  # (57 GB, then cast); eval_sampling the untiled VAE decode of 49x480x720 (three samples). step_fp8 needs torchao on the box (not in gpu_wheels.txt yet).
+  declare -A BUDGET=([teacher]=150 [encodings]=80 [step]=110 [step_xformers]=20 [fsdp]=70 [fsdp_full]=90 [context]=40
+                     [step_compile]=150 [step_fp8]=150 [step_selective]=150 [wan_step]=120 [wan14b_fsdp]=240
+                     [teacher_compiled]=300 [extract_inproc]=180 [eval_sampling]=300)
 fi
 [ -n "$ONLY" ] && PARTS=$(tr , ' ' <<<"$ONLY")
 
