@@ -12,7 +12,7 @@ from typing import Any, Collection
 
 from stages.config.distill import DistillConfig
 from stages.store import Column, FeatureStore, StoreError
-from stages.distill.stream import ClipStream
+from stages.distill.stream import ClipStream, column_buckets
 from stages.distill.losses import stored_lgf_fits
 
 
@@ -143,7 +143,7 @@ def check_fit(data: TrainingData, transformer_config: Any, cfg: DistillConfig, s
         student = student_of(transformer_config)
     lat = data.encodings.schema["latents"].shape  # [2C, T, H8, W8]
     where = f"{data.store.url} ({data.encodings.dirname})"
-    buckets = (data.encodings.producer_config.get("video") or {}).get("buckets")
+    buckets = column_buckets(data.encodings)
     why = student.single_size(transformer_config) if buckets else None
     if why:  # stage one refuses this when it knows the student (student.model); a store made without it lands here
         raise StoreMismatch(f"{where}: extracted at several sizes (video.buckets {buckets}), but student.model={cfg.student.model} "
@@ -179,7 +179,7 @@ def largest_latent_shape(data: TrainingData) -> tuple[int, int, int]:
     whose schema is the envelope of every bucket, larger than any one) the bucket of the most latent elements,
     which is what the memory plan must fit."""
     lat = tuple(int(v) for v in data.encodings.schema["latents"].shape[1:])
-    buckets = (data.encodings.producer_config.get("video") or {}).get("buckets")
+    buckets = column_buckets(data.encodings)
     if not buckets:
         return lat
     attrs = data.encodings.attrs

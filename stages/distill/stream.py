@@ -381,9 +381,14 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 BUCKET_KEY = "__bucket__"  # a sample's bucket (frames, height, width) in a mixed-size store; not collated
 
 
+def column_buckets(column: Column) -> list[list[int]] | None:
+    """The video.buckets a column was extracted with ([[frames, height, width], ...]), None for one size."""
+    return (column.producer_config.get("video") or {}).get("buckets")
+
+
 def is_bucketed(columns: list[Column]) -> bool:
     """Whether the columns were extracted with video.buckets (mixed sizes: per-clip shapes)."""
-    return any((c.producer_config.get("video") or {}).get("buckets") for c in columns)
+    return any(column_buckets(c) for c in columns)
 
 
 def bucket_batches(samples: Iterator[dict], size: int) -> Iterator[dict]:

@@ -17,7 +17,7 @@ NO_BUCKET = "too short for every bucket"  # how the ledger reason of a clip no b
 
 
 def needs_seconds(frames: int, fps: float, start_sec: float = 0.0) -> float:
-    """Seconds of source a clip of `frames` frames needs (decode.min_duration's rule)."""
+    """Seconds of source a clip of `frames` frames needs (decode.min_duration applies it to one VideoConfig)."""
     return start_sec + frames / fps
 
 

@@ -36,6 +36,7 @@ from PIL import Image
 
 from stages.config.extract import VideoConfig
 from stages.core.fs import filesystem, is_local
+from stages.media.buckets import assign_bucket, needs_seconds, no_bucket_reason
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,6 @@ def _decode_bucketed(url: str, video: VideoConfig, storage_options: dict | None,
                      end: float | None) -> DecodedClip:
     """decode_clip with video.buckets: probe, assign, decode at the bucket. A container may declare more than it
     holds: a clip found too short for its bucket is assigned again among the buckets of fewer frames."""
-    from stages.media.buckets import assign_bucket, no_bucket_reason
-
     offset = start or 0.0
     duration, (h, w) = _probe(url, storage_options, offset, end)
     candidates = video.bucket_shapes()
@@ -293,8 +292,7 @@ def _probe(url: str, storage_options: dict | None, offset: float, end: float | N
             frame = next(container.decode(stream))
         except (StopIteration, av.FFmpegError) as e:
             raise ClipError("no decodable frames (corrupt or truncated stream)", url) from e
-        rotation = int(round((frame.rotation or 0) / 90.0)) * 90 % 360
-        h, w = (frame.width, frame.height) if rotation in (90, 270) else (frame.height, frame.width)
+        _, (h, w) = _upright(frame)
     duration = None if declared is None else declared - offset
     if end is not None:
         duration = end - offset if duration is None else min(duration, end - offset)
@@ -412,6 +410,15 @@ def _sample(container, stream, sampler: _Sampler, rate: float) -> tuple[_Picked 
     return prev, count
 
 
+def _upright(frame: av.VideoFrame) -> tuple[int, tuple[int, int]]:
+    """(rotation, (H0, W0)): the counter-clockwise degrees (0, 90, 180, 270) that stand the stored frame
+    upright, and its size once turned. frame.rotation is FFmpeg's display-matrix angle (counter-clockwise):
+    a phone's portrait clip says -90, i.e. turn the stored landscape frame 90 degrees clockwise to show it."""
+    rotation = int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+    stored = (frame.height, frame.width)
+    return rotation, (stored[::-1] if rotation in (90, 270) else stored)
+
+
 @dataclass(frozen=True)
 class _Geometry:
     """How stored source frames become output frames: turn upright, resize, then crop or pad."""
@@ -427,11 +434,8 @@ class _Geometry:
 
     @staticmethod
     def of(frame: av.VideoFrame, video: VideoConfig, url: str) -> _Geometry:
-        # frame.rotation is FFmpeg's display-matrix angle (counter-clockwise): a phone's portrait
-        # clip says -90, i.e. turn the stored landscape frame 90 degrees clockwise to show it
-        rotation = int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+        rotation, upright = _upright(frame)
         stored = (frame.height, frame.width)
-        upright = stored[::-1] if rotation in (90, 270) else stored
         out = (video.height, video.width)
         loss = crop_loss(upright, out)
         fit = "crop"
@@ -554,5 +558,5 @@ def sample_times(video: VideoConfig, offset: float = 0.0) -> list[float]:
 
 def min_duration(video: VideoConfig) -> float:
     """Seconds of source a clip needs: the span of num_frames frames at fps, from start_sec."""
-    return video.start_sec + video.num_frames / video.fps
+    return needs_seconds(video.num_frames, video.fps, video.start_sec)
 
