@@ -200,8 +200,12 @@ miniature-table: install
 
 miniature: miniature-weights miniature-table
 
+# Every test runs on one intra-op thread (OMP_NUM_THREADS=1: tiny models on shared cores), so one pytest
+# process keeps one core busy: TEST_WORKERS xdist processes use the others. --dist loadfile keeps a test
+# file on one worker, so its module fixtures (a tiny SAM2, a store built once) are built once.
+TEST_WORKERS ?= 2
 test: install
-	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # For tests/benchmarks/gpu_suite.sh on a lent GPU box (no package index there): the packages it lacks,
 # as cp312 wheels and unpacked sources, into the ignored .whl/ (<= 64 MiB; carry it with the run).
