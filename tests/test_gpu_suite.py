@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT
 
-PARTS = ("teacher", "teacher_compiled", "encodings", "extract_inproc", "eval_sampling", "step", "step_compile", "step_fp8", "step_selective",
+PARTS = ("teacher", "teacher_compiled", "teacher_cast", "teacher_loop", "encodings", "extract_inproc", "eval_sampling", "step", "step_compile", "step_fp8", "step_selective",
          "step_xformers", "fsdp", "fsdp_full", "wan_step", "wan14b_fsdp", "context", "step_meta")
 
 

@@ -224,6 +224,13 @@ class TeacherConfig:
     mask_threshold: float = 0.0  # logit threshold of the predicted subject mask
     seed: int = 0  # random-weight init (no checkpoint): every worker must build the same teacher
     compile: bool = False  # torch.compile the image encoder and memory attention (CUDA only; ignored on CPU, not keyed)
+    # with compile: also the rest of the per-frame loop (memory encoder, prompt encoder, mask decoder), the modules
+    # SAM2's own VOS predictor compiles; speed only, not keyed
+    compile_loop: bool = False
+    # keep SAM2's weights in `dtype` instead of float32 cast again by autocast at every matmul (autocast stays
+    # on for the tensors SAM2 makes in float32). GPU only: CPU computes in float32 whatever this says. Keyed
+    # when it takes effect: weights rounded to bf16 move the features by bf16 noise
+    cast_weights: bool = False
     # a released SAM2 config (sam2.1_hiera_*, sam2_hiera_*) without a checkpoint is refused unless this is
     # set: random weights give meaningless targets. A permission, not content: not keyed (model, checkpoint
     # and seed already key the weights)
@@ -234,6 +241,8 @@ class TeacherConfig:
             raise ValueError("image_batch must be >= 1")
         if self.clip_batch < 1:
             raise ValueError("clip_batch must be >= 1")
+        if self.compile_loop and not self.compile:
+            raise ValueError("teacher.compile_loop=true needs teacher.compile=true (the loop's modules compile with the rest)")
 
 
 @dataclass

@@ -44,14 +44,20 @@ def block_compile_targets(blocks: Sequence[torch.nn.Module], kwargs: dict[str, A
     return {f"blocks.{i}": (block, dict(kwargs)) for i, block in enumerate(blocks)}
 
 
-def sam2_compile_targets(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
+def sam2_compile_targets(model: torch.nn.Module, loop: bool = False) -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
     """SAM2's image encoder (static shapes: image_batch frames, the last batch smaller) and memory
     attention (dynamic: the number of memories and object pointers grows over the first frames), as
-    SAM2's own VOS predictor compiles them."""
-    return {
+    SAM2's own VOS predictor compiles them. loop (teacher.compile_loop): also the rest of the per-frame
+    loop, the memory encoder, prompt encoder and mask decoder (static shapes per clip batch, as the VOS
+    predictor compiles them: it reports an accuracy regression with dynamic shapes). Default mode, not the VOS
+    predictor's max-autotune: its CUDA graphs would overwrite the memories the tracking state keeps."""
+    targets = {
         "image_encoder": (model.image_encoder, {"dynamic": False}),
         "memory_attention": (model.memory_attention, {"dynamic": True}),
     }
+    if loop:
+        targets |= {name: (getattr(model, name), {"dynamic": False}) for name in ("memory_encoder", "sam_prompt_encoder", "sam_mask_decoder")}
+    return targets
 
 
 def vae_compile_targets(vae: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:

@@ -112,7 +112,9 @@ class BidirectionalTracker:
         click/box prompt, the raw backbone feature for a mask prompt, whose mask SAM2 takes as
         its output without memory attention), "backbone" (the stride-16 image feature, hidden_dim).
     image_batch: frames per image-encoder call.
-    dtype: autocast dtype on CUDA (float32 disables autocast); CPU always runs float32.
+    dtype: autocast dtype (float32 disables autocast). Callers pass `resolve_dtype`'s choice, float32
+        on CPU; a model whose weights are already in `dtype` (cast_weights) still runs under autocast,
+        which then casts only the float32 tensors SAM2 makes itself (masks, position encodings).
     mask_threshold: logit threshold of the output masks (and of auto prompts).
     auto_grid: the auto prompt's click lattice is auto_grid x auto_grid.
     """
@@ -122,7 +124,7 @@ class BidirectionalTracker:
         model: SAM2VideoPredictor,
         feature: FeatureKind = "maskmem",
         image_batch: int = 8,
-        dtype: torch.dtype = torch.bfloat16,
+        dtype: torch.dtype = torch.float32,
         mask_threshold: float = 0.0,
         auto_grid: int = 4,
     ) -> None:
@@ -187,9 +189,8 @@ class BidirectionalTracker:
     # -- internals ---------------------------------------------------------------------------
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        device = self.model.device
-        if device.type == "cuda" and self.dtype != torch.float32:
-            return torch.autocast("cuda", dtype=self.dtype)
+        if self.dtype != torch.float32:
+            return torch.autocast(self.model.device.type, dtype=self.dtype)
         return contextlib.nullcontext()
 
     def _sync(self) -> None:

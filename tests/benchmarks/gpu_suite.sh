@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every real-size figure of the project on a lent GPU box: about 40 minutes of part budgets in all, so on the device's
-# 600 s per command run it as the five `--only` groups listed by the GPU budgets below, one device command each.
+# Every real-size figure of the project on a lent GPU box: about 48 minutes of part budgets in all, so on the device's
+# 600 s per command run it as the six `--only` groups listed by the GPU budgets below, one device command each.
 #
 #   bash tests/benchmarks/gpu_suite.sh [--dry-run] [--out DIR] [--only part,part]
 #
@@ -11,6 +11,11 @@
 #   teacher        bench_tracker.py: Hiera-L at 1024, 49 frames: clip_batch 1/4/8 vs the stock predictor
 #   teacher_compiled  bench_tracker.py --compile --clip-batch 8: the same Hiera-L with teacher.compile (image encoder +
 #                  memory attention, inductor), our tracker only: warmup_s = compile + one full-length batch
+#   teacher_cast   bench_tracker.py --cast-weights --image-batch 8,16 --clip-batch 8: eager Hiera-L, teacher.cast_weights
+#                  (bf16 weights) beside autocast on fp32 weights, each at image_batch 8 and 16, in one process on the
+#                  same clips: clips/h ratios, and the cast features' relative L2 difference and mask IoU against autocast
+#   teacher_loop   bench_tracker.py --compile --compile-loop --clip-batch 8: teacher.compile_loop (the per-frame loop's
+#                  memory encoder, prompt encoder and mask decoder compiled too); compare with teacher_compiled
 #   encodings      bench_encodings.py: CogVideoX VAE + T5-XXL at 49x480x720, VAE tiling on and off
 #   extract_inproc bench_extract.py --real-size: extraction in-process (ray.num_workers=0) of 8 sample clips rendered at
 #                  49x480x720, teacher at 1024, tiny-width models (no weights on the box): wall/model, model s per column
@@ -68,7 +73,7 @@ export TQDM_DISABLE=1 PYTHONUNBUFFERED=1
 
 # Top-level modules the GPU box lacks (the lead's list for the lent machines). In a dry run those
 # not shipped in .whl/ (tests/benchmarks/gpu_wheels.txt) are refused at import.
-BOX_ABSENT="diffusers sam2 hydra omegaconf antlr4 iopath portalocker zarr numcodecs donfig google_crc32c crc32c webdataset braceexpand av ray xformers"
+BOX_ABSENT="diffusers sam2 hydra omegaconf antlr4 iopath portalocker zarr numcodecs donfig google_crc32c crc32c webdataset braceexpand av ray xformers torchao"
 SHIPPED=$(grep -vE '^\s*(#|$)' tests/benchmarks/gpu_wheels.txt | awk '{print $2}')
 
 if [ $DRY = 1 ]; then
@@ -96,12 +101,15 @@ $SUMMARY facts --out "$OUTDIR" 2>&1 | tee -a "$LOG"
 
 B=tests/benchmarks
 if [ $DRY = 1 ]; then
-  PARTS="teacher teacher_compiled encodings extract_inproc eval_sampling step step_compile step_fp8 step_selective step_xformers fsdp fsdp_full wan_step wan14b_fsdp context step_meta"
+  PARTS="teacher teacher_compiled teacher_cast teacher_loop encodings extract_inproc eval_sampling step step_compile step_fp8 step_selective step_xformers fsdp fsdp_full wan_step wan14b_fsdp context step_meta"
   T=(--threads 1)
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cpu --model tiny --frames 5 --clips 2 --height 48 --width 64 --clip-batch 1,2 ${T[*]}"
     # backend eager: dynamo's capture (guards, recompiles) of the two teacher modules without code generation
     [teacher_compiled]="$B/bench_tracker.py --device cpu --model tiny --frames 2 --clips 1 --height 32 --width 32 --clip-batch 1 --no-stock --compile --compile-backend eager ${T[*]}"
+    # CPU computes in float32: the cast copy stays float32 (the producer's rule), so its figures check the plumbing only
+    [teacher_cast]="$B/bench_tracker.py --device cpu --model tiny --frames 5 --clips 2 --height 48 --width 64 --clip-batch 2 --image-batch 2,4 --no-stock --cast-weights ${T[*]}"
+    [teacher_loop]="$B/bench_tracker.py --device cpu --model tiny --frames 2 --clips 1 --height 32 --width 32 --clip-batch 1 --no-stock --compile --compile-loop --compile-backend eager ${T[*]}"
     [encodings]="$B/bench_encodings.py --device cpu --tiling both --clips 1 --frames 9"
     [eval_sampling]="$B/bench_sampling.py --device cpu --frames 9 --steps 1,4 ${T[*]}"
     [extract_inproc]="$B/bench_extract.py --device cpu --clips 2 --repeats 1 --render 64x96 --frames 9 --threads 1"
@@ -121,16 +129,18 @@ if [ $DRY = 1 ]; then
     [context]="$B/bench_context.py --device cpu --nproc 2"
     [step_meta]="$B/bench_step.py --real --dry-run"
   )
-  declare -A BUDGET=([teacher]=90 [teacher_compiled]=60 [encodings]=90 [extract_inproc]=60 [eval_sampling]=60 [step]=90 [step_compile]=90 [step_fp8]=60 [step_selective]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [wan_step]=60 [wan14b_fsdp]=60 [context]=90 [step_meta]=90)
+  declare -A BUDGET=([teacher]=90 [teacher_compiled]=60 [teacher_cast]=60 [teacher_loop]=60 [encodings]=90 [extract_inproc]=60 [eval_sampling]=60 [step]=90 [step_compile]=90 [step_fp8]=60 [step_selective]=60 [step_xformers]=60 [fsdp]=90 [fsdp_full]=90 [wan_step]=60 [wan14b_fsdp]=60 [context]=90 [step_meta]=90)
 else
   # the compile parts come last: a command cut at the device's limit loses only them
-  PARTS="teacher encodings step step_xformers fsdp fsdp_full context step_selective wan_step wan14b_fsdp extract_inproc eval_sampling teacher_compiled step_compile step_fp8"
+  PARTS="teacher encodings step step_xformers fsdp fsdp_full context step_selective wan_step wan14b_fsdp extract_inproc eval_sampling teacher_cast teacher_compiled teacher_loop step_compile step_fp8"
   declare -A CMD=(
     [teacher]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 1,4,8"
     [encodings]="$B/bench_encodings.py --device cuda --tiling both --clips 2"
     [eval_sampling]="$B/bench_sampling.py --device cuda"
     [extract_inproc]="$B/bench_extract.py --device cuda --real-size --clips 8 --repeats 1"
     [teacher_compiled]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 8 --no-stock --compile"
+    [teacher_cast]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 8 --image-batch 8,16 --no-stock --cast-weights"
+    [teacher_loop]="$B/bench_tracker.py --device cuda --model sam2.1_hiera_l --image-size 1024 --frames 49 --clips 8 --clip-batch 8 --no-stock --compile --compile-loop"
     [step]="$B/bench_step.py --device cuda --real --warmup 1 --gpu-steps 2"
     [step_xformers]="$B/bench_step.py --device cuda --real --attention xformers --warmup 1 --gpu-steps 2"
     [step_selective]="$B/bench_step.py --device cuda --real --checkpointing auto,all --gpu-memory-gb 80 --warmup 1 --gpu-steps 2"
@@ -143,20 +153,21 @@ else
     [step_fp8]="$B/bench_step.py --device cuda --real --compile --fp8 --warmup 1 --gpu-steps 2"
   )
   # seconds per part (timeout limits, not measurements: only the first seven's were ever timed). The sum is about
-  # 2,400 s: on the device's 600 s per command (install and facts take about 40 s) run these as separate commands,
+  # 2,850 s: on the device's 600 s per command (install and facts take about 40 s) run these as separate commands,
   #   1. --only teacher,encodings,step,step_xformers,fsdp,fsdp_full,context   560 s
   #   2. --only step,step_compile,step_fp8                                     410 s  (step: the eager reference)
   #   3. --only step_selective,wan_step,wan14b_fsdp                            510 s
   #   4. --only teacher_compiled,extract_inproc                                480 s
   #   5. --only eval_sampling                                                   300 s
+  #   6. --only teacher_cast,teacher_loop                                      450 s  (compare with 1's teacher, 4's teacher_compiled)
   # step_xformers takes seconds when xformers is absent (the lent boxes), context too on a one-GPU box. Unknowns:
   # step_compile/step_fp8 one block's inductor compile (fwd + bwd); teacher_compiled Hiera-L's inductor compile and
   # memory attention's recompiles (the CPU dry run shows recompiles after the warm-up: guards on strides/storage
   # offsets of its inputs and on the position-encoding cache); wan14b_fsdp building 14 B fp32 parameters on the GPU
-  # (57 GB, then cast); eval_sampling the untiled VAE decode of 49x480x720 (three samples). step_fp8 needs torchao on the box (not in gpu_wheels.txt yet).
+  # (57 GB, then cast); eval_sampling the untiled VAE decode of 49x480x720 (three samples). step_fp8 imports torchao from .whl/ (gpu_wheels.txt).
   declare -A BUDGET=([teacher]=150 [encodings]=80 [step]=110 [step_xformers]=20 [fsdp]=70 [fsdp_full]=90 [context]=40
                      [step_compile]=150 [step_fp8]=150 [step_selective]=150 [wan_step]=120 [wan14b_fsdp]=240
-                     [teacher_compiled]=300 [extract_inproc]=180 [eval_sampling]=300)
+                     [teacher_compiled]=300 [extract_inproc]=180 [eval_sampling]=300 [teacher_cast]=150 [teacher_loop]=300)
 fi
 [ -n "$ONLY" ] && PARTS=$(tr , ' ' <<<"$ONLY")
 
@@ -180,20 +191,6 @@ for part in $PARTS; do
   budget=${BUDGET[$part]}
   run_part "$part" "$budget" "${argv[@]}"
   note=""
-  # bench_tracker.py gains --clip-batch/--json on another branch: until then, run it without them
-  # (clip_batch 1 vs stock only) and read its printed figures.
-  if [ "$part" = teacher ] && [ "$PART_RC" = 2 ] && grep -q "unrecognized arguments" "$WORK/teacher.out"; then
-    left=$(( budget - PART_MS / 1000 ))
-    plain=$(sed -E 's/ --clip-batch [^ ]+//' <<<"${CMD[$part]}")
-    read -r -a argv <<<"$plain"
-    echo "[gpu_suite] bench_tracker.py lacks --clip-batch/--json here: rerun as $plain" | tee -a "$LOG"
-    t0=$(now_ms)
-    timeout -k 10 "$left" $PY "${argv[@]}" > "$WORK/teacher.out" 2>&1
-    PART_RC=$? PART_MS=$(( PART_MS + $(now_ms) - t0 ))
-    cat "$WORK/teacher.out" >> "$LOG"
-    CMD[$part]=$plain
-    note="bench_tracker.py without --clip-batch/--json (clip_batch 1 only)"
-  fi
   $SUMMARY record --out "$OUTDIR" --part "$part" --rc "$PART_RC" --seconds "$(secs $PART_MS)" --budget "$budget" \
     --command "$PY ${CMD[$part]}" --json "$WORK/$part.json" --output "$WORK/$part.out" --note "$note" 2>&1 | tee -a "$LOG"
 done

@@ -163,8 +163,31 @@ def test_compile_switches_are_validated_and_do_not_change_the_column_keys(small_
     assert encodings_spec(compiled).config == encodings_spec(plain).config
     with pytest.raises(ConfigError, match="teacher.compile"):
         config(small_corpus, **{"teacher.compile": "sometimes"})
+    looped = config(small_corpus, **{"teacher.compile": "true", "teacher.compile_loop": "true"})
+    assert teacher_spec(looped).config == teacher_spec(plain).config  # speed only
+    with pytest.raises(ConfigError, match="compile_loop=true needs teacher.compile=true"):
+        config(small_corpus, **{"teacher.compile_loop": "true"})
     with pytest.raises(ConfigError, match="num_workers"):
         config(small_corpus, **{"ray.num_workers": -1})
+
+
+def test_cast_weights_is_keyed_only_where_it_changes_the_weights(small_corpus):
+    """teacher.cast_weights: CPU computes in float32, so the weights stay float32 and the key is the plain one;
+    a GPU worker's bf16 weights are keyed (bf16-rounded weights move the features by bf16 noise)."""
+    import torch
+
+    from stages.extract.columns.teacher import TeacherProducer, teacher_spec
+
+    plain, cast = config(small_corpus), config(small_corpus, **{"teacher.cast_weights": "true"})
+    assert teacher_spec(cast).config == teacher_spec(plain).config
+    gpu = {"teacher.device": "cuda", "ray.gpus_per_worker": 1, "teacher.dtype": "bfloat16"}
+    gpu_plain, gpu_cast = config(small_corpus, **gpu), config(small_corpus, **gpu, **{"teacher.cast_weights": "true"})
+    assert "weights_dtype" not in teacher_spec(gpu_plain).config["teacher"]
+    assert teacher_spec(gpu_cast).config["teacher"] == {**teacher_spec(gpu_plain).config["teacher"], "weights_dtype": "bfloat16"}
+    assert teacher_spec(gpu_cast).config["teacher"]["compute_dtype"] == "bfloat16"
+    producer = TeacherProducer(cast, "cpu")  # the producer follows the key: float32 weights, no autocast on CPU
+    assert {p.dtype for p in producer.tracker.model.parameters()} == {torch.float32}
+    assert producer.tracker.dtype == torch.float32
 
 
 def test_compile_is_ignored_on_cpu_and_wires_the_modules_on_cuda(caplog):
@@ -185,6 +208,10 @@ def test_compile_is_ignored_on_cpu_and_wires_the_modules_on_cuda(caplog):
     assert compile_modules("teacher", sam2_compile_targets(model), torch.device("cuda")) == ["image_encoder", "memory_attention"]
     assert model.image_encoder._compiled_call_impl is not None and model.memory_attention._compiled_call_impl is not None
     assert set(model.state_dict()) == keys  # in place: checkpoints and state dicts are unchanged
+    # teacher.compile_loop: the rest of the per-frame loop too, the modules SAM2's VOS predictor compiles
+    assert compile_modules("teacher", sam2_compile_targets(model, loop=True), torch.device("cuda")) == [
+        "image_encoder", "memory_attention", "memory_encoder", "sam_prompt_encoder", "sam_mask_decoder"]
+    assert all(getattr(model, m)._compiled_call_impl is not None for m in ("memory_encoder", "sam_prompt_encoder", "sam_mask_decoder"))
     from diffusers import AutoencoderKLCogVideoX
 
     vae = AutoencoderKLCogVideoX.from_config(TINY_VAE_CONFIG)

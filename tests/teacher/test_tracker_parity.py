@@ -333,3 +333,15 @@ def test_track_batch_input_checks(net, clips):
     with pytest.raises(ValueError, match="clip 1: frames must be uint8"):
         tracker.track_batch([clips[0], clips[1].float()], [None, None], ["auto", "auto"])
     assert tracker.track_batch([], [], []) == []
+
+
+def test_a_half_precision_dtype_autocasts_on_any_device_within_its_noise(net, clips):
+    """dtype is autocast's dtype wherever the model is (the producer passes float32 on CPU): bf16 autocast on CPU
+    runs the same SAM2 steps, so features stay within bf16 noise of float32 and the masks nearly equal."""
+    ref = BidirectionalTracker(net, feature="memory_attention").track(clips[0], PROMPTS["box"])
+    half = BidirectionalTracker(net, feature="memory_attention", dtype=torch.bfloat16).track(clips[0], PROMPTS["box"])
+    assert half.fwd.dtype == torch.float32  # captures come back float32 whatever the compute dtype
+    for a, b in ((half.fwd, ref.fwd), (half.bwd, ref.bwd)):
+        rel = float((a - b).norm() / b.norm())
+        assert 0 < rel < 0.03, rel  # > 0: bf16 really ran
+    assert float((half.masks_fwd & ref.masks_fwd).sum() / (half.masks_fwd | ref.masks_fwd).sum().clamp(min=1)) > 0.95

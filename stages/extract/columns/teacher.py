@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # teacher settings that change speed, not content (beyond float reassociation), so not the column key
 # (allow_random_weights: a permission; the weights are keyed by model, checkpoint and seed)
-_NOT_KEYED = ("device", "image_batch", "clip_batch", "compile", "allow_random_weights")
+_NOT_KEYED = ("device", "image_batch", "clip_batch", "compile", "compile_loop", "allow_random_weights")
 # the feature stacks stored int8 with a per-token scale (part of the column key: a float16 column of the
 # same settings stays a column of its own, with its own schema)
 QUANTIZED = {TEACHER.fwd: QUANT_INT8, TEACHER.bwd: QUANT_INT8}
@@ -75,8 +75,12 @@ def teacher_spec(cfg: ExtractConfig) -> ColumnSpec:
     pairs = sum(grid.frames - o for o in cfg.lgf.offsets)
     k2 = cfg.lgf.kernel**2
     # grounding is keyed only when prompt=grounded: other prompt modes keep the keys they had before it existed
-    teacher = {k: v for k, v in to_dict(cfg.teacher).items() if k not in (*_NOT_KEYED, "grounding")}
+    teacher = {k: v for k, v in to_dict(cfg.teacher).items() if k not in (*_NOT_KEYED, "grounding", "cast_weights")}
     teacher["compute_dtype"] = compute_dtype(cfg.teacher.dtype, cfg.teacher.device, cfg.ray.gpus_per_worker)
+    # cast_weights is keyed by what it does, only where it does something (float32 compute keeps float32 weights),
+    # so columns made without it keep their keys
+    if cfg.teacher.cast_weights and teacher["compute_dtype"] != "float32":
+        teacher["weights_dtype"] = teacher["compute_dtype"]
     if cfg.teacher.prompt == "grounded":
         teacher["grounding"] = _grounding_key(cfg)
     config = {
@@ -146,8 +150,10 @@ class TeacherProducer:
         model = build_sam2(t.model, t.checkpoint, t.image_size, device=dev, seed=t.seed if t.checkpoint is None else None)
         dtype = resolve_dtype(t.dtype, dev)
         check_compute_dtype("teacher", compute_dtype(t.dtype, t.device, cfg.ray.gpus_per_worker), dtype, dev)
+        if t.cast_weights and dtype != torch.float32:
+            model.to(dtype)  # teacher.cast_weights: parameters and buffers in the compute dtype (autocast stays on)
         if t.compile:
-            compile_modules("teacher", sam2_compile_targets(model), dev)
+            compile_modules("teacher", sam2_compile_targets(model, loop=t.compile_loop), dev)
         self.tracker = BidirectionalTracker(model, feature=t.feature, image_batch=t.image_batch, dtype=dtype, mask_threshold=t.mask_threshold)
         self.detector = None  # Grounding DINO, loaded once per worker for prompt=grounded
         if t.prompt == "grounded":
