@@ -53,6 +53,7 @@ def extract(
     allow_failures: bool = typer.Option(False, "--allow-failures", help="exit 0 even if clips failed (they stay in the ledger)"),
     append: bool = typer.Option(False, "--append", help="add clips new in the bucket to the store, as new shards after the existing ones"),
     repair: bool = typer.Option(False, "--repair", help="verify every committed clip's checksum first and extract damaged shards again"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="extract again the committed shards whose clips failed (a file fixed since, a flaky read)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Stage one: track every clip forward and backward with SAM2 and write the store's columns."""
@@ -71,7 +72,8 @@ def extract(
         bar.update(report.clips, failed=failed, shard=report.shard, wall_model=f"{report.seconds / model:.2f}" if model else "-")
 
     try:
-        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=bar.set_total, append=append, repair=repair)
+        summary = run_extract(cfg, store, on_shard=on_shard, on_plan=bar.set_total, append=append, repair=repair,
+                              retry_failed=retry_failed)
     except (ExtractFailed, StoreError, ValueError) as exc:
         bar.close()
         raise _fail(f"extract failed: {exc}") from exc

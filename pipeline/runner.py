@@ -66,6 +66,7 @@ class ExtractSummary:
     growth: Growth = field(default_factory=Growth)  # clips of the bucket beyond the snapshot (found / appended)
     damaged: list = field(default_factory=list)  # ClipDamage of committed shards left as they are (no --repair)
     repaired: dict[str, list[int]] = field(default_factory=dict)  # column dirname -> shards redone by --repair
+    retried: dict[str, list[int]] = field(default_factory=dict)  # column name -> shards redone by --retry-failed
     cropped: list[list] = field(default_factory=list)  # [key, share lost] of clips cropped beyond video.max_crop
     buckets: dict[str, int] = field(default_factory=dict)  # video.buckets: "FxHxW" -> clips decoded into it
 
@@ -124,7 +125,9 @@ class ExtractSummary:
         user named it (the commands to rerun quote it)."""
         out: list[tuple[str, str]] = []
         if self.shards_skipped == self.shards and not self.growth.appended:
-            out.append(("info", f"nothing to do: all {self.shards} shards already committed in {self.store} ({', '.join(cfg.columns)})"))
+            again = (f"; {len(self.failed_keys)} clips failed in an earlier run: `sam2videox extract --retry-failed` extracts "
+                     f"their shards again" if self.failed_keys else "")
+            out.append(("info", f"nothing to do: all {self.shards} shards already committed in {self.store} ({', '.join(cfg.columns)}){again}"))
         else:
             elsewhere = f", {self.shards_elsewhere} committed meanwhile by another run" if self.shards_elsewhere else ""
             out.append(("info",
@@ -149,6 +152,8 @@ class ExtractSummary:
             out.append(("warn" if unfit else "info", f"video.buckets (frames x height x width: clips): {counts}"
                         + (f"; {len(unfit)} clips fit no bucket (too short), in the ledger" if unfit else "")))
         out += [("warn", f"repaired {dirname}: shard(s) {', '.join(map(str, shards))} extracted again") for dirname, shards in self.repaired.items()]
+        out += [("info", f"retried {name}: shard(s) {', '.join(map(str, shards))} with failed clips extracted again")
+                for name, shards in self.retried.items()]
         if self.damaged:
             out += [("error", f"  damaged: {damage.line()}") for damage in self.damaged[:10]]
             shards = {(d.column, d.shard) for d in self.damaged}
@@ -264,6 +269,7 @@ def run_extract(
     on_plan: Callable[[int], None] | None = None,
     append: bool = False,
     repair: bool = False,
+    retry_failed: bool = False,
 ) -> ExtractSummary:
     """Extract every pending shard of the configured columns into the store at `store_url`.
 
@@ -271,7 +277,10 @@ def run_extract(
     append: add the bucket's clips that the store's snapshot lacks, as new shards (`extract --append`).
     Committed shards are verified before they are skipped: cheaply (commit records parse, arrays and
     chunks present; damage goes to summary.damaged), or with `repair` fully (every clip's checksum),
-    the damaged shards then uncommitted and extracted again as new attempts.
+    the damaged shards then uncommitted and extracted again as new attempts. retry_failed
+    (`extract --retry-failed`): each column's committed shards whose ledger has failed clips are
+    uncommitted and extracted again, whole (a clip whose file was missing or unreadable then gets its
+    second chance; the shard's other clips are recomputed, deterministically the same).
     """
     started = time.perf_counter()
     if cfg.ray.num_workers > 0 and cfg.ray.address:
@@ -293,11 +302,12 @@ def run_extract(
             if shard is None:  # column arrays are written by the worker of a pending shard: make one pending
                 column.uncommit(0)
         repaired[dirname] = sorted({0 if s is None else s for s in shards})
+    retried = _uncommit_failed(columns) if retry_failed else {}
     every = set(range(snapshot.num_shards))
     todo = sorted(set().union(*(every - c.committed_shards() for c in columns.values())))
     summary = ExtractSummary(store.url, len(snapshot.clips), snapshot.num_shards, growth=growth)
     summary.shards_skipped = snapshot.num_shards - len(todo)
-    summary.damaged, summary.repaired = damaged, repaired
+    summary.damaged, summary.repaired, summary.retried = damaged, repaired, retried
     if on_plan is not None:
         on_plan(sum(len(snapshot.shard_range(s)) for s in todo))
     run_id = uuid.uuid4().hex[:12]  # this run's lease owner id: its workers' claims say which run they belong to
@@ -315,6 +325,21 @@ def run_extract(
             column.collect_garbage()  # attempts left by dead workers (a live run's leased attempts stay)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _uncommit_failed(columns: dict) -> dict[str, list[int]]:
+    """`--retry-failed`: make pending every committed shard whose commit record lists failed clips, per column
+    (a clip that failed in one column only is redone in that column). Returns {column name: shards}."""
+    retried = {}
+    for name, column in columns.items():
+        failed = {shard: record["failed"] for shard, record in readable_commit_records(column).items() if record["failed"]}
+        for shard, rows in failed.items():
+            log.info("retry: %s shard %d has %d failed clips, extracting it again", name, shard, len(rows))
+            column.uncommit(shard)
+        shards = list(failed)
+        if shards:
+            retried[name] = shards
+    return retried
 
 
 def check_ray_address(address: str, timeout_s: float) -> None:
