@@ -82,7 +82,19 @@ class DistillModel(nn.Module):
     def forward(self, model_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(prediction in the family's layout (CogVideoX: v [B, T, C, h, w]), tapped block-L tokens [B, T, h, w, D] or None)."""
         out = self.transformer(**model_kwargs)[0]
-        return out, (self.tap.pop() if self.tap is not None else None)
+        features = self.tap.pop() if self.tap is not None else None
+        return _owned(out), (_owned(features) if features is not None else None)
+
+
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a copy of it when it is a view (the families' outputs are reshapes / permutes of the last
+    projection; the tap's [B, T, h, w, D] is a reshape of the block's [B, N, D]).
+
+    Under FSDP2 this module is the root, whose backward hook sits on the tensors forward returns; an in-place
+    op on a returned view would rebase its graph and silently drop that hook (FSDP2 warns so). A copy has its
+    own graph node. It costs one output-sized and one feature-sized copy per step (CogVideoX-5B at 49x480x720:
+    ~0.1 GB against a ~20 GB step), so it is done on every strategy rather than asking which one wraps us."""
+    return t.clone() if t._base is not None else t
 
 
 def step_seed(*parts) -> int:
