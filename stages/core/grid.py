@@ -27,6 +27,18 @@ class TokenGrid:
         return (self.frames, self.height, self.width)
 
 
+def latent_shape(num_frames: int, height: int, width: int, vae_temporal: int, vae_spatial: int) -> tuple[int, int, int]:
+    """(T, H / s, W / s) latent grid of a num_frames x height x width clip: the causal video VAEs (CogVideoX, Wan,
+    LTX) keep frame 0 on its own and compress each later group of `vae_temporal` frames into one latent frame."""
+    return (num_frames - 1) // vae_temporal + 1, height // vae_spatial, width // vae_spatial
+
+
+def pixel_shape(latent: tuple[int, int, int], vae_temporal: int, vae_spatial: int) -> tuple[int, int, int]:
+    """(frames, height, width) of the clips whose latent grid is `latent` (T, H / s, W / s): latent_shape's inverse."""
+    t, h, w = latent
+    return (t - 1) * vae_temporal + 1, h * vae_spatial, w * vae_spatial
+
+
 def token_grid(num_frames: int, height: int, width: int, vae_temporal: int, vae_spatial: int, patch_size: int, patch_size_t: int | None = None) -> TokenGrid:
     """The student's (T, h, w) token grid for clips of num_frames x height x width."""
     if (num_frames - 1) % vae_temporal:
@@ -34,7 +46,7 @@ def token_grid(num_frames: int, height: int, width: int, vae_temporal: int, vae_
     step = vae_spatial * patch_size
     if height % step or width % step:
         raise ValueError(f"{height}x{width} is not a multiple of {step} (VAE {vae_spatial}x times patch {patch_size})")
-    frames = (num_frames - 1) // vae_temporal + 1
+    frames = latent_shape(num_frames, height, width, vae_temporal, vae_spatial)[0]
     if patch_size_t and patch_size_t > 1:
         frames = -(-frames // patch_size_t)  # CogVideoX 1.5 pads latent frames up to a multiple of p_t
         return TokenGrid(frames, height // step, width // step, patch_size_t)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Collection
 
 from stages.config.distill import DistillConfig
+from stages.core.grid import latent_shape, pixel_shape
 from stages.store import Column, FeatureStore, StoreError
 from stages.distill.stream import ClipStream, column_buckets
 from stages.distill.losses import stored_lgf_fits
@@ -182,19 +183,24 @@ def largest_latent_shape(data: TrainingData) -> tuple[int, int, int]:
     buckets = column_buckets(data.encodings)
     if not buckets:
         return lat
-    attrs = data.encodings.attrs
-    spatial, temporal = int(attrs.get("spatial_compression", 8)), int(attrs.get("temporal_compression", 4))
-    shapes = [((int(f) - 1) // temporal + 1, int(h) // spatial, int(w) // spatial) for f, h, w in buckets]
+    temporal, spatial = _compression(data)
+    shapes = [latent_shape(int(f), int(h), int(w), temporal, spatial) for f, h, w in buckets]
     return max(shapes, key=lambda s: (s[0] * s[1] * s[2], s))
+
+
+def _compression(data: TrainingData) -> tuple[int, int]:
+    """(temporal, spatial) VAE compression, as the family's encodings layout recorded it in the column's attrs
+    (CogVideoX's 4 / 8 for a column whose attrs lack them)."""
+    attrs = data.encodings.attrs
+    return int(attrs.get("temporal_compression", 4)), int(attrs.get("spatial_compression", 8))
 
 
 def _grid_mismatch(data: TrainingData, transformer_config: Any, tgrid: tuple, grid: tuple, lat: tuple) -> str:
     """The teacher/student grid mismatch in pixels, with the two ways out."""
-    attrs = data.encodings.attrs
-    spatial, temporal = int(attrs.get("spatial_compression", 8)), int(attrs.get("temporal_compression", 4))
+    temporal, spatial = _compression(data)
     patch = transformer_config.patch_size  # CogVideoX: an int; Wan: (t, h, w)
     token = spatial * (patch[-1] if isinstance(patch, (list, tuple)) else patch)  # pixels per token side
-    frames, height, width = (lat[0] - 1) * temporal + 1, lat[1] * spatial, lat[2] * spatial
+    frames, height, width = pixel_shape(lat, temporal, spatial)
     video = data.teacher.producer_config.get("video") or {}
     t_frames = video.get("num_frames", (tgrid[0] - 1) * temporal + 1)
     t_height, t_width = video.get("height", tgrid[1] * token), video.get("width", tgrid[2] * token)

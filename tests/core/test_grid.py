@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.core.grid import latent_frame_groups, mask_to_token_grid, to_latent_frames, to_token_grid, token_grid
+from stages.core.grid import (
+    latent_frame_groups, latent_shape, mask_to_token_grid, pixel_shape, to_latent_frames, to_token_grid, token_grid,
+)
 
 
 def test_real_cogvideox_grid():
@@ -123,3 +125,11 @@ def test_mask_coverage_of_a_varying_mask_is_the_block_mean():
         blocks = masks[frame].reshape(2, 16, 3, 16).mean(axis=(1, 3))
         np.testing.assert_array_equal(cover[t], np.round(blocks * 255).astype(np.uint8))
     assert len(np.unique(cover)) > 3  # the test exercised varying coverage
+
+
+def test_latent_shape_and_pixel_shape_are_inverse_on_the_clip_sizes_the_vaes_take():
+    assert latent_shape(49, 480, 720, 4, 8) == (13, 60, 90)  # CogVideoX at its native size
+    assert latent_shape(81, 480, 832, 4, 8) == (21, 60, 104)  # Wan 2.1
+    assert latent_shape(121, 704, 1280, 4, 16) == (31, 44, 80)  # Wan 2.2 TI2V-5B's VAE: 16x spatial
+    for clip in ((49, 480, 720), (17, 64, 96), (1, 16, 16)):
+        assert pixel_shape(latent_shape(*clip, 4, 8), 4, 8) == clip

@@ -40,6 +40,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5Enc
 from stages.config.loader import config_hash
 from stages.core.compiling import compile_modules, vae_compile_targets
 from stages.core.devices import resolve_device, resolve_dtype
+from stages.core.grid import latent_shape
 from stages.families.base import EncodingsLayout
 from stages.store import ArraySpec
 
@@ -109,10 +110,6 @@ class VaeGeometry:
             scaling_factor=float(full["scaling_factor"]),
             invert_scale_latents=bool(full["invert_scale_latents"]),
         )
-
-    def latent_frames(self, num_frames: int) -> int:
-        """Latent frames for `num_frames` pixel frames (the causal VAE keeps frame 0 on its own)."""
-        return (num_frames - 1) // self.temporal + 1
 
 
 @dataclass(frozen=True)
@@ -419,7 +416,7 @@ def encodings_layout(encoders_cfg: Any, video: Any) -> EncodingsLayout:
     enc = encoders_cfg
     models = read_model_configs(enc.model)
     geo = models.geometry
-    t, h, w = geo.latent_frames(video.num_frames), video.height // geo.spatial, video.width // geo.spatial
+    t, h, w = latent_shape(video.num_frames, video.height, video.width, geo.temporal, geo.spatial)
     c, length = geo.latent_channels, enc.max_text_len
     schema = {
         "latents": ArraySpec((2 * c, t, h, w), "float16"),

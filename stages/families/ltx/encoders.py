@@ -39,6 +39,7 @@ from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
 from stages.config.loader import config_hash
 from stages.core.devices import resolve_device, resolve_dtype
+from stages.core.grid import latent_shape
 from stages.families.base import EncodingsLayout
 from stages.families.cogvideox.encoders import (
     _pixels, _to_fp16, cache_root, caption_tokens, publish_cached, tiny_t5_config, tiny_tokenizer,
@@ -130,9 +131,6 @@ class LtxVaeGeometry:
         spatial = full.get("spatial_compression_ratio") or int(full["patch_size"]) * 2**stages
         temporal = full.get("temporal_compression_ratio") or int(full["patch_size_t"]) * 2**stages
         return LtxVaeGeometry(int(full["latent_channels"]), int(spatial), int(temporal))
-
-    def latent_frames(self, num_frames: int) -> int:
-        return (num_frames - 1) // self.temporal + 1
 
 
 def vae_defaults() -> dict[str, Any]:
@@ -247,7 +245,7 @@ def encodings_layout(encoders_cfg: Any, video: Any) -> EncodingsLayout:
     enc = encoders_cfg
     vae_config, text_config = read_ltx_configs(enc.model)
     geo = LtxVaeGeometry.from_config(vae_config)
-    t, h, w = geo.latent_frames(video.num_frames), video.height // geo.spatial, video.width // geo.spatial
+    t, h, w = latent_shape(video.num_frames, video.height, video.width, geo.temporal, geo.spatial)
     c, length, text_dim = geo.latent_channels, enc.max_text_len, int(text_config["d_model"])
     schema = {
         "latents": ArraySpec((2 * c, t, h, w), "float16"),

@@ -39,6 +39,7 @@ from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CL
 
 from stages.config.loader import config_hash
 from stages.core.devices import resolve_device, resolve_dtype
+from stages.core.grid import latent_shape
 from stages.families.base import EncodingsLayout
 from stages.families.cogvideox.encoders import (
     TINY_T5_CONFIG, _pixels, _tiny_pieces, _to_fp16, cache_root, caption_tokens, publish_cached, tiny_tokenizer,
@@ -157,9 +158,6 @@ class WanVaeGeometry:
         spatial = full.get("scale_factor_spatial") or 2 ** len(down)
         return WanVaeGeometry(int(full["z_dim"]), int(spatial), int(temporal),
                               tuple(float(v) for v in full["latents_mean"]), tuple(float(v) for v in full["latents_std"]))
-
-    def latent_frames(self, num_frames: int) -> int:
-        return (num_frames - 1) // self.temporal + 1
 
 
 def _vae_defaults() -> dict[str, Any]:
@@ -305,7 +303,7 @@ def encodings_layout(encoders_cfg: Any, video: Any) -> EncodingsLayout:
     enc = encoders_cfg
     vae_config, text_config = read_wan_configs(enc.model)
     geo = WanVaeGeometry.from_config(vae_config)
-    t, h, w = geo.latent_frames(video.num_frames), video.height // geo.spatial, video.width // geo.spatial
+    t, h, w = latent_shape(video.num_frames, video.height, video.width, geo.temporal, geo.spatial)
     c, length, text_dim = geo.latent_channels, enc.max_text_len, int(text_config["d_model"])
     schema = {
         "latents": ArraySpec((2 * c, t, h, w), "float16"),
