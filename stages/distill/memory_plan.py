@@ -56,6 +56,7 @@ class MemoryPlan:
     trainable: int  # of which trained (LoRA or all)
     projector: int  # projector parameters (trained, fp32)
     tokens: int  # text + video tokens per sample
+    context: int = 1  # parallel.context: ranks that split one sample's tokens (each block holds tokens / context)
     weights: int = 0
     masters: int = 0
     grads: int = 0
@@ -100,7 +101,8 @@ class MemoryPlan:
         kind = "full fine-tuning" if self.full_finetune else "LoRA"
         lines = [
             f"{self.model}: {self.params / 1e9:.3f} B parameters, {self.trainable / 1e6:.1f} M trained ({kind}) "
-            f"+ {self.projector / 1e6:.1f} M projector; {self.tokens} tokens per sample",
+            f"+ {self.projector / 1e6:.1f} M projector; {self.tokens} tokens per sample"
+            + (f", {-(-self.tokens // self.context)} per GPU in the blocks (parallel.context={self.context})" if self.context > 1 else ""),
             f"{self.strategy} over {self.world} GPU(s), parameters sharded over {self.shard_group}; per GPU:",
         ]
         lines += [f"  {name:12s} {value / 2**30:8.2f} GiB" for name, value in self.parts.items()]
@@ -202,7 +204,7 @@ def plan_memory(
     sharded = cfg.parallel.strategy in ("fsdp", "hsdp")
     group = (cfg.parallel.shard_size or world) if cfg.parallel.strategy == "hsdp" else (world if sharded else 1)
     plan = MemoryPlan(cfg.student.model, cfg.parallel.strategy, world, group, cfg.student.full_finetune,
-                      params, trainable, projector, tokens,
+                      params, trainable, projector, tokens, context=cfg.parallel.context,
                       compile=cfg.student.compile.backend if cfg.student.compile.enabled else None, fp8=cfg.student.fp8)
 
     compute_bytes = 2 if cfg.optim.mixed_precision != "no" else 4
@@ -235,18 +237,22 @@ def activation_parts(cfg: Any, c: Any, tokens: int, video_tokens: int, width: in
     """One micro-batch's activations, bytes: "forward" (kept from forward to backward: a checkpointed block's
     input, every saved tensor of the others), "recompute" (one block rebuilt in backward), "head" (tap,
     projector, LGF). The peak is their sum. checkpointed: how many of the `blocks` (default c.num_layers)
-    recompute; None: student.checkpointing's count ("auto" counts as all)."""
+    recompute; None: student.checkpointing's count ("auto" counts as all).
+    Under parallel.context = n the blocks run on each rank's tokens / n (stages/families/context_parallel.py: the
+    sequence splits at the first block and is gathered again at the output), so what the blocks keep and
+    recompute is per rank; the embeddings, the output and the head (the tap gathers the whole sequence) are not."""
     from stages.distill.recompute import checkpointed_blocks
 
     td = tokens * width
-    block = (BLOCK_SAVED_FULL if cfg.student.full_finetune else BLOCK_SAVED_LORA) * td * elem
+    shard = -(-tokens // cfg.parallel.context) * width  # a block's tokens x width on one rank
+    block = (BLOCK_SAVED_FULL if cfg.student.full_finetune else BLOCK_SAVED_LORA) * shard * elem
     mix = AUTOCAST_MIX if elem == 2 else 1.0
     blocks = c.num_layers if blocks is None else blocks
     if checkpointed is None:
         spec = cfg.student.checkpointing_spec
         checkpointed = blocks if spec == "auto" else len(checkpointed_blocks(spec, blocks))
     checkpointing = checkpointed > 0
-    kept = checkpointed * CHECKPOINT_SAVED * td * elem + (blocks - checkpointed) * block + OUTSIDE_BLOCKS * td * elem
+    kept = checkpointed * CHECKPOINT_SAVED * shard * elem + (blocks - checkpointed) * block + OUTSIDE_BLOCKS * td * elem
     head = 0
     if cfg.losses.needs_projector:
         p = cfg.projector

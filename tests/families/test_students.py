@@ -390,3 +390,22 @@ def test_tiny_wan_run_validates_through_its_own_objective(wan_store, tmp_path):
     assert len({terms["diff@100"], terms["diff@500"], terms["diff@900"]}) == 3
     trainer.close()
 
+
+
+def test_memory_plan_of_wan_14b_at_720p_counts_a_context_ranks_share_of_the_blocks():
+    """parallel.context=4 at 81x720x1280 (~75k tokens): each rank's blocks hold a quarter of the sequence, while
+    the embeddings, the output and the head (the tap gathers the whole sequence) stay whole."""
+    from stages.distill.memory_plan import activation_parts, plan_memory
+
+    base = ["parallel.strategy=fsdp", "student.checkpointing=all"]
+    whole, split = (load_config(DistillConfig, ROOT / "configs/distill/wan21_t2v_14b.yaml", [*base, *extra])
+                    for extra in ([], ["parallel.context=4"]))
+    tokens, width = 21 * 45 * 80, 40 * 128
+    parts = {n: activation_parts(c, None, tokens, tokens, width, 2, checkpointed=40, blocks=40) for n, c in (("1", whole), ("4", split))}
+    assert parts["4"]["recompute"] == pytest.approx(parts["1"]["recompute"] / 4, rel=1e-6)  # one block rebuilt: a quarter
+    assert parts["4"]["head"] == parts["1"]["head"]
+    assert parts["1"]["forward"] / 4 < parts["4"]["forward"] < parts["1"]["forward"]  # the output side stays whole
+    one, four = (plan_memory(c, 8, latent_shape=(21, 90, 160)) for c in (whole, split))
+    assert one.tokens == four.tokens == tokens and four.context == 4
+    assert four.activations < one.activations and four.weights == one.weights  # FSDP shards over all 8 ranks either way
+    assert f"{tokens} tokens per sample, {tokens // 4} per GPU in the blocks (parallel.context=4)" in four.table()
